@@ -1,0 +1,92 @@
+"""The `llada` command: `llada SUBCOMMAND [--config=FILE[:ARG]] [--config.a.b=value ...] [--workdir=DIR]`."""
+import argparse
+import os
+import sys
+
+USAGE = """usage: llada COMMAND [options]
+
+commands:
+  train     train a model (default: the tiny config on the built-in synthetic corpus)
+
+common options:
+  --config=configs/NAME.py[:ARG]   a config file (default configs/tiny.py)
+  --config.a.b=VALUE               override one config key (repeatable)
+  --workdir=DIR                    the run directory (default runs/<config name>)
+  --print_config                   print the resolved config and exit
+Run `llada COMMAND --help` for the options of one command."""
+
+
+def split_config_args(argv):
+    """Separates `--config.a.b=value` overrides from the other arguments."""
+    overrides, rest = [], []
+    it = iter(argv)
+    for arg in it:
+        if arg.startswith("--config."):
+            key, eq, value = arg[len("--config."):].partition("=")
+            if not eq:
+                value = next(it, None)
+                if value is None:
+                    raise SystemExit(f"llada: {arg} needs a value: {arg}=VALUE")
+            overrides.append((key, value))
+        else:
+            rest.append(arg)
+    return overrides, rest
+
+
+def _base_parser(prog, description):
+    p = argparse.ArgumentParser(prog=prog, description=description)
+    p.add_argument("--config", default=None, help="config file, configs/NAME.py[:ARG] (default configs/tiny.py)")
+    p.add_argument("--workdir", default=None, help="run directory (default runs/<config name>)")
+    p.add_argument("--print_config", action="store_true", help="print the resolved config and exit")
+    return p
+
+
+def _load(args, overrides):
+    from llada_jax import config as config_lib
+    try:
+        cfg = config_lib.build_config(args.config, overrides)
+    except config_lib.ConfigError as e:
+        raise SystemExit(f"llada: config error: {e}")
+    if args.print_config:
+        print(config_lib.to_json(cfg))
+        raise SystemExit(0)
+    return cfg
+
+
+def cmd_train(argv):
+    overrides, rest = split_config_args(argv)
+    args = _base_parser("llada train", "Train a LLaDA model (masked diffusion) or the ARM baseline.").parse_args(rest)
+    cfg = _load(args, overrides)
+    from llada_jax import distributed, sharding, train
+    distributed.maybe_initialize()
+    workdir = args.workdir or os.path.join("runs", cfg.name)
+    try:
+        train.train(cfg, workdir)
+    except (train.TrainError, sharding.MeshError) as e:
+        raise SystemExit(f"llada train: {e}")
+    print(f"done: run directory {workdir}")
+
+
+COMMANDS = {"train": cmd_train}
+
+
+def main(argv=None):
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0].startswith("-"):
+        if argv and argv[0] in ("-h", "--help"):
+            print(USAGE)
+            return 0
+        argv = ["train"] + argv  # `llada` alone trains the default
+    name, rest = argv[0], argv[1:]
+    if name not in COMMANDS:
+        import difflib
+        close = difflib.get_close_matches(name, COMMANDS, n=1)
+        hint = f" Did you mean `llada {close[0]}`?" if close else ""
+        print(f"llada: unknown command {name!r}.{hint}\n\n{USAGE}", file=sys.stderr)
+        return 2
+    COMMANDS[name](rest)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,238 @@
+"""The default config, config files (`get_config(arg)`) and `--config.a.b=value` overrides.
+
+Every key any module reads is defined here, so a typo in an override is caught by name (with close matches).
+"""
+import ast
+import difflib
+import importlib.util
+import json
+import os
+from pathlib import Path
+
+import ml_collections
+
+PACKAGED_CONFIGS = Path(__file__).resolve().parent / "configs"  # `configs/` ships inside the package
+REPO_CONFIGS = Path(__file__).resolve().parent.parent / "configs"  # ... and sits beside it in a checkout
+
+
+class ConfigError(ValueError):
+    """A config file or override is wrong; the message says what, what was expected and how to fix it."""
+
+
+def default_config():
+    """All keys with their defaults: the tiny CPU model on the built-in synthetic corpus."""
+    c = ml_collections.ConfigDict()
+    c.name = "tiny"
+    c.seed = 0
+    c.objective = "mdm"  # "mdm" (masked diffusion, the paper) or "arm" (autoregressive baseline)
+
+    c.model = m = ml_collections.ConfigDict()
+    m.vocab_size = 64
+    m.d_model = 128
+    m.n_layers = 4
+    m.n_heads = 4
+    m.n_kv_heads = 2
+    m.head_dim = -1  # -1: d_model // n_heads
+    m.ffn_dim = 384
+    m.max_seq_len = 4096
+    m.rope_theta = 500000.0
+    m.norm_eps = 1e-5
+    m.param_dtype = "float32"
+    m.dtype = "float32"  # compute dtype of matmuls; "bfloat16" on accelerators
+    m.scan_layers = True
+    m.remat = "none"  # none | full | save_dots | save_dots_no_batch
+    m.attention = "auto"  # auto | xla | cudnn
+    m.init_std = -1.0  # -1: the release's "mitchell" init (std 1/sqrt(fan_in)); > 0: a plain truncated normal
+
+    # Token ids by role. A model trained with its own vocabulary reserves its own ids; only the 8B layout uses
+    # the released tokenizer's ids (REFERENCE.md section 1).
+    c.tokens = t = ml_collections.ConfigDict()
+    t.pad_id = 0
+    t.bos_id = 1
+    t.eos_id = 0  # EOS doubles as padding, as in the release
+    t.mask_id = 2
+    t.eot_id = 3
+    t.start_header_id = 4
+    t.end_header_id = 5
+
+    c.diffusion = d = ml_collections.ConfigDict()
+    d.eps = 1e-3  # p = (1 - eps) t + eps
+
+    c.train = tr = ml_collections.ConfigDict()
+    tr.steps = 600
+    tr.global_batch = 32
+    tr.seq_len = 64
+    tr.micro_batches = 1  # gradient accumulation: the global batch is split into this many micro-batches
+    tr.log_every = 25
+    tr.nan_poison_step = -1  # testing switch: poison the gradients of this step with NaN
+
+    c.optim = o = ml_collections.ConfigDict()
+    o.peak_lr = 3e-3
+    o.b1 = 0.9
+    o.b2 = 0.95
+    o.adam_eps = 1e-8
+    o.weight_decay = 0.1
+    o.decay_norms = False
+    o.decay_embeddings = False
+    o.clip_norm = 1.0
+    o.schedule = "wsd"  # wsd | cosine | constant
+    o.warmup_steps = 50
+    # Warmup-Stable-Decay (paper section 2.3), milestones in tokens (step * global_batch * seq_len).
+    o.drop_tokens = -1.0  # after this many tokens the LR drops to drop_lr (-1: never)
+    o.drop_lr = 1e-4
+    o.decay_tokens = -1.0  # the linear decay to final_lr runs over the last decay_tokens of total_tokens
+    o.decay_fraction = 0.2  # ... or, when decay_tokens is -1, over this fraction of total_tokens
+    o.total_tokens = -1.0  # -1: train.steps * tokens per step
+    o.final_lr = 3e-4
+    o.cosine_final_fraction = 0.1  # cosine: final LR as a fraction of the peak
+
+    c.mesh = ms = ml_collections.ConfigDict()
+    ms.data = 1
+    ms.fsdp = -1  # -1: all remaining devices
+    ms.tensor = 1
+    ms.dcn_data = 1  # multi-slice: sizes of the mesh axes across slices (data-centre network)
+    ms.dcn_fsdp = 1
+    ms.dcn_tensor = 1
+
+    # Logical axis -> mesh axes (MaxText vocabulary). Parameters and activations name logical axes only.
+    c.sharding = sh = ml_collections.ConfigDict()
+    sh.rules = [
+        ("batch", ("data", "fsdp")),
+        ("vocab", "tensor"),
+        ("embed", "fsdp"),
+        ("heads", "tensor"),
+        ("kv_heads", "tensor"),
+        ("mlp", "tensor"),
+        ("head_dim", None),
+        ("layers", None),
+        ("norm", None),
+        ("act_seq", None),
+        ("act_embed", None),
+    ]
+
+    c.data = da = ml_collections.ConfigDict()
+    da.source = "synthetic"  # the built-in deterministic corpus
+    da.random_length_prob = 0.01  # fraction of sequences cut to a random length in {1..seq_len}
+    da.synthetic_task = "arithmetic"
+
+    c.checkpoint = ck = ml_collections.ConfigDict()
+    ck.every_steps = 200
+    c.lock()  # config files may change values but not invent keys: typos fail loudly
+    return c
+
+
+def paper_recipe(c):
+    """The paper's pre-training recipe (section 2.3) and the released tokenizer's ids, for the paper-sized configs."""
+    c.model.vocab_size = 126464
+    c.model.max_seq_len = 4096
+    c.model.dtype = "bfloat16"
+    c.model.remat = "full"
+    t = c.tokens
+    t.mask_id, t.bos_id, t.eos_id, t.pad_id, t.eot_id = 126336, 126080, 126081, 126081, 126348
+    t.start_header_id, t.end_header_id = 126346, 126347
+    c.train.seq_len = 4096
+    c.train.global_batch = 1280
+    c.train.steps = int(2.3e12 // (1280 * 4096)) + 1
+    c.train.log_every = 10
+    o = c.optim
+    o.peak_lr, o.warmup_steps, o.weight_decay = 4e-4, 2000, 0.1
+    o.drop_tokens, o.drop_lr = 1.2e12, 1e-4
+    o.total_tokens, o.decay_tokens, o.final_lr = 2.3e12, 0.3e12, 1e-5
+    c.checkpoint.every_steps = 1000
+    return c
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Loading config files and applying overrides.
+
+def _resolve_path(path):
+    p = Path(path)
+    if p.exists():
+        return p
+    for root in (REPO_CONFIGS, PACKAGED_CONFIGS):
+        for cand in (root / p, root / p.name, root / (p.name + ".py")):
+            if cand.exists():
+                return cand
+    avail = sorted(q.name for q in PACKAGED_CONFIGS.glob("*.py") if not q.name.startswith("_"))
+    raise ConfigError(f"config file {path!r} not found. Built-in configs: {', '.join(avail)}. "
+                      f"Pass --config=configs/NAME.py or a path to your own file defining get_config().")
+
+
+def load_config(spec="configs/tiny.py"):
+    """Loads `path[:arg]`: a Python file whose `get_config(arg=None)` returns a ConfigDict."""
+    path, _, arg = spec.partition(":")
+    p = _resolve_path(path)
+    module_spec = importlib.util.spec_from_file_location(f"llada_config_{p.stem}", p)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    if not hasattr(module, "get_config"):
+        raise ConfigError(f"{p} defines no get_config(); a config file must define get_config(arg=None).")
+    cfg = module.get_config(arg) if arg else module.get_config()
+    return cfg
+
+
+def _all_keys(cfg, prefix=""):
+    out = []
+    for k, v in cfg.items():
+        out.append(prefix + k)
+        if isinstance(v, ml_collections.ConfigDict):
+            out += _all_keys(v, prefix + k + ".")
+    return out
+
+
+def _parse_value(text, old):
+    if isinstance(old, str):
+        return text
+    try:
+        value = ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        if isinstance(old, bool):
+            low = text.lower()
+            if low in ("true", "false"):
+                return low == "true"
+        raise ConfigError(f"could not parse {text!r}; expected a {type(old).__name__} like {old!r}.") from None
+    if isinstance(old, float) and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if isinstance(old, (list, tuple)) and isinstance(value, (list, tuple)):
+        value = type(old)(value)
+    if old is not None and not isinstance(value, type(old)):
+        raise ConfigError(f"{text!r} is a {type(value).__name__}; expected a {type(old).__name__} like {old!r}.")
+    return value
+
+
+def override(cfg, dotted, text):
+    """Sets `cfg.<dotted>` from the command-line string `text`, typed after the existing value."""
+    keys = _all_keys(cfg)
+    if dotted not in keys:
+        close = difflib.get_close_matches(dotted, keys, n=3, cutoff=0.6)
+        hint = f" Did you mean: {', '.join('--config.' + k for k in close)}?" if close else ""
+        raise ConfigError(f"unknown config key --config.{dotted}.{hint} (`llada train --print_config` lists all keys.)")
+    *parents, leaf = dotted.split(".")
+    node = cfg
+    for k in parents:
+        node = node[k]
+    if isinstance(node[leaf], ml_collections.ConfigDict):
+        raise ConfigError(f"--config.{dotted} is a group of keys, not a value; set one of its keys instead.")
+    try:
+        value = _parse_value(text, node[leaf])
+    except ConfigError as e:
+        raise ConfigError(f"--config.{dotted}={text}: {e}") from None
+    with node.unlocked():
+        node[leaf] = value
+    return cfg
+
+
+def build_config(spec=None, overrides=()):
+    """Config file (default: the tiny config) plus `[(dotted_key, text), ...]` overrides."""
+    cfg = load_config(spec or "configs/tiny.py")
+    for k, v in overrides:
+        override(cfg, k, v)
+    return cfg
+
+
+def to_json(cfg):
+    return json.dumps(cfg.to_dict(), indent=2, sort_keys=True, default=str)
+
+
+def from_json(text):
+    return ml_collections.ConfigDict(json.loads(text))

@@ -1,0 +1,1 @@
+"""Data: tokenizers, the built-in synthetic corpus, token stores and input pipelines."""

@@ -1,0 +1,188 @@
+"""The LLaDA Transformer (REFERENCE.md section 2): Llama-3 blocks with the causal mask removed.
+
+`Model(cfg.model)` holds only static structure; parameters are a plain pytree (nested dict of arrays, layers stacked
+on a leading axis) and `Model.apply(params, tokens, key_mask)` is a pure function returning float32 logits.
+`Model.param_axes()` gives the same tree with a tuple of logical axis names per leaf (see sharding.py).
+"""
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from llada_jax import attention as attention_lib
+
+REMAT_POLICIES = {
+    "none": None,
+    "full": jax.checkpoint_policies.nothing_saveable,
+    "save_dots": jax.checkpoint_policies.dots_saveable,
+    "save_dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+
+
+def head_dim(m):
+    return m.head_dim if m.head_dim > 0 else m.d_model // m.n_heads
+
+
+def param_shapes(m):
+    """{name: (shape, logical axes)} of one model; the layout every other module (conversion included) relies on."""
+    d, hd, L = m.d_model, head_dim(m), m.n_layers
+    return {
+        "wte": ((m.vocab_size, d), ("vocab", "embed")),
+        "blocks": {
+            "attn_norm": ((L, d), ("layers", "norm")),
+            "q_proj": ((L, d, m.n_heads, hd), ("layers", "embed", "heads", "head_dim")),
+            "k_proj": ((L, d, m.n_kv_heads, hd), ("layers", "embed", "kv_heads", "head_dim")),
+            "v_proj": ((L, d, m.n_kv_heads, hd), ("layers", "embed", "kv_heads", "head_dim")),
+            "attn_out": ((L, m.n_heads, hd, d), ("layers", "heads", "head_dim", "embed")),
+            "ff_norm": ((L, d), ("layers", "norm")),
+            "ff_proj": ((L, d, m.ffn_dim), ("layers", "embed", "mlp")),  # the SiLU-gated branch
+            "up_proj": ((L, d, m.ffn_dim), ("layers", "embed", "mlp")),  # the linear branch
+            "ff_out": ((L, m.ffn_dim, d), ("layers", "mlp", "embed")),  # the block's down projection
+        },
+        "ln_f": ((d,), ("norm",)),
+        "lm_head": ((d, m.vocab_size), ("embed", "vocab")),  # HF `model.transformer.ff_out`: the output head
+    }
+
+
+def _is_leaf(x):
+    return isinstance(x, tuple) and len(x) == 2 and isinstance(x[1], tuple)
+
+
+def count_params(m, embeddings=True):
+    """Exact parameter count from shapes (nothing allocated). Non-embedding excludes wte and the output head."""
+    tree = param_shapes(m)
+    total = sum(int(np.prod(s)) for s, _ in jax.tree.leaves(tree, is_leaf=_is_leaf))
+    if not embeddings:
+        total -= 2 * m.vocab_size * m.d_model
+    return total
+
+
+def rms_norm(x, weight, eps):
+    """RMSNorm: normalise in float32, cast back to the activation dtype, then scale."""
+    x32 = x.astype(jnp.float32)
+    y = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + eps)
+    return y.astype(x.dtype) * weight.astype(x.dtype)
+
+
+def rope(x, theta):
+    """Rotate-half rotary embedding over the full head dim, positions 0..T-1, computed in float32."""
+    t, d = x.shape[1], x.shape[-1]
+    inv_freq = 1.0 / (theta ** (jnp.arange(0, d, 2, dtype=jnp.float32) / d))
+    angles = jnp.arange(t, dtype=jnp.float32)[:, None] * inv_freq[None, :]  # [T, D/2]
+    cos = jnp.concatenate([jnp.cos(angles)] * 2, -1)[None, :, None, :]
+    sin = jnp.concatenate([jnp.sin(angles)] * 2, -1)[None, :, None, :]
+    x32 = x.astype(jnp.float32)
+    x1, x2 = jnp.split(x32, 2, axis=-1)
+    rotated = jnp.concatenate([-x2, x1], axis=-1)
+    return (x32 * cos + rotated * sin).astype(x.dtype)
+
+
+class Model:
+    """Static structure of the Transformer; see the module docstring."""
+
+    def __init__(self, m, constrain=None):
+        """m: the `model` config. constrain(x, logical_axes) applies activation sharding (sharding.Sharder)."""
+        self.m = m
+        self.hd = head_dim(m)
+        self.dtype = jnp.dtype(m.dtype)
+        self.param_dtype = jnp.dtype(m.param_dtype)
+        self.attention = attention_lib.get_attention(m.attention)
+        self.constrain = constrain or (lambda x, axes: x)
+        if m.remat not in REMAT_POLICIES:
+            raise ValueError(f"unknown model.remat={m.remat!r}; expected one of {', '.join(REMAT_POLICIES)}.")
+
+    # -- parameters --------------------------------------------------------------------------------------------
+    def param_axes(self):
+        return jax.tree.map(lambda leaf: leaf[1], param_shapes(self.m), is_leaf=_is_leaf)
+
+    def abstract_params(self):
+        return jax.tree.map(lambda leaf: jax.ShapeDtypeStruct(leaf[0], self.param_dtype), param_shapes(self.m),
+                            is_leaf=_is_leaf)
+
+    def init(self, key):
+        """The release's "mitchell" init: truncated normal (+-3 std), std 1/sqrt(fan_in); the residual output
+        projections (attn_out, ff_out) further divided by sqrt(2 (layer + 1)); norms 1."""
+        m, dt = self.m, self.param_dtype
+        d, L = m.d_model, m.n_layers
+        keys = iter(jax.random.split(key, 16))
+
+        def normal(shape, fan_in, layer_scale=False):
+            std = m.init_std if m.init_std > 0 else 1.0 / math.sqrt(fan_in)
+            w = jax.random.truncated_normal(next(keys), -3.0, 3.0, shape, jnp.float32) * std
+            if layer_scale:  # leading axis is the layer
+                scale = 1.0 / jnp.sqrt(2.0 * (jnp.arange(L, dtype=jnp.float32) + 1.0))
+                w = w * scale.reshape((L,) + (1,) * (len(shape) - 1))
+            return w.astype(dt)
+
+        shapes = {k: s for k, (s, _) in param_shapes(m)["blocks"].items()}
+        return {
+            "wte": normal((m.vocab_size, d), d),
+            "blocks": {
+                "attn_norm": jnp.ones(shapes["attn_norm"], dt),
+                "q_proj": normal(shapes["q_proj"], d),
+                "k_proj": normal(shapes["k_proj"], d),
+                "v_proj": normal(shapes["v_proj"], d),
+                "attn_out": normal(shapes["attn_out"], m.n_heads * self.hd, layer_scale=True),
+                "ff_norm": jnp.ones(shapes["ff_norm"], dt),
+                "ff_proj": normal(shapes["ff_proj"], d),
+                "up_proj": normal(shapes["up_proj"], d),
+                "ff_out": normal(shapes["ff_out"], m.ffn_dim, layer_scale=True),
+            },
+            "ln_f": jnp.ones((d,), dt),
+            "lm_head": normal((d, m.vocab_size), d),
+        }
+
+    # -- forward -----------------------------------------------------------------------------------------------
+    def block(self, p, x, key_mask, segment_ids, causal):
+        """One Transformer block; p holds this layer's weights (already in the compute dtype)."""
+        m, c = self.m, self.constrain
+        h = rms_norm(x, p["attn_norm"], m.norm_eps)
+        q = c(jnp.einsum("btd,dhk->bthk", h, p["q_proj"]), ("batch", "act_seq", "heads", "head_dim"))
+        k = c(jnp.einsum("btd,dhk->bthk", h, p["k_proj"]), ("batch", "act_seq", "kv_heads", "head_dim"))
+        v = c(jnp.einsum("btd,dhk->bthk", h, p["v_proj"]), ("batch", "act_seq", "kv_heads", "head_dim"))
+        q, k = rope(q, m.rope_theta), rope(k, m.rope_theta)
+        a = self.attention(q, k, v, key_mask=key_mask, segment_ids=segment_ids, causal=causal)
+        x = x + c(jnp.einsum("bthk,hkd->btd", a, p["attn_out"]), ("batch", "act_seq", "act_embed"))
+        h = rms_norm(x, p["ff_norm"], m.norm_eps)
+        gate = jnp.einsum("btd,df->btf", h, p["ff_proj"])
+        up = jnp.einsum("btd,df->btf", h, p["up_proj"])
+        hidden = c(jax.nn.silu(gate) * up, ("batch", "act_seq", "mlp"))
+        return x + c(jnp.einsum("btf,fd->btd", hidden, p["ff_out"]), ("batch", "act_seq", "act_embed"))
+
+    def apply(self, params, tokens, key_mask=None, segment_ids=None, causal=False):
+        """tokens [B, T] int -> logits [B, T, vocab] float32. key_mask [B, T] bool (True = real token) hides padding
+        and random-length tails from every query; segment_ids [B, T] restricts attention to one's own document;
+        causal=True gives the autoregressive baseline."""
+        m = self.m
+        if tokens.shape[1] > m.max_seq_len:
+            raise ValueError(f"sequence length {tokens.shape[1]} exceeds model.max_seq_len={m.max_seq_len}; "
+                             f"shorten train.seq_len or raise model.max_seq_len.")
+        p = jax.tree.map(lambda w: w.astype(self.dtype), params)
+        x = self.constrain(jnp.take(p["wte"], tokens, axis=0), ("batch", "act_seq", "act_embed"))
+
+        def layer(x, layer_params):
+            return self.block(layer_params, x, key_mask, segment_ids, causal), None
+
+        policy = REMAT_POLICIES[m.remat]
+        if m.remat != "none":
+            layer = jax.checkpoint(layer, policy=policy, prevent_cse=not m.scan_layers)
+        if m.scan_layers:
+            x, _ = jax.lax.scan(layer, x, p["blocks"])
+        else:
+            for i in range(m.n_layers):
+                x, _ = layer(x, jax.tree.map(lambda w: w[i], p["blocks"]))
+        x = rms_norm(x, p["ln_f"], m.norm_eps)
+        logits = jnp.einsum("btd,dv->btv", x, p["lm_head"], preferred_element_type=jnp.float32)
+        return self.constrain(logits, ("batch", "act_seq", "vocab"))
+
+
+def flops_per_token(m, seq_len, causal=False):
+    """Model FLOPs of one training token (forward + backward): 6 N_non-embedding + the output head + attention.
+
+    Attention per layer and token: 2 matmuls (q k^T, p v) of 2 * seq_len * n_heads * head_dim FLOPs forward, times
+    3 for forward + backward; full bidirectional attention (half of that for the causal baseline)."""
+    attn = 12 * m.n_layers * seq_len * m.n_heads * head_dim(m)
+    if causal:
+        attn //= 2
+    return 6 * count_params(m, embeddings=False) + 6 * m.d_model * m.vocab_size + attn

@@ -1,0 +1,213 @@
+"""The train state, the jitted sharded train step and the training loop."""
+import json
+import math
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from llada_jax import config as config_lib
+from llada_jax import diffusion, mfu, model as model_lib, optim, sharding
+from llada_jax.data import synthetic
+
+
+class TrainError(ValueError):
+    """A config that cannot train; the message says what is wrong and how to fix it."""
+
+
+def validate(cfg, sharder):
+    """Checks that would otherwise surface as a traceback deep inside JAX."""
+    tr, m = cfg.train, cfg.model
+    if tr.seq_len > m.max_seq_len:
+        raise TrainError(f"train.seq_len={tr.seq_len} exceeds model.max_seq_len={m.max_seq_len}; lower "
+                         f"--config.train.seq_len or raise --config.model.max_seq_len.")
+    shards = sharder.batch_size_multiple()
+    if tr.global_batch % (shards * tr.micro_batches):
+        raise TrainError(f"train.global_batch={tr.global_batch} must be divisible by the batch shards "
+                         f"(mesh data x fsdp = {shards}) times train.micro_batches={tr.micro_batches}; "
+                         f"use a multiple of {shards * tr.micro_batches}.")
+    if tr.global_batch % jax.process_count():
+        raise TrainError(f"train.global_batch={tr.global_batch} must be divisible by the {jax.process_count()} hosts.")
+    if m.d_model % m.n_heads and m.head_dim <= 0:
+        raise TrainError(f"model.d_model={m.d_model} is not divisible by model.n_heads={m.n_heads}; set model.head_dim.")
+    if m.n_heads % m.n_kv_heads:
+        raise TrainError(f"model.n_heads={m.n_heads} must be a multiple of model.n_kv_heads={m.n_kv_heads} (GQA).")
+    if cfg.objective not in ("mdm", "arm"):
+        raise TrainError(f"objective={cfg.objective!r}; expected 'mdm' (masked diffusion) or 'arm' (autoregressive).")
+
+
+class Setup:
+    """Everything static a run needs: mesh, model, optimizer, shardings and the compiled step."""
+
+    def __init__(self, cfg, devices=None):
+        self.cfg = cfg
+        self.mesh = sharding.make_mesh(cfg.mesh, devices)
+        self.sharder = sharding.Sharder(self.mesh, cfg.sharding.rules)
+        validate(cfg, self.sharder)
+        self.model = model_lib.Model(cfg.model, constrain=self.sharder.constrain)
+        self.tx, self.lr = optim.make_optimizer(cfg)
+        self.param_sharding = self.sharder.tree(self.model.param_axes())
+        abstract_params = self.model.abstract_params()
+        abstract_opt = jax.eval_shape(self.tx.init, abstract_params)
+        opt_sharding = optax.tree_map_params(
+            self.tx, lambda _, s: s, abstract_opt, self.param_sharding,
+            transform_non_params=lambda _: self.sharder.replicated)
+        rep = self.sharder.replicated
+        self.state_sharding = {"step": rep, "rng": rep, "params": self.param_sharding, "opt_state": opt_sharding}
+        self.batch_sharding = self.sharder.named(("batch", None))
+        # The batch keeps the sharding put_batch gave it (tokens [B, L] and per-row [B] arrays differ in rank).
+        self.step_fn = jax.jit(self._train_step, in_shardings=(self.state_sharding, None),
+                               out_shardings=(self.state_sharding, rep), donate_argnums=(0,))
+
+    # -- state -------------------------------------------------------------------------------------------------
+    def init_state(self, seed=None):
+        seed = self.cfg.seed if seed is None else seed
+
+        def init(key):
+            k_params, k_rng = jax.random.split(key)
+            params = self.model.init(k_params)
+            return {"step": jnp.zeros((), jnp.int32), "rng": k_rng, "params": params,
+                    "opt_state": self.tx.init(params)}
+
+        return jax.jit(init, out_shardings=self.state_sharding)(jax.random.key_data(jax.random.key(seed)))
+
+    def put_batch(self, local_batch):
+        """Host-local numpy rows -> one global array per key, sharded over the batch axes."""
+        return {k: jax.make_array_from_process_local_data(
+            self.batch_sharding if v.ndim == 2 else self.sharder.named(("batch",)), v)
+            for k, v in local_batch.items()}
+
+    # -- the step ----------------------------------------------------------------------------------------------
+    def loss_and_grads(self, params, batch, key):
+        """Mean loss and gradients over `train.micro_batches` micro-batches (gradient accumulation)."""
+        n = self.cfg.train.micro_batches
+        grad_fn = jax.value_and_grad(
+            lambda p, b, k: diffusion.loss_fn(self.model, p, b, k, self.cfg), has_aux=True)
+        if n == 1:
+            (loss, aux), grads = grad_fn(params, batch, key)
+            return loss, aux, grads
+        micro = jax.tree.map(lambda x: x.reshape((n, x.shape[0] // n) + x.shape[1:]), batch)
+        keys = jax.random.split(key, n)
+
+        def body(carry, xs):
+            mb, k = xs
+            (loss, aux), grads = grad_fn(params, mb, k)
+            acc = jax.tree.map(jnp.add, carry, (loss, aux, grads))
+            return acc, None
+
+        zeros = jax.tree.map(jnp.zeros_like, jax.eval_shape(grad_fn, params, jax.tree.map(lambda x: x[0], micro), key))
+        (loss, aux), grads = zeros
+        (loss, aux, grads), _ = jax.lax.scan(body, (loss, aux, grads), (micro, keys))
+        return loss / n, jax.tree.map(lambda a: a / n, aux), jax.tree.map(lambda g: g / n, grads)
+
+    def _train_step(self, state, batch):
+        step = state["step"]
+        key = jax.random.fold_in(jax.random.wrap_key_data(state["rng"]), step)
+        loss, aux, grads = self.loss_and_grads(state["params"], batch, key)
+        poison = self.cfg.train.nan_poison_step
+        if poison >= 0:  # testing switch for the NaN guard
+            grads = jax.tree.map(lambda g: jnp.where(step == poison, jnp.nan, g), grads)
+        grad_norm = optax.global_norm(grads)
+        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+        updates, opt_state = self.tx.update(grads, state["opt_state"], state["params"])
+        params = optax.apply_updates(state["params"], updates)
+        # NaN guard: a non-finite step leaves params and optimizer state untouched.
+        keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
+        new_state = {"step": step + 1, "rng": state["rng"], "params": keep(params, state["params"]),
+                     "opt_state": keep(opt_state, state["opt_state"])}
+        metrics = {"loss": loss, "grad_norm": grad_norm, "lr": self.lr(step), "skipped": 1 - finite.astype(jnp.int32),
+                   **aux}
+        return new_state, metrics
+
+
+def make_data(cfg):
+    if cfg.data.source == "synthetic":
+        corpus = synthetic.SyntheticCorpus(cfg.train.seq_len, cfg.seed, cfg.data.synthetic_task)
+        return lambda step: corpus.batch(step, cfg.train.global_batch, jax.process_index(), jax.process_count())
+    raise TrainError(f"unknown data.source={cfg.data.source!r}; expected 'synthetic'.")
+
+
+class MetricsWriter:
+    """metrics.jsonl plus TensorBoard events in the run directory; only process 0 writes."""
+
+    def __init__(self, workdir):
+        self.active = jax.process_index() == 0
+        if self.active:
+            self.jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")
+            try:
+                from tensorboardX import SummaryWriter
+                self.tb = SummaryWriter(workdir)
+            except ImportError:  # TensorBoard is optional; metrics.jsonl always exists
+                self.tb = None
+
+    def write(self, step, metrics):
+        if not self.active:
+            return
+        self.jsonl.write(json.dumps({"step": step, **metrics}) + "\n")
+        self.jsonl.flush()
+        if self.tb:
+            for k, v in metrics.items():
+                self.tb.add_scalar(k, v, step)
+            self.tb.flush()
+
+    def close(self):
+        if self.active:
+            self.jsonl.close()
+            if self.tb:
+                self.tb.close()
+
+
+def _fmt_time(seconds):
+    seconds = int(seconds)
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
+
+
+def train(cfg, workdir, log=print):
+    """Trains `cfg` into `workdir`; returns the final train state and the list of logged metrics."""
+    setup = Setup(cfg)
+    os.makedirs(workdir, exist_ok=True)
+    if jax.process_index() == 0:
+        with open(os.path.join(workdir, "config.json"), "w") as f:
+            f.write(config_lib.to_json(cfg))
+    m, tr = cfg.model, cfg.train
+    log(f"model: {model_lib.count_params(m) / 1e6:.2f}M params ({model_lib.count_params(m, False) / 1e6:.2f}M "
+        f"non-embedding); mesh {dict(setup.mesh.shape)} on {jax.device_count()} {jax.devices()[0].platform} devices")
+    state = setup.init_state()
+    data = make_data(cfg)
+    writer = MetricsWriter(workdir)
+    tokens_per_step = tr.global_batch * tr.seq_len
+    flops_per_step = model_lib.flops_per_token(m, tr.seq_len, causal=cfg.objective == "arm") * tokens_per_step
+    peak = mfu.device_peak_flops()
+    peak_total = peak * jax.device_count() if peak else None
+    history, pending, skipped_total = [], [], 0
+    start = int(state["step"])
+    t_last, step_last = time.perf_counter(), start
+    for step in range(start, tr.steps):
+        state, metrics = setup.step_fn(state, setup.put_batch(data(step)))
+        pending.append(metrics)
+        if (step + 1) % tr.log_every == 0 or step + 1 == tr.steps:
+            fetched = jax.device_get(pending)
+            pending = []
+            skipped_total += sum(int(x["skipped"]) for x in fetched)
+            now = time.perf_counter()
+            elapsed = now - t_last
+            steps_done = step + 1 - step_last
+            tps = steps_done * tokens_per_step / elapsed
+            last = fetched[-1]
+            row = {"loss": float(np.mean([x["loss"] for x in fetched])), "lr": float(last["lr"]),
+                   "grad_norm": float(last["grad_norm"]), "tokens_per_sec": tps,
+                   "mfu": (flops_per_step * steps_done / elapsed) / peak_total if peak_total else None,
+                   "skipped_steps": skipped_total, "tokens": (step + 1) * tokens_per_step}
+            writer.write(step + 1, row)
+            history.append({"step": step + 1, **row})
+            rate = (step + 1 - step_last) / elapsed
+            eta = (tr.steps - step - 1) / rate if rate > 0 else 0
+            mfu_txt = f" mfu {row['mfu']:.1%}" if row["mfu"] is not None else ""
+            log(f"step {step + 1}/{tr.steps} loss {row['loss']:.4f} lr {row['lr']:.2e} grad_norm "
+                f"{row['grad_norm']:.3f} | {tps:,.0f} tok/s{mfu_txt} | eta {_fmt_time(eta)}")
+            t_last, step_last = now, step + 1
+    writer.close()
+    return state, history

@@ -1,0 +1,34 @@
+"""llada-jax: LLaDA masked-diffusion language models in JAX."""
+from setuptools import find_packages, setup
+
+setup(
+    name="llada-jax",
+    version="0.1.0",
+    description="LLaDA (Large Language Diffusion Models) in JAX/Flax: sharded training, sampling, evaluation.",
+    long_description=open("README.md").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=find_packages(include=["llada_jax", "llada_jax.*"]) + ["llada_jax.configs", "llada_jax.configs.sweeps"],
+    # configs/ lives at the top of the repository (configs as code) and ships inside the package, so that
+    # `llada train` finds its default config in any install.
+    package_dir={"llada_jax.configs": "configs", "llada_jax.configs.sweeps": "configs/sweeps"},
+    install_requires=[
+        "jax>=0.7",
+        "flax>=0.10",
+        "optax>=0.2.4",
+        "orbax-checkpoint>=0.11",
+        "grain>=0.2.10",
+        "sentencepiece>=0.2",
+        "tensorstore>=0.1.70",
+        "ml-collections>=1.0",
+        "numpy>=1.26",
+        "tensorboardX>=2.6",
+    ],
+    extras_require={
+        "test": ["pytest>=8"],
+        "torch": ["torch>=2.3", "safetensors>=0.4"],
+        "tpu": ["jax[tpu]"],
+        "gpu": ["jax[cuda12]"],
+    },
+    entry_points={"console_scripts": ["llada=llada_jax.cli:main"]},
+)
