@@ -124,9 +124,10 @@ class Setup:
 
 
 def make_data(cfg):
+    """The data source of `cfg.data.source`: an iterator of host-local batches with get_state / set_state."""
     if cfg.data.source == "synthetic":
         corpus = synthetic.SyntheticCorpus(cfg.train.seq_len, cfg.seed, cfg.data.synthetic_task)
-        return lambda step: corpus.batch(step, cfg.train.global_batch, jax.process_index(), jax.process_count())
+        return synthetic.SyntheticSource(corpus, cfg.train.global_batch, jax.process_index(), jax.process_count())
     raise TrainError(f"unknown data.source={cfg.data.source!r}; expected 'synthetic'.")
 
 
@@ -186,7 +187,7 @@ def train(cfg, workdir, log=print):
     start = int(state["step"])
     t_last, step_last = time.perf_counter(), start
     for step in range(start, tr.steps):
-        state, metrics = setup.step_fn(state, setup.put_batch(data(step)))
+        state, metrics = setup.step_fn(state, setup.put_batch(next(data)))
         pending.append(metrics)
         if (step + 1) % tr.log_every == 0 or step + 1 == tr.steps:
             fetched = jax.device_get(pending)

@@ -65,3 +65,27 @@ class SyntheticCorpus:
         local = global_batch // process_count
         first = step * global_batch + process_index * local
         return {"tokens": np.stack([self.sequence(first + i) for i in range(local)])}
+
+
+class SyntheticSource:
+    """The data-source contract of the trainer: an iterator of host-local numpy batches with a small, JSON-able
+    position state (`get_state` / `set_state`) that checkpoints save and restore."""
+
+    def __init__(self, corpus, global_batch, process_index=0, process_count=1):
+        self.corpus, self.global_batch = corpus, global_batch
+        self.process_index, self.process_count = process_index, process_count
+        self.step = 0
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        batch = self.corpus.batch(self.step, self.global_batch, self.process_index, self.process_count)
+        self.step += 1
+        return batch
+
+    def get_state(self):
+        return {"step": self.step}
+
+    def set_state(self, state):
+        self.step = int(state["step"])
