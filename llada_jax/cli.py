@@ -67,7 +67,38 @@ def cmd_train(argv):
     print(f"done: run directory {workdir}")
 
 
-COMMANDS = {"train": cmd_train}
+def cmd_data(argv):
+    """`llada data tokenizer ...` (train a sentencepiece model) and `llada data prepare ...` (build token stores)."""
+    p = argparse.ArgumentParser(prog="llada data", description="Tokenizers and token stores.")
+    sub = p.add_subparsers(dest="action", required=True)
+    t = sub.add_parser("tokenizer", help="train a sentencepiece tokenizer with the special pieces reserved")
+    t.add_argument("--input", required=True, help="text / JSONL files (.gz ok), comma-separated globs")
+    t.add_argument("--out", required=True, help="output prefix: writes PREFIX.model and PREFIX.vocab")
+    t.add_argument("--vocab_size", type=int, required=True)
+    t.add_argument("--model_type", default="bpe", choices=["bpe", "unigram"])
+    t.add_argument("--text_field", default="text", help="the text field of JSONL inputs")
+    q = sub.add_parser("prepare", help="tokenize text / JSONL into train and val token stores")
+    q.add_argument("--input", required=True, help="text / JSONL files (.gz ok), comma-separated globs")
+    q.add_argument("--out", required=True, help="output directory")
+    q.add_argument("--tokenizer", required=True, help="the sentencepiece .model")
+    q.add_argument("--text_field", default="text", help="the text field of JSONL inputs")
+    q.add_argument("--workers", type=int, default=None, help="tokenizer processes (default: all cores)")
+    q.add_argument("--val_fraction", type=float, default=0.01, help="fraction of documents held out (by hash)")
+    q.add_argument("--on_error", default="stop", choices=["stop", "skip"], help="on a malformed line")
+    args = p.parse_args(argv)
+    from llada_jax.data import prepare, tokenizer
+    try:
+        if args.action == "tokenizer":
+            tokenizer.train(prepare.expand_inputs(args.input), args.out, args.vocab_size, args.model_type,
+                            args.text_field)
+        else:
+            prepare.prepare(args.input, args.out, args.tokenizer, args.text_field, args.workers, args.val_fraction,
+                            args.on_error)
+    except (prepare.PrepareError, tokenizer.TokenizerError) as e:
+        raise SystemExit(f"llada data {args.action}: {e}")
+
+
+COMMANDS = {"train": cmd_train, "data": cmd_data}
 
 
 def main(argv=None):

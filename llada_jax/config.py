@@ -111,9 +111,19 @@ def default_config():
     ]
 
     c.data = da = ml_collections.ConfigDict()
-    da.source = "synthetic"  # the built-in deterministic corpus
+    da.source = "synthetic"  # synthetic (the built-in corpus) | store (token stores, data/pipeline.py) | sft (chat JSONL)
     da.random_length_prob = 0.01  # fraction of sequences cut to a random length in {1..seq_len}
     da.synthetic_task = "arithmetic"
+    da.path = ""  # store: prepared dirs (`llada data prepare --out`), comma-separated; sft: JSONL files / globs
+    da.split = "train"  # store: which split of a prepared dir (train | val)
+    da.weights = ""  # store: mixture weights of the data.path stores, comma-separated ("" = proportional to size)
+    da.seed = -1  # shuffle seed; -1: the run's seed
+    da.document_mask = False  # store: add segment_ids so attention stays within documents (the paper: False)
+    da.threads = 4  # grain prefetch threads per process
+    da.workers = 0  # grain prefetch worker processes (batches do not depend on it)
+    da.prefetch = 8  # batches buffered ahead
+    da.tokenizer = ""  # sft: the sentencepiece .model
+    da.sft_overlong = "drop"  # sft: examples longer than train.seq_len are dropped or truncated (answer tail)
 
     c.checkpoint = ck = ml_collections.ConfigDict()
     ck.every_steps = 200

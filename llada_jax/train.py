@@ -82,25 +82,25 @@ class Setup:
 
     # -- the step ----------------------------------------------------------------------------------------------
     def loss_and_grads(self, params, batch, key):
-        """Mean loss and gradients over `train.micro_batches` micro-batches (gradient accumulation)."""
+        """Mean loss and gradients over `train.micro_batches` micro-batches (gradient accumulation). The noise is
+        drawn once for the whole batch, so accumulation changes only the summation order, not the estimate."""
         n = self.cfg.train.micro_batches
+        noise = diffusion.draw_noise(key, batch, self.cfg)
         grad_fn = jax.value_and_grad(
-            lambda p, b, k: diffusion.loss_fn(self.model, p, b, k, self.cfg), has_aux=True)
+            lambda p, b, z: diffusion.loss_given_noise(self.model, p, b, z, self.cfg), has_aux=True)
         if n == 1:
-            (loss, aux), grads = grad_fn(params, batch, key)
+            (loss, aux), grads = grad_fn(params, batch, noise)
             return loss, aux, grads
-        micro = jax.tree.map(lambda x: x.reshape((n, x.shape[0] // n) + x.shape[1:]), batch)
-        keys = jax.random.split(key, n)
+        split = lambda x: x.reshape((n, x.shape[0] // n) + x.shape[1:])
+        micro = jax.tree.map(split, (batch, noise))
 
-        def body(carry, xs):
-            mb, k = xs
-            (loss, aux), grads = grad_fn(params, mb, k)
-            acc = jax.tree.map(jnp.add, carry, (loss, aux, grads))
-            return acc, None
+        def body(acc, xs):
+            out = grad_fn(params, *xs)
+            return jax.tree.map(jnp.add, acc, out), None
 
-        zeros = jax.tree.map(jnp.zeros_like, jax.eval_shape(grad_fn, params, jax.tree.map(lambda x: x[0], micro), key))
-        (loss, aux), grads = zeros
-        (loss, aux, grads), _ = jax.lax.scan(body, (loss, aux, grads), (micro, keys))
+        first = jax.tree.map(lambda x: x[0], micro)
+        zeros = jax.tree.map(jnp.zeros_like, jax.eval_shape(grad_fn, params, *first))
+        ((loss, aux), grads), _ = jax.lax.scan(body, zeros, micro)
         return loss / n, jax.tree.map(lambda a: a / n, aux), jax.tree.map(lambda g: g / n, grads)
 
     def _train_step(self, state, batch):
@@ -110,7 +110,7 @@ class Setup:
         poison = self.cfg.train.nan_poison_step
         if poison >= 0:  # testing switch for the NaN guard
             grads = jax.tree.map(lambda g: jnp.where(step == poison, jnp.nan, g), grads)
-        grad_norm = optax.global_norm(grads)
+        grad_norm = optax.tree.norm(grads)
         finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
         updates, opt_state = self.tx.update(grads, state["opt_state"], state["params"])
         params = optax.apply_updates(state["params"], updates)
@@ -128,7 +128,14 @@ def make_data(cfg):
     if cfg.data.source == "synthetic":
         corpus = synthetic.SyntheticCorpus(cfg.train.seq_len, cfg.seed, cfg.data.synthetic_task)
         return synthetic.SyntheticSource(corpus, cfg.train.global_batch, jax.process_index(), jax.process_count())
-    raise TrainError(f"unknown data.source={cfg.data.source!r}; expected 'synthetic'.")
+    if cfg.data.source in ("store", "sft"):
+        from llada_jax.data import pipeline, sft
+        make = pipeline.make_pretrain_source if cfg.data.source == "store" else sft.make_sft_source
+        try:
+            return make(cfg)
+        except (OSError, ValueError) as e:  # missing store, config/tokenizer mismatch, malformed data
+            raise TrainError(f"data.source={cfg.data.source!r}: {e}") from e
+    raise TrainError(f"unknown data.source={cfg.data.source!r}; expected 'synthetic', 'store' or 'sft'.")
 
 
 class MetricsWriter:

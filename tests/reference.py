@@ -1,0 +1,60 @@
+"""Float64 numpy re-implementations of the model and losses (REFERENCE.md sections 2 and 3), for the tests."""
+import numpy as np
+
+
+def rms_norm(x, w, eps):
+    return x / np.sqrt(np.mean(x * x, -1, keepdims=True) + eps) * w
+
+
+def rope(x, theta):
+    t, d = x.shape[1], x.shape[-1]
+    inv = theta ** (-np.arange(0, d, 2) / d)
+    ang = np.arange(t)[:, None] * inv[None]
+    cos, sin = np.cos(np.concatenate([ang, ang], -1)), np.sin(np.concatenate([ang, ang], -1))
+    x1, x2 = x[..., : d // 2], x[..., d // 2:]
+    rot = np.concatenate([-x2, x1], -1)
+    return x * cos[None, :, None] + rot * sin[None, :, None]
+
+
+def forward(params, tokens, m, key_mask=None, causal=False):
+    p = {k: (v if not isinstance(v, dict) else {kk: np.asarray(vv, np.float64) for kk, vv in v.items()})
+         for k, v in params.items()}
+    p = {k: (np.asarray(v, np.float64) if not isinstance(v, dict) else v) for k, v in p.items()}
+    tokens = np.asarray(tokens)
+    b, t = tokens.shape
+    x = p["wte"][tokens]
+    bl = p["blocks"]
+    groups = m.n_heads // m.n_kv_heads
+    for i in range(m.n_layers):
+        h = rms_norm(x, bl["attn_norm"][i], m.norm_eps)
+        q = rope(np.einsum("btd,dhk->bthk", h, bl["q_proj"][i]), m.rope_theta)
+        k = rope(np.einsum("btd,dhk->bthk", h, bl["k_proj"][i]), m.rope_theta)
+        v = np.einsum("btd,dhk->bthk", h, bl["v_proj"][i])
+        k, v = np.repeat(k, groups, axis=2), np.repeat(v, groups, axis=2)  # head j uses kv head j // groups
+        s = np.einsum("bthd,bshd->bhts", q, k) / np.sqrt(q.shape[-1])
+        allowed = np.ones((b, 1, t, t), bool)
+        if key_mask is not None:
+            allowed &= np.asarray(key_mask)[:, None, None, :]
+        if causal:
+            allowed &= np.tril(np.ones((t, t), bool))[None, None]
+        s = np.where(allowed, s, -np.inf)
+        s = np.exp(s - s.max(-1, keepdims=True))
+        s /= s.sum(-1, keepdims=True)
+        a = np.einsum("bhts,bshd->bthd", s, v)
+        x = x + np.einsum("bthk,hkd->btd", a, bl["attn_out"][i])
+        h = rms_norm(x, bl["ff_norm"][i], m.norm_eps)
+        g, u = h @ bl["ff_proj"][i], h @ bl["up_proj"][i]
+        x = x + (g / (1 + np.exp(-g)) * u) @ bl["ff_out"][i]
+    x = rms_norm(x, p["ln_f"], m.norm_eps)
+    return x @ p["lm_head"]
+
+
+def log_softmax(logits):
+    logits = np.asarray(logits, np.float64)
+    z = logits - logits.max(-1, keepdims=True)
+    return z - np.log(np.exp(z).sum(-1, keepdims=True))
+
+
+def ce(logits, tokens):
+    lp = log_softmax(logits)
+    return -np.take_along_axis(lp, np.asarray(tokens)[..., None], -1)[..., 0]

@@ -1,0 +1,169 @@
+"""Objectives against float64 numpy: forward process, pre-training loss, SFT loss, random length, ARM loss."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from llada_jax import diffusion, model as model_lib
+import reference
+
+
+def test_forward_process_masks_with_probability_p():
+    tokens = jnp.full((64, 4096), 7, jnp.int32)
+    x_t, masked, p = diffusion.forward_process(jax.random.key(0), tokens, mask_id=2, eps=1e-3)
+    np.testing.assert_array_equal(np.asarray(x_t == 2), np.asarray(masked))
+    assert float(p.min()) >= 1e-3 and float(p.max()) < 1.0
+    frac = np.asarray(masked).mean(1)
+    np.testing.assert_allclose(frac, np.asarray(p), atol=5 * np.sqrt(0.25 / 4096))  # per row binomial
+
+
+def test_forward_process_never_masks_outside_maskable():
+    tokens = jnp.ones((512, 32), jnp.int32)
+    maskable = jnp.arange(32)[None] >= jnp.arange(512)[:, None] % 32
+    _, masked, _ = diffusion.forward_process(jax.random.key(1), tokens, 2, maskable=maskable)
+    assert not np.any(np.asarray(masked) & ~np.asarray(maskable))
+
+
+def _fixed(seed, b=3, l=8, v=11):
+    rng = np.random.default_rng(seed)
+    logits = rng.normal(size=(b, l, v)).astype(np.float32) * 3
+    tokens = rng.integers(0, v, (b, l)).astype(np.int32)
+    masked = rng.random((b, l)) < 0.5
+    p = rng.uniform(0.001, 1.0, b).astype(np.float32)
+    return logits, tokens, masked, p
+
+
+def test_pretrain_loss_equals_numpy():
+    logits, tokens, masked, p = _fixed(0)
+    valid = np.ones_like(masked)
+    got = diffusion.pretrain_loss(logits, tokens, masked, p, valid)
+    ce = reference.ce(logits, tokens)
+    want = np.sum(np.where(masked, ce / p[:, None].astype(np.float64), 0)) / tokens.size  # / (B * L)
+    np.testing.assert_allclose(float(got), want, rtol=1e-6)
+
+
+def test_sft_loss_equals_numpy_and_hand_worked_case():
+    logits, tokens, masked, p = _fixed(1)
+    prompt_len = np.array([2, 5, 0])
+    answer = np.arange(8)[None] >= prompt_len[:, None]
+    masked = masked & answer
+    got = diffusion.sft_loss(logits, tokens, masked, p, answer)
+    ce = reference.ce(logits, tokens)
+    per_example = [np.sum(ce[i][masked[i]]) / p[i] / answer[i].sum() for i in range(3)]
+    np.testing.assert_allclose(float(got), np.mean(per_example), rtol=1e-6)
+    # by hand: uniform logits over V=4 -> CE = log 4 everywhere. Example 0: answer length 3, 2 masked, p = 0.5
+    # -> (2 log 4 / 0.5) / 3; example 1: answer length 2, 1 masked, p = 0.25 -> (log 4 / 0.25) / 2.
+    logits = np.zeros((2, 4, 4), np.float32)
+    tokens = np.zeros((2, 4), np.int32)
+    answer = np.array([[0, 1, 1, 1], [0, 0, 1, 1]], bool)
+    masked = np.array([[0, 1, 0, 1], [0, 0, 1, 0]], bool)
+    got = diffusion.sft_loss(logits, tokens, masked, np.array([0.5, 0.25], np.float32), answer)
+    want = ((2 * np.log(4) / 0.5) / 3 + (np.log(4) / 0.25) / 2) / 2
+    np.testing.assert_allclose(float(got), want, rtol=1e-6)
+
+
+def test_sft_prompt_is_never_masked(tiny_cfg):
+    tiny_cfg.data.random_length_prob = 0.0
+    b, l = 16, 16
+    prompt_lengths = jnp.arange(b) % l
+    batch = {"tokens": jnp.ones((b, l), jnp.int32), "prompt_lengths": prompt_lengths}
+    in_prompt = np.arange(l)[None] < np.asarray(prompt_lengths)[:, None]
+    seen = np.zeros((b, l), bool)
+    for i in range(200):
+        masked = np.asarray(diffusion.draw_noise(jax.random.key(i), batch, tiny_cfg)["masked"])
+        assert not np.any(masked & in_prompt)
+        seen |= masked
+    np.testing.assert_array_equal(seen, ~in_prompt)  # every answer position gets masked at some point
+
+
+def test_random_lengths_fraction_and_range():
+    n, l = 400_000, 64
+    lengths = np.asarray(diffusion.random_lengths(jax.random.key(0), n, l, 0.01))
+    cut = lengths < l
+    # a random length equal to l (prob 1/l) is indistinguishable from no cut
+    expected = 0.01 * (1 - 1 / l)
+    assert abs(cut.mean() - expected) < 5 * np.sqrt(expected * (1 - expected) / n)
+    assert lengths.min() >= 1 and lengths.max() == l
+    counts = np.bincount(lengths[cut], minlength=l)[1:l]
+    assert counts.min() > 0.5 * counts.mean()  # roughly uniform over {1..l-1}
+
+
+def _loss_fn(cfg, params, model):
+    return jax.jit(lambda p, batch, noise: diffusion.loss_given_noise(model, p, batch, noise, cfg)[0])
+
+
+def test_random_length_is_one_compilation_and_equals_truncation(tiny_cfg):
+    tiny_cfg.data.random_length_prob = 0.0
+    model = model_lib.Model(tiny_cfg.model)
+    params = model.init(jax.random.key(0))
+    b, l = 4, 16
+    tokens = jnp.asarray(np.random.default_rng(0).integers(6, 48, (b, l)), jnp.int32)
+    noise = diffusion.draw_noise(jax.random.key(3), {"tokens": tokens}, tiny_cfg)
+    loss = _loss_fn(tiny_cfg, params, model)
+    for n in (16, 9, 3, 1):
+        full = {"tokens": tokens, "lengths": jnp.full((b,), n, jnp.int32)}
+        cut_noise = {**noise, "masked": noise["masked"] & (jnp.arange(l) < n)[None]}
+        got = loss(params, full, {**cut_noise, "lengths": full["lengths"]})
+        trunc = {"tokens": tokens[:, :n]}
+        trunc_noise = {"masked": noise["masked"][:, :n], "p": noise["p"], "lengths": jnp.full((b,), n, jnp.int32)}
+        want = diffusion.loss_given_noise(model, params, trunc, trunc_noise, tiny_cfg)[0]
+        np.testing.assert_allclose(float(got), float(want), rtol=1e-5)
+    assert loss._cache_size() == 1  # four lengths, one compilation
+
+
+def test_random_length_normalises_by_real_positions(tiny_cfg):
+    """The official cut: loss normalised by the cut length (B * n), not by B * L."""
+    logits, tokens, masked, p = _fixed(2)
+    valid = np.arange(8)[None] < np.array([[5], [5], [5]])
+    got = diffusion.pretrain_loss(logits, tokens, masked, p, valid)
+    ce = reference.ce(logits, tokens)
+    want = np.sum(np.where(masked & valid, ce / p[:, None].astype(np.float64), 0)) / 15
+    np.testing.assert_allclose(float(got), want, rtol=1e-6)
+
+
+def test_arm_loss_equals_numpy_next_token_ce():
+    logits, tokens, _, _ = _fixed(3)
+    valid = np.ones(tokens.shape, bool)
+    got = diffusion.arm_loss(logits, tokens, valid)
+    want = reference.ce(logits[:, :-1], tokens[:, 1:]).mean()
+    np.testing.assert_allclose(float(got), want, rtol=1e-6)
+
+
+def test_arm_objective_is_causal(tiny_cfg):
+    tiny_cfg.objective = "arm"
+    tiny_cfg.data.random_length_prob = 0.0
+    model = model_lib.Model(tiny_cfg.model)
+    params = model.init(jax.random.key(0))
+    tokens = jnp.asarray(np.random.default_rng(1).integers(6, 48, (2, 16)), jnp.int32)
+    noise = diffusion.draw_noise(jax.random.key(0), {"tokens": tokens}, tiny_cfg)
+    logits = model.apply(params, tokens, causal=True)
+    np.testing.assert_allclose(
+        float(diffusion.loss_given_noise(model, params, {"tokens": tokens}, noise, tiny_cfg)[0]),
+        reference.ce(np.asarray(logits)[:, :-1], np.asarray(tokens)[:, 1:]).mean(), rtol=1e-5)
+
+
+@pytest.mark.parametrize("sft", [False, True])
+def test_losses_through_the_model_equal_numpy(tiny_cfg, sft):
+    tiny_cfg.data.random_length_prob = 0.0
+    model = model_lib.Model(tiny_cfg.model)
+    params = model.init(jax.random.key(5))
+    rng = np.random.default_rng(5)
+    tokens = rng.integers(6, 48, (3, 10)).astype(np.int32)
+    masked = rng.random((3, 10)) < 0.4
+    prompt = np.array([3, 0, 6])
+    if sft:
+        masked &= np.arange(10)[None] >= prompt[:, None]
+    p = np.array([0.3, 0.9, 0.05], np.float32)
+    batch = {"tokens": jnp.asarray(tokens)}
+    if sft:
+        batch["prompt_lengths"] = jnp.asarray(prompt)
+    noise = {"masked": jnp.asarray(masked), "p": jnp.asarray(p), "lengths": jnp.full((3,), 10, jnp.int32)}
+    got = diffusion.loss_given_noise(model, params, batch, noise, tiny_cfg)[0]
+    x_t = np.where(masked, tiny_cfg.tokens.mask_id, tokens)
+    ce = reference.ce(reference.forward(jax.device_get(params), x_t, tiny_cfg.model), tokens) / p[:, None]
+    ce = np.where(masked, ce, 0.0)
+    if sft:
+        want = np.mean(ce.sum(1) / (10 - prompt))
+    else:
+        want = ce.sum() / tokens.size
+    np.testing.assert_allclose(float(got), want, rtol=1e-4)

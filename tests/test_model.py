@@ -1,0 +1,121 @@
+"""The Transformer: exact parameter counts, a float64 numpy reference, bidirectionality, masks, scan and remat."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from llada_jax import config as config_lib
+from llada_jax import model as model_lib
+import reference
+
+
+def _params(cfg, seed=0):
+    return model_lib.Model(cfg.model).init(jax.random.key(seed))
+
+
+def test_param_counts_of_the_paper_configs():
+    c8 = config_lib.load_config("configs/llada_8b.py").model
+    assert model_lib.count_params(c8) == 8_015_581_184
+    assert model_lib.count_params(c8, embeddings=False) == 8_015_581_184 - 2 * 126464 * 4096
+    c1 = config_lib.load_config("configs/llada_1b.py").model
+    assert abs(model_lib.count_params(c1) / 1.49e9 - 1) < 0.01
+    assert abs(model_lib.count_params(c1, embeddings=False) / 0.97e9 - 1) < 0.01
+    # abstract shapes, nothing allocated: q_proj of the 8B model is [layers, d, heads, head_dim]
+    abstract = model_lib.Model(c8).abstract_params()
+    assert abstract["blocks"]["q_proj"].shape == (32, 4096, 32, 128)
+    assert abstract["blocks"]["k_proj"].shape == (32, 4096, 32, 128)
+    assert model_lib.Model(c1).abstract_params()["blocks"]["k_proj"].shape == (22, 2048, 4, 64)  # GQA
+
+
+def test_param_axes_match_param_ranks(tiny_cfg):
+    model = model_lib.Model(tiny_cfg.model)
+    shapes = jax.tree.map(lambda x: x.shape, model.abstract_params())
+    axes = model.param_axes()
+    for s, a in zip(jax.tree.leaves(shapes, is_leaf=lambda x: isinstance(x, tuple)),
+                    jax.tree.leaves(axes, is_leaf=lambda x: isinstance(x, tuple))):
+        assert len(s) == len(a)
+
+
+@pytest.mark.parametrize("n_kv_heads", [4, 2, 1])
+def test_forward_equals_float64_numpy(tiny_cfg, n_kv_heads):
+    tiny_cfg.model.n_kv_heads = n_kv_heads
+    tiny_cfg.model.rope_theta = 10.0  # large rotation angles at short lengths: a wrong RoPE convention shows
+    params = _params(tiny_cfg)
+    tokens = np.random.default_rng(0).integers(0, 48, (2, 12))
+    got = model_lib.Model(tiny_cfg.model).apply(params, jnp.asarray(tokens))
+    want = reference.forward(jax.device_get(params), tokens, tiny_cfg.model)
+    np.testing.assert_allclose(np.asarray(got), want, rtol=2e-4, atol=2e-4)
+
+
+def test_init_follows_the_mitchell_rule(tiny_cfg):
+    tiny_cfg.model.d_model, tiny_cfg.model.ffn_dim, tiny_cfg.model.n_layers = 256, 512, 3
+    p = jax.device_get(_params(tiny_cfg))
+    assert np.std(p["blocks"]["q_proj"]) == pytest.approx(0.987 / np.sqrt(256), rel=0.05)  # std of N(0,1) cut at +-3: 0.987
+    ff_out = p["blocks"]["ff_out"]
+    for layer in range(3):  # further divided by sqrt(2 (layer + 1))
+        assert np.std(ff_out[layer]) == pytest.approx(0.987 / np.sqrt(512) / np.sqrt(2 * (layer + 1)), rel=0.05)
+    assert np.abs(ff_out).max() <= 3 / np.sqrt(512) + 1e-6
+    np.testing.assert_array_equal(p["ln_f"], 1.0)
+
+
+def test_attention_is_bidirectional(tiny_cfg):
+    params = _params(tiny_cfg)
+    model = model_lib.Model(tiny_cfg.model)
+    tokens = jnp.arange(10)[None] % 48
+    changed = tokens.at[0, -1].set(47)
+    first = lambda t: model.apply(params, t)[0, 0]
+    assert float(jnp.max(jnp.abs(first(tokens) - first(changed)))) > 1e-4
+    causal = lambda t: model.apply(params, t, causal=True)[0, :-1]
+    np.testing.assert_array_equal(np.asarray(causal(tokens)), np.asarray(causal(changed)))
+
+
+def test_key_mask_equals_truncation(tiny_cfg):
+    params = _params(tiny_cfg)
+    model = model_lib.Model(tiny_cfg.model)
+    tokens = jnp.asarray(np.random.default_rng(1).integers(0, 48, (1, 12)))
+    mask = jnp.arange(12)[None] < 7
+    masked = model.apply(params, tokens, key_mask=mask)[:, :7]
+    truncated = model.apply(params, tokens[:, :7])
+    np.testing.assert_allclose(np.asarray(masked), np.asarray(truncated), rtol=1e-5, atol=1e-5)
+
+
+def _loss_and_grads(cfg, params, tokens):
+    model = model_lib.Model(cfg.model)
+    loss = lambda p: jnp.mean(jax.nn.log_softmax(model.apply(p, tokens))[..., 0] ** 2)
+    return jax.jit(jax.value_and_grad(loss))(params)
+
+
+@pytest.mark.parametrize("variant", [{"scan_layers": False}, {"remat": "full"}, {"remat": "save_dots"},
+                                     {"remat": "full", "scan_layers": False}])
+def test_scan_and_remat_do_not_change_results(tiny_cfg, variant):
+    params = _params(tiny_cfg)
+    tokens = jnp.asarray(np.random.default_rng(2).integers(0, 48, (2, 10)))
+    base_loss, base_grads = _loss_and_grads(tiny_cfg, params, tokens)
+    for k, v in variant.items():
+        tiny_cfg.model[k] = v
+    loss, grads = _loss_and_grads(tiny_cfg, params, tokens)
+    np.testing.assert_allclose(float(loss), float(base_loss), rtol=1e-6)
+    for g, b in zip(jax.tree.leaves(grads), jax.tree.leaves(base_grads)):  # float32 reassociation only
+        np.testing.assert_allclose(np.asarray(g), np.asarray(b), rtol=1e-5, atol=1e-5 * float(jnp.abs(b).max()))
+
+
+def test_bfloat16_compute_stays_close_to_float32(tiny_cfg):
+    params = _params(tiny_cfg)
+    tokens = jnp.asarray(np.random.default_rng(3).integers(0, 48, (2, 10)))
+    f32 = model_lib.Model(tiny_cfg.model).apply(params, tokens)
+    tiny_cfg.model.dtype = "bfloat16"
+    bf16 = model_lib.Model(tiny_cfg.model).apply(params, tokens)
+    assert bf16.dtype == jnp.float32  # logits are float32 whatever the compute dtype
+    np.testing.assert_allclose(np.asarray(bf16), np.asarray(f32), atol=0.1)
+
+
+def test_too_long_sequence_is_a_clear_error(tiny_cfg):
+    tiny_cfg.model.max_seq_len = 8
+    with pytest.raises(ValueError, match="exceeds model.max_seq_len=8"):
+        model_lib.Model(tiny_cfg.model).apply(_params(tiny_cfg), jnp.zeros((1, 9), jnp.int32))
+
+
+def test_flops_per_token_counts_attention_and_head():
+    m = config_lib.load_config("configs/llada_8b.py").model
+    n = 6_979_588_096
+    assert model_lib.flops_per_token(m, 4096) == 6 * n + 6 * 4096 * 126464 + 12 * 32 * 4096 * 32 * 128
