@@ -163,7 +163,8 @@ def _resolve_path(path):
         for cand in (root / p, root / p.name, root / (p.name + ".py")):
             if cand.exists():
                 return cand
-    avail = sorted(q.name for q in PACKAGED_CONFIGS.glob("*.py") if not q.name.startswith("_"))
+    avail = sorted({q.name for root in (REPO_CONFIGS, PACKAGED_CONFIGS) for q in root.glob("*.py")
+                    if not q.name.startswith("_")})
     raise ConfigError(f"config file {path!r} not found. Built-in configs: {', '.join(avail)}. "
                       f"Pass --config=configs/NAME.py or a path to your own file defining get_config().")
 

@@ -27,7 +27,8 @@ def _fill(sizes, total, what):
     known = math.prod(s for s in sizes if s != -1)
     if -1 in sizes:
         if total % known:
-            raise MeshError(f"{what} mesh {dict(zip(AXES, sizes))}: {total} devices are not divisible by {known}.")
+            raise MeshError(f"{what} mesh {dict(zip(AXES, sizes))}: {total} devices are not divisible by {known}; "
+                            f"choose mesh.data x mesh.fsdp x mesh.tensor sizes whose product divides {total}.")
         sizes[sizes.index(-1)] = total // known
     if math.prod(sizes) != total:
         raise MeshError(f"{what} mesh {dict(zip(AXES, sizes))} has {math.prod(sizes)} devices but {total} are "
