@@ -57,14 +57,17 @@ def cmd_train(argv):
     overrides, rest = split_config_args(argv)
     args = _base_parser("llada train", "Train a LLaDA model (masked diffusion) or the ARM baseline.").parse_args(rest)
     cfg = _load(args, overrides)
-    from llada_jax import distributed, sharding, train
+    import jax
+
+    from llada_jax import checkpoint, distributed, sharding, train
     distributed.maybe_initialize()
     workdir = args.workdir or os.path.join("runs", cfg.name)
     try:
         train.train(cfg, workdir)
-    except (train.TrainError, sharding.MeshError) as e:
+    except (train.TrainError, sharding.MeshError, checkpoint.CheckpointError) as e:
         raise SystemExit(f"llada train: {e}")
-    print(f"done: run directory {workdir}")
+    if jax.process_index() == 0:
+        print(f"done: run directory {workdir}")
 
 
 def cmd_data(argv):

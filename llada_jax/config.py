@@ -64,7 +64,10 @@ def default_config():
     tr.seq_len = 64
     tr.micro_batches = 1  # gradient accumulation: the global batch is split into this many micro-batches
     tr.log_every = 25
-    tr.nan_poison_step = -1  # testing switch: poison the gradients of this step with NaN
+    tr.nan_poison_step = -1  # testing switch: poison the gradients of this step (or, with nan_poison_count, more)
+    tr.nan_poison_count = 1  # ... of this many consecutive steps from nan_poison_step
+    tr.nan_patience = 5  # after this many consecutive non-finite steps, restore the last good checkpoint
+    tr.nan_lr_factor = 1.0  # ... and multiply the learning rate by this factor (the paper resumed at a lower LR)
 
     c.optim = o = ml_collections.ConfigDict()
     o.peak_lr = 3e-3
@@ -127,6 +130,10 @@ def default_config():
 
     c.checkpoint = ck = ml_collections.ConfigDict()
     ck.every_steps = 200
+    ck.keep = 3  # keep the last K checkpoints ...
+    ck.keep_period = 0  # ... plus every M-th step when > 0
+    ck.async_save = True
+    ck.init_from = ""  # a run directory: start from its params with a fresh optimizer (fine-tuning, SFT)
     c.lock()  # config files may change values but not invent keys: typos fail loudly
     return c
 

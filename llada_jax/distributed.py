@@ -23,7 +23,7 @@ def maybe_initialize():
     JAX_NUM_PROCESSES and JAX_PROCESS_ID; SLURM and TPU pods are detected by JAX itself."""
     if not is_multihost_env() or jax.distributed.is_initialized():
         return
-    if jax.default_backend() == "cpu" or os.environ.get("JAX_PLATFORMS", "") == "cpu":
+    if "cpu" in os.environ.get("JAX_PLATFORMS", ""):  # CPU processes talk through gloo (tests, local launcher)
         jax.config.update("jax_cpu_collectives_implementation", "gloo")
     if "JAX_COORDINATOR_ADDRESS" in os.environ:
         jax.distributed.initialize(os.environ["JAX_COORDINATOR_ADDRESS"], int(os.environ["JAX_NUM_PROCESSES"]),

@@ -56,7 +56,8 @@ class Setup:
             self.tx, lambda _, s: s, abstract_opt, self.param_sharding,
             transform_non_params=lambda _: self.sharder.replicated)
         rep = self.sharder.replicated
-        self.state_sharding = {"step": rep, "rng": rep, "params": self.param_sharding, "opt_state": opt_sharding}
+        self.state_sharding = {"step": rep, "rng": rep, "params": self.param_sharding, "opt_state": opt_sharding,
+                               **{k: rep for k in self.guard_init()}}
         self.batch_sharding = self.sharder.named(("batch", None))
         # The batch keeps the sharding put_batch gave it (tokens [B, L] and per-row [B] arrays differ in rank).
         self.step_fn = jax.jit(self._train_step, in_shardings=(self.state_sharding, None),
@@ -70,9 +71,21 @@ class Setup:
             k_params, k_rng = jax.random.split(key)
             params = self.model.init(k_params)
             return {"step": jnp.zeros((), jnp.int32), "rng": k_rng, "params": params,
-                    "opt_state": self.tx.init(params)}
+                    "opt_state": self.tx.init(params), **self.guard_init()}
 
         return jax.jit(init, out_shardings=self.state_sharding)(jax.random.key_data(jax.random.key(seed)))
+
+    @staticmethod
+    def guard_init():
+        """NaN-guard state: consecutive non-finite steps, the LR multiplier and the number of rollbacks so far."""
+        return {"nan_streak": jnp.zeros((), jnp.int32), "lr_scale": jnp.ones((), jnp.float32),
+                "rollbacks": jnp.zeros((), jnp.int32)}
+
+    def abstract_state(self):
+        """Shapes, dtypes and shardings of the train state (for restoring onto this run's mesh)."""
+        shapes = jax.eval_shape(self.init_state)
+        return jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), shapes,
+                            self.state_sharding)
 
     def put_batch(self, local_batch):
         """Host-local numpy rows -> one global array per key, sharded over the batch axes."""
@@ -107,19 +120,24 @@ class Setup:
         step = state["step"]
         key = jax.random.fold_in(jax.random.wrap_key_data(state["rng"]), step)
         loss, aux, grads = self.loss_and_grads(state["params"], batch, key)
-        poison = self.cfg.train.nan_poison_step
-        if poison >= 0:  # testing switch for the NaN guard
-            grads = jax.tree.map(lambda g: jnp.where(step == poison, jnp.nan, g), grads)
+        tr = self.cfg.train
+        if tr.nan_poison_step >= 0:  # testing switch for the NaN guard (only before the first rollback)
+            hit = (step >= tr.nan_poison_step) & (step < tr.nan_poison_step + tr.nan_poison_count)
+            hit = hit & (state["rollbacks"] == 0)
+            grads = jax.tree.map(lambda g: jnp.where(hit, jnp.nan, g), grads)
         grad_norm = optax.tree.norm(grads)
         finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
         updates, opt_state = self.tx.update(grads, state["opt_state"], state["params"])
+        updates = jax.tree.map(lambda u: u * state["lr_scale"].astype(u.dtype), updates)  # AdamW is linear in LR
         params = optax.apply_updates(state["params"], updates)
-        # NaN guard: a non-finite step leaves params and optimizer state untouched.
+        # NaN guard: a non-finite step leaves params and optimizer state untouched and is counted.
         keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
         new_state = {"step": step + 1, "rng": state["rng"], "params": keep(params, state["params"]),
-                     "opt_state": keep(opt_state, state["opt_state"])}
-        metrics = {"loss": loss, "grad_norm": grad_norm, "lr": self.lr(step), "skipped": 1 - finite.astype(jnp.int32),
-                   **aux}
+                     "opt_state": keep(opt_state, state["opt_state"]),
+                     "nan_streak": jnp.where(finite, 0, state["nan_streak"] + 1),
+                     "lr_scale": state["lr_scale"], "rollbacks": state["rollbacks"]}
+        metrics = {"loss": loss, "grad_norm": grad_norm, "lr": self.lr(step) * state["lr_scale"],
+                   "skipped": 1 - finite.astype(jnp.int32), **aux}
         return new_state, metrics
 
 
@@ -173,49 +191,120 @@ def _fmt_time(seconds):
     return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
 
 
+def _truncate_metrics(workdir, step):
+    """After a resume from `step`, drop logged rows of steps that will be run again."""
+    path = os.path.join(workdir, "metrics.jsonl")
+    if jax.process_index() != 0 or not os.path.exists(path):
+        return
+    with open(path) as f:
+        rows = [line for line in f if line.strip() and json.loads(line)["step"] <= step]
+    with open(path, "w") as f:
+        f.writelines(rows)
+
+
+class Preempted(SystemExit):
+    pass
+
+
 def train(cfg, workdir, log=print):
-    """Trains `cfg` into `workdir`; returns the final train state and the list of logged metrics."""
+    """Trains `cfg` into `workdir`, resuming from its latest checkpoint if there is one. Returns (state, history)."""
+    from llada_jax import checkpoint as ckpt_lib
+    log = log if jax.process_index() == 0 else (lambda *a, **k: None)
     setup = Setup(cfg)
     os.makedirs(workdir, exist_ok=True)
-    if jax.process_index() == 0:
-        with open(os.path.join(workdir, "config.json"), "w") as f:
-            f.write(config_lib.to_json(cfg))
     m, tr = cfg.model, cfg.train
     log(f"model: {model_lib.count_params(m) / 1e6:.2f}M params ({model_lib.count_params(m, False) / 1e6:.2f}M "
-        f"non-embedding); mesh {dict(setup.mesh.shape)} on {jax.device_count()} {jax.devices()[0].platform} devices")
-    state = setup.init_state()
+        f"non-embedding); mesh {dict(setup.mesh.shape)} on {jax.device_count()} {jax.devices()[0].platform} devices"
+        f" in {jax.process_count()} process(es)")
     data = make_data(cfg)
+    ckpt = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"), cfg)
+    restored = ckpt.restore(setup.abstract_state(), log=log)
+    if restored is not None:
+        state, data_state = restored
+        data.set_state(data_state)
+        _truncate_metrics(workdir, int(state["step"]))
+        log(f"resuming from the checkpoint of step {int(state['step'])} in {ckpt.directory}")
+    else:
+        state = setup.init_state()
+        if cfg.checkpoint.init_from:
+            params, from_step = ckpt_lib.restore_params(cfg.checkpoint.init_from, setup.abstract_state()["params"])
+            state = {**state, "params": params}
+            log(f"initialised params from {cfg.checkpoint.init_from} (step {from_step}); fresh optimizer state")
+    if jax.process_index() == 0:  # after the restore: a config that cannot resume leaves the run untouched
+        with open(os.path.join(workdir, "config.json"), "w") as f:
+            f.write(config_lib.to_json(cfg))
     writer = MetricsWriter(workdir)
+    preemption = ckpt_lib.Preemption()
     tokens_per_step = tr.global_batch * tr.seq_len
     flops_per_step = model_lib.flops_per_token(m, tr.seq_len, causal=cfg.objective == "arm") * tokens_per_step
     peak = mfu.device_peak_flops()
     peak_total = peak * jax.device_count() if peak else None
-    history, pending, skipped_total = [], [], 0
-    start = int(state["step"])
-    t_last, step_last = time.perf_counter(), start
-    for step in range(start, tr.steps):
-        state, metrics = setup.step_fn(state, setup.put_batch(next(data)))
-        pending.append(metrics)
-        if (step + 1) % tr.log_every == 0 or step + 1 == tr.steps:
-            fetched = jax.device_get(pending)
-            pending = []
-            skipped_total += sum(int(x["skipped"]) for x in fetched)
-            now = time.perf_counter()
-            elapsed = now - t_last
-            steps_done = step + 1 - step_last
-            tps = steps_done * tokens_per_step / elapsed
-            last = fetched[-1]
-            row = {"loss": float(np.mean([x["loss"] for x in fetched])), "lr": float(last["lr"]),
-                   "grad_norm": float(last["grad_norm"]), "tokens_per_sec": tps,
-                   "mfu": (flops_per_step * steps_done / elapsed) / peak_total if peak_total else None,
-                   "skipped_steps": skipped_total, "tokens": (step + 1) * tokens_per_step}
-            writer.write(step + 1, row)
-            history.append({"step": step + 1, **row})
-            rate = (step + 1 - step_last) / elapsed
-            eta = (tr.steps - step - 1) / rate if rate > 0 else 0
-            mfu_txt = f" mfu {row['mfu']:.1%}" if row["mfu"] is not None else ""
-            log(f"step {step + 1}/{tr.steps} loss {row['loss']:.4f} lr {row['lr']:.2e} grad_norm "
-                f"{row['grad_norm']:.3f} | {tps:,.0f} tok/s{mfu_txt} | eta {_fmt_time(eta)}")
-            t_last, step_last = now, step + 1
-    writer.close()
+    history, pending = [], []
+    step = int(state["step"])
+    t_last, step_last = time.perf_counter(), step
+    try:
+        while step < tr.steps:
+            state, metrics = setup.step_fn(state, setup.put_batch(next(data)))
+            step += 1
+            pending.append(metrics)
+            log_now = step % tr.log_every == 0 or step == tr.steps
+            save_now = step % ckpt.every == 0 or step == tr.steps
+            preempted = preemption.reached(step)
+            if log_now or save_now or preempted:
+                if int(state["nan_streak"]) >= tr.nan_patience:
+                    state, step = _rollback(setup, ckpt, data, state, cfg, workdir, log)
+                    pending, t_last, step_last = [], time.perf_counter(), step
+                    continue
+            if log_now and pending:
+                fetched = jax.device_get(pending)
+                pending = []
+                now = time.perf_counter()
+                elapsed, steps_done = now - t_last, step - step_last
+                row = {"loss": float(np.mean([x["loss"] for x in fetched])), "lr": float(fetched[-1]["lr"]),
+                       "grad_norm": float(fetched[-1]["grad_norm"]),
+                       "tokens_per_sec": steps_done * tokens_per_step / elapsed,
+                       "mfu": flops_per_step * steps_done / elapsed / peak_total if peak_total else None,
+                       "skipped_steps": int(sum(int(x["skipped"]) for x in fetched)),
+                       "rollbacks": int(state["rollbacks"]), "tokens": step * tokens_per_step}
+                writer.write(step, row)
+                history.append({"step": step, **row})
+                eta = (tr.steps - step) * elapsed / max(steps_done, 1)
+                mfu_txt = f" mfu {row['mfu']:.1%}" if row["mfu"] is not None else ""
+                skip_txt = f" | skipped {row['skipped_steps']} non-finite" if row["skipped_steps"] else ""
+                log(f"step {step}/{tr.steps} loss {row['loss']:.4f} lr {row['lr']:.2e} grad_norm "
+                    f"{row['grad_norm']:.3f} | {row['tokens_per_sec']:,.0f} tok/s{mfu_txt} | eta {_fmt_time(eta)}"
+                    f"{skip_txt}")
+                t_last, step_last = now, step
+            if save_now or preempted:
+                ckpt.save(step, state, data.get_state(), cfg, force=True)
+            if preempted:
+                ckpt.wait()
+                raise Preempted(f"preempted (SIGTERM): saved the checkpoint of step {step} in {ckpt.directory}; "
+                                f"rerun the same command to resume.")
+        ckpt.wait()
+    finally:
+        preemption.close()
+        writer.close()
+        ckpt.close()
     return state, history
+
+
+def _rollback(setup, ckpt, data, state, cfg, workdir, log):
+    """The NaN guard's last resort: restore the last good checkpoint, lowering the LR by `train.nan_lr_factor`."""
+    ckpt.wait()
+    bad_step = int(state["step"])
+    restored = ckpt.restore(setup.abstract_state(), log=log)
+    if restored is None:
+        raise TrainError(f"{cfg.train.nan_patience} consecutive non-finite steps at step {bad_step} and no "
+                         f"checkpoint to roll back to; lower optim.peak_lr or check the data.")
+    new_state, data_state = restored
+    data.set_state(data_state)
+    rep = setup.sharder.replicated
+    new_state["lr_scale"] = jax.device_put(state["lr_scale"] * cfg.train.nan_lr_factor, rep)
+    new_state["rollbacks"] = jax.device_put(state["rollbacks"] + 1, rep)
+    new_state["nan_streak"] = jax.device_put(jnp.zeros((), jnp.int32), rep)
+    step = int(new_state["step"])
+    _truncate_metrics(workdir, step)
+    log(f"NaN guard: {cfg.train.nan_patience} consecutive non-finite steps up to step {bad_step}; restored the "
+        f"checkpoint of step {step} and set the LR multiplier to {float(new_state['lr_scale']):g}")
+    return new_state, step

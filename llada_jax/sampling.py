@@ -1,0 +1,334 @@
+"""The reverse process (REFERENCE.md section 4) and Fast-dLLM decoding (section 6): semi-autoregressive blocks,
+low-confidence / random remasking, classifier-free guidance, the EOS rules, threshold decoding and KV caches.
+
+The whole loop is one jitted program with static shapes: blocks and steps are `lax` loops, top-k is a rank mask,
+and `steps`, `block_length` (uncached), `temperature`, `cfg_scale` and `threshold` are traced, so one compilation
+serves every such setting of a (batch, prompt length, gen length) shape. What changes the program is static:
+`remasking`, the two EOS switches, whether CFG / threshold are on, `cache` (and then `block_length`).
+
+Config field names (the `sampling.*` block mirrors `SamplingArgs`): gen_length, block_length, steps, temperature,
+cfg_scale, remasking ("low_confidence" | "random"), logits_eos_inf, confidence_eos_eot_inf, threshold (None = off),
+cache (None | "prefix" | "dual"). Token ids come from `tokens.*` as `TokenIds(mask_id, eos_id, eot_id)`.
+"""
+import dataclasses
+from typing import Optional
+
+import jax
+import jax.numpy as jnp
+
+from llada_jax import model as model_lib
+
+REMASKING = ("low_confidence", "random")
+CACHES = (None, "prefix", "dual")
+
+
+class SamplingError(ValueError):
+    """Sampling arguments that cannot work; the message says what was wrong and how to fix it."""
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplingArgs:
+    """Arguments of the reverse process; the defaults are the official generate()'s."""
+    gen_length: int = 128
+    block_length: int = 128  # = gen_length: pure diffusion; smaller: semi-autoregressive blocks
+    steps: int = 128  # a multiple of the number of blocks; ignored by threshold decoding
+    temperature: float = 0.0  # 0: argmax; > 0: Gumbel-max sampling of softmax(logits / T)
+    cfg_scale: float = 0.0  # > 0: classifier-free guidance, logits = u + (w + 1)(c - u)
+    remasking: str = "low_confidence"  # or "random"
+    logits_eos_inf: bool = False  # EOS logit -inf before sampling
+    confidence_eos_eot_inf: bool = False  # EOS/EoT predictions get confidence 0 (the official chained assignment)
+    threshold: Optional[float] = None  # Fast-dLLM: commit every masked block position with confidence >= threshold
+    cache: Optional[str] = None  # Fast-dLLM: None | "prefix" | "dual" (needs a model_lib.Model)
+
+
+@dataclasses.dataclass(frozen=True)
+class TokenIds:
+    mask_id: int
+    eos_id: int
+    eot_id: int
+
+
+def validate(args, model):
+    """Checks done before tracing; errors say what was wrong and how to fix it."""
+    if args.gen_length <= 0 or args.block_length <= 0:
+        raise SamplingError(f"gen_length={args.gen_length} and block_length={args.block_length} must be positive.")
+    if args.gen_length % args.block_length:
+        raise SamplingError(f"gen_length={args.gen_length} must be a multiple of block_length={args.block_length}; "
+                            f"e.g. block_length={args.gen_length} (pure diffusion) or a divisor of gen_length.")
+    num_blocks = args.gen_length // args.block_length
+    if args.threshold is None and (args.steps <= 0 or args.steps % num_blocks):
+        raise SamplingError(f"steps={args.steps} must be a positive multiple of the number of blocks "
+                            f"(gen_length / block_length = {num_blocks}); e.g. steps={args.gen_length}.")
+    if args.remasking not in REMASKING:
+        raise SamplingError(f"remasking={args.remasking!r}; expected one of {', '.join(REMASKING)}.")
+    if args.cache not in CACHES:
+        raise SamplingError(f"cache={args.cache!r}; expected None, 'prefix' or 'dual'.")
+    if args.cache is not None and not isinstance(model, model_lib.Model):
+        raise SamplingError(f"cache={args.cache!r} needs the Transformer itself (a model_lib.Model) to keep keys and "
+                            f"values; got {type(model).__name__}. Pass the Model, or cache=None with an apply_fn.")
+    if args.temperature < 0 or args.cfg_scale < 0:
+        raise SamplingError(f"temperature={args.temperature} and cfg_scale={args.cfg_scale} must be >= 0.")
+
+
+# -- pieces shared with evaluate.py ------------------------------------------------------------------------------
+
+def commit_count(masked, steps, i):
+    """Positions to commit at step i of a block that had `masked` [MASK]s at its start (s = steps per block):
+    m // s, plus one for the first m % s steps."""
+    return masked // steps + (i < masked % steps)
+
+
+def with_cfg(run, tokens, key_mask, prompt_region, cfg_scale, mask_id):
+    """Classifier-free guidance: `run(tokens, key_mask) -> (logits, aux)` on the batch plus an unconditional copy in
+    which every prompt position (pads included) is [MASK]; logits = u + (w + 1)(c - u). aux is the doubled batch's."""
+    uncond = jnp.where(prompt_region, mask_id, tokens)
+    logits, aux = run(jnp.concatenate([tokens, uncond]), jnp.concatenate([key_mask, key_mask]))
+    c, u = jnp.split(logits, 2)
+    return u + (cfg_scale + 1.0) * (c - u), aux
+
+
+def ranks(conf):
+    """[B, W] -> rank of each entry in descending order (0 = largest); ties go to the lower position."""
+    order = jnp.argsort(-conf, axis=-1, stable=True)
+    return jnp.argsort(order, axis=-1, stable=True)
+
+
+def step_noise_key(key, step):
+    """The noise of global step `step` (counted over all blocks): (gumbel key, remasking key). Drawn as
+    uniform(gumbel key, [B, gen_length, V]) and uniform(remasking key, [B, gen_length]), so tests can recompute it."""
+    return jax.random.split(jax.random.fold_in(key, step))
+
+
+# -- the Transformer with a KV cache (same params and math as model.py) -------------------------------------------
+
+def rope_at(x, positions, theta):
+    """model.rope at absolute positions `positions` [T] instead of 0..T-1 (float32, rotate-half)."""
+    d = x.shape[-1]
+    inv_freq = 1.0 / (theta ** (jnp.arange(0, d, 2, dtype=jnp.float32) / d))
+    angles = positions.astype(jnp.float32)[:, None] * inv_freq[None, :]
+    cos = jnp.concatenate([jnp.cos(angles)] * 2, -1)[None, :, None, :]
+    sin = jnp.concatenate([jnp.sin(angles)] * 2, -1)[None, :, None, :]
+    x32 = x.astype(jnp.float32)
+    x1, x2 = jnp.split(x32, 2, axis=-1)
+    return (x32 * cos + jnp.concatenate([-x2, x1], axis=-1) * sin).astype(x.dtype)
+
+
+def forward_cached(model, params, tokens, key_mask, kv=None, start=0, fresh_from=0):
+    """The Transformer on the window `tokens` [B, W] at absolute positions start..start+W-1.
+
+    kv=None: the window is the whole sequence; returns (logits, (k, v)) with k, v [layers, B, T, kv_heads, hd], the
+    cache. Otherwise keys/values of positions < fresh_from come from the cache `kv`, those of the window (from
+    fresh_from on) are computed now, and the rest of the cache is used as is (prefix cache: window = everything
+    from the prompt end, fresh_from = block start; dual cache: window = the block). key_mask [B, T] covers the whole
+    sequence. Returns (logits [B, W, V] float32, None)."""
+    m = model.m
+    p = jax.tree.map(lambda w: w.astype(model.dtype), params)
+    w_len = tokens.shape[1]
+    positions = start + jnp.arange(w_len)
+    x = jnp.take(p["wte"], tokens, axis=0)
+
+    def layer(x, xs):
+        lp = xs[0]
+        h = model_lib.rms_norm(x, lp["attn_norm"], m.norm_eps)
+        q = jnp.einsum("btd,dhk->bthk", h, lp["q_proj"])
+        k = jnp.einsum("btd,dhk->bthk", h, lp["k_proj"])
+        v = jnp.einsum("btd,dhk->bthk", h, lp["v_proj"])
+        q, k = rope_at(q, positions, m.rope_theta), rope_at(k, positions, m.rope_theta)
+        if kv is None:
+            keys, values = k, v
+        else:
+            kc, vc = xs[1], xs[2]
+            cached = (jnp.arange(kc.shape[1]) < fresh_from)[None, :, None, None]
+            keys = jnp.where(cached, kc, jax.lax.dynamic_update_slice_in_dim(kc, k.astype(kc.dtype), start, 1))
+            values = jnp.where(cached, vc, jax.lax.dynamic_update_slice_in_dim(vc, v.astype(vc.dtype), start, 1))
+        a = model.attention(q, keys, values, key_mask=key_mask)
+        x = x + jnp.einsum("bthk,hkd->btd", a, lp["attn_out"])
+        h = model_lib.rms_norm(x, lp["ff_norm"], m.norm_eps)
+        hidden = jax.nn.silu(jnp.einsum("btd,df->btf", h, lp["ff_proj"])) * jnp.einsum("btd,df->btf", h, lp["up_proj"])
+        x = x + jnp.einsum("btf,fd->btd", hidden, lp["ff_out"])
+        return x, ((k, v) if kv is None else None)
+
+    xs = (p["blocks"],) if kv is None else (p["blocks"], kv[0], kv[1])
+    x, new_kv = jax.lax.scan(layer, x, xs)
+    x = model_lib.rms_norm(x, p["ln_f"], m.norm_eps)
+    logits = jnp.einsum("btd,dv->btv", x, p["lm_head"], preferred_element_type=jnp.float32)
+    return logits, new_kv
+
+
+# -- one denoising step ---------------------------------------------------------------------------------------------
+
+def _decide(logits, x_win, eligible, quota, temperature, threshold, noise, st):
+    """Steps 4-7 of section 4 on a window of the generated region. logits [B, W, V] float32, x_win [B, W],
+    eligible [W] bool (positions before the current block's end: as in the official code, a position of an earlier
+    block that was committed as [MASK] is still a candidate; the dual cache sees only its block), quota [B] (fixed-step decoding), noise = (gumbel key, remasking key, window offset, G).
+    Returns (commit [B, W] bool, x0 [B, W])."""
+    ids = st["ids"]
+    b, w, vocab = logits.shape
+    if st["logits_eos_inf"]:
+        logits = logits.at[..., ids.eos_id].set(-jnp.inf)
+    k_gumbel, k_random, offset, gen_length = noise
+
+    def sampled(_):
+        u = jax.random.uniform(k_gumbel, (b, gen_length, vocab))
+        u = jax.lax.dynamic_slice_in_dim(u, offset, w, 1)
+        return jnp.argmax(logits / temperature - jnp.log(-jnp.log(u)), -1)
+
+    x0 = jax.lax.cond(temperature > 0, sampled, lambda _: jnp.argmax(logits, -1), None).astype(x_win.dtype)
+    if st["remasking"] == "low_confidence":
+        conf_logits = logits
+        if st["confidence_eos_eot_inf"]:  # official: `logits_with_noise[eos] = logits[eot] = -inf`; at T = 0 both
+            bias = jnp.zeros((vocab,), jnp.float32).at[ids.eot_id].set(-jnp.inf)  # are the same tensor
+            bias = bias.at[ids.eos_id].set(jnp.where(temperature == 0, -jnp.inf, bias[ids.eos_id]))
+            conf_logits = logits + bias
+        picked = jnp.take_along_axis(conf_logits, x0[..., None], -1)[..., 0]
+        conf = jnp.exp(picked - jax.nn.logsumexp(conf_logits, -1))
+    else:
+        conf = jax.lax.dynamic_slice_in_dim(jax.random.uniform(k_random, (b, gen_length)), offset, w, 1)
+    candidate = (x_win == ids.mask_id) & eligible[None, :]
+    conf = jnp.where(candidate, conf, -jnp.inf)
+    rank = ranks(conf)
+    if st["use_threshold"]:
+        commit = candidate & ((rank == 0) | (conf >= threshold))
+    else:
+        commit = candidate & (rank < quota[:, None])
+    return commit, x0
+
+
+# -- the loop -------------------------------------------------------------------------------------------------------
+
+def _generate(fn, params, prompt, prompt_mask, key, dyn, st):
+    ids, gen_length, cache = st["ids"], st["gen_length"], st["cache"]
+    b, p_len = prompt.shape
+    t_len = p_len + gen_length
+    x = jnp.concatenate([prompt, jnp.full((b, gen_length), ids.mask_id, prompt.dtype)], 1)
+    key_mask = jnp.concatenate([prompt_mask, jnp.ones((b, gen_length), bool)], 1)
+    prompt_region = (jnp.arange(t_len) < p_len)[None, :]
+    block_len = st["block_length"] if cache else dyn["block_length"]
+    num_blocks = gen_length // block_len
+    steps_per_block = dyn["steps"] // num_blocks
+    gpos = jnp.arange(gen_length)
+    is_model = isinstance(fn, model_lib.Model)
+    apply_fn = fn.apply if is_model else fn
+
+    def run(tokens, window=None, kv=None, start=0, fresh_from=0):
+        """One model evaluation (CFG: on the doubled batch). window: the positions [start, start + window)."""
+        if window is None and not cache:
+            call = lambda t, km: (apply_fn(params, t, km), None)
+        elif window is None:
+            call = lambda t, km: forward_cached(fn, params, t, km)
+        else:
+            call = lambda t, km: forward_cached(fn, params, jax.lax.dynamic_slice_in_dim(t, start, window, 1), km,
+                                                kv, start, fresh_from)
+        if st["use_cfg"]:
+            return with_cfg(call, tokens, key_mask, prompt_region, dyn["cfg_scale"], ids.mask_id)
+        return call(tokens, key_mask)
+
+    def step(state, logits, offset, width, block, i, masked0):
+        """Commits on the window [offset, offset + width) of the generated region; logits are the window's."""
+        x, order, n_step, counts = state
+        x_win = jax.lax.dynamic_slice_in_dim(x, p_len + offset, width, 1)
+        wpos = offset + jnp.arange(width)
+        eligible = wpos < (block + 1) * block_len
+        quota = commit_count(masked0, steps_per_block, i)
+        k_gumbel, k_random = step_noise_key(key, n_step)
+        commit, x0 = _decide(logits, x_win, eligible, quota, dyn["temperature"], dyn["threshold"],
+                             (k_gumbel, k_random, offset, gen_length), st)
+        x = jax.lax.dynamic_update_slice_in_dim(x, jnp.where(commit, x0, x_win), p_len + offset, 1)
+        o_win = jax.lax.dynamic_slice_in_dim(order, offset, width, 1)
+        o_win = jnp.where(commit & (x0 != ids.mask_id), n_step, o_win)
+        order = jax.lax.dynamic_update_slice_in_dim(order, o_win, offset, 1)
+        return x, order, n_step + 1, counts
+
+    def block_body(block, state):
+        x = state[0]
+        start = block * block_len  # in the generated region
+        in_block = (gpos >= start) & (gpos < start + block_len)
+        masked0 = jnp.sum((x[:, p_len:] == ids.mask_id) & in_block[None], -1)
+        if cache:  # the block opens with a full pass that also refreshes the cache
+            logits, kv = run(x)
+            if cache == "dual":
+                offset, width = start, block_len
+                logits = jax.lax.dynamic_slice_in_dim(logits, p_len + start, block_len, 1)
+            else:
+                offset, width = 0, gen_length
+                logits = logits[:, p_len:]
+            x, order, n_step, (full, windows) = step(state, logits, offset, width, block, 0, masked0)
+            state, i0 = (x, order, n_step, (full + 1, windows)), 1
+        else:
+            kv, offset, width, i0 = None, 0, gen_length, 0
+
+        def cond(carry):
+            i, (x, *_) = carry
+            if st["use_threshold"]:
+                left = jnp.any((x[:, p_len:] == ids.mask_id) & in_block[None])
+                return left & (i < block_len)  # a block ends when it has no masks (capped: [MASK] predictions)
+            return i < steps_per_block
+
+        def body(carry):
+            i, (x, order, n_step, (full, windows)) = carry
+            if cache:
+                logits, _ = run(x, width, kv, p_len + offset, p_len + start)
+                windows = windows + 1
+            else:
+                logits = run(x)[0][:, p_len:]
+                full = full + 1
+            return i + 1, step((x, order, n_step, (full, windows)), logits, offset, width, block, i, masked0)
+
+        return jax.lax.while_loop(cond, body, (i0, state))[1]
+
+    order = jnp.full((b, gen_length), -1, jnp.int32)
+    zero = jnp.zeros((), jnp.int32)
+    state = (x, order, zero, (zero, zero))
+    x, order, n_step, (full, windows) = jax.lax.fori_loop(0, num_blocks, block_body, state)
+    return {"tokens": x, "order": order, "steps": n_step, "full_passes": full, "window_passes": windows}
+
+
+_generate_jit = jax.jit(_generate, static_argnames=("fn", "st"))
+
+
+class _Static(dict):
+    """The static part of the arguments, hashable for jit."""
+
+    def __hash__(self):
+        return hash(tuple(sorted(self.items())))
+
+
+def split_args(args, ids, force_cfg=False):
+    """(static, traced) halves of SamplingArgs; force_cfg runs the CFG program even at cfg_scale 0 (tests)."""
+    static = _Static(ids=ids, gen_length=args.gen_length, cache=args.cache,
+                     block_length=args.block_length if args.cache else None, remasking=args.remasking,
+                     logits_eos_inf=args.logits_eos_inf, confidence_eos_eot_inf=args.confidence_eos_eot_inf,
+                     use_threshold=args.threshold is not None, use_cfg=force_cfg or args.cfg_scale > 0)
+    dyn = {"steps": jnp.int32(args.steps if args.threshold is None else args.gen_length),
+           "block_length": jnp.int32(args.block_length), "temperature": jnp.float32(args.temperature),
+           "cfg_scale": jnp.float32(args.cfg_scale),
+           "threshold": jnp.float32(args.threshold if args.threshold is not None else 1.0)}
+    return static, dyn
+
+
+def generate(model, params, prompt, prompt_mask, key, args, ids, *, force_cfg=False):
+    """Samples `args.gen_length` tokens after each (left-padded) prompt (REFERENCE.md sections 4 and 6).
+
+    model: a model_lib.Model, or any apply_fn(params, tokens, key_mask) -> logits [B, T, V] float32 (no cache then).
+    Pass the same object each call: it is a static argument of the compiled program.
+    prompt [B, P] int; prompt_mask [B, P] bool (True = real token; None = all real), pads are hidden as keys.
+    Returns a dict: tokens [B, P + gen_length] (prompt ++ answer), order [B, gen_length] (the global step at which
+    each position was committed, -1 if never), steps (denoising steps run), full_passes (model evaluations of the
+    whole sequence) and window_passes (cached evaluations of the generated region (prefix) or the block (dual));
+    with CFG each evaluation runs on the doubled batch."""
+    validate(args, model)
+    prompt = jnp.asarray(prompt, jnp.int32)
+    if prompt_mask is None:
+        prompt_mask = jnp.ones(prompt.shape, bool)
+    static, dyn = split_args(args, ids, force_cfg)
+    return _generate_jit(model, params, prompt, jnp.asarray(prompt_mask, bool), key, dyn, static)
+
+
+def answer_ids(tokens, prompt_len, eos_id):
+    """Host side: the generated ids of one row up to (not including) the first EOS."""
+    out = []
+    for t in list(tokens)[prompt_len:]:
+        if int(t) == eos_id:
+            break
+        out.append(int(t))
+    return out
