@@ -1,0 +1,201 @@
+"""Likelihood evaluation: the conditional log-likelihood estimator (REFERENCE.md section 5, the paper's Algorithm 3),
+the ELBO perplexity bound of held-out text (section 3's objective as a bound), and multiple-choice accuracy.
+
+Everything is generic over the model: `model` is a model_lib.Model or any apply_fn(params, tokens, key_mask) ->
+logits [B, T, V] float32. Pass the same object each call: it is a static argument of the compiled programs.
+"""
+import json
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from llada_jax import diffusion
+from llada_jax import model as model_lib
+from llada_jax import sampling
+
+
+class EvalError(ValueError):
+    """Evaluation inputs that cannot work; the message says what was wrong and how to fix it."""
+
+
+def _apply_fn(model):
+    return model.apply if isinstance(model, model_lib.Model) else model
+
+
+def _logits(model, params, tokens, key_mask, prompt_region, cfg_scale, mask_id, use_cfg):
+    run = lambda t, km: (_apply_fn(model)(params, t, km), None)
+    if use_cfg:
+        return sampling.with_cfg(run, tokens, key_mask, prompt_region, cfg_scale, mask_id)[0]
+    return run(tokens, key_mask)[0]
+
+
+# -- conditional log-likelihood (Algorithm 3) -----------------------------------------------------------------------
+
+def stratified_counts(key, answer_len, n):
+    """Mask counts l_j of the n rows of one mini-batch: evenly spaced over {1..L} (spacing L / n) from a random
+    offset k ~ U{1..L}, wrapped back into {1..L} (L = answer_len, may be traced)."""
+    k = jax.random.randint(key, (), 1, answer_len + 1)
+    l = jnp.round(k + jnp.arange(n, dtype=jnp.float32) * (answer_len / n)).astype(jnp.int32)
+    return (l - 1) % answer_len + 1
+
+
+def answer_masks(key, answer_len, counts, width):
+    """[n, width] bool: row j masks exactly counts[j] of the first answer_len positions, chosen uniformly without
+    replacement (the rest of the width is padding and never masked)."""
+    n = counts.shape[0]
+    real = jnp.arange(width)[None, :] < answer_len
+    scores = jnp.where(real, jax.random.uniform(key, (n, width)), -jnp.inf)
+    return real & (sampling.ranks(scores) < counts[:, None])
+
+
+def _loglik_rows(model, params, prompt, prompt_mask, answer, answer_len, key, cfg_scale, mask_id, n_batches,
+                 batch_size, use_cfg):
+    """[n_batches, batch_size] per-row estimates of -log p(answer | prompt): sum of masked CE times L / l."""
+    p_len, a_len = prompt.shape[0], answer.shape[0]
+    seq = jnp.concatenate([prompt, answer])
+    key_mask = jnp.concatenate([prompt_mask, jnp.arange(a_len) < answer_len])
+    key_mask = jnp.broadcast_to(key_mask, (batch_size, p_len + a_len))
+    prompt_region = (jnp.arange(p_len + a_len) < p_len)[None, :]
+
+    def one(k):
+        k_count, k_pos = jax.random.split(k)
+        counts = stratified_counts(k_count, answer_len, batch_size)
+        masked = jnp.concatenate([jnp.zeros((batch_size, p_len), bool),
+                                  answer_masks(k_pos, answer_len, counts, a_len)], 1)
+        x = jnp.where(masked, mask_id, seq[None, :])
+        logits = _logits(model, params, x, key_mask, prompt_region, cfg_scale, mask_id, use_cfg)
+        ce = jnp.where(masked, diffusion.cross_entropy(logits, jnp.broadcast_to(seq, x.shape)), 0.0)
+        return jnp.sum(ce, -1) * answer_len / counts
+
+    return jax.lax.map(one, jax.random.split(key, n_batches))
+
+
+_loglik_jit = jax.jit(_loglik_rows, static_argnames=("model", "mask_id", "n_batches", "batch_size", "use_cfg"))
+
+
+def _pad_to(n, bucket):
+    return -(-n // bucket) * bucket
+
+
+def log_likelihood(model, params, prompt, answer, key, mask_id, *, n_samples=128, batch_size=16, cfg_scale=0.0,
+                   bucket=1):
+    """Monte Carlo estimate of log p(answer | prompt) (Algorithm 3; not length-normalised).
+
+    prompt, answer: 1-D token ids. n_samples rows in mini-batches of batch_size (n_samples a multiple of it).
+    bucket > 1 pads the prompt (left) and the answer (right) to multiples of `bucket`, hidden by the key mask, so
+    examples of similar lengths share one compilation (exact only for a model that honours key_mask).
+    Returns (estimate, standard error): the error from the spread of the mini-batch means (rows of one mini-batch
+    are not independent: their mask counts are stratified)."""
+    prompt, answer = np.asarray(prompt, np.int32), np.asarray(answer, np.int32)
+    if answer.size == 0:
+        raise EvalError("the answer is empty; log p(empty | prompt) = 0 needs no estimate.")
+    if n_samples % batch_size:
+        raise EvalError(f"n_samples={n_samples} must be a multiple of batch_size={batch_size}.")
+    p_pad, a_pad = _pad_to(prompt.size, bucket) - prompt.size, _pad_to(answer.size, bucket) - answer.size
+    prompt_full = np.concatenate([np.full(p_pad, mask_id, np.int32), prompt])
+    prompt_mask = np.arange(prompt_full.size) >= p_pad
+    answer_full = np.concatenate([answer, np.full(a_pad, mask_id, np.int32)])
+    rows = _loglik_jit(model, params, prompt_full, prompt_mask, answer_full, jnp.int32(answer.size), key,
+                       jnp.float32(cfg_scale), mask_id, n_samples // batch_size, batch_size, cfg_scale > 0)
+    rows = np.asarray(rows, np.float64)
+    means = rows.mean(1)
+    if means.size > 1:
+        stderr = means.std(ddof=1) / math.sqrt(means.size)
+    else:
+        stderr = rows.std(ddof=1) / math.sqrt(rows.size) if rows.size > 1 else float("nan")
+    return -float(means.mean()), float(stderr)
+
+
+# -- ELBO perplexity bound --------------------------------------------------------------------------------------------
+
+def _elbo_rows(model, params, tokens, lengths, key, mask_id, eps):
+    """Per row: sum over masked real positions of CE / p (one draw of t and the mask per row)."""
+    valid = jnp.arange(tokens.shape[1])[None, :] < lengths[:, None]
+    x_t, masked, p = diffusion.forward_process(key, tokens, mask_id, eps, maskable=valid)
+    logits = _apply_fn(model)(params, x_t, valid)
+    ce = diffusion.cross_entropy(logits, tokens) / p[:, None]
+    return jnp.sum(jnp.where(masked & valid, ce, 0.0), -1)
+
+
+_elbo_jit = jax.jit(_elbo_rows, static_argnames=("model", "mask_id", "eps"))
+
+
+def elbo_perplexity(model, params, tokens, key, mask_id, *, lengths=None, n_samples=1, batch_size=16, eps=1e-3):
+    """Upper bound on the per-token negative log-likelihood of held-out data (the pre-training objective, an
+    unbiased estimate of E_t[(1/t) sum_i 1[masked] (-log p(x0_i | x_t))] / L, averaged over t and the data).
+
+    tokens [N, L] int (numpy); lengths [N] real tokens per row (default L; the tail is hidden and unscored).
+    n_samples draws of (t, mask) per row. Returns a dict: nll (nats per token, the bound), ppl = exp(nll),
+    stderr (of nll, over rows and draws), tokens (real tokens scored)."""
+    tokens = np.asarray(tokens, np.int32)
+    n, l = tokens.shape
+    lengths = np.full(n, l, np.int32) if lengths is None else np.asarray(lengths, np.int32)
+    pad = _pad_to(n, batch_size) - n
+    tokens = np.concatenate([tokens, np.zeros((pad, l), np.int32)])
+    padded_lengths = np.concatenate([lengths, np.zeros(pad, np.int32)])
+    sums = np.zeros((n_samples, n))
+    for s in range(n_samples):
+        rows = []
+        for b0 in range(0, tokens.shape[0], batch_size):
+            k = jax.random.fold_in(jax.random.fold_in(key, s), b0)
+            rows.append(np.asarray(_elbo_jit(model, params, tokens[b0:b0 + batch_size],
+                                             padded_lengths[b0:b0 + batch_size], k, mask_id, eps), np.float64))
+        sums[s] = np.concatenate(rows)[:n]
+    total = float(lengths.sum())
+    nll = sums.sum() / (n_samples * total)
+    # a ratio of means (sum of row bounds / tokens): delta-method standard error over the n_samples * N rows
+    resid = (sums - nll * lengths[None, :]).ravel()
+    stderr = resid.std(ddof=1) / (math.sqrt(resid.size) * lengths.mean()) if resid.size > 1 else float("nan")
+    return {"nll": nll, "ppl": math.exp(nll), "stderr": stderr, "tokens": int(total)}
+
+
+# -- multiple choice ------------------------------------------------------------------------------------------------
+
+def load_jsonl(path):
+    """Multiple-choice examples: one JSON object per line with context (str), choices (list of str) and answer
+    (the index of the right choice, or its text)."""
+    out = []
+    with open(path) as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            ex = json.loads(line)
+            missing = {"context", "choices", "answer"} - set(ex)
+            if missing:
+                raise EvalError(f"{path}:{n}: missing {', '.join(sorted(missing))}; each line needs context, choices "
+                                f"(a list) and answer (an index or the choice's text).")
+            out.append(ex)
+    return out
+
+
+def _answer_index(ex):
+    a = ex["answer"]
+    if isinstance(a, str):
+        if a not in ex["choices"]:
+            raise EvalError(f"answer {a!r} is not one of the choices {ex['choices']!r}.")
+        return ex["choices"].index(a)
+    return int(a)
+
+
+def multiple_choice(model, params, examples, encode, key, mask_id, *, n_samples=128, batch_size=16, cfg_scale=0.0,
+                    bucket=1):
+    """Accuracy by likelihood: the prediction is the choice with the largest estimated log p(choice | context).
+    examples: a JSONL path or a list of dicts (see load_jsonl); encode(text) -> list of ids. All choices of one
+    example share the random draws (common random numbers), which lowers the variance of their comparison.
+    Returns a dict: accuracy, n, predictions, scores (per example, per choice)."""
+    if isinstance(examples, str):
+        examples = load_jsonl(examples)
+    predictions, scores, right = [], [], 0
+    for i, ex in enumerate(examples):
+        k = jax.random.fold_in(key, i)
+        context = encode(ex["context"])
+        s = [log_likelihood(model, params, context, encode(c), k, mask_id, n_samples=n_samples,
+                            batch_size=batch_size, cfg_scale=cfg_scale, bucket=bucket)[0] for c in ex["choices"]]
+        pred = int(np.argmax(s))
+        predictions.append(pred)
+        scores.append(s)
+        right += pred == _answer_index(ex)
+    n = len(predictions)
+    return {"accuracy": right / n if n else float("nan"), "n": n, "predictions": predictions, "scores": scores}

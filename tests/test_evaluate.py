@@ -1,0 +1,119 @@
+"""Likelihood evaluation: the stratified mask counts of Algorithm 3, the estimator's mean against the exact
+log-likelihood of a context-free model, the ELBO bound, and multiple-choice accuracy."""
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from llada_jax import evaluate
+
+V, MASK = 12, 2
+
+
+def context_free(params, tokens, key_mask):
+    """Logits depend only on the position: every prediction ignores the context."""
+    return jnp.broadcast_to(params["base"][None, :tokens.shape[1]], tokens.shape + (V,))
+
+
+def _params(seed=0, scale=1.5):
+    return {"base": jnp.asarray(np.random.default_rng(seed).normal(size=(40, V)) * scale, jnp.float32)}
+
+
+def _log_softmax(x):
+    x = np.asarray(x, np.float64)
+    z = x - x.max(-1, keepdims=True)
+    return z - np.log(np.exp(z).sum(-1, keepdims=True))
+
+
+@pytest.mark.parametrize("length,n", [(16, 16), (16, 4), (10, 4), (7, 16), (3, 5)])
+def test_mask_counts_are_stratified(length, n):
+    seen_offsets = set()
+    draws = jax.vmap(lambda k: evaluate.stratified_counts(k, jnp.int32(length), n))(
+        jax.random.split(jax.random.key(0), 200))
+    for counts in np.asarray(draws):
+        assert counts.min() >= 1 and counts.max() <= length
+        k = counts[0]
+        seen_offsets.add(int(k))
+        # evenly spaced from the offset k with spacing L / n, wrapped into {1..L}
+        want = (np.round(k + np.arange(n) * (length / n)).astype(int) - 1) % length + 1
+        np.testing.assert_array_equal(counts, want)
+        if n == length:
+            assert sorted(counts) == list(range(1, length + 1))  # a permutation of 1..L
+        elif n < length:
+            assert len(set(counts)) == n  # distinct strata
+    assert seen_offsets == set(range(1, length + 1))  # the offset covers {1..L}
+
+
+def test_answer_masks_have_exact_counts_and_uniform_positions():
+    width, length, n = 10, 7, 4000
+    counts = jnp.asarray(np.random.default_rng(0).integers(1, length + 1, n), jnp.int32)
+    masks = np.asarray(evaluate.answer_masks(jax.random.key(0), jnp.int32(length), counts, width))
+    np.testing.assert_array_equal(masks.sum(1), np.asarray(counts))
+    assert not masks[:, length:].any()  # padding is never masked
+    # each answer position is masked with probability l / L
+    want = np.sum(np.asarray(counts) / length) / n
+    np.testing.assert_allclose(masks[:, :length].mean(0), want, atol=4 * np.sqrt(0.25 / n))
+
+
+def test_estimator_mean_is_the_exact_log_likelihood():
+    params = _params()
+    prompt, answer = np.array([5, 6, 7, 4]), np.array([8, 1, 9, 0, 11, 5, 3])
+    lp = _log_softmax(params["base"])
+    exact = sum(lp[len(prompt) + i, a] for i, a in enumerate(answer))
+    est, se = evaluate.log_likelihood(context_free, params, prompt, answer, jax.random.key(0), MASK,
+                                      n_samples=256, batch_size=16)
+    assert se > 0
+    assert abs(est - exact) < 4 * se, (est, exact, se)
+    # CFG of a context-free model: conditional = unconditional logits, so guidance changes nothing
+    est_cfg, _ = evaluate.log_likelihood(context_free, params, prompt, answer, jax.random.key(0), MASK,
+                                         n_samples=256, batch_size=16, cfg_scale=2.0)
+    assert est_cfg == pytest.approx(est, rel=1e-6)
+    # bucketed: the prompt is left-padded to 8 (this stub is not shift-invariant: the answer now starts at 8), the
+    # answer right-padded to 8; the padding is never masked nor scored
+    est_b, se_b = evaluate.log_likelihood(context_free, params, prompt, answer, jax.random.key(1), MASK,
+                                          n_samples=256, batch_size=16, bucket=8)
+    exact_b = sum(lp[8 + i, a] for i, a in enumerate(answer))
+    assert abs(est_b - exact_b) < 4 * se_b, (est_b, exact_b, se_b)
+
+
+def test_estimator_of_a_one_token_answer_is_exact():
+    params = _params()
+    est, _ = evaluate.log_likelihood(context_free, params, [5, 6], [9], jax.random.key(0), MASK,
+                                     n_samples=16, batch_size=8)
+    assert est == pytest.approx(_log_softmax(params["base"])[2, 9], rel=1e-5)
+
+
+def test_elbo_bound_of_a_context_free_model():
+    params = _params(1, scale=1.0)
+    rng = np.random.default_rng(0)
+    tokens = rng.integers(0, V, (24, 16))
+    lengths = rng.integers(8, 17, 24)
+    lp = _log_softmax(params["base"])[:16]
+    exact = -sum(lp[np.arange(n), tokens[i, :n]].sum() for i, n in enumerate(lengths)) / lengths.sum()
+    out = evaluate.elbo_perplexity(context_free, params, tokens, jax.random.key(0), MASK, lengths=lengths,
+                                   n_samples=8, batch_size=16)
+    assert out["tokens"] == lengths.sum()
+    assert abs(out["nll"] - exact) < 4 * out["stderr"], (out, exact)
+    assert out["ppl"] == pytest.approx(np.exp(out["nll"]))
+
+
+def test_multiple_choice_accuracy(tmp_path):
+    base = np.zeros((40, V), np.float32)
+    base[:, 7] = 3.0  # the model likes token 7 everywhere
+    params = {"base": jnp.asarray(base)}
+    encode = lambda text: [ord(c) - ord("a") + 4 for c in text]  # "d" -> 7
+    examples = [{"context": "ab", "choices": ["dd", "ae"], "answer": 0},
+                {"context": "ca", "choices": ["eb", "dd", "ee"], "answer": "dd"},
+                {"context": "ab", "choices": ["dd", "ae"], "answer": 1}]
+    path = tmp_path / "mc.jsonl"
+    path.write_text("\n".join(json.dumps(e) for e in examples) + "\n")
+    out = evaluate.multiple_choice(context_free, params, str(path), encode, jax.random.key(0), MASK,
+                                   n_samples=16, batch_size=8)
+    assert out["predictions"] == [0, 1, 0]
+    assert out["accuracy"] == pytest.approx(2 / 3)
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"context": "a", "choices": ["b"]}) + "\n")
+    with pytest.raises(evaluate.EvalError, match="missing answer"):
+        evaluate.load_jsonl(str(bad))

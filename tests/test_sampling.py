@@ -1,0 +1,343 @@
+"""The reverse process (REFERENCE.md section 4) against a float64 numpy re-implementation, its invariants, the
+compilation count, Gumbel sampling frequencies, and Fast-dLLM threshold decoding and KV caches (section 6)."""
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from scipy import stats
+
+from llada_jax import model as model_lib
+from llada_jax import sampling
+
+V, EOS, MASK, EOT = 12, 0, 2, 3
+IDS = sampling.TokenIds(mask_id=MASK, eos_id=EOS, eot_id=EOT)
+MAX_T = 32
+
+
+def _stub_params(seed=0, context=0.7, mask_logit=-1.0):
+    """Logits = BASE[position] + context vector (the key-masked mean of EMB over the input tokens): a fixed function
+    of position and of the input, so CFG, the key mask and the decoded tokens matter."""
+    rng = np.random.default_rng(seed)
+    base = rng.normal(size=(MAX_T, V)) * 1.5
+    base[:, [EOS, EOT]] += 1.0  # EOS / EoT are often predicted, so the EOS rules matter
+    base[:, MASK] += mask_logit
+    return {"base": base.astype(np.float32), "emb": (rng.normal(size=(V, V)) * context).astype(np.float32)}
+
+
+def stub_apply(params, tokens, key_mask):
+    km = key_mask.astype(jnp.float32)[..., None]
+    ctx = jnp.sum(params["emb"][tokens] * km, 1) / jnp.sum(km, 1)
+    return params["base"][None, :tokens.shape[1]] + ctx[:, None, :]
+
+
+def stub_numpy(params, tokens, key_mask):
+    base, emb = np.asarray(params["base"], np.float64), np.asarray(params["emb"], np.float64)
+    km = np.asarray(key_mask, np.float64)[..., None]
+    ctx = (emb[tokens] * km).sum(1) / km.sum(1)
+    return base[None, :tokens.shape[1]] + ctx[:, None, :]
+
+
+def official_counts(m, s):
+    """The official get_num_transfer_tokens, written independently: base m // s, the first m % s steps get one more."""
+    out = [m // s] * s
+    for i in range(m % s):
+        out[i] += 1
+    return out
+
+
+def reference_generate(params, prompt, prompt_mask, args, key):
+    """Section 4 in float64 numpy, following the official generate() line by line (its chained assignment too);
+    the noise is recomputed from the same keys as sampling.generate draws it."""
+    prompt = np.asarray(prompt)
+    b, p = prompt.shape
+    g, bl = args.gen_length, args.block_length
+    x = np.concatenate([prompt, np.full((b, g), MASK)], 1)
+    km = np.concatenate([np.asarray(prompt_mask, bool), np.ones((b, g), bool)], 1)
+    nb = g // bl
+    s = args.steps // nb
+    order = np.full((b, g), -1)
+    n = 0
+    for blk in range(nb):
+        end = p + (blk + 1) * bl
+        counts = [official_counts(int(m), s) for m in (x[:, p + blk * bl:end] == MASK).sum(1)]
+        for i in range(s):
+            mask_index = x == MASK
+            if args.cfg_scale > 0:
+                un = x.copy()
+                un[:, :p] = MASK
+                c, u = stub_numpy(params, x, km), stub_numpy(params, un, km)
+                logits = u + (args.cfg_scale + 1) * (c - u)
+            else:
+                logits = stub_numpy(params, x, km)
+            if args.logits_eos_inf:
+                logits[:, :, EOS] = -np.inf
+            k_gumbel, k_random = sampling.step_noise_key(key, n)
+            if args.temperature > 0:
+                u = np.asarray(jax.random.uniform(k_gumbel, (b, g, V)), np.float64)
+                noisy = logits.copy()
+                noisy[:, p:] = logits[:, p:] / args.temperature - np.log(-np.log(u))
+            else:
+                noisy = logits  # the same array, as in the official code
+            x0 = noisy.argmax(-1)
+            if args.confidence_eos_eot_inf:
+                noisy[:, :, EOS] = logits[:, :, EOT] = -np.inf
+            if args.remasking == "low_confidence":
+                z = np.exp(logits - logits.max(-1, keepdims=True))
+                x0_p = np.take_along_axis(z / z.sum(-1, keepdims=True), x0[..., None], -1)[..., 0]
+            else:
+                x0_p = np.full((b, p + g), -np.inf)
+                x0_p[:, p:] = np.asarray(jax.random.uniform(k_random, (b, g)), np.float64)
+            x0_p[:, end:] = -np.inf
+            x0 = np.where(mask_index, x0, x)
+            conf = np.where(mask_index, x0_p, -np.inf)
+            for j in range(b):
+                sel = np.argsort(-conf[j], kind="stable")[:counts[j][i]]
+                x[j, sel] = x0[j, sel]
+                done = sel[x0[j, sel] != MASK]
+                order[j, done - p] = n
+            n += 1
+    return x, order
+
+
+PROMPT = np.array([[5, 6, 7, 8, 9], [EOS, EOS, 10, 11, 4], [7, 7, 1, 5, 6]])
+PROMPT_MASK = np.array([[True] * 5, [False, False, True, True, True], [True] * 5])
+
+
+@pytest.mark.parametrize("args", [
+    sampling.SamplingArgs(gen_length=8, block_length=4, steps=4),
+    sampling.SamplingArgs(gen_length=8, block_length=4, steps=6, cfg_scale=1.5, logits_eos_inf=True,
+                          confidence_eos_eot_inf=True),
+    sampling.SamplingArgs(gen_length=8, block_length=8, steps=3, temperature=0.7, confidence_eos_eot_inf=True),
+    sampling.SamplingArgs(gen_length=8, block_length=2, steps=8, temperature=1.0, cfg_scale=0.5,
+                          remasking="random", logits_eos_inf=True),
+], ids=["argmax", "cfg_eos_rules", "gumbel_eos_rule", "random_remasking_cfg"])
+def test_generation_equals_float64_reference(args):
+    params = _stub_params()
+    key = jax.random.key(3)
+    out = jax.device_get(sampling.generate(stub_apply, params, PROMPT, PROMPT_MASK, key, args, IDS))
+    want_x, want_order = reference_generate(params, PROMPT, PROMPT_MASK, args, key)
+    np.testing.assert_array_equal(out["tokens"], want_x)
+    np.testing.assert_array_equal(out["order"], want_order)
+    assert int(out["steps"]) == args.steps and int(out["full_passes"]) == args.steps
+    assert int(out["window_passes"]) == 0
+
+
+@pytest.mark.parametrize("m,s", [(0, 3), (1, 4), (4, 4), (5, 2), (7, 3), (32, 5), (31, 32), (128, 128)])
+def test_commit_counts_follow_the_official_rule(m, s):
+    got = [int(sampling.commit_count(jnp.int32(m), s, i)) for i in range(s)]
+    assert got == official_counts(m, s)
+    assert sum(got) == m
+
+
+def _replay(params, prompt, prompt_mask, args, out, rule):
+    """Re-runs the stub step by step from the recorded commit order and checks every step's commits against `rule`;
+    returns the replayed final sequence."""
+    b, p = prompt.shape
+    x = np.concatenate([prompt, np.full((b, args.gen_length), MASK)], 1)
+    km = np.concatenate([prompt_mask, np.ones((b, args.gen_length), bool)], 1)
+    order = out["order"]
+    for n in range(int(out["steps"])):
+        logits = stub_numpy(params, x, km)[:, p:]
+        z = np.exp(logits - logits.max(-1, keepdims=True))
+        prob = z / z.sum(-1, keepdims=True)
+        x0, conf = prob.argmax(-1), prob.max(-1)
+        blk = np.flatnonzero((x[:, p:] == MASK).any(0))[0] // args.block_length  # the first block with masks
+        for j in range(b):
+            gen = x[j, p:]
+            committed = np.flatnonzero(order[j] == n)
+            in_block = np.flatnonzero((np.arange(args.gen_length) // args.block_length == blk) & (gen == MASK))
+            assert set(committed) <= set(in_block)  # nothing outside the block, only masked positions
+            if in_block.size:  # (a row whose block is done waits for the others)
+                rule(n, committed, in_block, conf[j])
+            gen[committed] = x0[j, committed]
+    return x
+
+
+def test_argmax_steps_commit_the_k_most_confident_of_the_block():
+    params = _stub_params(mask_logit=-30.0)  # a model that (practically) never predicts [MASK]
+    args = sampling.SamplingArgs(gen_length=8, block_length=4, steps=6)  # 3 steps per block: 2, 1, 1
+    out = jax.device_get(sampling.generate(stub_apply, params, PROMPT, PROMPT_MASK, jax.random.key(0), args, IDS))
+
+    def top_k(n, committed, in_block, conf):
+        k = official_counts(4, 3)[n % 3]
+        assert committed.size == k
+        best = in_block[np.argsort(-conf[in_block], kind="stable")[:k]]
+        assert set(committed) == set(best)
+
+    replayed = _replay(params, PROMPT, PROMPT_MASK, args, out, top_k)
+    np.testing.assert_array_equal(out["tokens"], replayed)  # committed tokens never changed afterwards
+    assert not np.any(out["tokens"] == MASK)
+    assert np.all(out["order"] >= 0)
+    assert np.all(out["tokens"][:, :5] == PROMPT)
+
+
+def test_threshold_commits_the_confident_and_at_least_one():
+    params = _stub_params(mask_logit=-30.0, context=2.0)
+    tau = 0.3
+    args = sampling.SamplingArgs(gen_length=8, block_length=4, threshold=tau)
+    out = jax.device_get(sampling.generate(stub_apply, params, PROMPT, PROMPT_MASK, jax.random.key(0), args, IDS))
+
+    def rule(n, committed, in_block, conf):
+        want = set(in_block[conf[in_block] >= tau]) | {in_block[np.argmax(conf[in_block])]}
+        assert set(committed) == want
+
+    replayed = _replay(params, PROMPT, PROMPT_MASK, args, out, rule)
+    np.testing.assert_array_equal(out["tokens"], replayed)
+    assert not np.any(out["tokens"] == MASK)
+    assert 2 <= int(out["steps"]) < args.gen_length  # parallel: fewer steps than tokens
+    assert int(out["full_passes"]) == int(out["steps"])
+
+
+def test_threshold_above_one_is_one_token_per_step():
+    params = _stub_params()
+    base = dict(gen_length=8, block_length=4, temperature=0.9)
+    one = sampling.SamplingArgs(**base, steps=8)
+    thr = sampling.SamplingArgs(**base, threshold=1.5)
+    key = jax.random.key(5)
+    a = jax.device_get(sampling.generate(stub_apply, params, PROMPT, PROMPT_MASK, key, one, IDS))
+    b = jax.device_get(sampling.generate(stub_apply, params, PROMPT, PROMPT_MASK, key, thr, IDS))
+    np.testing.assert_array_equal(a["tokens"], b["tokens"])
+    np.testing.assert_array_equal(a["order"], b["order"])
+    assert int(b["steps"]) == 8
+
+
+def test_cfg_scale_zero_equals_no_cfg():
+    params = _stub_params()
+    args = sampling.SamplingArgs(gen_length=8, block_length=4, steps=4, temperature=0.8)
+    key = jax.random.key(1)
+    plain = jax.device_get(sampling.generate(stub_apply, params, PROMPT, PROMPT_MASK, key, args, IDS))
+    cfg = jax.device_get(sampling.generate(stub_apply, params, PROMPT, PROMPT_MASK, key, args, IDS, force_cfg=True))
+    np.testing.assert_array_equal(plain["tokens"], cfg["tokens"])
+    np.testing.assert_array_equal(plain["order"], cfg["order"])
+    guided = sampling.SamplingArgs(gen_length=8, block_length=4, steps=4, temperature=0.8, cfg_scale=2.0)
+    other = jax.device_get(sampling.generate(stub_apply, params, PROMPT, PROMPT_MASK, key, guided, IDS))
+    assert np.any(other["tokens"] != plain["tokens"])  # and guidance does change something
+
+
+def test_gumbel_sampling_frequencies_match_softmax():
+    """One step commits all 8 positions: each is an independent draw from softmax(logits / T), [MASK] included."""
+    params = _stub_params(context=0.0)
+    temp, rows = 0.6, 600
+    args = sampling.SamplingArgs(gen_length=8, block_length=8, steps=1, temperature=temp)
+    prompt = np.full((rows, 3), 5)
+    out = jax.device_get(sampling.generate(stub_apply, params, prompt, None, jax.random.key(7), args, IDS))
+    logits = np.asarray(params["base"], np.float64)[3:11] / temp
+    prob = np.exp(logits - logits.max(-1, keepdims=True))
+    prob /= prob.sum(-1, keepdims=True)
+    counts = np.stack([np.bincount(out["tokens"][:, 3 + i], minlength=V) for i in range(8)])
+    expected = prob * rows
+    keep = expected > 5  # pool the rare tokens of each position into one cell
+    chi2, dof = 0.0, 0
+    for i in range(8):
+        obs = np.append(counts[i][keep[i]], counts[i][~keep[i]].sum())
+        exp = np.append(expected[i][keep[i]], expected[i][~keep[i]].sum())
+        chi2 += np.sum((obs - exp) ** 2 / np.maximum(exp, 1e-9))
+        dof += len(obs) - 1
+    assert chi2 < stats.chi2.ppf(0.9999, dof), (chi2, dof)
+    np.testing.assert_allclose(counts / rows, prob, atol=5 * np.sqrt(0.25 / rows))
+
+
+def test_one_compilation_per_shape():
+    fn = functools.partial(stub_apply)  # a fresh static argument: its compilations are counted alone
+    params = _stub_params()
+    before = sampling._generate_jit._cache_size()
+    for i, (steps, block, temp, tau) in enumerate([(4, 4, 0.0, None), (8, 2, 0.5, None), (2, 8, 1.0, None)]):
+        args = sampling.SamplingArgs(gen_length=8, block_length=block, steps=steps, temperature=temp)
+        sampling.generate(fn, params, PROMPT + i, PROMPT_MASK, jax.random.key(i), args, IDS)
+    assert sampling._generate_jit._cache_size() - before == 1
+    args = sampling.SamplingArgs(gen_length=8, block_length=4, steps=4)
+    sampling.generate(fn, params, PROMPT[:, 1:], PROMPT_MASK[:, 1:], jax.random.key(0), args, IDS)  # new shape
+    assert sampling._generate_jit._cache_size() - before == 2
+
+
+def test_argument_errors_say_how_to_fix():
+    with pytest.raises(sampling.SamplingError, match="multiple of block_length"):
+        sampling.validate(sampling.SamplingArgs(gen_length=10, block_length=4), stub_apply)
+    with pytest.raises(sampling.SamplingError, match="multiple of the number of blocks"):
+        sampling.validate(sampling.SamplingArgs(gen_length=8, block_length=2, steps=6), stub_apply)
+    with pytest.raises(sampling.SamplingError, match="needs the Transformer"):
+        sampling.validate(sampling.SamplingArgs(gen_length=8, block_length=4, steps=8, cache="dual"), stub_apply)
+    with pytest.raises(sampling.SamplingError, match="remasking"):
+        sampling.validate(sampling.SamplingArgs(remasking="topk"), stub_apply)
+
+
+# -- the real Transformer: padding, the cached forward, prefix and dual caches ---------------------------------------
+
+_MODELS = {}
+
+
+def _model(tiny_cfg, layers):
+    """A tiny Transformer that never predicts [MASK] (residual dimension 0 is a constant 1 that no block writes to,
+    and the head reads it as -50 for [MASK]); cached per layer count so compilations are shared between tests."""
+    if layers not in _MODELS:
+        tiny_cfg.model.n_layers = layers
+        tiny_cfg.model.rope_theta = 100.0  # large rotations at short lengths: a wrong RoPE offset shows
+        model = model_lib.Model(tiny_cfg.model)
+        p = jax.tree.map(np.array, jax.device_get(model.init(jax.random.key(0))))
+        p["wte"][:, 0] = 1.0
+        p["blocks"]["attn_out"][..., 0] = 0.0
+        p["blocks"]["ff_out"][..., 0] = 0.0
+        p["lm_head"] *= 4.0  # sharper predictions: confidences far apart
+        p["lm_head"][0, MASK] = -50.0
+        _MODELS[layers] = model, jax.tree.map(jnp.asarray, p)
+    return _MODELS[layers]
+
+
+def test_left_padded_prompt_generates_as_the_unpadded_prompt(tiny_cfg):
+    model, params = _model(tiny_cfg, 2)
+    args = sampling.SamplingArgs(gen_length=8, block_length=4, steps=8)
+    a, b = np.array([[9, 12, 30, 7, 21]]), np.array([[40, 17, 8]])  # b alone vs b left-padded beside a
+    batch = np.concatenate([a, np.concatenate([[[EOS, EOS]], b], 1)])
+    mask = np.array([[True] * 5, [False, False, True, True, True]])
+    key = jax.random.key(0)
+    out = jax.device_get(sampling.generate(model, params, batch, mask, key, args, IDS))
+    alone_b = jax.device_get(sampling.generate(model, params, b, None, key, args, IDS))
+    np.testing.assert_array_equal(out["tokens"][1, 2:], alone_b["tokens"][0])
+    np.testing.assert_array_equal(out["order"][1], alone_b["order"][0])
+
+
+def test_cached_forward_with_a_fresh_cache_equals_the_model(tiny_cfg):
+    model, params = _model(tiny_cfg, 2)
+    tokens = jnp.asarray(np.random.default_rng(0).integers(0, 48, (2, 14)))
+    key_mask = jnp.ones((2, 14), bool).at[1, :3].set(False)
+    want = model.apply(params, tokens, key_mask)
+    full, kv = sampling.forward_cached(model, params, tokens, key_mask)
+    np.testing.assert_allclose(np.asarray(full), np.asarray(want), atol=1e-5, rtol=1e-5)
+    assert kv[0].shape == (2, 2, 14, tiny_cfg.model.n_kv_heads, 8)
+    # dual: only the block [8, 12) is fed; prefix: everything from 6 on is fed, keys before 8 come from the cache
+    for start, width, fresh in [(8, 4, 8), (6, 8, 8)]:
+        win, _ = sampling.forward_cached(model, params, tokens[:, start:start + width], key_mask, kv, start, fresh)
+        np.testing.assert_allclose(np.asarray(win), np.asarray(want[:, start:start + width]), atol=1e-5, rtol=1e-5)
+
+
+def test_caches_are_exact_for_a_one_layer_model(tiny_cfg):
+    """With one layer, keys and values depend only on a position's own token; inside a block the prefix and the
+    suffix (all [MASK]) do not change, so both caches are exact and must reproduce uncached decoding."""
+    model, params = _model(tiny_cfg, 1)
+    prompt = np.array([[9, 12, 30, 7, 21], [EOS, EOS, 40, 17, 8]])
+    mask = np.array([[True] * 5, [False, False, True, True, True]])
+    key = jax.random.key(2)
+    for extra, caches in [(dict(steps=12, temperature=0.8), ["prefix", "dual"]),
+                          (dict(threshold=0.2, temperature=0.5), ["dual"])]:
+        args = sampling.SamplingArgs(gen_length=12, block_length=4, **extra)
+        plain = jax.device_get(sampling.generate(model, params, prompt, mask, key, args, IDS))
+        assert not np.any(plain["tokens"] == MASK)
+        for cache in caches:
+            cached = jax.device_get(sampling.generate(model, params, prompt, mask, key,
+                                                      sampling.dataclasses.replace(args, cache=cache), IDS))
+            np.testing.assert_array_equal(cached["tokens"], plain["tokens"])
+            np.testing.assert_array_equal(cached["order"], plain["order"])
+            assert int(cached["steps"]) == int(plain["steps"]) == int(plain["full_passes"])
+            assert int(cached["full_passes"]) == 3  # one per block
+            assert int(cached["window_passes"]) == int(plain["steps"]) - 3
+
+
+def test_dual_cache_approximates_with_two_layers(tiny_cfg):
+    model, params = _model(tiny_cfg, 2)
+    args = sampling.SamplingArgs(gen_length=8, block_length=4, steps=8, cache="dual", cfg_scale=1.0)
+    prompt = np.array([[9, 12, 30, 7, 21]])
+    out = jax.device_get(sampling.generate(model, params, prompt, None, jax.random.key(0), args, IDS))
+    assert int(out["full_passes"]) == 2 and int(out["window_passes"]) == 6 and int(out["steps"]) == 8
+    assert np.all(np.sort(out["order"][0]) == np.arange(8))  # one token per step, every position once
