@@ -7,6 +7,8 @@ USAGE = """usage: llada COMMAND [options]
 
 commands:
   train     train a model (default: the tiny config on the built-in synthetic corpus)
+  compile   compile the train step ahead of time for a TPU topology; memory, FLOPs, collectives
+  data      `data tokenizer`: train a sentencepiece tokenizer; `data prepare`: tokenize corpora into a token store
 
 common options:
   --config=configs/NAME.py[:ARG]   a config file (default configs/tiny.py)
@@ -101,7 +103,34 @@ def cmd_data(argv):
         raise SystemExit(f"llada data {args.action}: {e}")
 
 
-COMMANDS = {"train": cmd_train, "data": cmd_data}
+def cmd_compile(argv):
+    overrides, rest = split_config_args(argv)
+    p = _base_parser("llada compile", "Compile the train step ahead of time for a TPU topology (needs libtpu).")
+    p.add_argument("--topology", required=True, help="e.g. v5e-256, v5p-128 (TensorCores), v6e-64, v5e:4x4")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    args = p.parse_args(rest)
+    cfg = _load(args, overrides)
+    import json
+
+    from llada_jax import aot, sharding, train
+    try:
+        report = aot.compile_step(cfg, args.topology)
+    except (aot.CompileError, train.TrainError, sharding.MeshError) as e:
+        raise SystemExit(f"llada compile: {e}")
+    print(json.dumps(report, indent=2) if args.json else aot.format_report(report))
+    if not report["fits"]:
+        raise SystemExit(f"llada compile: the step needs {report['total_bytes'] / 2**30:.2f} GiB per device but "
+                         f"the chip has {report['hbm_bytes'] / 2**30:.0f} GiB; use more devices, a smaller "
+                         f"per-device batch (train.micro_batches), or model.remat=full.")
+
+
+def cmd_convert(argv):
+    """`llada convert to-hf --workdir=DIR --out=OUT ...` / `llada convert from-hf HF_DIR --out=DIR ...`."""
+    from llada_jax.convert import hf
+    hf.main(argv)
+
+
+COMMANDS = {"train": cmd_train, "compile": cmd_compile, "data": cmd_data, "convert": cmd_convert}
 
 
 def main(argv=None):

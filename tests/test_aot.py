@@ -1,0 +1,69 @@
+"""`llada compile`: the real train step compiled for TPU topologies on this CPU machine (needs libtpu)."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from llada_jax import aot, config as config_lib
+
+pytest.importorskip("libtpu", reason="libtpu is installed by the README's test command")
+
+
+def test_topology_names_count_chips_or_cores():
+    assert aot.parse_topology("v5p-128") == ("v5p", "v5p:4x4x4", 64)  # TensorCores: 64 chips
+    assert aot.parse_topology("v4-32") == ("v4", "v4:2x2x4", 16)
+    assert aot.parse_topology("v5e-256") == ("v5e", "v5e:16x16", 256)  # chips
+    assert aot.parse_topology("v6e-8") == ("v6e", "v6e:2x4", 8)
+    assert aot.parse_topology("v5e:2x2") == ("v5e", "v5e:2x2", 4)
+    with pytest.raises(aot.CompileError, match="unknown topology"):
+        aot.parse_topology("v3-8")
+
+
+def _report(**overrides):
+    cfg = config_lib.build_config("configs/tiny.py", [(k, str(v)) for k, v in overrides.items()])
+    return aot.compile_step(cfg, "v5e:2x2")
+
+
+def test_tiny_compiles_and_memory_moves_the_right_way():
+    base = _report(**{"model.dtype": "bfloat16", "train.global_batch": 64, "train.seq_len": 256})
+    assert base["devices"] == 4 and base["device_kind"] == "TPU v5 lite" and base["fits"]
+    assert base["mesh"] == {"data": 1, "fsdp": 4, "tensor": 1}
+    assert base["collectives"]["all-gather"] > 0  # FSDP gathers weights
+    # params + Adam moments (float32) sharded 4 ways: 3 x 4 bytes x params / 4, plus the batch, plus TPU tile
+    # padding of the small per-device blocks (last two dims padded to 8 x 128)
+    n = 803968
+    assert 3 * 4 * n / 4 <= base["argument_bytes"] <= 2 * 3 * 4 * n / 4
+    remat = _report(**{"model.dtype": "bfloat16", "train.global_batch": 64, "train.seq_len": 256,
+                       "model.remat": "full"})
+    assert remat["temp_bytes"] < base["temp_bytes"]
+    bigger = _report(**{"model.dtype": "bfloat16", "train.global_batch": 128, "train.seq_len": 256})
+    assert bigger["temp_bytes"] > base["temp_bytes"]
+
+
+@pytest.mark.slow
+def test_llada_compile_1b_width_on_v5e_2x2():
+    """The 1B config's real widths (d 2048, GQA 32/4 heads, FFN 5634, vocab 126464), 2 layers to keep CI fast."""
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    out = subprocess.run([sys.executable, "-m", "llada_jax.cli", "compile", "--config=configs/llada_1b.py",
+                          "--topology=v5e:2x2", "--config.model.n_layers=2", "--config.train.global_batch=4",
+                          "--config.train.seq_len=1024", "--json"], capture_output=True, text=True, env=env,
+                         timeout=900)
+    assert out.returncode == 0, out.stderr[-3000:]
+    r = json.loads(out.stdout[out.stdout.index("{"):])
+    assert r["fits"] and r["devices"] == 4 and r["mesh"]["fsdp"] == 4
+    # embeddings + head (2 x 126464 x 2048) and 2 layers, float32 params + 2 Adam moments, sharded 4 ways
+    params = 2 * 126464 * 2048 + 2 * (2 * 2048 * 2048 + 2 * 2048 * 256 + 3 * 2048 * 5634 + 2 * 2048) + 2048
+    assert 0 <= r["argument_bytes"] - 12 * params / 4 < 0.05 * 12 * params / 4  # tile padding only
+
+
+def test_not_fitting_is_a_clear_non_zero_exit(tmp_path):
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    out = subprocess.run([sys.executable, "-m", "llada_jax.cli", "compile", "--topology=v5e:2x2",
+                          "--config.model.d_model=1024", "--config.model.n_heads=8", "--config.model.n_kv_heads=8",
+                          "--config.model.ffn_dim=4096", "--config.model.vocab_size=65536",
+                          "--config.model.n_layers=24"],
+                         capture_output=True, text=True, env=env, timeout=900)
+    assert out.returncode != 0
+    assert "DOES NOT FIT" in out.stdout and "but the chip has 16 GiB" in out.stderr
