@@ -23,7 +23,7 @@ def _mask(batch, q_len, k_len, key_mask, segment_ids, causal):
     return mask
 
 
-def xla_attention(q, k, v, key_mask=None, segment_ids=None, causal=False):
+def xla_attention(q, k, v, key_mask=None, segment_ids=None, causal=False, sharder=None):
     """The reference: softmax(q k^T / sqrt(D)) v with float32 logits and softmax."""
     b, t, h, d = q.shape
     kv = k.shape[2]
@@ -37,19 +37,59 @@ def xla_attention(q, k, v, key_mask=None, segment_ids=None, causal=False):
     return out.reshape(b, t, h, d)
 
 
-def cudnn_attention(q, k, v, key_mask=None, segment_ids=None, causal=False):
+def splash_attention(q, k, v, key_mask=None, segment_ids=None, causal=False, sharder=None):
+    """TPU splash attention (Pallas), in interpret mode off TPU. Grouped-query heads share one MQA kernel per KV
+    head. Padding and documents become splash segment ids (real tokens: segment + 1, padding: 0), so real queries
+    see exactly the keys the reference lets them see; outputs at padding positions are unspecified (never used).
+    On a mesh the kernel runs per shard under shard_map: batch over the `batch` axes, heads over `tensor`."""
+    from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel as sk
+    from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_mask as sm
+
+    b, t, h, d = q.shape
+    kv = k.shape[2]
+    seg = jnp.ones((b, t), jnp.int32) if segment_ids is None else segment_ids.astype(jnp.int32) + 1
+    if key_mask is not None:
+        seg = jnp.where(key_mask, seg, 0)
+    interpret = jax.default_backend() != "tpu"
+
+    def local(q, k, v, seg):
+        kv_local, groups = k.shape[2], q.shape[2] // k.shape[2]
+        blk = min(512, t)
+        sizes = sk.BlockSizes(block_q=blk, block_kv=blk, block_kv_compute=blk, block_q_dkv=blk, block_kv_dkv=blk,
+                              block_kv_dkv_compute=blk, block_q_dq=blk, block_kv_dq=blk)
+        mask = sm.MultiHeadMask([sm.CausalMask((t, t)) if causal else sm.FullMask((t, t))] * groups)
+        kernel = sk.make_splash_mqa_single_device(mask, block_sizes=sizes, interpret=interpret)
+        qh = (q * (1.0 / d ** 0.5)).astype(q.dtype).reshape(q.shape[0], t, kv_local, groups, d)
+        qh = qh.transpose(0, 2, 3, 1, 4)  # [B, KV, G, T, D]
+        kh, vh = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)  # [B, KV, T, D]
+        per_head = lambda q1, k1, v1, s1: kernel(q1, k1, v1, segment_ids=sk.SegmentIds(s1, s1))
+        out = jax.vmap(jax.vmap(per_head, in_axes=(0, 0, 0, None)))(qh, kh, vh, seg)
+        return out.transpose(0, 3, 1, 2, 4).reshape(q.shape)
+
+    if sharder is None or sharder.mesh.size == 1:
+        return local(q, k, v, seg)
+    from jax.sharding import PartitionSpec as P
+    batch = sharder.spec(("batch",))[0]
+    heads = sharder.spec(("heads",))[0]
+    qkv = P(batch, None, heads, None)
+    return jax.shard_map(local, mesh=sharder.mesh, in_specs=(qkv, qkv, qkv, P(batch, None)), out_specs=qkv,
+                         check_vma=False)(q, k, v, seg)
+
+
+def cudnn_attention(q, k, v, key_mask=None, segment_ids=None, causal=False, sharder=None):
     """cuDNN flash attention on GPU through jax.nn.dot_product_attention (bf16/fp16 inputs)."""
     mask = _mask(q.shape[0], q.shape[1], k.shape[1], key_mask, segment_ids, False)
     return jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=causal, implementation="cudnn")
 
 
-BACKENDS = {"xla": xla_attention, "cudnn": cudnn_attention}
+BACKENDS = {"xla": xla_attention, "cudnn": cudnn_attention, "splash": splash_attention}
 
 
-def get_attention(name):
-    """`auto` picks the fastest backend the platform has."""
+def get_attention(name, dtype=None):
+    """`auto` picks per platform: splash on TPU, cuDNN on GPU for 16-bit compute, the XLA reference otherwise."""
     if name == "auto":
-        name = "xla"  # cuDNN needs bf16 inputs and a GPU; chosen explicitly with model.attention=cudnn
+        platform = jax.default_backend()
+        name = {"tpu": "splash", "gpu": "cudnn" if dtype in (jnp.bfloat16, jnp.float16) else "xla"}.get(platform, "xla")
     if name not in BACKENDS:
         raise ValueError(f"unknown attention backend model.attention={name!r}; expected one of auto, "
                          f"{', '.join(BACKENDS)}.")

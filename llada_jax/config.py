@@ -41,7 +41,7 @@ def default_config():
     m.dtype = "float32"  # compute dtype of matmuls; "bfloat16" on accelerators
     m.scan_layers = True
     m.remat = "none"  # none | full | save_dots | save_dots_no_batch
-    m.attention = "auto"  # auto | xla | cudnn
+    m.attention = "auto"  # auto (splash on TPU, cuDNN on GPU in bf16, else xla) | xla | cudnn | splash
     m.init_std = -1.0  # -1: the release's "mitchell" init (std 1/sqrt(fan_in)); > 0: a plain truncated normal
 
     # Token ids by role. A model trained with its own vocabulary reserves its own ids; only the 8B layout uses

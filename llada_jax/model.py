@@ -81,14 +81,16 @@ def rope(x, theta):
 class Model:
     """Static structure of the Transformer; see the module docstring."""
 
-    def __init__(self, m, constrain=None):
-        """m: the `model` config. constrain(x, logical_axes) applies activation sharding (sharding.Sharder)."""
+    def __init__(self, m, sharder=None):
+        """m: the `model` config. sharder (sharding.Sharder): activation sharding constraints and the mesh for
+        kernels that run per shard; None on one device."""
         self.m = m
         self.hd = head_dim(m)
         self.dtype = jnp.dtype(m.dtype)
         self.param_dtype = jnp.dtype(m.param_dtype)
-        self.attention = attention_lib.get_attention(m.attention)
-        self.constrain = constrain or (lambda x, axes: x)
+        self.sharder = sharder
+        self.attention = attention_lib.get_attention(m.attention, self.dtype)
+        self.constrain = sharder.constrain if sharder else (lambda x, axes: x)
         if m.remat not in REMAT_POLICIES:
             raise ValueError(f"unknown model.remat={m.remat!r}; expected one of {', '.join(REMAT_POLICIES)}.")
 
@@ -142,7 +144,7 @@ class Model:
         k = c(jnp.einsum("btd,dhk->bthk", h, p["k_proj"]), ("batch", "act_seq", "kv_heads", "head_dim"))
         v = c(jnp.einsum("btd,dhk->bthk", h, p["v_proj"]), ("batch", "act_seq", "kv_heads", "head_dim"))
         q, k = rope(q, m.rope_theta), rope(k, m.rope_theta)
-        a = self.attention(q, k, v, key_mask=key_mask, segment_ids=segment_ids, causal=causal)
+        a = self.attention(q, k, v, key_mask=key_mask, segment_ids=segment_ids, causal=causal, sharder=self.sharder)
         x = x + c(jnp.einsum("bthk,hkd->btd", a, p["attn_out"]), ("batch", "act_seq", "act_embed"))
         h = rms_norm(x, p["ff_norm"], m.norm_eps)
         gate = jnp.einsum("btd,df->btf", h, p["ff_proj"])

@@ -47,7 +47,7 @@ class Setup:
         self.mesh = sharding.make_mesh(cfg.mesh, devices)
         self.sharder = sharding.Sharder(self.mesh, cfg.sharding.rules)
         validate(cfg, self.sharder)
-        self.model = model_lib.Model(cfg.model, constrain=self.sharder.constrain)
+        self.model = model_lib.Model(cfg.model, sharder=self.sharder)
         self.tx, self.lr = optim.make_optimizer(cfg)
         self.param_sharding = self.sharder.tree(self.model.param_axes())
         abstract_params = self.model.abstract_params()
