@@ -12,6 +12,8 @@ setup(
     # configs/ lives at the top of the repository (configs as code) and ships inside the package, so that
     # `llada train` finds its default config in any install.
     package_dir={"llada_jax.configs": "configs", "llada_jax.configs.sweeps": "configs/sweeps"},
+    # The remote-code files shipped into every `llada convert to-hf` export.
+    package_data={"llada_jax.convert": ["hf_files/*.py"]},
     install_requires=[
         "jax>=0.7",
         "flax>=0.10",
@@ -27,6 +29,7 @@ setup(
     extras_require={
         "test": ["pytest>=8"],
         "torch": ["torch>=2.3", "safetensors>=0.4"],
+        "hf": ["torch>=2.3", "safetensors>=0.4", "transformers>=4.46"],
         "tpu": ["jax[tpu]"],
         "gpu": ["jax[cuda12]"],
     },

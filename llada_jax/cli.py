@@ -9,6 +9,7 @@ commands:
   train     train a model (default: the tiny config on the built-in synthetic corpus)
   compile   compile the train step ahead of time for a TPU topology; memory, FLOPs, collectives
   data      `data tokenizer`: train a sentencepiece tokenizer; `data prepare`: tokenize corpora into a token store
+  convert   `convert to-hf`: export a run in the LLaDA Hugging Face layout; `convert from-hf`: import one
 
 common options:
   --config=configs/NAME.py[:ARG]   a config file (default configs/tiny.py)

@@ -1,0 +1,645 @@
+"""Conversion between a run directory (orbax checkpoint + config.json) and the released LLaDA Hugging Face layout.
+
+The HF layout (REFERENCE.md section 2): config.json with the release's keys, safetensors shards with the release's
+tensor names (PyTorch Linear weights are [out, in]) plus model.safetensors.index.json, generation_config.json, and
+our own `configuration_llada.py` / `modeling_llada.py` / `torch_model.py` for `trust_remote_code=True`.
+
+Both directions stream: one checkpoint chunk (or one HF tensor) at a time is in memory. Our stacked [L, ...] arrays
+are read in chunk-aligned groups of layers and written out layer by layer; an import first has orbax write a
+checkpoint of zero-strided placeholders (its metadata, with one chunk per layer) and then fills the chunks through
+tensorstore, layer by layer, in a `.partial` directory that is renamed only when complete.
+
+Neither direction needs torch: safetensors is a JSON header plus raw little-endian bytes, read and written here.
+"""
+import json
+import os
+import shutil
+import sys
+import time
+
+import ml_dtypes
+import numpy as np
+
+HF_FILES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "hf_files")
+TORCH_MODEL = os.path.join(os.path.dirname(os.path.abspath(__file__)), "torch_model.py")
+PREFIX = "model.transformer."
+DTYPES = {"float32": ("F32", np.dtype(np.float32)), "bfloat16": ("BF16", np.dtype(ml_dtypes.bfloat16)),
+          "float16": ("F16", np.dtype(np.float16))}
+ST_DTYPES = {code: dt for code, dt in DTYPES.values()}
+BLOCK_BYTES = 64 << 20  # the unit of reads and writes that are not per-layer
+
+
+class ConvertError(ValueError):
+    """A checkpoint or HF directory that cannot be converted; the message names the tensor or key at fault."""
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The name and layout mapping (the one place that knows it).
+
+class Tensor:
+    """One HF tensor: `name` [hf_shape] <-> our leaf `leaf` (layer `layer` of a stacked leaf, or the whole leaf).
+
+    kind "copy": same layout. kind "linear": our slice reshaped to [in, out] is the transpose of HF's [out, in]."""
+
+    def __init__(self, name, leaf, layer, kind, ours, hf):
+        self.name, self.leaf, self.layer, self.kind, self.ours, self.hf = name, leaf, layer, kind, ours, hf
+
+    def to_hf(self, x):
+        return x if self.kind == "copy" else np.ascontiguousarray(x.reshape(self.hf[::-1]).T)
+
+    def from_hf(self, x):
+        return x if self.kind == "copy" else x.T.reshape(self.ours)
+
+
+BLOCK_LEAVES = ("attn_norm", "q_proj", "k_proj", "v_proj", "attn_out", "ff_norm", "ff_proj", "up_proj", "ff_out")
+
+
+def tensor_table(m):
+    """{our leaf name: [Tensor, ...]} in our leaves' order; stacked leaves list one Tensor per layer."""
+    from llada_jax import model as model_lib
+    hd = model_lib.head_dim(m)
+    if hd * m.n_heads != m.d_model:
+        raise ConvertError(f"model.head_dim={m.head_dim} with d_model={m.d_model} and n_heads={m.n_heads}: the "
+                           f"LLaDA HF layout needs head_dim = d_model / n_heads = {m.d_model // m.n_heads}.")
+    shapes = model_lib.param_shapes(m)
+    d, v, f, h, kv = m.d_model, m.vocab_size, m.ffn_dim, m.n_heads * hd, m.n_kv_heads * hd
+    hf_block = {"attn_norm": (d,), "q_proj": (h, d), "k_proj": (kv, d), "v_proj": (kv, d), "attn_out": (d, h),
+                "ff_norm": (d,), "ff_proj": (f, d), "up_proj": (f, d), "ff_out": (d, f)}
+    table = {"wte": [Tensor(PREFIX + "wte.weight", "wte", None, "copy", (v, d), (v, d))]}
+    for leaf in BLOCK_LEAVES:
+        ours = shapes["blocks"][leaf][0][1:]
+        kind = "copy" if leaf.endswith("norm") else "linear"
+        table["blocks." + leaf] = [Tensor(f"{PREFIX}blocks.{i}.{leaf}.weight", "blocks." + leaf, i, kind, ours,
+                                          hf_block[leaf]) for i in range(m.n_layers)]
+    table["ln_f"] = [Tensor(PREFIX + "ln_f.weight", "ln_f", None, "copy", (d,), (d,))]
+    # The output head: HF calls it `ff_out` too (model.transformer.ff_out, not a block's ff_out); ours is lm_head.
+    table["lm_head"] = [Tensor(PREFIX + "ff_out.weight", "lm_head", None, "linear", (d, v), (v, d))]
+    return table
+
+
+def leaf_shapes(m):
+    from llada_jax import model as model_lib
+    s = model_lib.param_shapes(m)
+    return {"wte": s["wte"][0], **{"blocks." + k: s["blocks"][k][0] for k in BLOCK_LEAVES}, "ln_f": s["ln_f"][0],
+            "lm_head": s["lm_head"][0]}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Configs.
+
+def hf_config(cfg, dtype_name):
+    """config.json of the release's layout with this run's sizes and token ids."""
+    m, t = cfg.model, cfg.tokens
+    return {
+        "architectures": ["LLaDAModelLM"],
+        "auto_map": {"AutoConfig": "configuration_llada.LLaDAConfig", "AutoModel": "modeling_llada.LLaDAModelLM",
+                     "AutoModelForCausalLM": "modeling_llada.LLaDAModelLM"},
+        "model_type": "llada",
+        "d_model": m.d_model, "n_layers": m.n_layers, "n_heads": m.n_heads, "n_kv_heads": m.n_kv_heads,
+        "mlp_hidden_size": m.ffn_dim, "mlp_ratio": 4, "vocab_size": m.vocab_size, "embedding_size": m.vocab_size,
+        "max_sequence_length": m.max_seq_len, "rope": True, "rope_theta": float(m.rope_theta),
+        "rope_full_precision": True, "rms_norm_eps": float(m.norm_eps), "layer_norm_type": "rms",
+        "layer_norm_with_affine": True, "bias_for_layer_norm": False, "block_type": "llama",
+        "activation_type": "silu", "include_bias": False, "include_qkv_bias": False, "weight_tying": False,
+        "alibi": False, "scale_logits": False, "input_emb_norm": False, "attention_layer_norm": False,
+        "flash_attention": False, "block_group_size": 1, "attention_dropout": 0.0, "residual_dropout": 0.0,
+        "embedding_dropout": 0.0, "init_fn": "mitchell", "init_std": 0.02,
+        "mask_token_id": t.mask_id, "eos_token_id": t.eos_id, "pad_token_id": t.pad_id,
+        "use_cache": False, "precision": "amp_bf16", "torch_dtype": dtype_name,
+    }
+
+
+# Release features this architecture does not have: key -> the only value we can represent.
+_FIXED = {"rope": True, "layer_norm_type": "rms", "block_type": "llama", "activation_type": "silu",
+          "include_bias": False, "include_qkv_bias": False, "weight_tying": False, "alibi": False,
+          "scale_logits": False, "input_emb_norm": False, "attention_layer_norm": False, "bias_for_layer_norm": False,
+          "layer_norm_with_affine": True}
+
+
+def config_from_hf(hc, gen=None, base=None):
+    """Our config for an HF config.json dict `hc` (and generation_config.json `gen`), on top of `base`."""
+    from llada_jax import config as config_lib
+    bad = [f"{k}={hc[k]!r} (only {v!r} is supported)" for k, v in _FIXED.items() if k in hc and hc[k] != v]
+    if hc.get("model_type", "llada") != "llada":
+        bad.append(f"model_type={hc['model_type']!r} (expected 'llada')")
+    missing = [k for k in ("d_model", "n_layers", "n_heads") if k not in hc]
+    if missing:
+        bad.append(f"missing keys {', '.join(missing)}")
+    if bad:
+        raise ConvertError("config.json describes a model this architecture cannot hold: " + "; ".join(bad))
+    cfg = base if base is not None else config_lib.default_config()
+    m, t = cfg.model, cfg.tokens
+    m.d_model, m.n_layers, m.n_heads = hc["d_model"], hc["n_layers"], hc["n_heads"]
+    m.n_kv_heads = hc.get("n_kv_heads") or hc.get("effective_n_kv_heads") or hc["n_heads"]
+    m.head_dim = -1
+    m.ffn_dim = hc.get("mlp_hidden_size") or hc.get("mlp_ratio", 4) * hc["d_model"]
+    m.vocab_size = hc.get("embedding_size") or hc["vocab_size"]
+    m.max_seq_len = hc.get("max_sequence_length", m.max_seq_len)
+    m.rope_theta = float(hc.get("rope_theta", m.rope_theta))
+    m.norm_eps = float(hc.get("rms_norm_eps", m.norm_eps))
+    gen = gen or {}
+    for ours, key, source in (("mask_id", "mask_token_id", hc), ("eos_id", "eos_token_id", hc),
+                              ("pad_id", "pad_token_id", hc), ("bos_id", "bos_token_id", gen),
+                              ("bos_id", "bos_token_id", hc)):
+        value = source.get(key)
+        if isinstance(value, list):
+            value = value[0] if value else None
+        if value is not None:
+            t[ours] = int(value)
+    return cfg
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# safetensors: an 8-byte little-endian header length, a JSON header, then the tensors' raw bytes.
+
+def read_safetensors_header(path):
+    """{name: (dtype code, shape, absolute byte offset, nbytes)} of one safetensors file."""
+    with open(path, "rb") as f:
+        raw = f.read(8)
+        if len(raw) != 8:
+            raise ConvertError(f"{path}: not a safetensors file (shorter than its 8-byte header length).")
+        n = int.from_bytes(raw, "little")
+        try:
+            header = json.loads(f.read(n))
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise ConvertError(f"{path}: unreadable safetensors header ({e}).") from None
+    header.pop("__metadata__", None)
+    return {k: (v["dtype"], tuple(v["shape"]), 8 + n + v["data_offsets"][0],
+                v["data_offsets"][1] - v["data_offsets"][0]) for k, v in header.items()}
+
+
+class SafetensorsWriter:
+    """Writes one shard whose tensors (names, dtype codes, shapes) are known up front; data arrives in order,
+    each tensor whole or in row blocks."""
+
+    def __init__(self, path, entries):
+        self.path, self.entries = path, entries
+        header, offset = {}, 0
+        for name, code, shape in entries:
+            nbytes = int(np.prod(shape)) * ST_DTYPES[code].itemsize
+            header[name] = {"dtype": code, "shape": list(shape), "data_offsets": [offset, offset + nbytes]}
+            offset += nbytes
+        header["__metadata__"] = {"format": "pt"}
+        text = json.dumps(header, separators=(",", ":")).encode()
+        text += b" " * (-len(text) % 8)
+        self.f = open(path, "wb")
+        self.f.write(len(text).to_bytes(8, "little") + text)
+        self.index, self.written = 0, 0
+
+    def write(self, name, block):
+        """Appends `block` (the whole tensor, or its next rows) of tensor `name`."""
+        want_name, code, shape = self.entries[self.index]
+        assert name == want_name and block.dtype == ST_DTYPES[code], (name, want_name, block.dtype, code)
+        data = np.ascontiguousarray(block).astype(block.dtype.newbyteorder("<"), copy=False)
+        self.f.write(memoryview(data.reshape(-1).view(np.uint8)))
+        self.written += data.nbytes
+        if self.written == int(np.prod(shape)) * ST_DTYPES[code].itemsize:
+            self.index, self.written = self.index + 1, 0
+
+    @property
+    def done(self):
+        return self.index == len(self.entries)
+
+    def close(self):
+        assert self.done, f"{self.path}: wrote {self.index} of {len(self.entries)} tensors"
+        self.f.close()
+
+
+class ShardedWriter:
+    """Consecutive shards: the next file opens when the previous one has all its tensors."""
+
+    def __init__(self, paths, entries):
+        self.pending = list(zip(paths, entries))
+        self.current = None
+
+    def write(self, name, block):
+        if self.current is None or self.current.done:
+            if self.current is not None:
+                self.current.close()
+            self.current = SafetensorsWriter(*self.pending.pop(0))
+        self.current.write(name, block)
+
+    def close(self):
+        self.current.close()
+        assert not self.pending, f"{len(self.pending)} shards were never written"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Reading and writing the arrays of an orbax `params` item with tensorstore.
+
+def _ts():
+    import tensorstore as ts
+    return ts
+
+
+def _kvstore(params_dir, name):
+    base = {"driver": "file", "path": os.path.abspath(params_dir) + "/"}
+    if os.path.exists(os.path.join(params_dir, "manifest.ocdbt")):
+        return {"driver": "ocdbt", "base": base, "path": name + "/"}
+    return {"driver": "file", "path": os.path.join(os.path.abspath(params_dir), name) + "/"}
+
+
+def open_leaf(params_dir, name, context):
+    """The tensorstore of our leaf `name` ("blocks.q_proj") in an orbax params directory, or None."""
+    ts = _ts()
+    for driver in ("zarr", "zarr3"):
+        try:
+            return ts.open({"driver": driver, "kvstore": _kvstore(params_dir, name)}, open=True,
+                           context=context).result()
+        except ValueError:
+            continue
+    return None
+
+
+def _step_blocks(t, axis):
+    """[(start, stop)] along `axis`: whole storage chunks, grouped up to BLOCK_BYTES, so no chunk is decoded twice."""
+    size = t.shape[axis]
+    chunk = t.chunk_layout.read_chunk.shape[axis] or size
+    row_bytes = t.dtype.numpy_dtype.itemsize * int(np.prod(t.shape)) // max(size, 1)
+    step = max(chunk, BLOCK_BYTES // max(row_bytes, 1) // chunk * chunk)
+    return [(a, min(a + step, size)) for a in range(0, size, step)]
+
+
+def find_step_dir(run_dir, step=None):
+    """(step, path of that step's directory) of a run directory (or its checkpoints/ directory)."""
+    import orbax.checkpoint as ocp
+    directory = os.path.join(run_dir, "checkpoints")
+    if not os.path.isdir(directory):
+        directory = run_dir
+    manager = ocp.CheckpointManager(os.path.abspath(directory), options=ocp.CheckpointManagerOptions(read_only=True))
+    steps = sorted(manager.all_steps())
+    manager.close()
+    if not steps:
+        raise ConvertError(f"no checkpoint in {directory}; pass the run directory of a trained model (--workdir).")
+    if step is None:
+        step = steps[-1]
+    elif step not in steps:
+        raise ConvertError(f"no checkpoint step {step} in {directory}; available: {steps}.")
+    path = os.path.join(directory, str(step))
+    if not os.path.isdir(os.path.join(path, "params")):
+        raise ConvertError(f"{path} has no params item; is it a llada checkpoint?")
+    return step, path
+
+
+class Progress:
+    """Progress lines: bytes done of the total, MB/s, the current tensor; at most one line every `every` seconds."""
+
+    def __init__(self, label, total, log, every=2.0):
+        self.label, self.total, self.log, self.every = label, total, log, every
+        self.done, self.t0 = 0, time.perf_counter()
+        self.last = self.t0
+
+    def update(self, nbytes, name):
+        self.done += nbytes
+        now = time.perf_counter()
+        if now - self.last >= self.every or self.done >= self.total:
+            self.last = now
+            self.log(f"{self.label}: {self.done / 1e6:,.0f}/{self.total / 1e6:,.0f} MB "
+                     f"({100 * self.done / max(self.total, 1):.0f}%) {self.rate():.0f} MB/s  {name}")
+
+    def rate(self):
+        return self.done / 1e6 / max(time.perf_counter() - self.t0, 1e-9)
+
+
+def _parse_size(text):
+    if isinstance(text, int):
+        return text
+    units = {"KB": 1e3, "MB": 1e6, "GB": 1e9, "KIB": 2 ** 10, "MIB": 2 ** 20, "GIB": 2 ** 30, "B": 1}
+    s = str(text).strip().upper()
+    for unit, factor in units.items():
+        if s.endswith(unit):
+            return int(float(s[:-len(unit)]) * factor)
+    return int(s)
+
+
+def _copy_tokenizer(path, out, cfg):
+    """Tokenizer files into the export: an HF tokenizer directory is copied as is; a sentencepiece .model becomes
+    tokenizer.model plus a tokenizer_config.json naming the special tokens of our config."""
+    if os.path.isdir(path):
+        names = [n for n in os.listdir(path) if n.startswith("tokenizer") or n in (
+            "special_tokens_map.json", "added_tokens.json", "vocab.json", "merges.txt")]
+        if not names:
+            raise ConvertError(f"--tokenizer={path}: no tokenizer files (tokenizer.json, tokenizer.model, ...) there.")
+        for n in names:
+            shutil.copy(os.path.join(path, n), os.path.join(out, n))
+        return names
+    if not os.path.exists(path):
+        raise ConvertError(f"--tokenizer={path} does not exist; pass a sentencepiece .model or an HF tokenizer dir.")
+    import sentencepiece as spm
+    sp = spm.SentencePieceProcessor(model_file=path)
+    t = cfg.tokens
+    piece = lambda i: sp.id_to_piece(i) if 0 <= i < sp.get_piece_size() else None
+    shutil.copy(path, os.path.join(out, "tokenizer.model"))
+    tok_cfg = {"tokenizer_class": "LlamaTokenizer", "add_bos_token": False, "add_eos_token": False,
+               "bos_token": piece(t.bos_id), "eos_token": piece(t.eos_id), "pad_token": piece(t.pad_id),
+               "mask_token": piece(t.mask_id), "model_max_length": cfg.model.max_seq_len}
+    with open(os.path.join(out, "tokenizer_config.json"), "w") as f:
+        json.dump(tok_cfg, f, indent=2)
+    return ["tokenizer.model", "tokenizer_config.json"]
+
+
+def _write_json(path, obj):
+    with open(path, "w") as f:
+        json.dump(obj, f, indent=2, sort_keys=True)
+        f.write("\n")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Export: run directory -> HF directory.
+
+def to_hf(run_dir, out, step=None, dtype=None, tokenizer=None, max_shard_size="5GB", log=print):
+    """Writes the HF layout of checkpoint `step` (default: the latest) of `run_dir` into `out`.
+
+    dtype: "bfloat16" | "float32" | "float16" | None (the checkpoint's own dtype). Returns a summary dict."""
+    from llada_jax import checkpoint
+    ts = _ts()
+    cfg = checkpoint.load_run_config(run_dir)
+    m = cfg.model
+    table = tensor_table(m)
+    step, step_dir = find_step_dir(run_dir, step)
+    params_dir = os.path.join(step_dir, "params")
+    context = ts.Context({"cache_pool": {"total_bytes_limit": 0}})
+    stores, problems = {}, []
+    for leaf, shape in leaf_shapes(m).items():
+        t = open_leaf(params_dir, leaf, context)
+        if t is None:
+            problems.append(f"params/{leaf}: missing from the checkpoint (expected shape {shape})")
+        elif tuple(t.shape) != shape:
+            problems.append(f"params/{leaf}: checkpoint shape {tuple(t.shape)}, config expects {shape}")
+        stores[leaf] = t
+    if problems:
+        raise ConvertError(f"checkpoint step {step} of {run_dir} does not match its config.json:\n  " +
+                           "\n  ".join(problems))
+    stored = {np.dtype(t.dtype.numpy_dtype) for t in stores.values()}
+    if dtype is None:
+        if len(stored) != 1:
+            raise ConvertError(f"the checkpoint mixes dtypes {sorted(map(str, stored))}; pass --dtype.")
+        dtype = next(n for n, (_, dt) in DTYPES.items() if dt in stored)
+    if dtype not in DTYPES:
+        raise ConvertError(f"--dtype={dtype!r}; expected one of {', '.join(DTYPES)}.")
+    code, np_dtype = DTYPES[dtype]
+
+    # Plan the shards: tensors in reading order, a new shard when the next tensor would overflow the limit.
+    limit = _parse_size(max_shard_size)
+    order = [tensor for leaf in table for tensor in table[leaf]]
+    shards, current, size = [], [], 0
+    for tensor in order:
+        nbytes = int(np.prod(tensor.hf)) * np_dtype.itemsize
+        if current and size + nbytes > limit:
+            shards.append(current)
+            current, size = [], 0
+        current.append(tensor)
+        size += nbytes
+    shards.append(current)
+    names = [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))]
+    shard_of = {t.name: names[i] for i, shard in enumerate(shards) for t in shard}
+    total = sum(int(np.prod(t.hf)) * np_dtype.itemsize for t in order)
+
+    os.makedirs(out, exist_ok=True)
+    for stale in os.listdir(out):  # shards of an earlier export with another shard count would confuse loaders
+        if stale.endswith(".safetensors") or stale == "model.safetensors.index.json":
+            os.remove(os.path.join(out, stale))
+    _write_json(os.path.join(out, "config.json"), hf_config(cfg, dtype))
+    _write_json(os.path.join(out, "generation_config.json"),
+                {"bos_token_id": cfg.tokens.bos_id, "eos_token_id": cfg.tokens.eos_id,
+                 "pad_token_id": cfg.tokens.pad_id})
+    for n in os.listdir(HF_FILES):
+        if n.endswith(".py"):
+            shutil.copy(os.path.join(HF_FILES, n), os.path.join(out, n))
+    shutil.copy(TORCH_MODEL, os.path.join(out, "torch_model.py"))
+    tokenizer = tokenizer or (cfg.data.tokenizer if cfg.get("data") and cfg.data.get("tokenizer") else None)
+    tok_files = _copy_tokenizer(tokenizer, out, cfg) if tokenizer else []
+
+    log(f"to-hf: step {step} of {run_dir} -> {out}: {len(order)} tensors, {total / 1e6:,.0f} MB {dtype}, "
+        f"{len(shards)} shard(s)")
+    progress = Progress("to-hf", total, log)
+    writer = ShardedWriter([os.path.join(out, n) for n in names], [[(t.name, code, t.hf) for t in sh] for sh in shards])
+
+    def emit(tensor, block):
+        writer.write(tensor.name, block)
+        progress.update(block.nbytes, tensor.name)
+
+    for leaf, tensors in table.items():
+        t = stores[leaf]
+        if leaf == "lm_head":  # [d, V] -> HF [V, d]: HF rows are our columns; read column blocks, write row blocks
+            (tensor,) = tensors
+            for a, b in _step_blocks(t, 1):
+                cols = t[:, a:b].read().result()
+                rows_per = max(1, BLOCK_BYTES // 4 // (cols.shape[0] * cols.itemsize))
+                for r in range(0, b - a, rows_per):
+                    emit(tensor, np.ascontiguousarray(cols[:, r:r + rows_per].T).astype(np_dtype))
+                del cols
+        elif leaf in ("wte", "ln_f"):
+            (tensor,) = tensors
+            for a, b in _step_blocks(t, 0):
+                emit(tensor, t[a:b].read().result().astype(np_dtype))
+        else:  # stacked [L, ...]: chunk-aligned groups of layers, one HF tensor per layer
+            for a, b in _step_blocks(t, 0):
+                group = t[a:b].read().result()
+                for i in range(a, b):
+                    emit(tensors[i], tensors[i].to_hf(group[i - a]).astype(np_dtype))
+                del group
+    writer.close()
+    index = {"metadata": {"total_size": total}, "weight_map": dict(sorted(shard_of.items()))}
+    _write_json(os.path.join(out, "model.safetensors.index.json"), index)
+    log(f"to-hf: wrote {out} ({total / 1e6:,.0f} MB at {progress.rate():.0f} MB/s"
+        f"{', tokenizer: ' + ', '.join(tok_files) if tok_files else ''})")
+    return {"step": step, "tensors": len(order), "bytes": total, "shards": names, "dtype": dtype,
+            "mb_per_s": progress.rate()}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Import: HF directory -> run directory.
+
+def read_hf_index(hf_dir):
+    """{tensor name: (file path, dtype code, shape, offset, nbytes)} of every safetensors file of an HF directory."""
+    index_path = os.path.join(hf_dir, "model.safetensors.index.json")
+    if os.path.exists(index_path):
+        with open(index_path) as f:
+            files = sorted(set(json.load(f)["weight_map"].values()))
+    else:
+        files = sorted(n for n in os.listdir(hf_dir) if n.endswith(".safetensors"))
+    if not files:
+        raise ConvertError(f"{hf_dir} has no .safetensors files (PyTorch .bin checkpoints are not supported; "
+                           f"re-save them with safetensors).")
+    out = {}
+    for n in files:
+        path = os.path.join(hf_dir, n)
+        if not os.path.exists(path):
+            raise ConvertError(f"{index_path} names {n}, which is missing from {hf_dir}.")
+        for name, (code, shape, offset, nbytes) in read_safetensors_header(path).items():
+            out[name] = (path, code, shape, offset, nbytes)
+    return out
+
+
+def check_hf_tensors(index, table):
+    """Every problem with the HF tensors, one line each: wrong shapes, missing and unknown names, dtypes."""
+    expected = {t.name: t for tensors in table.values() for t in tensors}
+    problems = []
+    for name, t in expected.items():
+        if name not in index:
+            problems.append(f"{name}: missing (expected shape {list(t.hf)})")
+        elif index[name][2] != t.hf:
+            problems.append(f"{name}: shape {list(index[name][2])}, expected {list(t.hf)} from config.json")
+        elif index[name][1] not in ST_DTYPES:
+            problems.append(f"{name}: dtype {index[name][1]}, expected one of {', '.join(ST_DTYPES)}")
+    for name in sorted(set(index) - set(expected)):
+        problems.append(f"{name}: unknown tensor name (shape {list(index[name][2])}); not part of the LLaDA layout")
+    return problems
+
+
+def _read_rows(entry, a, b):
+    """Rows a:b of an HF tensor, read straight from its safetensors file."""
+    path, code, shape, offset, _ = entry
+    dt = ST_DTYPES[code].newbyteorder("<")
+    row = int(np.prod(shape[1:])) if len(shape) > 1 else 1
+    count = (b - a) * row
+    with open(path, "rb") as f:
+        f.seek(offset + a * row * dt.itemsize)
+        data = np.fromfile(f, dtype=dt, count=count)
+    if data.size != count:
+        raise ConvertError(f"{path} is truncated: its tensor data ends early.")
+    return data.reshape((b - a,) + tuple(shape[1:]))
+
+
+class _Placeholder(np.ndarray):
+    """A zero-strided array with no memory behind it; orbax's defensive deepcopy returns it as is."""
+
+    def __deepcopy__(self, memo):
+        return self
+
+
+def _placeholder(shape, dtype):
+    return np.broadcast_to(np.zeros((), dtype), shape).view(_Placeholder)
+
+
+def from_hf(hf_dir, out, base_config=None, dtype=None, overwrite=False, log=print):
+    """Imports an HF LLaDA directory into a new run directory `out` (config.json + checkpoints/0 with `params` and
+    `config`), usable by `--config.checkpoint.init_from=OUT`, sampling and `to_hf`. Returns a summary dict."""
+    import orbax.checkpoint as ocp
+
+    from llada_jax import checkpoint, config as config_lib
+    ts = _ts()
+    config_path = os.path.join(hf_dir, "config.json")
+    if not os.path.exists(config_path):
+        raise ConvertError(f"{config_path} not found: {hf_dir} is not a Hugging Face model directory.")
+    with open(config_path) as f:
+        hc = json.load(f)
+    gen_path = os.path.join(hf_dir, "generation_config.json")
+    gen = {}
+    if os.path.exists(gen_path):
+        with open(gen_path) as f:
+            gen = json.load(f)
+    cfg = config_from_hf(hc, gen, base_config)
+    m = cfg.model
+    table = tensor_table(m)
+    index = read_hf_index(hf_dir)
+    problems = check_hf_tensors(index, table)
+    if problems:
+        raise ConvertError(f"{hf_dir} does not match the LLaDA layout of its config.json ({m.n_layers} layers, "
+                           f"d_model {m.d_model}, {m.n_heads} heads, {m.n_kv_heads} kv heads, ffn {m.ffn_dim}, "
+                           f"vocab {m.vocab_size}):\n  " + "\n  ".join(problems))
+    codes = {index[t.name][1] for tensors in table.values() for t in tensors}
+    if dtype is None:
+        if len(codes) != 1:
+            raise ConvertError(f"{hf_dir} mixes dtypes {sorted(codes)}; pass --dtype.")
+        dtype = next(n for n, (c, _) in DTYPES.items() if c in codes)
+    if dtype not in DTYPES:
+        raise ConvertError(f"--dtype={dtype!r}; expected one of {', '.join(DTYPES)}.")
+    np_dtype = DTYPES[dtype][1]
+    m.param_dtype = dtype
+    if dtype != "float32":
+        m.dtype = dtype
+    with cfg.unlocked():
+        cfg.name = os.path.basename(os.path.normpath(hf_dir)) or cfg.name
+
+    if os.path.exists(out) and os.listdir(out):
+        if not overwrite:
+            raise ConvertError(f"{out} exists and is not empty; choose a new --out or pass --overwrite.")
+        shutil.rmtree(out)
+    partial = os.path.normpath(out) + ".partial"
+    shutil.rmtree(partial, ignore_errors=True)
+    ckpt_dir = os.path.join(partial, "checkpoints")
+    shapes = leaf_shapes(m)
+
+    # 1. orbax writes the checkpoint's structure and metadata from placeholders: one chunk per layer for stacked
+    #    leaves, BLOCK_BYTES chunks for the embeddings.
+    def nest(flat):
+        return {"wte": flat["wte"], "blocks": {k: flat["blocks." + k] for k in BLOCK_LEAVES}, "ln_f": flat["ln_f"],
+                "lm_head": flat["lm_head"]}
+
+    skeleton = nest({k: _placeholder(s, np_dtype) for k, s in shapes.items()})
+    save_args = nest({k: ocp.SaveArgs(shard_axes=(0,)) if k.startswith("blocks.") else
+                      ocp.SaveArgs(chunk_byte_size=BLOCK_BYTES) for k in shapes})
+    ckpt = checkpoint.Checkpointer(ckpt_dir, cfg)
+    ckpt.manager.save(0, args=ocp.args.Composite(params=ocp.args.StandardSave(skeleton, save_args=save_args),
+                                                 config=ocp.args.JsonSave(cfg.to_dict())), force=True)
+    ckpt.wait()
+    ckpt.close()
+    params_dir = os.path.join(ckpt_dir, "0", "params")
+
+    # 2. Fill the chunks, one HF tensor (or BLOCK_BYTES of one) at a time.
+    total = sum(int(np.prod(t.hf)) * np_dtype.itemsize for tensors in table.values() for t in tensors)
+    log(f"from-hf: {hf_dir} -> {out}: {sum(len(v) for v in table.values())} tensors, {total / 1e6:,.0f} MB {dtype}")
+    progress = Progress("from-hf", total, log)
+    context = ts.Context({"cache_pool": {"total_bytes_limit": 0}})
+    for leaf, tensors in table.items():
+        t = open_leaf(params_dir, leaf, context)
+        if leaf == "lm_head":  # HF [V, d] rows -> our [d, V] columns
+            (tensor,) = tensors
+            for a, b in _step_blocks(t, 1):
+                rows = _read_rows(index[tensor.name], a, b).astype(np_dtype)
+                t[:, a:b].write(rows.T).result()
+                progress.update(rows.nbytes, tensor.name)
+        elif leaf in ("wte", "ln_f"):
+            (tensor,) = tensors
+            for a, b in _step_blocks(t, 0):
+                rows = _read_rows(index[tensor.name], a, b).astype(np_dtype)
+                t[a:b].write(rows).result()
+                progress.update(rows.nbytes, tensor.name)
+        else:
+            for tensor in tensors:
+                entry = index[tensor.name]
+                x = tensor.from_hf(_read_rows(entry, 0, entry[2][0]).astype(np_dtype))
+                t[tensor.layer].write(x).result()
+                progress.update(x.nbytes, tensor.name)
+    with open(os.path.join(partial, "config.json"), "w") as f:
+        f.write(config_lib.to_json(cfg))
+    os.replace(partial, out)
+    log(f"from-hf: wrote run directory {out} ({total / 1e6:,.0f} MB at {progress.rate():.0f} MB/s); fine-tune it "
+        f"with --config.checkpoint.init_from={out}")
+    return {"tensors": sum(len(v) for v in table.values()), "bytes": total, "dtype": dtype,
+            "mb_per_s": progress.rate()}
+
+
+def main(argv):
+    """`llada convert to-hf ...` / `llada convert from-hf ...` (see cli.cmd_convert)."""
+    import argparse
+    p = argparse.ArgumentParser(prog="llada convert", description="Convert to and from the LLaDA Hugging Face layout.")
+    sub = p.add_subparsers(dest="direction", required=True)
+    a = sub.add_parser("to-hf", help="export a run's checkpoint as safetensors + config.json (+ remote code)")
+    a.add_argument("--workdir", required=True, help="the run directory")
+    a.add_argument("--step", type=int, default=None, help="checkpoint step (default: the latest)")
+    a.add_argument("--out", required=True, help="output directory")
+    a.add_argument("--dtype", default=None, choices=list(DTYPES), help="default: the checkpoint's dtype")
+    a.add_argument("--tokenizer", default=None, help="sentencepiece .model or HF tokenizer directory "
+                                                     "(default: the run's data.tokenizer, if any)")
+    a.add_argument("--max_shard_size", default="5GB", help="largest safetensors shard, e.g. 5GB, 500MB")
+    b = sub.add_parser("from-hf", help="import an HF LLaDA directory into a run directory")
+    b.add_argument("hf_dir", help="directory with config.json and *.safetensors")
+    b.add_argument("--out", required=True, help="the new run directory")
+    b.add_argument("--config", default=None, help="config file for everything but the model sizes and token ids")
+    b.add_argument("--dtype", default=None, choices=list(DTYPES), help="default: the tensors' dtype")
+    b.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
+    args = p.parse_args(argv)
+    try:
+        if args.direction == "to-hf":
+            to_hf(args.workdir, args.out, args.step, args.dtype, args.tokenizer, args.max_shard_size)
+        else:
+            base = None
+            if args.config:
+                from llada_jax import config as config_lib
+                base = config_lib.build_config(args.config)
+            from_hf(args.hf_dir, args.out, base, args.dtype, args.overwrite)
+    except (ConvertError, OSError) as e:
+        sys.exit(f"llada convert {args.direction}: {e}")

@@ -1,0 +1,299 @@
+"""Conversion to and from the LLaDA Hugging Face layout (convert/hf.py) and the PyTorch model (convert/torch_model.py)."""
+import json
+import os
+import shutil
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from llada_jax import checkpoint, cli, config as config_lib, model as model_lib, train
+from llada_jax.convert import hf
+
+torch = pytest.importorskip("torch")  # CI installs CPU torch; only transformers is optional below
+from llada_jax.convert import torch_model  # noqa: E402
+
+
+def _cfg(tiny_cfg, kv_heads=2, vocab=None, ffn=None):
+    c = tiny_cfg
+    c.model.n_kv_heads = kv_heads
+    if vocab:
+        c.model.vocab_size = vocab
+    if ffn:
+        c.model.ffn_dim = ffn
+    c.checkpoint.async_save = False
+    return c
+
+
+def _random_params(cfg, seed=0):
+    """Every leaf random (norms too), so that a swapped or transposed tensor cannot go unnoticed."""
+    shapes = model_lib.Model(cfg.model).abstract_params()
+    leaves, tree = jax.tree.flatten(shapes)
+    keys = jax.random.split(jax.random.key(seed), len(leaves))
+    return jax.tree.unflatten(tree, [jax.random.normal(k, s.shape, s.dtype) * 0.3 for k, s in zip(keys, leaves)])
+
+
+def _save_run(run_dir, cfg, params, devices=None, step=7):
+    """A run directory as `llada train` leaves it: config.json + an orbax checkpoint, saved from the whole train
+    state on the mesh of `devices` (train.Setup), or, when devices is None, from params and step only (faster)."""
+    if devices is None:
+        state = {"params": params, "step": np.int32(step)}
+    else:
+        setup = train.Setup(cfg, devices)
+        state = setup.init_state()
+        state["params"] = jax.device_put(params, setup.param_sharding)
+    ckpt = checkpoint.Checkpointer(os.path.join(run_dir, "checkpoints"), cfg)
+    ckpt.save(step, state, {"position": 0}, cfg, force=True)
+    ckpt.wait()
+    ckpt.close()
+    with open(os.path.join(run_dir, "config.json"), "w") as f:
+        f.write(config_lib.to_json(cfg))
+    return run_dir
+
+
+def _tokens(cfg, b=2, t=12, seed=1):
+    return np.random.default_rng(seed).integers(0, cfg.model.vocab_size, (b, t))
+
+
+def _jax_logits(cfg, params, tokens, key_mask=None, dtype="float32"):
+    m = cfg.model.copy_and_resolve_references()
+    m.dtype = dtype
+    p = jax.tree.map(lambda x: x.astype(dtype), params)
+    mask = None if key_mask is None else jnp.asarray(key_mask)
+    return np.asarray(model_lib.Model(m).apply(p, jnp.asarray(tokens), mask))
+
+
+def _hf_tensors(hf_dir):
+    """{name: (dtype code, shape, raw bytes)} of an exported directory."""
+    out = {}
+    for name, (path, code, shape, offset, nbytes) in hf.read_hf_index(hf_dir).items():
+        with open(path, "rb") as f:
+            f.seek(offset)
+            out[name] = (code, shape, f.read(nbytes))
+    return out
+
+
+def _hf_array(hf_dir, name):
+    code, shape, raw = _hf_tensors(hf_dir)[name]
+    return np.frombuffer(raw, hf.ST_DTYPES[code]).reshape(shape)
+
+
+def _close(a, b, rtol):
+    """Relative to the logits' scale (near-zero logits have no meaningful relative error)."""
+    err = np.max(np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64))) / np.max(np.abs(b))
+    assert err < rtol, f"max error {err:.2e} of the logits' scale, tolerance {rtol:.0e}"
+
+
+def _tiny():
+    """conftest's tiny_cfg, for module-scoped fixtures."""
+    c = config_lib.default_config()
+    m = c.model
+    m.vocab_size, m.d_model, m.n_layers, m.n_heads, m.n_kv_heads, m.ffn_dim = 48, 32, 2, 4, 2, 64
+    c.train.seq_len, c.train.global_batch = 16, 8
+    return c
+
+
+@pytest.fixture(scope="module", params=[4, 2], ids=["mha", "gqa"])
+def run(request, tmp_path_factory):
+    """A saved run (read-only for the tests), MHA and GQA."""
+    cfg = _cfg(_tiny(), kv_heads=request.param)
+    params = _random_params(cfg)
+    return _save_run(str(tmp_path_factory.mktemp("run")), cfg, params), cfg, params
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    """(HF directory, run directory, config, params) of the tiny GQA model exported in float32; read-only."""
+    cfg = _cfg(_tiny())
+    params = _random_params(cfg)
+    run_dir = _save_run(str(tmp_path_factory.mktemp("run")), cfg, params)
+    out = str(tmp_path_factory.mktemp("hf"))
+    hf.to_hf(run_dir, out, dtype="float32", log=lambda *a: None)
+    return out, run_dir, cfg, params
+
+
+def test_export_layout_and_float32_logits(run, tmp_path):
+    run_dir, cfg, params = run
+    out = str(tmp_path / "hf")
+    hf.to_hf(run_dir, out, dtype="float32", max_shard_size="20KB", log=lambda *a: None)
+    with open(os.path.join(out, "config.json")) as f:
+        c = json.load(f)
+    assert c["model_type"] == "llada" and c["architectures"] == ["LLaDAModelLM"]
+    assert (c["d_model"], c["n_layers"], c["n_heads"], c["n_kv_heads"], c["mlp_hidden_size"], c["vocab_size"]) == (
+        32, 2, 4, cfg.model.n_kv_heads, 64, 48)
+    assert c["mask_token_id"] == cfg.tokens.mask_id and c["auto_map"]["AutoModel"] == "modeling_llada.LLaDAModelLM"
+    with open(os.path.join(out, "model.safetensors.index.json")) as f:
+        index = json.load(f)
+    assert len(index["weight_map"]) == 3 + 9 * cfg.model.n_layers and len(set(index["weight_map"].values())) > 1
+    for n in ("configuration_llada.py", "modeling_llada.py", "torch_model.py", "generation_config.json"):
+        assert os.path.exists(os.path.join(out, n))
+    # The official names hold our tensors in PyTorch's [out, in] layout.
+    m = cfg.model
+    q = _hf_array(out, "model.transformer.blocks.1.q_proj.weight")
+    np.testing.assert_array_equal(q, np.asarray(params["blocks"]["q_proj"][1]).reshape(m.d_model, -1).T)
+    np.testing.assert_array_equal(_hf_array(out, "model.transformer.ff_out.weight"), np.asarray(params["lm_head"]).T)
+
+    # The safetensors library reads our files; our PyTorch model reproduces the JAX logits.
+    from safetensors import safe_open
+    with safe_open(os.path.join(out, index["weight_map"]["model.transformer.wte.weight"]), "pt") as f:
+        np.testing.assert_array_equal(f.get_tensor("model.transformer.wte.weight").numpy(), params["wte"])
+    tm = torch_model.load(out)
+    tokens = _tokens(cfg)
+    key_mask = np.ones(tokens.shape, bool)
+    key_mask[1, -4:] = False  # a padded row
+    with torch.no_grad():
+        for mask in (None, key_mask):
+            got = tm(torch.from_numpy(tokens), None if mask is None else torch.from_numpy(mask)).numpy()
+            _close(got, _jax_logits(cfg, params, tokens, mask), 1e-5)
+
+
+def test_export_bfloat16_logits(run, tmp_path):
+    run_dir, cfg, params = run
+    out = str(tmp_path / "hf")
+    hf.to_hf(run_dir, out, dtype="bfloat16", log=lambda *a: None)
+    assert {v[0] for v in _hf_tensors(out).values()} == {"BF16"}
+    tm = torch_model.load(out, dtype=torch.bfloat16)
+    tokens = _tokens(cfg)
+    with torch.no_grad():
+        got = tm(torch.from_numpy(tokens)).numpy()
+    _close(got, _jax_logits(cfg, params, tokens, dtype="bfloat16"), 3e-2)  # bf16 has 8 mantissa bits
+    _close(got, _jax_logits(cfg, params, tokens), 6e-2)
+
+
+def test_transformers_auto_classes(run, tmp_path):
+    transformers = pytest.importorskip("transformers")
+    run_dir, cfg, params = run
+    out = str(tmp_path / "hf")
+    hf.to_hf(run_dir, out, dtype="float32", log=lambda *a: None)
+    tokens = _tokens(cfg)
+    want = _jax_logits(cfg, params, tokens)
+    for auto in (transformers.AutoModel, transformers.AutoModelForCausalLM):
+        model = auto.from_pretrained(out, trust_remote_code=True, dtype=torch.float32).eval()
+        with torch.no_grad():
+            got = model(input_ids=torch.from_numpy(tokens)).logits.numpy()
+        _close(got, want, 1e-5)
+
+
+def test_round_trip_jax_hf_jax_is_bitwise(run, tmp_path):
+    run_dir, cfg, params = run
+    out, back = str(tmp_path / "hf"), str(tmp_path / "back")
+    hf.to_hf(run_dir, out, dtype="float32", log=lambda *a: None)
+    hf.from_hf(out, back, log=lambda *a: None)
+    cfg2 = checkpoint.load_run_config(back)
+    for k in ("vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads", "ffn_dim", "rope_theta", "norm_eps",
+              "max_seq_len", "param_dtype"):
+        assert cfg2.model[k] == cfg.model[k], k
+    for k in ("mask_id", "eos_id", "pad_id", "bos_id"):
+        assert cfg2.tokens[k] == cfg.tokens[k], k
+    restored, step = checkpoint.restore_params(back, model_lib.Model(cfg2.model).abstract_params())
+    assert step == 0
+    jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)), restored, params)
+
+
+def test_round_trip_hf_jax_hf_is_byte_identical(run, tmp_path):
+    run_dir, cfg, params = run
+    first, imported, second = (str(tmp_path / n) for n in ("hf1", "run2", "hf2"))
+    hf.to_hf(run_dir, first, dtype="bfloat16", log=lambda *a: None)
+    hf.from_hf(first, imported, log=lambda *a: None)
+    assert checkpoint.load_run_config(imported).model.param_dtype == "bfloat16"
+    hf.to_hf(imported, second, log=lambda *a: None)  # default dtype: the checkpoint's (bfloat16)
+    assert _hf_tensors(first) == _hf_tensors(second)
+    for n in ("config.json", "generation_config.json"):
+        assert open(os.path.join(first, n)).read() == open(os.path.join(second, n)).read()
+
+
+def test_sharded_checkpoint_exports_the_same_files(tiny_cfg, tmp_path, one_device):
+    cfg = _cfg(tiny_cfg)
+    params = _random_params(cfg)
+    single = _save_run(str(tmp_path / "one"), cfg, params, one_device)
+    sharded_cfg = cfg.copy_and_resolve_references()
+    sharded_cfg.mesh.fsdp, sharded_cfg.mesh.tensor = 4, 2
+    sharded = _save_run(str(tmp_path / "eight"), sharded_cfg, params, jax.devices())
+    meta = json.load(open(os.path.join(sharded, "checkpoints", "7", "params", "_sharding")))
+    assert any("fsdp" in v and "tensor" in v for v in meta.values())  # really saved sharded
+    a, b = str(tmp_path / "hf_one"), str(tmp_path / "hf_eight")
+    hf.to_hf(single, a, log=lambda *a: None)
+    hf.to_hf(sharded, b, log=lambda *a: None)
+    files = sorted(os.listdir(a))
+    assert files == sorted(os.listdir(b))
+    for n in files:
+        if n != "config.json":  # the mesh is part of the run's config, not of config.json; compare it anyway below
+            assert open(os.path.join(a, n), "rb").read() == open(os.path.join(b, n), "rb").read(), n
+    assert json.load(open(os.path.join(a, "config.json"))) == json.load(open(os.path.join(b, "config.json")))
+
+
+def test_block_ff_out_and_output_head_are_never_confused(tiny_cfg, tmp_path):
+    """vocab == ffn_dim == d_model: both `ff_out` weights (and their transposes) have the same shape [64, 64], so
+    only the names tell them apart."""
+    cfg = _cfg(tiny_cfg, vocab=64, ffn=64)
+    cfg.model.d_model = 64
+    params = _random_params(cfg)
+    run_dir = _save_run(str(tmp_path / "run"), cfg, params)
+    out, back = str(tmp_path / "hf"), str(tmp_path / "back")
+    hf.to_hf(run_dir, out, dtype="float32", log=lambda *a: None)
+    head = _hf_array(out, "model.transformer.ff_out.weight")
+    down = _hf_array(out, "model.transformer.blocks.0.ff_out.weight")
+    assert head.shape == down.shape == (64, 64)
+    np.testing.assert_array_equal(head, np.asarray(params["lm_head"]).T)
+    np.testing.assert_array_equal(down, np.asarray(params["blocks"]["ff_out"][0]).T)
+    hf.from_hf(out, back, log=lambda *a: None)
+    restored, _ = checkpoint.restore_params(back, model_lib.Model(cfg.model).abstract_params())
+    np.testing.assert_array_equal(restored["lm_head"], params["lm_head"])
+    np.testing.assert_array_equal(restored["blocks"]["ff_out"], params["blocks"]["ff_out"])
+    tokens = _tokens(cfg)
+    with torch.no_grad():
+        _close(torch_model.load(out)(torch.from_numpy(tokens)).numpy(), _jax_logits(cfg, params, tokens), 1e-5)
+
+
+def _rewrite(hf_dir, edit):
+    """Rewrites an exported directory's tensors as one shard after `edit({name: array})`."""
+    tensors = {n: _hf_array(hf_dir, n) for n in hf.read_hf_index(hf_dir)}
+    edit(tensors)
+    for n in os.listdir(hf_dir):
+        if n.endswith(".safetensors") or n.endswith(".index.json"):
+            os.remove(os.path.join(hf_dir, n))
+    w = hf.SafetensorsWriter(os.path.join(hf_dir, "model.safetensors"),
+                             [(n, "F32", a.shape) for n, a in tensors.items()])
+    for n, a in tensors.items():
+        w.write(n, a)
+    w.close()
+
+
+@pytest.mark.parametrize("edit, expected", [
+    (lambda t: t.update({"model.transformer.blocks.1.k_proj.weight": np.zeros((32, 32), np.float32)}),
+     ["model.transformer.blocks.1.k_proj.weight: shape [32, 32], expected [16, 32]"]),
+    (lambda t: t.pop("model.transformer.blocks.0.up_proj.weight"),
+     ["model.transformer.blocks.0.up_proj.weight: missing (expected shape [64, 32])"]),
+    (lambda t: t.update({"model.transformer.blocks.0.mlp.weight": np.zeros((2,), np.float32)}),
+     ["model.transformer.blocks.0.mlp.weight: unknown tensor name"]),
+    (lambda t: (t.pop("model.transformer.ff_out.weight"), t.pop("model.transformer.ln_f.weight")),
+     ["model.transformer.ff_out.weight: missing", "model.transformer.ln_f.weight: missing"]),
+], ids=["wrong_shape", "missing", "unknown", "two_missing"])
+def test_import_errors_name_the_tensor(exported, tmp_path, edit, expected):
+    out = str(tmp_path / "hf")
+    shutil.copytree(exported[0], out)
+    _rewrite(out, edit)
+    with pytest.raises(hf.ConvertError) as e:
+        hf.from_hf(out, str(tmp_path / "back"), log=lambda *a: None)
+    for text in expected:
+        assert text in str(e.value)
+    assert not os.path.exists(str(tmp_path / "back"))
+
+
+@pytest.mark.slow
+def test_cli_and_init_from(exported, tmp_path, capsys):
+    """`llada convert` both ways; the imported directory starts a fine-tuning run (checkpoint.init_from)."""
+    _, run_dir, cfg, params = exported
+    out, back = str(tmp_path / "hf"), str(tmp_path / "back")
+    assert cli.main(["convert", "to-hf", f"--workdir={run_dir}", f"--out={out}", "--dtype=float32"]) == 0
+    assert cli.main(["convert", "from-hf", out, f"--out={back}"]) == 0
+    assert "to-hf: wrote" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="exists and is not empty"):
+        cli.main(["convert", "from-hf", out, f"--out={back}"])
+    with pytest.raises(SystemExit, match="no checkpoint step 3"):
+        cli.main(["convert", "to-hf", f"--workdir={run_dir}", "--step=3", f"--out={out}"])
+    ft = cfg.copy_and_resolve_references()
+    ft.checkpoint.init_from, ft.train.steps, ft.train.log_every, ft.optim.peak_lr = back, 1, 1, 0.0
+    state, _ = train.train(ft, str(tmp_path / "ft"), log=lambda *a: None)
+    jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)), state["params"], params)
