@@ -6,7 +6,8 @@
 Writes a random checkpoint as training does (checkpoint.Checkpointer, one chunk per array), then measures, each in a
 fresh process: `to-hf` of it, `from-hf` of the export, and `to-hf` of the imported run (one chunk per layer). Peak
 memory is the process's ru_maxrss minus that of an idle process that imported the same libraries, reported as a
-fraction of the checkpoint's size. Disk: about 4 x the checkpoint; everything is deleted unless --keep.
+fraction of the checkpoint's size. The parent imports nothing heavy: a forked child starts with its parent's resident
+memory as its high-water mark. Disk: about 4 x the checkpoint; everything is deleted unless --keep.
 """
 import argparse
 import json
@@ -29,7 +30,11 @@ def child(op, args):
     from llada_jax.convert import hf
     quiet = lambda *a: None
     t0 = time.perf_counter()
-    if op == "baseline":
+    if op == "write":
+        from llada_jax import config as config_lib
+        cfg = config_lib.build_config(args[0], json.loads(args[2]))
+        out = write_random_run(cfg, args[1])
+    elif op == "baseline":
         import jax  # noqa: F401  (the libraries a conversion imports)
         import orbax.checkpoint  # noqa: F401
         import tensorstore  # noqa: F401
@@ -40,8 +45,7 @@ def child(op, args):
         out = hf.to_hf(args[0], args[1], log=quiet)
     else:
         out = hf.from_hf(args[0], args[1], log=quiet)
-    print(json.dumps({"maxrss": _maxrss_bytes(), "seconds": time.perf_counter() - t0,
-                      "bytes": out.get("bytes", 0)}))
+    print(json.dumps({**out, "maxrss": _maxrss_bytes(), "seconds": time.perf_counter() - t0}))
 
 
 def measure(op, *args):
@@ -73,14 +77,16 @@ def write_random_run(cfg, run_dir, seed=0):
     ckpt.close()
     with open(os.path.join(run_dir, "config.json"), "w") as f:
         f.write(config_lib.to_json(cfg))
-    return sum(a.nbytes for v in params.values() for a in (v.values() if isinstance(v, dict) else [v]))
+    arrays = [a for v in params.values() for a in (v.values() if isinstance(v, dict) else [v])]
+    return {"name": cfg.name, "params": model_lib.count_params(cfg.model), "size": sum(a.nbytes for a in arrays),
+            "largest": max(a.nbytes for a in arrays)}
 
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] == "--_child":
         return child(argv[1], argv[2:])
-    from llada_jax import cli, config as config_lib, model as model_lib
+    from llada_jax import cli  # light: argparse only
     overrides, rest = cli.split_config_args(argv)
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", default="configs/llada_1b.py")
@@ -88,19 +94,14 @@ def main(argv=None):
     p.add_argument("--dir", default="/tmp/llada_convert_bench")
     p.add_argument("--keep", action="store_true")
     args = p.parse_args(rest)
-    cfg = config_lib.build_config(args.config, overrides + [("model.param_dtype", args.dtype)])
+    overrides = overrides + [("model.param_dtype", args.dtype)]
     shutil.rmtree(args.dir, ignore_errors=True)
     run, exported, imported, again = (os.path.join(args.dir, n) for n in ("run", "hf", "imported", "hf_again"))
     try:
-        t0 = time.perf_counter()
-        size = write_random_run(cfg, run)
-        largest = max(np.prod(s[0]) for s in
-                      [*model_lib.param_shapes(cfg.model)["blocks"].values(),
-                       model_lib.param_shapes(cfg.model)["wte"]]) * np.dtype(
-            model_lib.Model(cfg.model).param_dtype).itemsize
-        print(f"{cfg.name}: {model_lib.count_params(cfg.model) / 1e9:.2f}B params, {args.dtype} checkpoint "
-              f"{size / 1e9:.2f} GB (largest array {largest / 1e9:.2f} GB = {largest / size:.1%}), "
-              f"written in {time.perf_counter() - t0:.0f}s")
+        w = measure("write", args.config, run, json.dumps(overrides))
+        size = w["size"]
+        print(f"{w['name']}: {w['params'] / 1e9:.2f}B params, {args.dtype} checkpoint {size / 1e9:.2f} GB (largest "
+              f"array {w['largest'] / 1e9:.2f} GB = {w['largest'] / size:.1%}), written in {w['seconds']:.0f}s")
         base = measure("baseline")["maxrss"]
         print(f"baseline (idle process with the same imports): {base / 1e6:,.0f} MB")
         print(f"{'step':<36} {'peak - baseline':>16} {'of checkpoint':>14} {'MB/s':>7} {'seconds':>8}")
@@ -109,7 +110,7 @@ def main(argv=None):
                                     ("to-hf (imported, chunk per layer)", "to_hf", imported, again)):
             r = measure(op, src, dst)
             peak = r["maxrss"] - base
-            print(f"{label:<36} {peak / 1e6:>13,.0f} MB {peak / size:>14.1%} {r['bytes'] / 1e6 / r['seconds']:>7.0f} "
+            print(f"{label:<36} {peak / 1e6:>13,.0f} MB {peak / size:>14.1%} {size / 1e6 / r['seconds']:>7.0f} "
                   f"{r['seconds']:>8.1f}")
     finally:
         if not args.keep:
