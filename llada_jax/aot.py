@@ -26,6 +26,10 @@ class CompileError(ValueError):
     pass
 
 
+class DoesNotFit(CompileError):
+    """The TPU compiler ran out of HBM while compiling (it refuses to emit a program that cannot fit)."""
+
+
 def _shape_2d(chips):
     a = 2 ** (int(math.log2(chips)) // 2)
     return f"{a}x{chips // a}"
@@ -60,11 +64,12 @@ def parse_topology(name):
 
 
 def _quiet_libtpu():
-    """Off a TPU VM, libtpu probes cloud metadata for its host and prints warnings; tell it what it would find."""
+    """Off a TPU VM, libtpu probes cloud metadata for its host and prints warnings: tell it what it would find; and
+    let several processes load it (there is no TPU to share)."""
     import glob
     import os
     if not glob.glob("/dev/accel*") and not glob.glob("/dev/vfio/[0-9]*"):
-        for k, v in (("TPU_SKIP_MDS_QUERY", "1"), ("TPU_ACCELERATOR_TYPE", "v5litepod-4"),
+        for k, v in (("ALLOW_MULTIPLE_LIBTPU_LOAD", "1"), ("TPU_SKIP_MDS_QUERY", "1"), ("TPU_ACCELERATOR_TYPE", "v5litepod-4"),
                      ("TPU_WORKER_HOSTNAMES", "localhost"), ("TPU_WORKER_ID", "0")):
             os.environ.setdefault(k, v)
 
@@ -94,7 +99,15 @@ def compile_step(cfg, topology, log=print):
     setup = train.Setup(cfg, devices)
     b, l = cfg.train.global_batch, cfg.train.seq_len
     batch = {"tokens": jax.ShapeDtypeStruct((b, l), jnp.int32, sharding=setup.batch_sharding)}
-    compiled = setup.step_fn.lower(setup.abstract_state(), batch).compile()
+    try:
+        compiled = setup.step_fn.lower(setup.abstract_state(), batch).compile()
+    except Exception as e:  # noqa: BLE001
+        text = str(e)
+        if "RESOURCE_EXHAUSTED" not in text and "HbmOom" not in text:
+            raise
+        detail = re.search(r"Ran out of memory[^.]*\.", text)
+        raise DoesNotFit(f"the step does not fit on {topo_name}: {detail.group(0) if detail else text[:300]} Use more "
+                         f"devices, a smaller per-device batch (train.micro_batches) or model.remat=full.") from None
     mem = compiled.memory_analysis()
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost

@@ -120,7 +120,7 @@ def cmd_compile(argv):
         raise SystemExit(f"llada compile: {e}")
     print(json.dumps(report, indent=2) if args.json else aot.format_report(report))
     if not report["fits"]:
-        raise SystemExit(f"llada compile: the step needs {report['total_bytes'] / 2**30:.2f} GiB per device but "
+        raise SystemExit(f"llada compile: the step does not fit: it needs {report['total_bytes'] / 2**30:.2f} GiB per device but "
                          f"the chip has {report['hbm_bytes'] / 2**30:.0f} GiB; use more devices, a smaller "
                          f"per-device batch (train.micro_batches), or model.remat=full.")
 
