@@ -27,7 +27,8 @@ setup(
         "tensorboardX>=2.6",
     ],
     extras_require={
-        "test": ["pytest>=8"],
+        # Tests also exercise conversion (torch, transformers) and TPU AOT compilation (libtpu, CPU-only use).
+        "test": ["pytest>=8", "safetensors>=0.4", "transformers>=4.46", "libtpu; platform_system == 'Linux'"],
         "torch": ["torch>=2.3", "safetensors>=0.4"],
         "hf": ["torch>=2.3", "safetensors>=0.4", "transformers>=4.46"],
         "tpu": ["jax[tpu]"],
