@@ -3,7 +3,7 @@
     python benchmarks/convert_memory.py [--config=configs/llada_1b.py] [--dtype=bfloat16] [--dir=/tmp/llada_convert]
                                         [--config.a.b=value ...] [--keep]
 
-Writes a random checkpoint as training does (checkpoint.Checkpointer, one chunk per array), then measures, each in a
+Writes a random checkpoint as training does (checkpoint.Checkpointer: one chunk per layer), then measures, each in a
 fresh process: `to-hf` of it, `from-hf` of the export, and `to-hf` of the imported run (one chunk per layer). Peak
 memory is the process's ru_maxrss minus that of an idle process that imported the same libraries, reported as a
 fraction of the checkpoint's size. The parent imports nothing heavy: a forked child starts with its parent's resident

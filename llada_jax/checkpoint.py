@@ -55,6 +55,15 @@ def mismatched_leaves(saved, wanted):
     return out
 
 
+def params_save_args(params):
+    """Storage chunks small enough to stream: one per layer for stacked block weights, <= 64 MiB otherwise, so a
+    reader (conversion) decodes one layer at a time instead of a whole [layers, ...] array."""
+    def args(path, leaf):
+        stacked = any(getattr(k, "key", None) == "blocks" for k in path) and leaf.ndim >= 2
+        return ocp.SaveArgs(shard_axes=(0,)) if stacked else ocp.SaveArgs(chunk_byte_size=64 << 20)
+    return jax.tree_util.tree_map_with_path(args, params)
+
+
 class Checkpointer:
     """The run directory's `checkpoints/`: save every `checkpoint.every_steps`, keep the last `checkpoint.keep`
     (plus every `checkpoint.keep_period`-th step when > 0)."""
@@ -78,7 +87,8 @@ class Checkpointer:
     def save(self, step, state, data_state, cfg, force=False):
         params, rest = _split(state)
         return self.manager.save(step, args=ocp.args.Composite(
-            params=ocp.args.StandardSave(params), train=ocp.args.StandardSave(rest),
+            params=ocp.args.StandardSave(params, save_args=params_save_args(params)),
+            train=ocp.args.StandardSave(rest),
             data=ocp.args.JsonSave(data_state), config=ocp.args.JsonSave(cfg.to_dict())), force=force)
 
     def _restore_step(self, step, abstract_state):
