@@ -14,14 +14,18 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "slow: end-to-end tests that take tens of seconds (still run in CI)")
 
 
-@pytest.fixture
-def tiny_cfg():
+def tiny_config():
     """A very small model for unit tests (float32 everywhere)."""
     c = config_lib.default_config()
     m = c.model
     m.vocab_size, m.d_model, m.n_layers, m.n_heads, m.n_kv_heads, m.ffn_dim = 48, 32, 2, 4, 2, 64
     c.train.seq_len, c.train.global_batch = 16, 8
     return c
+
+
+@pytest.fixture
+def tiny_cfg():
+    return tiny_config()
 
 
 @pytest.fixture

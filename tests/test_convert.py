@@ -10,6 +10,7 @@ import pytest
 
 from llada_jax import checkpoint, cli, config as config_lib, model as model_lib, train
 from llada_jax.convert import hf
+from conftest import tiny_config
 
 torch = pytest.importorskip("torch")  # CI installs CPU torch; only transformers is optional below
 from llada_jax.convert import torch_model  # noqa: E402
@@ -85,13 +86,7 @@ def _close(a, b, rtol):
     assert err < rtol, f"max error {err:.2e} of the logits' scale, tolerance {rtol:.0e}"
 
 
-def _tiny():
-    """conftest's tiny_cfg, for module-scoped fixtures."""
-    c = config_lib.default_config()
-    m = c.model
-    m.vocab_size, m.d_model, m.n_layers, m.n_heads, m.n_kv_heads, m.ffn_dim = 48, 32, 2, 4, 2, 64
-    c.train.seq_len, c.train.global_batch = 16, 8
-    return c
+_tiny = tiny_config  # conftest's tiny model, for module-scoped fixtures
 
 
 @pytest.fixture(scope="module", params=[4, 2], ids=["mha", "gqa"])

@@ -29,6 +29,17 @@ ST_DTYPES = {code: dt for code, dt in DTYPES.values()}
 BLOCK_BYTES = 64 << 20  # the unit of reads and writes that are not per-layer
 
 
+def _choose_dtype(dtype, found, column, where):
+    """The --dtype name to write: as given, or the one dtype `where` holds (`found`: DTYPES[...][column] values)."""
+    if dtype is None:
+        if len(found) != 1:
+            raise ConvertError(f"{where} mixes dtypes {sorted(map(str, found))}; pass --dtype.")
+        dtype = next(n for n, entry in DTYPES.items() if entry[column] in found)
+    if dtype not in DTYPES:
+        raise ConvertError(f"--dtype={dtype!r}; expected one of {', '.join(DTYPES)}.")
+    return dtype
+
+
 class ConvertError(ValueError):
     """A checkpoint or HF directory that cannot be converted; the message names the tensor or key at fault."""
 
@@ -371,12 +382,7 @@ def to_hf(run_dir, out, step=None, dtype=None, tokenizer=None, max_shard_size="5
         raise ConvertError(f"checkpoint step {step} of {run_dir} does not match its config.json:\n  " +
                            "\n  ".join(problems))
     stored = {np.dtype(t.dtype.numpy_dtype) for t in stores.values()}
-    if dtype is None:
-        if len(stored) != 1:
-            raise ConvertError(f"the checkpoint mixes dtypes {sorted(map(str, stored))}; pass --dtype.")
-        dtype = next(n for n, (_, dt) in DTYPES.items() if dt in stored)
-    if dtype not in DTYPES:
-        raise ConvertError(f"--dtype={dtype!r}; expected one of {', '.join(DTYPES)}.")
+    dtype = _choose_dtype(dtype, stored, 1, "the checkpoint")
     code, np_dtype = DTYPES[dtype]
 
     # Plan the shards: tensors in reading order, a new shard when the next tensor would overflow the limit.
@@ -540,12 +546,7 @@ def from_hf(hf_dir, out, base_config=None, dtype=None, overwrite=False, log=prin
                            f"d_model {m.d_model}, {m.n_heads} heads, {m.n_kv_heads} kv heads, ffn {m.ffn_dim}, "
                            f"vocab {m.vocab_size}):\n  " + "\n  ".join(problems))
     codes = {index[t.name][1] for tensors in table.values() for t in tensors}
-    if dtype is None:
-        if len(codes) != 1:
-            raise ConvertError(f"{hf_dir} mixes dtypes {sorted(codes)}; pass --dtype.")
-        dtype = next(n for n, (c, _) in DTYPES.items() if c in codes)
-    if dtype not in DTYPES:
-        raise ConvertError(f"--dtype={dtype!r}; expected one of {', '.join(DTYPES)}.")
+    dtype = _choose_dtype(dtype, codes, 0, hf_dir)
     np_dtype = DTYPES[dtype][1]
     m.param_dtype = dtype
     if dtype != "float32":
