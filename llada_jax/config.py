@@ -128,6 +128,27 @@ def default_config():
     da.tokenizer = ""  # sft: the sentencepiece .model
     da.sft_overlong = "drop"  # sft: examples longer than train.seq_len are dropped or truncated (answer tail)
 
+    # The reverse process (sampling.SamplingArgs; `llada sample / chat / eval` and the task evaluations).
+    c.sampling = sa = ml_collections.ConfigDict()
+    sa.gen_length = 32
+    sa.block_length = 8  # = gen_length: pure diffusion; smaller: semi-autoregressive blocks
+    sa.steps = 32  # a multiple of gen_length / block_length; ignored by threshold decoding
+    sa.temperature = 0.0
+    sa.cfg_scale = 0.0
+    sa.remasking = "low_confidence"  # low_confidence | random
+    sa.logits_eos_inf = False
+    sa.confidence_eos_eot_inf = False
+    sa.threshold = -1.0  # > 0: Fast-dLLM threshold decoding with this confidence; <= 0: off
+    sa.cache = "none"  # none | prefix | dual (Fast-dLLM approximate KV caches)
+
+    # `llada eval` (and sweeps): likelihood settings and the built-in synthetic tasks.
+    c.eval = ev = ml_collections.ConfigDict()
+    ev.tasks = "arithmetic"  # comma-separated built-in tasks scored by exact match ("" = none)
+    ev.n_examples = 128  # examples per task
+    ev.batch = 32  # prompts sampled at once
+    ev.mc_samples = 128  # Monte Carlo samples of the likelihood estimator (Algorithm 3)
+    ev.mc_batch = 16  # ... per mini-batch (stratified mask counts within it)
+
     c.checkpoint = ck = ml_collections.ConfigDict()
     ck.every_steps = 200
     ck.keep = 3  # keep the last K checkpoints ...

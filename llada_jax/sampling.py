@@ -332,3 +332,57 @@ def answer_ids(tokens, prompt_len, eos_id):
             break
         out.append(int(t))
     return out
+
+
+# -- the autoregressive baseline's decoder ------------------------------------------------------------------------
+
+def _generate_ar(fn, params, prompt, prompt_mask, key, temperature, gen_length):
+    """Left-to-right decoding for `objective = "arm"`: token i is drawn from the causal model's prediction at the
+    previous position (greedy at T = 0, Gumbel-max of logits / T otherwise); one full causal pass per token."""
+    b, p_len = prompt.shape
+    x = jnp.concatenate([prompt, jnp.zeros((b, gen_length), prompt.dtype)], 1)
+    key_mask = jnp.concatenate([prompt_mask, jnp.ones((b, gen_length), bool)], 1)
+
+    def body(i, x):
+        logits = fn.apply(params, x, key_mask, causal=True)
+        logits = jax.lax.dynamic_index_in_dim(logits, p_len + i - 1, 1, keepdims=False)  # [B, V]
+        u = jax.random.uniform(jax.random.fold_in(key, i), logits.shape)
+        nxt = jax.lax.cond(temperature > 0, lambda: jnp.argmax(logits / temperature - jnp.log(-jnp.log(u)), -1),
+                           lambda: jnp.argmax(logits, -1))
+        return jax.lax.dynamic_update_index_in_dim(x, nxt.astype(x.dtype), p_len + i, 1)
+
+    x = jax.lax.fori_loop(0, gen_length, body, x)
+    order = jnp.broadcast_to(jnp.arange(gen_length, dtype=jnp.int32), (b, gen_length))
+    n = jnp.int32(gen_length)
+    return {"tokens": x, "order": order, "steps": n, "full_passes": n, "window_passes": jnp.int32(0)}
+
+
+_generate_ar_jit = jax.jit(_generate_ar, static_argnames=("fn", "gen_length"))
+
+
+def sample(model, params, prompt, prompt_mask, key, args, ids, objective="mdm"):
+    """The one sampling entry point of commands, tasks and sweeps: the reverse process for a diffusion model
+    (`generate`), left-to-right decoding for the autoregressive baseline (only gen_length and temperature apply).
+    Returns generate()'s dict."""
+    if objective == "mdm":
+        return generate(model, params, prompt, prompt_mask, key, args, ids)
+    if objective != "arm":
+        raise SamplingError(f"objective={objective!r}; expected 'mdm' or 'arm'.")
+    if not isinstance(model, model_lib.Model):
+        raise SamplingError("the autoregressive decoder needs a model_lib.Model (it runs the causal forward pass).")
+    prompt = jnp.asarray(prompt, jnp.int32)
+    prompt_mask = jnp.ones(prompt.shape, bool) if prompt_mask is None else jnp.asarray(prompt_mask, bool)
+    return _generate_ar_jit(model, params, prompt, prompt_mask, key, jnp.float32(args.temperature), args.gen_length)
+
+
+def args_from_config(s):
+    """SamplingArgs from the `sampling` config block (threshold <= 0 and cache "none" mean off)."""
+    return SamplingArgs(gen_length=s.gen_length, block_length=s.block_length, steps=s.steps,
+                        temperature=s.temperature, cfg_scale=s.cfg_scale, remasking=s.remasking,
+                        logits_eos_inf=s.logits_eos_inf, confidence_eos_eot_inf=s.confidence_eos_eot_inf,
+                        threshold=s.threshold if s.threshold > 0 else None,
+                        cache=None if s.cache in ("none", "", None) else s.cache)
+
+
+def token_ids(cfg):
+    return TokenIds(mask_id=cfg.tokens.mask_id, eos_id=cfg.tokens.eos_id, eot_id=cfg.tokens.eot_id)
