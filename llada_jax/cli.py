@@ -10,6 +10,7 @@ commands:
   compile   compile the train step ahead of time for a TPU topology; memory, FLOPs, collectives
   data      `data tokenizer`: train a sentencepiece tokenizer; `data prepare`: tokenize corpora into a token store
   convert   `convert to-hf`: export a run in the LLaDA Hugging Face layout; `convert from-hf`: import one
+  sweep     train and evaluate every point of a sweep file; results table and plots (--print_commands)
 
 common options:
   --config=configs/NAME.py[:ARG]   a config file (default configs/tiny.py)
@@ -131,7 +132,29 @@ def cmd_convert(argv):
     hf.main(argv)
 
 
-COMMANDS = {"train": cmd_train, "compile": cmd_compile, "data": cmd_data, "convert": cmd_convert}
+def cmd_sweep(argv):
+    """`llada sweep --sweep=configs/sweeps/NAME.py --workdir=DIR [--config.a.b=v ...] [--print_commands]`."""
+    overrides, rest = split_config_args(argv)
+    p = _base_parser("llada sweep", "Train and evaluate every point of a sweep; write results.csv/.md and plots.")
+    p.add_argument("--sweep", required=True, help="a sweep file, configs/sweeps/NAME.py, defining get_sweep()")
+    p.add_argument("--print_commands", action="store_true", help="print one `llada train` command per run and exit")
+    args = p.parse_args(rest)
+    from pathlib import Path
+
+    from llada_jax import checkpoint, sampling, sweep, tasks, train
+    try:
+        base, points = sweep.load_sweep(args.sweep)
+        base, workdir = args.config or base, args.workdir or os.path.join("runs", "sweep_" + Path(args.sweep).stem)
+        if args.print_commands:
+            print("\n".join(sweep.launch_commands(base, points, workdir, overrides)))
+        else:
+            sweep.run_sweep(base, points, workdir, overrides)
+    except (sweep.SweepError, tasks.TaskError, sampling.SamplingError, train.TrainError,
+            checkpoint.CheckpointError) as e:
+        raise SystemExit(f"llada sweep: {e}")
+
+
+COMMANDS = {"train": cmd_train, "compile": cmd_compile, "data": cmd_data, "convert": cmd_convert, "sweep": cmd_sweep}
 
 
 def main(argv=None):

@@ -1,10 +1,12 @@
 """The built-in deterministic synthetic corpus: no downloads, and learning is checkable.
 
-Documents are short arithmetic facts such as "317+45=362" written in a character vocabulary, joined with EOS and
-packed into fixed-length sequences. Sequence i depends only on (seed, i), so any step's batch can be rebuilt
-exactly, on any host.
+Documents come from a task of `llada_jax/tasks.py` (`data.synthetic_task`; the default: arithmetic facts such as
+"317+45=362"), written in a character vocabulary, joined with EOS and packed into fixed-length sequences.
+Sequence i depends only on (seed, i), so any step's batch can be rebuilt exactly, on any host.
 """
 import numpy as np
+
+from llada_jax import tasks
 
 SPECIAL = ("<eos>", "<bos>", "<mask>", "<eot>", "<sh>", "<eh>")  # ids 0..5, matching the tiny config's tokens.*
 CHARS = "0123456789+-*=;:,.?()<>| abcdefghijklmnopqrstuvwxyz\n"
@@ -36,12 +38,7 @@ class CharTokenizer:
         return "".join(out)
 
 
-def arithmetic_fact(rng, max_operand=999):
-    a, b = rng.integers(0, max_operand + 1, size=2)
-    return f"{a}+{b}={a + b}"
-
-
-TASKS = {"arithmetic": arithmetic_fact}
+TASKS = {name: task.document for name, task in tasks.TASKS.items()}  # name -> document(rng) -> text
 
 
 class SyntheticCorpus:
