@@ -25,6 +25,7 @@ setup(
         "ml-collections>=1.0",
         "numpy>=1.26",
         "tensorboardX>=2.6",
+        "matplotlib>=3.7",  # `llada sweep` plots
     ],
     extras_require={
         # Tests also exercise conversion (torch, transformers) and TPU AOT compilation (libtpu, CPU-only use).

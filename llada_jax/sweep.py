@@ -16,7 +16,8 @@ the Cartesian product of axes, `zipit` their element-wise union (equal lengths);
 differ only in `sampling.*` / `eval.*` keys share one trained run and are evaluated into sub-directories of it
 (DIR/<train overrides>/<sampling and eval overrides>/eval.json). Finished runs (last checkpoint step == train.steps)
 are not trained again, unfinished ones resume (train.train), and an eval.json of the final step is not recomputed.
-Results: DIR/results.csv, DIR/results.md, DIR/loss_curves.png and DIR/<metric>_vs_<axis>.png.
+Results: DIR/results.csv, DIR/results.md, DIR/loss_curves.png, DIR/exact_match_by_point.png and
+DIR/<metric>_vs_<axis>.png.
 """
 import csv
 import importlib.util
@@ -326,6 +327,21 @@ def plot(rows, items, workdir):
     plt.close(fig)
     axes = axis_keys(rows)
     metrics = [k for k in rows[0] if k.endswith("/exact_match")] if rows else []
+    if metrics:  # every eval metric of every point side by side
+        fig, ax = plt.subplots(figsize=(max(6, 0.9 * len(rows) * len(metrics)), 4.5))
+        width = 0.8 / len(metrics)
+        for j, metric in enumerate(metrics):
+            ax.bar([i + j * width for i in range(len(rows))], [r.get(metric) or 0 for r in rows], width,
+                   label=metric)
+        ax.set_xticks([i + 0.4 - width / 2 for i in range(len(rows))], [r["point"] for r in rows], rotation=20,
+                      ha="right", fontsize=7)
+        ax.set_ylabel("exact match")
+        ax.set_ylim(0, 1)
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        paths.append(os.path.join(workdir, "exact_match_by_point.png"))
+        fig.savefig(paths[-1], dpi=100)
+        plt.close(fig)
     for metric in metrics + ["final_loss"]:
         for axis in axes:
             others = [a for a in axes if a != axis]
