@@ -65,11 +65,13 @@ def rms_norm(x, weight, eps):
     return y.astype(x.dtype) * weight.astype(x.dtype)
 
 
-def rope(x, theta):
-    """Rotate-half rotary embedding over the full head dim, positions 0..T-1, computed in float32."""
+def rope(x, theta, positions=None):
+    """Rotate-half rotary embedding over the full head dim, computed in float32. positions [T]: the absolute
+    positions of x's T rows (default 0..T-1; a KV-cached window passes its own)."""
     t, d = x.shape[1], x.shape[-1]
+    positions = jnp.arange(t) if positions is None else positions
     inv_freq = 1.0 / (theta ** (jnp.arange(0, d, 2, dtype=jnp.float32) / d))
-    angles = jnp.arange(t, dtype=jnp.float32)[:, None] * inv_freq[None, :]  # [T, D/2]
+    angles = positions.astype(jnp.float32)[:, None] * inv_freq[None, :]  # [T, D/2]
     cos = jnp.concatenate([jnp.cos(angles)] * 2, -1)[None, :, None, :]
     sin = jnp.concatenate([jnp.sin(angles)] * 2, -1)[None, :, None, :]
     x32 = x.astype(jnp.float32)
@@ -136,47 +138,74 @@ class Model:
         }
 
     # -- forward -----------------------------------------------------------------------------------------------
-    def block(self, p, x, key_mask, segment_ids, causal):
-        """One Transformer block; p holds this layer's weights (already in the compute dtype)."""
+    def block(self, p, x, key_mask, segment_ids, causal, positions=None, cache=None):
+        """One Transformer block; p holds this layer's weights (already in the compute dtype). Returns (x, (k, v)),
+        the keys and values of x's rows (unused, and so removed by XLA, unless a caller builds a KV cache).
+
+        positions: absolute positions of x's rows (default 0..T-1). cache = (k_cache, v_cache, start, fresh_from)
+        [B, T_all, kv_heads, head_dim]: x is the window at positions start..start+W-1 of a longer sequence; keys and
+        values of positions < fresh_from come from the cache, the window's are computed now, the rest of the cache
+        is used as is (the approximate caches of REFERENCE.md section 6)."""
         m, c = self.m, self.constrain
         h = rms_norm(x, p["attn_norm"], m.norm_eps)
         q = c(jnp.einsum("btd,dhk->bthk", h, p["q_proj"]), ("batch", "act_seq", "heads", "head_dim"))
         k = c(jnp.einsum("btd,dhk->bthk", h, p["k_proj"]), ("batch", "act_seq", "kv_heads", "head_dim"))
         v = c(jnp.einsum("btd,dhk->bthk", h, p["v_proj"]), ("batch", "act_seq", "kv_heads", "head_dim"))
-        q, k = rope(q, m.rope_theta), rope(k, m.rope_theta)
-        a = self.attention(q, k, v, key_mask=key_mask, segment_ids=segment_ids, causal=causal, sharder=self.sharder)
+        q, k = rope(q, m.rope_theta, positions), rope(k, m.rope_theta, positions)
+        keys, values = k, v
+        if cache is not None:
+            kc, vc, start, fresh_from = cache
+            cached = (jnp.arange(kc.shape[1]) < fresh_from)[None, :, None, None]
+            keys = jnp.where(cached, kc, jax.lax.dynamic_update_slice_in_dim(kc, k.astype(kc.dtype), start, 1))
+            values = jnp.where(cached, vc, jax.lax.dynamic_update_slice_in_dim(vc, v.astype(vc.dtype), start, 1))
+        a = self.attention(q, keys, values, key_mask=key_mask, segment_ids=segment_ids, causal=causal,
+                           sharder=self.sharder)
         x = x + c(jnp.einsum("bthk,hkd->btd", a, p["attn_out"]), ("batch", "act_seq", "act_embed"))
         h = rms_norm(x, p["ff_norm"], m.norm_eps)
         gate = jnp.einsum("btd,df->btf", h, p["ff_proj"])
         up = jnp.einsum("btd,df->btf", h, p["up_proj"])
         hidden = c(jax.nn.silu(gate) * up, ("batch", "act_seq", "mlp"))
-        return x + c(jnp.einsum("btf,fd->btd", hidden, p["ff_out"]), ("batch", "act_seq", "act_embed"))
+        return x + c(jnp.einsum("btf,fd->btd", hidden, p["ff_out"]), ("batch", "act_seq", "act_embed")), (k, v)
 
     def apply(self, params, tokens, key_mask=None, segment_ids=None, causal=False):
         """tokens [B, T] int -> logits [B, T, vocab] float32. key_mask [B, T] bool (True = real token) hides padding
         and random-length tails from every query; segment_ids [B, T] restricts attention to one's own document;
         causal=True gives the autoregressive baseline."""
+        return self.forward(params, tokens, key_mask, segment_ids, causal)[0]
+
+    def forward(self, params, tokens, key_mask=None, segment_ids=None, causal=False, *, kv=None, start=0,
+                fresh_from=0, return_kv=False):
+        """apply() with a key/value cache, for decoding. tokens [B, W] is the window at absolute positions
+        start..start+W-1; kv = (k, v) [layers, B, T_all, kv_heads, head_dim] from an earlier call (see block();
+        key_mask then covers all T_all positions). Returns (logits [B, W, vocab] float32, (k, v) of the window per
+        layer if return_kv else None)."""
         m = self.m
         if tokens.shape[1] > m.max_seq_len:
             raise ValueError(f"sequence length {tokens.shape[1]} exceeds model.max_seq_len={m.max_seq_len}; "
                              f"shorten train.seq_len or raise model.max_seq_len.")
         p = jax.tree.map(lambda w: w.astype(self.dtype), params)
         x = self.constrain(jnp.take(p["wte"], tokens, axis=0), ("batch", "act_seq", "act_embed"))
+        positions = None if kv is None else start + jnp.arange(tokens.shape[1])
 
-        def layer(x, layer_params):
-            return self.block(layer_params, x, key_mask, segment_ids, causal), None
+        def layer(x, xs):
+            cache = None if kv is None else (xs[1], xs[2], start, fresh_from)
+            x, new_kv = self.block(xs[0], x, key_mask, segment_ids, causal, positions, cache)
+            return x, (new_kv if return_kv else None)
 
-        policy = REMAT_POLICIES[m.remat]
         if m.remat != "none":
-            layer = jax.checkpoint(layer, policy=policy, prevent_cse=not m.scan_layers)
+            layer = jax.checkpoint(layer, policy=REMAT_POLICIES[m.remat], prevent_cse=not m.scan_layers)
+        xs = (p["blocks"],) if kv is None else (p["blocks"], kv[0], kv[1])
         if m.scan_layers:
-            x, _ = jax.lax.scan(layer, x, p["blocks"])
+            x, new_kv = jax.lax.scan(layer, x, xs)
         else:
+            outs = []
             for i in range(m.n_layers):
-                x, _ = layer(x, jax.tree.map(lambda w: w[i], p["blocks"]))
+                x, out = layer(x, jax.tree.map(lambda w: w[i], xs))
+                outs.append(out)
+            new_kv = jax.tree.map(lambda *ws: jnp.stack(ws), *outs) if return_kv else None
         x = rms_norm(x, p["ln_f"], m.norm_eps)
         logits = jnp.einsum("btd,dv->btv", x, p["lm_head"], preferred_element_type=jnp.float32)
-        return self.constrain(logits, ("batch", "act_seq", "vocab"))
+        return self.constrain(logits, ("batch", "act_seq", "vocab")), new_kv
 
 
 def flops_per_token(m, seq_len, causal=False):

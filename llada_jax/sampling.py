@@ -99,62 +99,6 @@ def step_noise_key(key, step):
     return jax.random.split(jax.random.fold_in(key, step))
 
 
-# -- the Transformer with a KV cache (same params and math as model.py) -------------------------------------------
-
-def rope_at(x, positions, theta):
-    """model.rope at absolute positions `positions` [T] instead of 0..T-1 (float32, rotate-half)."""
-    d = x.shape[-1]
-    inv_freq = 1.0 / (theta ** (jnp.arange(0, d, 2, dtype=jnp.float32) / d))
-    angles = positions.astype(jnp.float32)[:, None] * inv_freq[None, :]
-    cos = jnp.concatenate([jnp.cos(angles)] * 2, -1)[None, :, None, :]
-    sin = jnp.concatenate([jnp.sin(angles)] * 2, -1)[None, :, None, :]
-    x32 = x.astype(jnp.float32)
-    x1, x2 = jnp.split(x32, 2, axis=-1)
-    return (x32 * cos + jnp.concatenate([-x2, x1], axis=-1) * sin).astype(x.dtype)
-
-
-def forward_cached(model, params, tokens, key_mask, kv=None, start=0, fresh_from=0):
-    """The Transformer on the window `tokens` [B, W] at absolute positions start..start+W-1.
-
-    kv=None: the window is the whole sequence; returns (logits, (k, v)) with k, v [layers, B, T, kv_heads, hd], the
-    cache. Otherwise keys/values of positions < fresh_from come from the cache `kv`, those of the window (from
-    fresh_from on) are computed now, and the rest of the cache is used as is (prefix cache: window = everything
-    from the prompt end, fresh_from = block start; dual cache: window = the block). key_mask [B, T] covers the whole
-    sequence. Returns (logits [B, W, V] float32, None)."""
-    m = model.m
-    p = jax.tree.map(lambda w: w.astype(model.dtype), params)
-    w_len = tokens.shape[1]
-    positions = start + jnp.arange(w_len)
-    x = jnp.take(p["wte"], tokens, axis=0)
-
-    def layer(x, xs):
-        lp = xs[0]
-        h = model_lib.rms_norm(x, lp["attn_norm"], m.norm_eps)
-        q = jnp.einsum("btd,dhk->bthk", h, lp["q_proj"])
-        k = jnp.einsum("btd,dhk->bthk", h, lp["k_proj"])
-        v = jnp.einsum("btd,dhk->bthk", h, lp["v_proj"])
-        q, k = rope_at(q, positions, m.rope_theta), rope_at(k, positions, m.rope_theta)
-        if kv is None:
-            keys, values = k, v
-        else:
-            kc, vc = xs[1], xs[2]
-            cached = (jnp.arange(kc.shape[1]) < fresh_from)[None, :, None, None]
-            keys = jnp.where(cached, kc, jax.lax.dynamic_update_slice_in_dim(kc, k.astype(kc.dtype), start, 1))
-            values = jnp.where(cached, vc, jax.lax.dynamic_update_slice_in_dim(vc, v.astype(vc.dtype), start, 1))
-        a = model.attention(q, keys, values, key_mask=key_mask)
-        x = x + jnp.einsum("bthk,hkd->btd", a, lp["attn_out"])
-        h = model_lib.rms_norm(x, lp["ff_norm"], m.norm_eps)
-        hidden = jax.nn.silu(jnp.einsum("btd,df->btf", h, lp["ff_proj"])) * jnp.einsum("btd,df->btf", h, lp["up_proj"])
-        x = x + jnp.einsum("btf,fd->btd", hidden, lp["ff_out"])
-        return x, ((k, v) if kv is None else None)
-
-    xs = (p["blocks"],) if kv is None else (p["blocks"], kv[0], kv[1])
-    x, new_kv = jax.lax.scan(layer, x, xs)
-    x = model_lib.rms_norm(x, p["ln_f"], m.norm_eps)
-    logits = jnp.einsum("btd,dv->btv", x, p["lm_head"], preferred_element_type=jnp.float32)
-    return logits, new_kv
-
-
 # -- one denoising step ---------------------------------------------------------------------------------------------
 
 def _decide(logits, x_win, eligible, quota, temperature, threshold, noise, st):
@@ -215,10 +159,10 @@ def _generate(fn, params, prompt, prompt_mask, key, dyn, st):
         if window is None and not cache:
             call = lambda t, km: (apply_fn(params, t, km), None)
         elif window is None:
-            call = lambda t, km: forward_cached(fn, params, t, km)
+            call = lambda t, km: fn.forward(params, t, km, return_kv=True)
         else:
-            call = lambda t, km: forward_cached(fn, params, jax.lax.dynamic_slice_in_dim(t, start, window, 1), km,
-                                                kv, start, fresh_from)
+            call = lambda t, km: fn.forward(params, jax.lax.dynamic_slice_in_dim(t, start, window, 1), km, kv=kv,
+                                            start=start, fresh_from=fresh_from)
         if st["use_cfg"]:
             return with_cfg(call, tokens, key_mask, prompt_region, dyn["cfg_scale"], ids.mask_id)
         return call(tokens, key_mask)

@@ -119,3 +119,27 @@ def test_flops_per_token_counts_attention_and_head():
     m = config_lib.load_config("configs/llada_8b.py").model
     n = 6_979_588_096
     assert model_lib.flops_per_token(m, 4096) == 6 * n + 6 * 4096 * 126464 + 12 * 32 * 4096 * 32 * 128
+
+
+@pytest.mark.parametrize("scan", [True, False])
+def test_forward_with_a_kv_cache_equals_the_full_pass(tiny_cfg, scan):
+    """A window fed at its absolute positions with keys/values of everything else from a fresh cache gives the full
+    pass's logits (RoPE offsets, cache splicing; both layer loops)."""
+    tiny_cfg.model.scan_layers = scan
+    tiny_cfg.model.rope_theta = 100.0  # large rotations at short lengths: a wrong position offset shows
+    model = model_lib.Model(tiny_cfg.model)
+    params = model.init(jax.random.key(3))
+    tokens = jnp.asarray(np.random.default_rng(0).integers(0, 48, (2, 14)))
+    key_mask = jnp.ones((2, 14), bool).at[1, :3].set(False)
+    want = model.apply(params, tokens, key_mask)
+    full, kv = model.forward(params, tokens, key_mask, return_kv=True)
+    np.testing.assert_allclose(np.asarray(full), np.asarray(want), atol=1e-5, rtol=1e-5)
+    assert kv[0].shape == (tiny_cfg.model.n_layers, 2, 14, tiny_cfg.model.n_kv_heads, model.hd)
+    # dual: only the block [8, 12) is fed; prefix: everything from 6 on is fed, keys before 8 come from the cache
+    for start, width, fresh in [(8, 4, 8), (6, 8, 8)]:
+        win, _ = model.forward(params, tokens[:, start:start + width], key_mask, kv=kv, start=start, fresh_from=fresh)
+        np.testing.assert_allclose(np.asarray(win), np.asarray(want[:, start:start + width]), atol=1e-5, rtol=1e-5)
+    # a stale cache is really used: corrupting the cached keys before `fresh` changes the window's logits
+    bad = (kv[0].at[:, :, :8].multiply(-1.0), kv[1])
+    win, _ = model.forward(params, tokens[:, 8:12], key_mask, kv=bad, start=8, fresh_from=8)
+    assert np.abs(np.asarray(win) - np.asarray(want[:, 8:12])).max() > 1e-3

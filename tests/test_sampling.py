@@ -298,20 +298,6 @@ def test_left_padded_prompt_generates_as_the_unpadded_prompt(tiny_cfg):
     np.testing.assert_array_equal(out["order"][1], alone_b["order"][0])
 
 
-def test_cached_forward_with_a_fresh_cache_equals_the_model(tiny_cfg):
-    model, params = _model(tiny_cfg, 2)
-    tokens = jnp.asarray(np.random.default_rng(0).integers(0, 48, (2, 14)))
-    key_mask = jnp.ones((2, 14), bool).at[1, :3].set(False)
-    want = model.apply(params, tokens, key_mask)
-    full, kv = sampling.forward_cached(model, params, tokens, key_mask)
-    np.testing.assert_allclose(np.asarray(full), np.asarray(want), atol=1e-5, rtol=1e-5)
-    assert kv[0].shape == (2, 2, 14, tiny_cfg.model.n_kv_heads, 8)
-    # dual: only the block [8, 12) is fed; prefix: everything from 6 on is fed, keys before 8 come from the cache
-    for start, width, fresh in [(8, 4, 8), (6, 8, 8)]:
-        win, _ = sampling.forward_cached(model, params, tokens[:, start:start + width], key_mask, kv, start, fresh)
-        np.testing.assert_allclose(np.asarray(win), np.asarray(want[:, start:start + width]), atol=1e-5, rtol=1e-5)
-
-
 def test_caches_are_exact_for_a_one_layer_model(tiny_cfg):
     """With one layer, keys and values depend only on a position's own token; inside a block the prefix and the
     suffix (all [MASK]) do not change, so both caches are exact and must reproduce uncached decoding."""
