@@ -10,6 +10,9 @@ commands:
   compile   compile the train step ahead of time for a TPU topology; memory, FLOPs, collectives
   data      `data tokenizer`: train a sentencepiece tokenizer; `data prepare`: tokenize corpora into a token store
   convert   `convert to-hf`: export a run in the LLaDA Hugging Face layout; `convert from-hf`: import one
+  sample    generate answers to prompts with a trained run (the reverse process, Fast-dLLM decoding)
+  chat      multi-turn chat with a trained run (the official chat rules)
+  eval      evaluate a trained run: perplexity bound, multiple choice by likelihood, built-in task accuracy
   sweep     train and evaluate every point of a sweep file; results table and plots (--print_commands)
 
 common options:
@@ -154,7 +157,147 @@ def cmd_sweep(argv):
         raise SystemExit(f"llada sweep: {e}")
 
 
-COMMANDS = {"train": cmd_train, "compile": cmd_compile, "data": cmd_data, "convert": cmd_convert, "sweep": cmd_sweep}
+def _run_parser(prog, description):
+    p = argparse.ArgumentParser(prog=prog, description=description + " --config.sampling.*, --config.eval.* and "
+                                "--config.mesh.* override the run's settings.")
+    p.add_argument("--workdir", required=True, help="a run directory (`llada train` or `llada convert from-hf`)")
+    p.add_argument("--step", type=int, default=None, help="checkpoint step (default: the latest)")
+    p.add_argument("--tokenizer", default=None, help="sentencepiece .model or HF tokenizer dir (default: the run's)")
+    p.add_argument("--seed", type=int, default=0, help="sampling / evaluation randomness")
+    return p
+
+
+SAMPLING_FLAGS = ("gen_length", "block_length", "steps", "temperature", "cfg_scale", "remasking", "threshold", "cache")
+
+
+def _sampling_flags(p):
+    for name in SAMPLING_FLAGS:
+        p.add_argument(f"--{name}", default=None, help=f"sampling.{name} (default: the run's config)")
+
+
+def _open_run(args, overrides):
+    from llada_jax import checkpoint, inference, sampling, sharding
+    overrides = list(overrides) + [(f"sampling.{n}", getattr(args, n)) for n in SAMPLING_FLAGS
+                                   if getattr(args, n, None) is not None]
+    try:
+        run = inference.load_run(args.workdir, overrides, args.step, args.tokenizer)
+        sampling.validate(sampling.args_from_config(run.cfg.sampling), run.model)
+        return run
+    except (inference.InferenceError, checkpoint.CheckpointError, sharding.MeshError, sampling.SamplingError) as e:
+        raise SystemExit(f"llada: {e}")
+
+
+def cmd_sample(argv):
+    overrides, rest = split_config_args(argv)
+    p = _run_parser("llada sample", "Generate answers to prompts with a trained run.")
+    p.add_argument("--prompt", action="append", default=[], help="a prompt (repeatable: one batch)")
+    p.add_argument("--prompt_file", default=None, help="a text file, one prompt per line")
+    p.add_argument("--order_picture", default=None, help="write the denoising order of the answers (.html or .png)")
+    _sampling_flags(p)
+    args = p.parse_args(rest)
+    prompts = list(args.prompt)
+    if args.prompt_file:
+        with open(args.prompt_file) as f:
+            prompts += [line.rstrip("\n") for line in f if line.strip()]
+    if not prompts:
+        raise SystemExit("llada sample: no prompt; pass --prompt=TEXT (repeatable) or --prompt_file=FILE.")
+    run = _open_run(args, overrides)
+    import time
+
+    import jax
+
+    from llada_jax import inference, picture
+    t0 = time.perf_counter()
+    try:
+        out = run.sample(prompts, key=jax.random.key(args.seed))
+    except inference.InferenceError as e:
+        raise SystemExit(f"llada sample: {e}")
+    seconds = time.perf_counter() - t0
+    for prompt, text in zip(prompts, out["texts"]):
+        print(f"{prompt}{text}")
+    g = run.cfg.sampling.gen_length
+    print(f"[{len(prompts)} x {g} tokens in {seconds:.2f}s (compilation included); {int(out['steps'])} steps, "
+          f"{int(out['full_passes'])} full + {int(out['window_passes'])} cached model evaluations]")
+    if args.order_picture:
+        rows = []
+        for i, prompt in enumerate(prompts):
+            gen, order = inference.generated_tokens(out, i)
+            rows.append((prompt, [(run.codec.decode([int(t)]), int(s)) for t, s in zip(gen, order)]))
+        picture.write(rows, args.order_picture)
+        print(f"denoising order: {args.order_picture}")
+
+
+def cmd_chat(argv):
+    overrides, rest = split_config_args(argv)
+    p = _run_parser("llada chat", "Multi-turn chat with a trained run (EOS removed from the history, EoT kept).")
+    p.add_argument("--message", action="append", default=[],
+                   help="a user turn (repeatable: a scripted conversation); without it, read turns from stdin")
+    _sampling_flags(p)
+    args = p.parse_args(rest)
+    run = _open_run(args, overrides)
+    import jax
+
+    from llada_jax import inference
+    try:
+        chat = inference.Chat(run)
+    except inference.InferenceError as e:
+        raise SystemExit(f"llada chat: {e}")
+    scripted = bool(args.message)
+    messages = iter(args.message) if scripted else None
+    turn = 0
+    while True:
+        if scripted:
+            message = next(messages, None)
+            if message is None:
+                break
+            print(f"user> {message}")
+        else:
+            try:
+                message = input("user> ")
+            except EOFError:
+                break
+            if message.strip() in ("", "exit", "quit"):
+                break
+        try:
+            answer, _ = chat.say(message, key=jax.random.key(args.seed + turn))
+        except inference.InferenceError as e:
+            raise SystemExit(f"llada chat: {e}")
+        print(f"assistant> {answer}")
+        turn += 1
+
+
+def cmd_eval(argv):
+    overrides, rest = split_config_args(argv)
+    p = _run_parser("llada eval", "Evaluate a trained run; writes the metrics to --out (default WORKDIR/eval.json).")
+    p.add_argument("--perplexity", type=int, default=64,
+                   help="held-out sequences for the ELBO perplexity bound (0: skip)")
+    p.add_argument("--choices", default=None, help="a JSONL of {context, choices, answer}: accuracy by likelihood")
+    p.add_argument("--tasks", default=None, help="built-in tasks scored by exact match (default: eval.tasks; "
+                                                 "'none' to skip)")
+    p.add_argument("--out", default=None, help="where to write the metrics (JSON)")
+    _sampling_flags(p)
+    args = p.parse_args(rest)
+    if args.tasks is not None:
+        overrides = list(overrides) + [("eval.tasks", "" if args.tasks == "none" else args.tasks)]
+    run = _open_run(args, overrides)
+    import json
+
+    import jax
+
+    from llada_jax import evaluate, inference
+    try:
+        metrics = evaluate.evaluate_run(run, jax.random.key(args.seed), choices=args.choices,
+                                        perplexity=args.perplexity)
+    except (evaluate.EvalError, inference.InferenceError, ValueError) as e:
+        raise SystemExit(f"llada eval: {e}")
+    out = args.out or os.path.join(args.workdir, "eval.json")
+    with open(out, "w") as f:
+        json.dump(metrics, f, indent=2, sort_keys=True)
+    print(f"metrics: {out}")
+
+
+COMMANDS = {"train": cmd_train, "compile": cmd_compile, "data": cmd_data, "convert": cmd_convert, "sample": cmd_sample,
+            "chat": cmd_chat, "eval": cmd_eval, "sweep": cmd_sweep}
 
 
 def main(argv=None):

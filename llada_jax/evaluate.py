@@ -199,3 +199,60 @@ def multiple_choice(model, params, examples, encode, key, mask_id, *, n_samples=
         right += pred == _answer_index(ex)
     n = len(predictions)
     return {"accuracy": right / n if n else float("nan"), "n": n, "predictions": predictions, "scores": scores}
+
+
+# -- a whole run: `llada eval` ----------------------------------------------------------------------------------------
+
+HELDOUT_OFFSET = 10**9  # synthetic runs: held-out sequences are corpus indices from here on (training never gets there)
+
+
+def heldout_tokens(cfg, n):
+    """n held-out sequences of train.seq_len tokens: the validation split of the first data.path store, or unseen
+    sequences of the synthetic corpus."""
+    seq_len = cfg.train.seq_len
+    if cfg.data.source == "store":
+        from llada_jax.data import store
+        s = store.TokenStore(cfg.data.path.split(",")[0], "val")
+        total = s.array.shape[0]
+        if total < seq_len:
+            raise EvalError(f"the validation split of {cfg.data.path.split(',')[0]} has {total} tokens, fewer than "
+                            f"one sequence of {seq_len}; prepare with a larger --val_fraction.")
+        starts = np.linspace(0, total - seq_len, min(n, total // seq_len)).astype(np.int64)
+        return np.asarray(s.read_many(starts, seq_len), np.int32)
+    if cfg.data.source == "synthetic":
+        from llada_jax.data import synthetic
+        corpus = synthetic.SyntheticCorpus(seq_len, cfg.seed if cfg.data.seed < 0 else cfg.data.seed,
+                                           cfg.data.synthetic_task)
+        return np.stack([corpus.sequence(HELDOUT_OFFSET + i) for i in range(n)])
+    raise EvalError(f"no held-out token data for data.source={cfg.data.source!r}; the perplexity bound needs a "
+                    f"token store (data.source=store) or the synthetic corpus. Pass --perplexity=0 to skip it.")
+
+
+def evaluate_run(run, key, *, choices=None, perplexity=64, tasks=True, log=print):
+    """`llada eval` on a loaded inference.Run: the ELBO perplexity bound of `perplexity` held-out sequences,
+    multiple-choice accuracy of a JSONL file `choices`, and the exact match of the built-in tasks of eval.tasks.
+    Returns a flat dict of metrics (what `llada eval` writes to eval.json)."""
+    cfg, ev, out = run.cfg, run.cfg.eval, {"step": run.step}
+    k_ppl, k_mc, k_tasks = jax.random.split(key, 3)
+    if perplexity:
+        if cfg.objective != "mdm":
+            log("perplexity: skipped (the ELBO bound is for diffusion models; objective is arm)")
+        else:
+            r = elbo_perplexity(run.model, run.params, heldout_tokens(cfg, perplexity), k_ppl, cfg.tokens.mask_id,
+                                batch_size=ev.mc_batch, eps=cfg.diffusion.eps)
+            out.update({"elbo/nll": r["nll"], "elbo/ppl": r["ppl"], "elbo/stderr": r["stderr"],
+                        "elbo/tokens": r["tokens"]})
+            log(f"perplexity bound: nll <= {r['nll']:.4f} +- {r['stderr']:.4f} nats/token, ppl <= {r['ppl']:.3f} "
+                f"({r['tokens']} held-out tokens)")
+    if choices:
+        r = multiple_choice(run.model, run.params, choices, run.codec.encode, k_mc, cfg.tokens.mask_id,
+                            n_samples=ev.mc_samples, batch_size=ev.mc_batch)
+        out.update({"choices/accuracy": r["accuracy"], "choices/n": r["n"]})
+        log(f"multiple choice ({choices}): accuracy {r['accuracy']:.3f} on {r['n']} examples")
+    if tasks and ev.tasks:
+        from llada_jax import tasks as tasks_lib
+        r = tasks_lib.evaluate(cfg, run.model, run.params, k_tasks)
+        out.update(r)
+        for k, v in r.items():
+            log(f"{k}: {v:.4f}" if isinstance(v, float) else f"{k}: {v}")
+    return out

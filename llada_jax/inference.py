@@ -1,0 +1,217 @@
+"""A trained run ready for sampling, chat and evaluation: its config, params (on one device or sharded over a mesh),
+text codec and token ids; prompt batching; the official chat-history rule.
+
+    run = inference.load_run("runs/tiny", overrides=[("sampling.steps", "16")])
+    out = run.sample(["12+34="])          # {"texts": [...], "tokens": ..., "order": ..., ...}
+"""
+import dataclasses
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from llada_jax import checkpoint, config as config_lib, model as model_lib, sampling, sharding
+from llada_jax.data import synthetic
+
+
+class InferenceError(ValueError):
+    """A run or input that cannot be used; the message says what was wrong and how to fix it."""
+
+
+# -- text <-> ids ---------------------------------------------------------------------------------------------------
+
+class CharCodec:
+    """The synthetic corpus's character vocabulary (runs trained with data.source = synthetic)."""
+
+    def __init__(self):
+        self.tok = synthetic.CharTokenizer()
+
+    def encode(self, text):
+        try:
+            return self.tok.encode(text)
+        except ValueError as e:
+            raise InferenceError(f"{e} This run was trained on the synthetic corpus; write prompts in its "
+                                 f"characters.") from None
+
+    def decode(self, ids):
+        return self.tok.decode(ids)
+
+
+class SentencePieceCodec:
+    def __init__(self, path):
+        from llada_jax.data import tokenizer
+        self.tok = tokenizer.Tokenizer.load(path)
+
+    def encode(self, text):
+        return list(self.tok.encode([text])[0])
+
+    def decode(self, ids):
+        return self.tok.decode(ids)
+
+
+class HFCodec:
+    """A Hugging Face tokenizer directory (the released 8B's tokenizer.json); needs `transformers`."""
+
+    def __init__(self, path):
+        try:
+            from transformers import AutoTokenizer
+        except ImportError:
+            raise InferenceError(f"--tokenizer={path} is a Hugging Face tokenizer directory, which needs "
+                                 f"transformers: pip install 'llada-jax[hf]'.") from None
+        self.tok = AutoTokenizer.from_pretrained(path, trust_remote_code=True)
+
+    def encode(self, text):
+        return self.tok(text, add_special_tokens=False)["input_ids"]
+
+    def decode(self, ids):
+        return self.tok.decode(ids, skip_special_tokens=True)
+
+
+def make_codec(cfg, path=None):
+    """The codec of a run: `path` (a sentencepiece .model or an HF tokenizer directory), else the run's
+    data.tokenizer, else the synthetic character vocabulary for synthetic-corpus runs."""
+    path = path or cfg.data.get("tokenizer", "")
+    if path:
+        if not os.path.exists(path):
+            raise InferenceError(f"tokenizer {path} not found; pass --tokenizer=PATH (a sentencepiece .model or a "
+                                 f"Hugging Face tokenizer directory).")
+        return HFCodec(path) if os.path.isdir(path) else SentencePieceCodec(path)
+    if cfg.data.source == "synthetic":
+        return CharCodec()
+    raise InferenceError(f"the run (data.source={cfg.data.source!r}) names no tokenizer; pass --tokenizer=PATH "
+                         f"(a sentencepiece .model or a Hugging Face tokenizer directory).")
+
+
+def left_pad(rows, pad_id):
+    """[[ids], ...] -> (tokens [B, P] int32, mask [B, P] bool), left-padded with pad_id (hidden by the mask)."""
+    if not rows or any(len(r) == 0 for r in rows):
+        raise InferenceError("every prompt needs at least one token.")
+    width = max(len(r) for r in rows)
+    tokens = np.full((len(rows), width), pad_id, np.int32)
+    mask = np.zeros((len(rows), width), bool)
+    for i, r in enumerate(rows):
+        tokens[i, width - len(r):], mask[i, width - len(r):] = r, True
+    return tokens, mask
+
+
+# -- the run ------------------------------------------------------------------------------------------------------
+
+# Keys a user may change when loading a trained run: how to sample and evaluate, and how to lay the model out.
+LOAD_OVERRIDABLE = ("sampling.", "eval.", "mesh.", "model.attention", "model.dtype", "model.remat", "seed")
+
+
+@dataclasses.dataclass
+class Run:
+    cfg: object
+    model: model_lib.Model
+    params: dict
+    codec: object
+    step: int
+
+    @property
+    def ids(self):
+        return sampling.token_ids(self.cfg)
+
+    def sample(self, prompts, key=None, args=None, prompt_ids=None):
+        """Generates an answer for each prompt (texts, or token-id lists as prompt_ids) with the run's sampling.*
+        settings (or `args`). Returns generate()'s dict (numpy) plus texts (answers up to the first EOS)."""
+        rows = prompt_ids if prompt_ids is not None else [self.codec.encode(p) for p in prompts]
+        tokens, mask = left_pad(rows, self.cfg.tokens.pad_id)
+        args = args or sampling.args_from_config(self.cfg.sampling)
+        key = jax.random.key(self.cfg.seed) if key is None else key
+        out = jax.device_get(sampling.sample(self.model, self.params, tokens, mask, key, args, self.ids,
+                                             self.cfg.objective))
+        out = {k: np.asarray(v) for k, v in out.items()}
+        out["prompt_len"] = tokens.shape[1]
+        out["texts"] = [self.codec.decode(sampling.answer_ids(row, tokens.shape[1], self.ids.eos_id))
+                        for row in out["tokens"]]
+        return out
+
+
+def apply_overrides(cfg, overrides):
+    for k, v in overrides:
+        if not k.startswith(LOAD_OVERRIDABLE):
+            raise InferenceError(f"--config.{k} cannot change for a trained run; only keys under "
+                                 f"{', '.join(LOAD_OVERRIDABLE)} can (the rest is fixed by the checkpoint).")
+        config_lib.override(cfg, k, v)
+    return cfg
+
+
+def load_run(workdir, overrides=(), step=None, tokenizer=None, devices=None):
+    """Loads a run directory (a `llada train` run or a `llada convert from-hf` import) for inference: params are
+    sharded over the mesh of mesh.* (default: fsdp over all devices) and activations stay replicated over the
+    batch (prompt batches of any size). Raises InferenceError / checkpoint.CheckpointError with what to do."""
+    if not os.path.isdir(workdir):
+        raise InferenceError(f"run directory {workdir} does not exist; pass --workdir=DIR of a trained run.")
+    try:
+        base = config_lib.default_config()
+        loaded = checkpoint.load_run_config(workdir)
+        with base.unlocked():  # a run of an older version may lack newer groups (sampling, eval): use defaults
+            base.update_from_flattened_dict(_flatten(loaded))
+        cfg = apply_overrides(base, overrides)
+    except config_lib.ConfigError as e:
+        raise InferenceError(str(e)) from None
+    mesh = sharding.make_mesh(cfg.mesh, devices)
+    rules = [(name, None if name in ("batch", "act_seq", "act_embed") else axes) for name, axes in cfg.sharding.rules]
+    sharder = sharding.Sharder(mesh, rules)
+    model = model_lib.Model(cfg.model, sharder=sharder)
+    shardings = sharder.tree(model.param_axes())
+    abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), model.abstract_params(),
+                            shardings)
+    params, step = checkpoint.restore_params(workdir, abstract, step)
+    return Run(cfg, model, params, make_codec(cfg, tokenizer), int(step))
+
+
+def _flatten(cfg, prefix=""):
+    out = {}
+    for k, v in cfg.items():
+        if hasattr(v, "items") and not isinstance(v, (list, tuple)):
+            out.update(_flatten(v, prefix + k + "."))
+        else:
+            out[prefix + k] = v
+    return out
+
+
+# -- chat -------------------------------------------------------------------------------------------------------
+
+class Chat:
+    """Multi-turn chat with the official rules (REFERENCE.md sections 1 and 4): the first turn starts with BOS; each
+    user message is `<|start_header_id|>user<|end_header_id|>\\n\\n{text}<|eot_id|>` followed by the assistant
+    header; after each answer the whole sequence so far (prompt + answer) is kept with every EOS removed (EoT kept),
+    and the next user turn is appended without a second BOS."""
+
+    def __init__(self, run):
+        self.run, self.history = run, []
+        t = run.cfg.tokens
+        if min(t.bos_id, t.eot_id, t.start_header_id, t.end_header_id) < 0:
+            raise InferenceError("this run's tokens.* has no chat roles (bos, eot, start/end header); chat needs a "
+                                 "tokenizer with the chat pieces (`llada data tokenizer` reserves them).")
+
+    def _header(self, role):
+        t = self.run.cfg.tokens
+        return [t.start_header_id] + self.run.codec.encode(role) + [t.end_header_id] + self.run.codec.encode("\n\n")
+
+    def prompt_ids(self, message):
+        t = self.run.cfg.tokens
+        first = [t.bos_id] if not self.history else []
+        return (self.history + first + self._header("user") + self.run.codec.encode(message.strip()) + [t.eot_id]
+                + self._header("assistant"))
+
+    def say(self, message, key=None):
+        """One turn: returns (answer text, the sample dict)."""
+        prompt = self.prompt_ids(message)
+        if len(prompt) + self.run.cfg.sampling.gen_length > self.run.cfg.model.max_seq_len:
+            raise InferenceError(f"the conversation ({len(prompt)} tokens) plus sampling.gen_length exceeds "
+                                 f"model.max_seq_len={self.run.cfg.model.max_seq_len}; start a new chat.")
+        out = self.run.sample(None, key=key, prompt_ids=[prompt])
+        row = out["tokens"][0]
+        self.history = [int(i) for i in row if int(i) != self.run.ids.eos_id]
+        answer = [int(i) for i in row[out["prompt_len"]:] if int(i) not in (self.run.ids.eos_id, self.run.ids.eot_id,
+                                                                              self.run.ids.mask_id)]
+        return self.run.codec.decode(answer), out
+
+
+def generated_tokens(out, row=0):
+    """The generated ids of one row (all of gen_length) and the step at which each was committed."""
+    return out["tokens"][row, out["prompt_len"]:], out["order"][row]
