@@ -122,47 +122,48 @@ def test_print_commands(capsys):
 TINY = ["--config.model.d_model=32", "--config.model.n_layers=1", "--config.model.ffn_dim=64",
         "--config.train.seq_len=16", "--config.train.global_batch=8", "--config.train.steps=4",
         "--config.train.log_every=2", "--config.checkpoint.every_steps=4", "--config.eval.n_examples=3",
-        "--config.eval.batch=4", "--config.sampling.gen_length=4", "--config.sampling.block_length=4",
+        "--config.eval.batch=8", "--config.sampling.gen_length=4", "--config.sampling.block_length=4",
         "--config.sampling.steps=4", "--config.mesh.fsdp=1", "--config.mesh.data=-1"]
 
 
 @pytest.mark.slow
 def test_tiny_sweep_end_to_end_and_skipped_when_rerun(tmp_path, capsys):
-    """Two trained runs (mdm, arm) x two remasking settings: 2 trainings, 4 evaluations; a rerun trains and
-    evaluates nothing; results.csv / .md have one row per point and the plots exist."""
-    path = write_sweep(tmp_path, "def get_sweep():\n    return 'configs/tiny_task.py', product(["
-                                 "sweep('objective', ['mdm', 'arm']), "
-                                 "sweep('sampling.remasking', ['low_confidence', 'random'])])\n")
+    """Two points that differ only in sampling share one trained run (one training, two evaluations); a rerun
+    trains and evaluates nothing; results.csv / .md have one row per point and the plots exist."""
+    path = write_sweep(tmp_path, "def get_sweep():\n    return 'configs/tiny_task.py', "
+                                 "sweep('sampling.remasking', ['low_confidence', 'random'])\n")
     out = tmp_path / "out"
     argv = ["sweep", f"--sweep={path}", f"--workdir={out}"] + TINY
     cli.main(argv)
     first = capsys.readouterr().out
-    assert first.count("step 4/4") == 2  # trained twice, not four times
-    runs = sorted(p.name for p in out.iterdir() if p.is_dir())
-    assert runs == ["objective=arm", "objective=mdm"]
-    evals = sorted(out.glob("*/*/eval.json"))
-    assert len(evals) == 4
+    assert first.count("step 4/4") == 1  # trained once for both points
+    assert sorted(p.name for p in out.iterdir() if p.is_dir()) == ["base"]
+    evals = sorted(out.glob("base/*/eval.json"))
+    assert [p.parent.name for p in evals] == ["sampling.remasking=low_confidence", "sampling.remasking=random"]
     record = json.loads(evals[0].read_text())
     assert record["step"] == 4 and set(record) == {"step", "arithmetic_small/exact_match"}
     stamps = {p: p.stat().st_mtime_ns for p in list(out.glob("*/metrics.jsonl")) + evals}
+    assert len(stamps) == 3
 
     cli.main(argv)  # rerun: everything is finished
     second = capsys.readouterr().out
-    assert second.count("skip training") == 2 and second.count("skip evaluation") == 4
+    assert second.count("skip training") == 1 and second.count("skip evaluation") == 2
     assert "step 4/4" not in second
     assert stamps == {p: p.stat().st_mtime_ns for p in stamps}
 
     with open(out / "results.csv") as f:
         rows = list(csv.DictReader(f))
-    assert [(r["objective"], r["sampling.remasking"]) for r in rows] == [
-        ("mdm", "low_confidence"), ("mdm", "random"), ("arm", "low_confidence"), ("arm", "random")]
+    assert [(r["point"], r["sampling.remasking"]) for r in rows] == [
+        ("sampling.remasking=low_confidence", "low_confidence"), ("sampling.remasking=random", "random")]
     for r in rows:
         assert r["steps"] == "4" and float(r["best_loss"]) <= float(r["final_loss"]) + 1e-9
+        assert r["tokens"] == str(4 * 8 * 16)
         assert 0.0 <= float(r["arithmetic_small/exact_match"]) <= 1.0
+    assert rows[0]["final_loss"] == rows[1]["final_loss"]  # the same run
     md = (out / "results.md").read_text().splitlines()
-    assert md[0].startswith("| point | objective | sampling.remasking | steps | final_loss | best_loss")
-    assert len(md) == 2 + 4 and re.match(r"\| objective=arm,sampling.remasking=random \| arm \| random \| 4 \|", md[-1])
+    assert md[0].startswith("| point | sampling.remasking | steps | final_loss | best_loss | tokens |")
+    assert len(md) == 2 + 2 and md[-1].startswith("| sampling.remasking=random | random | 4 |")
     pngs = sorted(p.name for p in out.glob("*.png"))
-    assert {"loss_curves.png", "exact_match_by_point.png", "arithmetic_small_exact_match_vs_objective.png",
-            "arithmetic_small_exact_match_vs_sampling.remasking.png", "final_loss_vs_objective.png"} <= set(pngs)
+    assert pngs == ["arithmetic_small_exact_match_vs_sampling.remasking.png", "exact_match_by_point.png",
+                    "final_loss_vs_sampling.remasking.png", "loss_curves.png"]
     assert all((out / p).read_bytes()[:4] == b"\x89PNG" for p in pngs)
