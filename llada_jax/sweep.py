@@ -161,11 +161,15 @@ def plan(points, workdir):
 def build(base, common, point):
     """The config of a point: base file, then the command line's common overrides, then the point's (the point
     wins over a common override of the same key)."""
-    from llada_jax import config as config_lib
+    from llada_jax import config as config_lib, tasks
     try:
-        return config_lib.build_config(base, list(common) + [(k, value_text(v)) for k, v in point.items()])
-    except config_lib.ConfigError as e:
+        cfg = config_lib.build_config(base, list(common) + [(k, value_text(v)) for k, v in point.items()])
+        tasks.task_names(cfg.eval.tasks)
+        if cfg.data.source == "synthetic":
+            tasks.get(cfg.data.synthetic_task)
+    except (config_lib.ConfigError, tasks.TaskError) as e:
         raise SweepError(f"sweep point {point_name(point)}: {e}") from None
+    return cfg
 
 
 def launch_commands(base, points, workdir, common=()):

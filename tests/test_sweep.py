@@ -81,6 +81,12 @@ def test_missing_sweep_file_and_unknown_key_through_the_command(tmp_path, capsys
                                          r".*--config.model.d_model"):
         cli.main(["sweep", f"--sweep={bad}", f"--workdir={tmp_path / 'w'}"])
     assert not (tmp_path / "w").exists()  # every point is checked before anything trains
+    bad = write_sweep(tmp_path, "def get_sweep():\n    return 'configs/tiny.py', sweep('eval.tasks', ['reversal', "
+                                "'revresal'])\n", name="t.py")
+    with pytest.raises(SystemExit, match=r"sweep point eval.tasks=revresal: unknown task 'revresal'; expected one "
+                                         r"of arithmetic, arithmetic_small, reversal"):
+        cli.main(["sweep", f"--sweep={bad}", f"--workdir={tmp_path / 'w'}"])
+    assert not (tmp_path / "w").exists()
 
 
 @pytest.mark.parametrize("name", ["mdm_vs_arm", "remasking", "random_length", "reversal"])
