@@ -29,11 +29,13 @@ setup(
     ],
     extras_require={
         # Tests also exercise conversion (torch, transformers) and TPU AOT compilation (libtpu, CPU-only use).
-        "test": ["pytest>=8", "safetensors>=0.4", "transformers>=4.46", "libtpu; platform_system == 'Linux'"],
+        "test": ["pytest>=8", "safetensors>=0.4", "transformers>=4.46", "libtpu; platform_system == 'Linux'",
+                 "lm_eval>=0.4"],
         "torch": ["torch>=2.3", "safetensors>=0.4"],
         "hf": ["torch>=2.3", "safetensors>=0.4", "transformers>=4.46"],
         "tpu": ["jax[tpu]"],
         "gpu": ["jax[cuda12]"],
+        "lm_eval": ["lm_eval>=0.4"],  # llada_jax.lm_eval_adapter
     },
     entry_points={"console_scripts": ["llada=llada_jax.cli:main"]},
 )

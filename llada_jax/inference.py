@@ -141,7 +141,8 @@ def apply_overrides(cfg, overrides):
 def load_run(workdir, overrides=(), step=None, tokenizer=None, devices=None):
     """Loads a run directory (a `llada train` run or a `llada convert from-hf` import) for inference: params are
     sharded over the mesh of mesh.* (default: fsdp over all devices) and activations stay replicated over the
-    batch (prompt batches of any size). Raises InferenceError / checkpoint.CheckpointError with what to do."""
+    batch (prompt batches of any size); with no -1 among mesh.*, only the first devices that fill it are used.
+    Raises InferenceError / checkpoint.CheckpointError with what to do."""
     if not os.path.isdir(workdir):
         raise InferenceError(f"run directory {workdir} does not exist; pass --workdir=DIR of a trained run.")
     try:
@@ -152,6 +153,10 @@ def load_run(workdir, overrides=(), step=None, tokenizer=None, devices=None):
         cfg = apply_overrides(base, overrides)
     except config_lib.ConfigError as e:
         raise InferenceError(str(e)) from None
+    devices = list(devices or jax.devices())
+    sizes = [cfg.mesh[k] for k in ("data", "fsdp", "tensor", "dcn_data", "dcn_fsdp", "dcn_tensor")]
+    if min(sizes) > 0:  # fixed sizes: inference may use fewer devices than the host has (e.g. mesh.fsdp=1)
+        devices = devices[:int(np.prod(sizes))]
     mesh = sharding.make_mesh(cfg.mesh, devices)
     rules = [(name, None if name in ("batch", "act_seq", "act_embed") else axes) for name, axes in cfg.sharding.rules]
     sharder = sharding.Sharder(mesh, rules)

@@ -327,3 +327,24 @@ def test_dual_cache_approximates_with_two_layers(tiny_cfg):
     out = jax.device_get(sampling.generate(model, params, prompt, None, jax.random.key(0), args, IDS))
     assert int(out["full_passes"]) == 2 and int(out["window_passes"]) == 6 and int(out["steps"]) == 8
     assert np.all(np.sort(out["order"][0]) == np.arange(8))  # one token per step, every position once
+
+
+def test_autoregressive_decoding_equals_a_token_by_token_loop(tiny_cfg):
+    """objective=arm: sample() decodes left to right; greedy equals a Python loop of causal passes, left padding
+    included (pads hidden by the key mask)."""
+    model = model_lib.Model(tiny_cfg.model)
+    params = model.init(jax.random.key(5))
+    prompt = np.array([[EOS, 9, 12, 30], [7, 21, 5, 11]])
+    mask = np.array([[False, True, True, True], [True] * 4])
+    args = sampling.SamplingArgs(gen_length=6, block_length=6, steps=6)
+    out = jax.device_get(sampling.sample(model, params, prompt, mask, jax.random.key(0), args, IDS, "arm"))
+    for row in range(2):
+        x, m = list(prompt[row]), list(mask[row])
+        for _ in range(6):
+            logits = model.apply(params, jnp.asarray([x]), jnp.asarray([m]), causal=True)
+            x.append(int(jnp.argmax(logits[0, -1])))
+            m.append(True)
+        np.testing.assert_array_equal(out["tokens"][row], x)
+    assert int(out["full_passes"]) == 6
+    with pytest.raises(sampling.SamplingError, match="objective"):
+        sampling.sample(model, params, prompt, mask, jax.random.key(0), args, IDS, "gpt")
