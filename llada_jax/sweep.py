@@ -18,6 +18,9 @@ differ only in `sampling.*` / `eval.*` keys share one trained run and are evalua
 are not trained again, unfinished ones resume (train.train), and an eval.json of the final step is not recomputed.
 Results: DIR/results.csv, DIR/results.md, DIR/loss_curves.png, DIR/exact_match_by_point.png and
 DIR/<metric>_vs_<axis>.png.
+
+On a cluster: `llada sweep ... --print_commands` prints one `llada train` command per distinct run; launch them,
+then run the same `llada sweep` command locally: it finds the runs finished, evaluates and writes the results.
 """
 import csv
 import importlib.util
