@@ -9,7 +9,7 @@ Tasks:
 - `arithmetic`: "a+b=c" with a, b in 0..999 (the original corpus, unchanged); evaluation draws fresh pairs.
 - `arithmetic_small`: a, b in 0..99; a fixed 10% of the 10,000 pairs never appears in training and is the
   evaluation set, so the score measures addition, not memorised facts.
-- `reversal`: a fixed set of random facts A -> B (3-letter strings, task seed 0, the same for every run, like a
+- `reversal`: a fixed set of 64 random facts A -> B (3-letter strings, task seed 0, the same for every run, like a
   fixed corpus). Training states every fact forward, "A>B"; the first half of the facts also appears reversed,
   "B<A", so the reverse query format is learnable. Evaluation asks the other half (seen only forward) both ways:
   `reversal_forward` "A>" -> B (recall) and `reversal_reverse` "B<" -> A (the paper's reversal experiment,
@@ -72,7 +72,7 @@ class Reversal:
     """Random facts A -> B; training states all forward ("A>B") and the first half also reversed ("B<A");
     evaluation queries the second half forward ("A>" -> B) and reversed ("B<" -> A)."""
 
-    def __init__(self, name, n_facts=200, length=3, seed=0):
+    def __init__(self, name, n_facts=64, length=3, seed=0):
         if n_facts < 2:
             raise TaskError(f"reversal needs at least 2 facts (half are trained both ways); got n_facts={n_facts}.")
         self.name, self.n_facts = name, n_facts
@@ -107,7 +107,7 @@ class Reversal:
 TASKS = {
     "arithmetic": Arithmetic("arithmetic", max_operand=999),
     "arithmetic_small": Arithmetic("arithmetic_small", max_operand=99, holdout=0.1),
-    "reversal": Reversal("reversal", n_facts=200),
+    "reversal": Reversal("reversal", n_facts=64),
 }
 
 

@@ -57,16 +57,16 @@ def test_arithmetic_small_evaluates_on_pairs_never_trained():
 def test_reversal_trains_half_both_ways_and_asks_the_other_half():
     task = tasks.get("reversal")
     facts = task.facts
-    assert len(facts) == 200 and len({w for f in facts for w in f}) == 400  # all A and B distinct
-    both, forward_only = facts[:100], facts[100:]
-    seen = set(docs(task, 20000))
+    assert len(facts) == 64 and len({w for f in facts for w in f}) == 128  # all A and B distinct
+    both, forward_only = facts[:32], facts[32:]
+    seen = set(docs(task, 5000))
     assert {f"{a}>{b}" for a, b in facts} <= seen  # every fact forward
     assert {f"{b}<{a}" for a, b in both} <= seen  # the first half also reversed
     assert not {f"{b}<{a}" for a, b in forward_only} & seen  # the second half never reversed
     sets = task.eval_sets(128)
     assert set(sets) == {"reversal_forward", "reversal_reverse"}
     fwd, rev = sets["reversal_forward"], sets["reversal_reverse"]
-    assert len(fwd) == len(rev) == 100  # capped at the 100 forward-only facts, each asked once
+    assert len(fwd) == len(rev) == 32  # capped at the 32 forward-only facts, each asked once
     assert {(e.prompt[:-1], e.answer) for e in fwd} == set(forward_only)
     assert {(e.answer, e.prompt[:-1]) for e in rev} == set(forward_only)
     assert all(e.prompt.endswith(">") for e in fwd) and all(e.prompt.endswith("<") for e in rev)
