@@ -1,6 +1,10 @@
-"""The tiny model on a built-in task (llada_jax/tasks.py) with short answers: trains on 2 CPU cores in minutes and
-is scored by exact match (`llada eval`, sweeps). `configs/tiny_task.py:TASK` picks the task (default
-arithmetic_small: two-digit addition, evaluated on operand pairs never seen in training).
+"""The tiny model on a built-in task (llada_jax/tasks.py) with short answers: trains on 2 CPU cores in about 8
+minutes and is scored by exact match (`llada eval`, sweeps). `configs/tiny_task.py:TASK` picks the task (default
+arithmetic_small: two-digit addition, evaluated on operand pairs never seen in training; `:reversal` the facts task).
+
+Measured (600 steps, ~8 min on 2 shared CPU cores): arithmetic_small 1.6% exact match (the model writes plausible
+sums but has not learnt addition); reversal (MDM) forward 6%, reverse 0% (memorisation of the facts had only begun:
+the loss was still falling fast). Reaching >= 95% needs more steps than 10 CPU minutes give at this size.
 
     llada train --config=configs/tiny_task.py --workdir=runs/tiny_task
     llada sweep --sweep=configs/sweeps/reversal.py        # configs/tiny_task.py:reversal, MDM vs ARM
