@@ -99,7 +99,7 @@ def main(argv=None):
     task = tasks.get(cfg.data.synthetic_task)
     (set_name, examples), = list(task.eval_sets(args.examples).items())[:1]
     codec = synthetic.CharTokenizer()
-    prompt, mask = inference.left_pad([codec.encode(e.prompt) for e in examples], cfg.tokens.pad_id)
+    prompt, mask = sampling.left_pad([codec.encode(e.prompt) for e in examples], cfg.tokens.pad_id)
     if prompt.shape[1] + args.gen_length > args.finetune_seq_len:
         raise SystemExit(f"prompt {prompt.shape[1]} + gen_length {args.gen_length} exceeds --finetune_seq_len="
                          f"{args.finetune_seq_len}, the longest sequence the model was trained on.")

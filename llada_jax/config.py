@@ -117,6 +117,7 @@ def default_config():
     da.source = "synthetic"  # synthetic (the built-in corpus) | store (token stores, data/pipeline.py) | sft (chat JSONL)
     da.random_length_prob = 0.01  # fraction of sequences cut to a random length in {1..seq_len}
     da.synthetic_task = "arithmetic"
+    da.synthetic_format = "packed"  # packed (pre-training) | sft (one prompt/answer per row, EOS-padded; SFT loss)
     da.path = ""  # store: prepared dirs (`llada data prepare --out`), comma-separated; sft: JSONL files / globs
     da.split = "train"  # store: which split of a prepared dir (train | val)
     da.weights = ""  # store: mixture weights of the data.path stores, comma-separated ("" = proportional to size)

@@ -221,7 +221,7 @@ def heldout_tokens(cfg, n):
         return np.asarray(s.read_many(starts, seq_len), np.int32)
     if cfg.data.source == "synthetic":
         from llada_jax.data import synthetic
-        corpus = synthetic.SyntheticCorpus(seq_len, cfg.seed if cfg.data.seed < 0 else cfg.data.seed,
+        corpus = synthetic.SyntheticCorpus(seq_len, cfg.seed,  # the training corpus's seed, unseen indices
                                            cfg.data.synthetic_task)
         return np.stack([corpus.sequence(HELDOUT_OFFSET + i) for i in range(n)])
     raise EvalError(f"no held-out token data for data.source={cfg.data.source!r}; the perplexity bound needs a "

@@ -83,18 +83,6 @@ def make_codec(cfg, path=None):
                          f"(a sentencepiece .model or a Hugging Face tokenizer directory).")
 
 
-def left_pad(rows, pad_id):
-    """[[ids], ...] -> (tokens [B, P] int32, mask [B, P] bool), left-padded with pad_id (hidden by the mask)."""
-    if not rows or any(len(r) == 0 for r in rows):
-        raise InferenceError("every prompt needs at least one token.")
-    width = max(len(r) for r in rows)
-    tokens = np.full((len(rows), width), pad_id, np.int32)
-    mask = np.zeros((len(rows), width), bool)
-    for i, r in enumerate(rows):
-        tokens[i, width - len(r):], mask[i, width - len(r):] = r, True
-    return tokens, mask
-
-
 # -- the run ------------------------------------------------------------------------------------------------------
 
 # Keys a user may change when loading a trained run: how to sample and evaluate, and how to lay the model out.
@@ -117,7 +105,7 @@ class Run:
         """Generates an answer for each prompt (texts, or token-id lists as prompt_ids) with the run's sampling.*
         settings (or `args`). Returns generate()'s dict (numpy) plus texts (answers up to the first EOS)."""
         rows = prompt_ids if prompt_ids is not None else [self.codec.encode(p) for p in prompts]
-        tokens, mask = left_pad(rows, self.cfg.tokens.pad_id)
+        tokens, mask = sampling.left_pad(rows, self.cfg.tokens.pad_id)
         args = args or sampling.args_from_config(self.cfg.sampling)
         key = jax.random.key(self.cfg.seed) if key is None else key
         out = jax.device_get(sampling.sample(self.model, self.params, tokens, mask, key, args, self.ids,

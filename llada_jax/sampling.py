@@ -15,6 +15,7 @@ from typing import Optional
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from llada_jax import model as model_lib
 
@@ -266,6 +267,18 @@ def generate(model, params, prompt, prompt_mask, key, args, ids, *, force_cfg=Fa
         prompt_mask = jnp.ones(prompt.shape, bool)
     static, dyn = split_args(args, ids, force_cfg)
     return _generate_jit(model, params, prompt, jnp.asarray(prompt_mask, bool), key, dyn, static)
+
+
+def left_pad(rows, pad_id):
+    """[[ids], ...] -> (tokens [B, P] int32, mask [B, P] bool), left-padded with pad_id (hidden by the mask)."""
+    if not rows or any(len(r) == 0 for r in rows):
+        raise SamplingError("every prompt needs at least one token.")
+    width = max(len(r) for r in rows)
+    tokens = np.full((len(rows), width), pad_id, np.int32)
+    mask = np.zeros((len(rows), width), bool)
+    for i, r in enumerate(rows):
+        tokens[i, width - len(r):], mask[i, width - len(r):] = r, True
+    return tokens, mask
 
 
 def answer_ids(tokens, prompt_len, eos_id):

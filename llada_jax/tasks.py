@@ -36,6 +36,12 @@ class Example:
     answer: str
 
 
+def split_after(document, marks):
+    """(prompt, answer) of a training document: the prompt ends with the first of the characters `marks`."""
+    cut = min(i for i in (document.find(m) for m in marks) if i >= 0) + 1
+    return document[:cut], document[cut:]
+
+
 def exact_match(prediction, answer):
     """The generated answer text (already cut at the first EOS) equals the reference, ignoring outer spaces."""
     return prediction.strip() == answer.strip()
@@ -66,6 +72,10 @@ class Arithmetic:
         return {self.name: [Example(f"{a}+{b}=", str(a + b)) for a, b in pairs]}
 
     score = staticmethod(exact_match)
+
+    @staticmethod
+    def split(document):
+        return split_after(document, "=")
 
 
 class Reversal:
@@ -103,6 +113,10 @@ class Reversal:
 
     score = staticmethod(exact_match)
 
+    @staticmethod
+    def split(document):
+        return split_after(document, "<>")
+
 
 TASKS = {
     "arithmetic": Arithmetic("arithmetic", max_operand=999),
@@ -128,17 +142,6 @@ def task_names(spec):
 
 # -- evaluation ------------------------------------------------------------------------------------------------
 
-def encode_prompts(tok, texts, pad_id):
-    """Left-padded prompt ids [N, P] and their key mask [N, P] (pads hidden from attention)."""
-    encoded = [tok.encode(t) for t in texts]
-    width = max(len(e) for e in encoded)
-    ids = np.full((len(texts), width), pad_id, np.int32)
-    mask = np.zeros((len(texts), width), bool)
-    for i, e in enumerate(encoded):
-        ids[i, width - len(e):], mask[i, width - len(e):] = e, True
-    return ids, mask
-
-
 def generate_answers(cfg, model, params, key, prompts):
     """Answer texts (up to the first EOS) for prompt texts, sampled in batches of cfg.eval.batch. Every batch has
     the same shape (the last is padded with copies), so one compilation serves the whole list."""
@@ -148,7 +151,7 @@ def generate_answers(cfg, model, params, key, prompts):
     from llada_jax.data import synthetic
     tok = synthetic.CharTokenizer()
     args, ids = sampling.args_from_config(cfg.sampling), sampling.token_ids(cfg)
-    prompt, mask = encode_prompts(tok, prompts, cfg.tokens.pad_id)
+    prompt, mask = sampling.left_pad([tok.encode(p) for p in prompts], cfg.tokens.pad_id)
     bs, n = cfg.eval.batch, len(prompts)
     if bs <= 0:
         raise TaskError(f"eval.batch={bs}; expected a positive number of prompts per batch.")

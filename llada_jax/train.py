@@ -144,7 +144,11 @@ class Setup:
 def make_data(cfg):
     """The data source of `cfg.data.source`: an iterator of host-local batches with get_state / set_state."""
     if cfg.data.source == "synthetic":
-        corpus = synthetic.SyntheticCorpus(cfg.train.seq_len, cfg.seed, cfg.data.synthetic_task)
+        try:
+            corpus = synthetic.SyntheticCorpus(cfg.train.seq_len, cfg.seed, cfg.data.synthetic_task,
+                                               cfg.data.synthetic_format)
+        except ValueError as e:
+            raise TrainError(str(e)) from None
         return synthetic.SyntheticSource(corpus, cfg.train.global_batch, jax.process_index(), jax.process_count())
     if cfg.data.source in ("store", "sft"):
         from llada_jax.data import pipeline, sft

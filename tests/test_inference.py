@@ -23,7 +23,7 @@ def run_dir(tmp_path_factory):
 
 
 def _direct(run, prompts, args, key):
-    tokens, mask = inference.left_pad([run.codec.encode(p) for p in prompts], run.cfg.tokens.pad_id)
+    tokens, mask = sampling.left_pad([run.codec.encode(p) for p in prompts], run.cfg.tokens.pad_id)
     return jax.device_get(sampling.generate(run.model, run.params, tokens, mask, key, args, run.ids))
 
 

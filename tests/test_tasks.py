@@ -89,9 +89,27 @@ def test_unknown_task_error_names_the_choices():
         synthetic.SyntheticCorpus(16, 0, "nope")
 
 
-def test_encode_prompts_left_pads_with_a_key_mask():
+@pytest.mark.parametrize("name,marks", [("arithmetic_small", "="), ("reversal", "<>")])
+def test_sft_format_rows_are_one_prompt_and_answer_padded_with_eos(name, marks):
+    """data.synthetic_format=sft: row i is document i of the same seed, split after its first mark, EOS-padded."""
+    tok, task = synthetic.CharTokenizer(), tasks.get(name)
+    corpus = synthetic.SyntheticCorpus(12, 5, name, "sft")
+    batch = corpus.batch(step=1, global_batch=4)
+    for i, (row, p_len) in enumerate(zip(batch["tokens"], batch["prompt_lengths"])):
+        doc = task.document(np.random.default_rng([5, 4 + i]))
+        cut = min(doc.index(m) for m in marks if m in doc) + 1
+        assert tok.decode(row[:p_len]) == doc[:cut] and doc[cut - 1] in marks
+        assert tok.decode(row[p_len:len(doc)]) == doc[cut:]
+        assert (row[len(doc):] == tok.eos_id).all() and len(row) == 12
+    with pytest.raises(ValueError, match="raise --config.train.seq_len"):
+        synthetic.SyntheticCorpus(5, 0, name, "sft").sequence(0)
+    with pytest.raises(ValueError, match="synthetic_format"):
+        synthetic.SyntheticCorpus(12, 0, name, "zip")
+
+
+def test_left_pad_with_a_key_mask():
     tok = synthetic.CharTokenizer()
-    ids, mask = tasks.encode_prompts(tok, ["1+2=", "10+20="], pad_id=0)
+    ids, mask = sampling.left_pad([tok.encode("1+2="), tok.encode("10+20=")], pad_id=0)
     assert ids.tolist() == [[0, 0] + tok.encode("1+2="), tok.encode("10+20=")]
     assert mask.tolist() == [[False, False] + [True] * 4, [True] * 6]
 

@@ -1,8 +1,10 @@
 """The built-in deterministic synthetic corpus: no downloads, and learning is checkable.
 
 Documents come from a task of `llada_jax/tasks.py` (`data.synthetic_task`; the default: arithmetic facts such as
-"317+45=362"), written in a character vocabulary, joined with EOS and packed into fixed-length sequences.
-Sequence i depends only on (seed, i), so any step's batch can be rebuilt exactly, on any host.
+"317+45=362"), written in a character vocabulary. `data.synthetic_format="packed"` (pre-training) joins them with
+EOS into fixed-length sequences; "sft" (supervised fine-tuning, paper section 2.4) gives one document per row,
+split into prompt ("317+45=") and answer ("362"), padded with EOS, with `prompt_lengths` so that the SFT loss never
+masks the prompt. Sequence i depends only on (seed, i), so any step's batch can be rebuilt exactly, on any host.
 """
 import numpy as np
 
@@ -39,29 +41,46 @@ class CharTokenizer:
 
 
 TASKS = {name: task.document for name, task in tasks.TASKS.items()}  # name -> document(rng) -> text
+FORMATS = ("packed", "sft")
 
 
 class SyntheticCorpus:
     """Random-access fixed-length sequences of packed synthetic documents."""
 
-    def __init__(self, seq_len, seed=0, task="arithmetic"):
+    def __init__(self, seq_len, seed=0, task="arithmetic", fmt="packed"):
         if task not in TASKS:
             raise ValueError(f"unknown data.synthetic_task={task!r}; expected one of {', '.join(TASKS)}.")
-        self.seq_len, self.seed, self.make_doc = seq_len, seed, TASKS[task]
+        if fmt not in FORMATS:
+            raise ValueError(f"unknown data.synthetic_format={fmt!r}; expected one of {', '.join(FORMATS)}.")
+        self.seq_len, self.seed, self.task, self.fmt = seq_len, seed, tasks.get(task), fmt
         self.tokenizer = CharTokenizer()
 
     def sequence(self, index):
+        """Row `index`: packed tokens [seq_len], or for the sft format (tokens [seq_len], prompt length)."""
         rng = np.random.default_rng([self.seed, index])
+        enc, eos = self.tokenizer.encode, self.tokenizer.eos_id
+        if self.fmt == "sft":
+            prompt, answer = self.task.split(self.task.document(rng))
+            ids = enc(prompt) + enc(answer)
+            if len(ids) >= self.seq_len:
+                raise ValueError(f"a {self.task.name} example has {len(ids)} tokens plus EOS, more than "
+                                 f"train.seq_len={self.seq_len}; raise --config.train.seq_len.")
+            return np.asarray(ids + [eos] * (self.seq_len - len(ids)), np.int32), len(prompt)
         out = []
         while len(out) < self.seq_len:
-            out += self.tokenizer.encode(self.make_doc(rng)) + [self.tokenizer.eos_id]
+            out += enc(self.task.document(rng)) + [eos]
         return np.asarray(out[: self.seq_len], np.int32)
 
     def batch(self, step, global_batch, process_index=0, process_count=1):
-        """This host's rows of the global batch of `step`: {'tokens': [global_batch / process_count, seq_len]}."""
+        """This host's rows of the global batch of `step`: {'tokens': [global_batch / process_count, seq_len]}
+        (and 'prompt_lengths' [global_batch / process_count] for the sft format)."""
         local = global_batch // process_count
         first = step * global_batch + process_index * local
-        return {"tokens": np.stack([self.sequence(first + i) for i in range(local)])}
+        rows = [self.sequence(first + i) for i in range(local)]
+        if self.fmt == "sft":
+            return {"tokens": np.stack([r[0] for r in rows]), "prompt_lengths": np.asarray([r[1] for r in rows],
+                                                                                              np.int32)}
+        return {"tokens": np.stack(rows)}
 
 
 class SyntheticSource:
