@@ -28,8 +28,9 @@ setup(
         "matplotlib>=3.7",  # `llada sweep` plots
     ],
     extras_require={
-        # Tests also exercise conversion (torch, transformers) and TPU AOT compilation (libtpu, CPU-only use).
-        "test": ["pytest>=8", "safetensors>=0.4", "transformers>=4.46", "libtpu; platform_system == 'Linux'",
+        # Tests also exercise conversion (torch, transformers) and TPU AOT compilation (libtpu, CPU-only use);
+        # jax[tpu] brings the libtpu this jax pins (a newer libtpu compiles, but jaxlib cannot read its HLO back).
+        "test": ["pytest>=8", "safetensors>=0.4", "transformers>=4.46", "jax[tpu]; platform_system == 'Linux'",
                  "lm_eval>=0.4"],
         "torch": ["torch>=2.3", "safetensors>=0.4"],
         "hf": ["torch>=2.3", "safetensors>=0.4", "transformers>=4.46"],

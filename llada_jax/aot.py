@@ -6,6 +6,7 @@ compiles here is what a pod runs. Reports per-device memory, FLOPs per step and 
 Topology names: `v5e-256` / `v6e-64` count chips; `v4-128` / `v5p-128` count TensorCores (2 per chip), so v5p-128
 is 64 chips. An explicit shape such as `v5e:4x4` or `v5p:4x4x4` is also accepted.
 """
+import contextlib
 import math
 import re
 import time
@@ -88,7 +89,47 @@ def topology_devices(name):
 
 
 def count_collectives(hlo_text):
-    return {op: len(re.findall(rf"= [^=\n]* {op}(?:-start)?\(", hlo_text)) for op in COLLECTIVES}
+    # `%name = SHAPE op(` or `op-start(`; a tuple SHAPE may hold `/*index=5*/` comments (combined collectives)
+    return {op: len(re.findall(rf"^\s*(?:ROOT )?\S+ = [^\n]*? {op}(?:-start)?\(", hlo_text, re.M)) for op in COLLECTIVES}
+
+
+def libtpu_mismatch():
+    """None, or a sentence when the installed libtpu is not the one the installed jax pins (`jax[tpu]`): jaxlib
+    then may not read the optimized HLO back (e.g. `RET_CHECK ... async-update instruction should have 1 operands
+    but sees 3` with libtpu 0.0.51 under JAX 0.10.2), although libtpu itself compiles fine."""
+    from importlib import metadata
+    try:
+        have = metadata.version("libtpu")
+        pins = [r for r in metadata.requires("jax") or [] if r.startswith("libtpu") and 'extra == "tpu"' in r]
+    except metadata.PackageNotFoundError:
+        return None
+    m = re.match(r"libtpu\s*==\s*([\w.]+?)(\.\*)?\s*;", pins[0]) if pins else None
+    if m is None or have == m.group(1) or (m.group(2) and have.startswith(m.group(1) + ".")):
+        return None
+    return (f"libtpu {have} is installed but jax {metadata.version('jax')} pins libtpu=={m.group(1)}{m.group(2) or ''} "
+            f"(`pip install \"jax[tpu]=={metadata.version('jax')}\"`)")
+
+
+def _collectives(compiled):
+    """Counts of each collective in the optimized program, or None when this jaxlib cannot read the HLO that libtpu
+    produced (a libtpu/jaxlib version mismatch; the memory analysis does not need it)."""
+    try:
+        return count_collectives(compiled.as_text())
+    except Exception:  # noqa: BLE001  (JaxRuntimeError: RET_CHECK parsing the HLO proto)
+        return None
+
+
+@contextlib.contextmanager
+def _traced_as_on_tpu():
+    """Trace the step as on the pod: attention `auto` then picks splash and its Pallas kernel lowers for Mosaic, not
+    for interpret mode (both ask `jax.default_backend()`, which is the CPU on this machine; without this the step
+    compiles the XLA reference attention, whose [B, H, T, T] scores dominate memory at sequence length 4096)."""
+    real = jax.default_backend
+    jax.default_backend = lambda: "tpu"
+    try:
+        yield
+    finally:
+        jax.default_backend = real
 
 
 def compile_step(cfg, topology, log=print):
@@ -96,16 +137,18 @@ def compile_step(cfg, topology, log=print):
     compile). `fits` says whether the per-device total stays within the chip's HBM."""
     gen, topo_name, chips, devices = topology_devices(topology)
     t0 = time.perf_counter()
-    setup = train.Setup(cfg, devices)
-    b, l = cfg.train.global_batch, cfg.train.seq_len
-    batch = {"tokens": jax.ShapeDtypeStruct((b, l), jnp.int32, sharding=setup.batch_sharding)}
+    with _traced_as_on_tpu():
+        setup = train.Setup(cfg, devices)
+        b, l = cfg.train.global_batch, cfg.train.seq_len
+        batch = {"tokens": jax.ShapeDtypeStruct((b, l), jnp.int32, sharding=setup.batch_sharding)}
+        lowered = setup.step_fn.lower(setup.abstract_state(), batch)
     try:
-        compiled = setup.step_fn.lower(setup.abstract_state(), batch).compile()
+        compiled = lowered.compile()
     except Exception as e:  # noqa: BLE001
         text = str(e)
         if "RESOURCE_EXHAUSTED" not in text and "HbmOom" not in text:
             raise
-        detail = re.search(r"Ran out of memory[^.]*\.", text)
+        detail = re.search(r"Ran out of memory.*?\.(?=\s|$)", text)  # a sentence, not "(57." of "(57.12G)"
         raise DoesNotFit(f"the step does not fit on {topo_name}: {detail.group(0) if detail else text[:300]} Use more "
                          f"devices, a smaller per-device batch (train.micro_batches) or model.remat=full.") from None
     mem = compiled.memory_analysis()
@@ -123,7 +166,8 @@ def compile_step(cfg, topology, log=print):
         "alias_bytes": mem.alias_size_in_bytes, "temp_bytes": mem.temp_size_in_bytes,
         "code_bytes": mem.generated_code_size_in_bytes, "total_bytes": total, "hbm_bytes": hbm,
         "fits": total <= hbm, "compiled_flops_per_device": float(cost.get("flops", 0.0)) if cost else None,
-        "model_flops_per_step": model_flops, "collectives": count_collectives(compiled.as_text()),
+        "model_flops_per_step": model_flops, "collectives": _collectives(compiled),
+        "libtpu_mismatch": libtpu_mismatch(),
         "compile_seconds": time.perf_counter() - t0,
     }
 
@@ -143,7 +187,10 @@ def format_report(r):
         f"({r['total_bytes'] / r['hbm_bytes']:.0%}) -> {'fits' if r['fits'] else 'DOES NOT FIT'}",
         f"FLOPs per step: model {r['model_flops_per_step']:.3e} (all devices); XLA cost analysis "
         f"{(r['compiled_flops_per_device'] or 0):.3e} per device (a scanned layer loop counts once)",
-        "collectives: " + ", ".join(f"{k} {v}" for k, v in r["collectives"].items()),
+        "collectives: " + (", ".join(f"{k} {v}" for k, v in r["collectives"].items()) if r["collectives"] else
+                           "not available (this jaxlib cannot read the optimized HLO of this libtpu)"),
         f"compiled in {r['compile_seconds']:.1f} s",
     ]
+    if r.get("libtpu_mismatch"):
+        lines.append(f"warning: {r['libtpu_mismatch']}")
     return "\n".join(lines)

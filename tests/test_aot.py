@@ -21,6 +21,26 @@ def test_topology_names_count_chips_or_cores():
         aot.parse_topology("v3-8")
 
 
+def test_installed_libtpu_is_the_one_jax_pins():
+    """A newer libtpu compiles, but this jaxlib cannot read back its optimized HLO for v5p/v6e (RET_CHECK
+    "async-update instruction should have 1 operands but sees 3" with libtpu 0.0.51 under JAX 0.10.2)."""
+    assert aot.libtpu_mismatch() is None
+
+
+def test_unreadable_hlo_leaves_the_memory_report():
+    class Compiled:
+        def as_text(self):
+            raise RuntimeError("INTERNAL: RET_CHECK failure ... async-update instruction should have 1 operands")
+    assert aot._collectives(Compiled()) is None
+    r = {"topology": "v6e:2x2", "devices": 4, "device_kind": "TPU v6 lite", "mesh": {"fsdp": 4}, "global_batch": 4,
+         "seq_len": 8, "per_device_batch": 1, "micro_batches": 1, "remat": "full", "argument_bytes": 1,
+         "output_bytes": 1, "alias_bytes": 1, "temp_bytes": 1, "code_bytes": 0, "total_bytes": 1, "hbm_bytes": 2,
+         "fits": True, "model_flops_per_step": 1.0, "compiled_flops_per_device": 1.0, "collectives": None,
+         "compile_seconds": 1.0, "libtpu_mismatch": "libtpu 0.0.51 is installed but jax 0.10.2 pins ..."}
+    text = aot.format_report(r)
+    assert "collectives: not available" in text and "fits" in text and "warning: libtpu 0.0.51" in text
+
+
 def _report(**overrides):
     cfg = config_lib.build_config("configs/tiny.py", [(k, str(v)) for k, v in overrides.items()])
     return aot.compile_step(cfg, "v5e:2x2")
