@@ -84,13 +84,15 @@ def topology_devices(name):
         topo = topologies.get_topology_desc(platform="tpu", topology_name=topo_name)
     except Exception as e:  # libtpu missing or the name unknown to it
         raise CompileError(f"could not get the TPU topology {topo_name} ({type(e).__name__}: "
-                           f"{str(e).splitlines()[0][:200]}). Install libtpu (`pip install libtpu`).") from None
+                           f"{str(e).splitlines()[0][:200]}). Install the libtpu that jax pins: "
+                           f"`pip install 'jax[tpu]'`.") from None
     return gen, topo_name, chips, topo.devices
 
 
 def count_collectives(hlo_text):
     # `%name = SHAPE op(` or `op-start(`; a tuple SHAPE may hold `/*index=5*/` comments (combined collectives)
-    return {op: len(re.findall(rf"^\s*(?:ROOT )?\S+ = [^\n]*? {op}(?:-start)?\(", hlo_text, re.M)) for op in COLLECTIVES}
+    return {op: len(re.findall(rf"^\s*(?:ROOT )?\S+ = [^\n]*? {op}(?:-start)?\(", hlo_text, re.M))
+            for op in COLLECTIVES}
 
 
 def libtpu_mismatch():
