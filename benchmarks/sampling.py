@@ -1,13 +1,15 @@
 """Fast-dLLM decoding against the official reverse process on a trained tiny model: model evaluations per token,
 tokens/s and exact-match accuracy, at generation length 256.
 
-    python benchmarks/sampling.py [--config=configs/tiny_task.py] [--pretrain_steps=N] [--finetune_steps=150]
+    python benchmarks/sampling.py [--config=configs/tiny_task.py] [--train_steps=N | --init_from=RUN]
+                                  [--finetune_steps=150]
                                   [--examples=32] [--gen_length=256] [--block_length=32] [--threshold=0.9]
                                   [--params_cache=PATH.npz] [--config.a.b=value ...]
 
-The model is trained in two stages, like a base model and its instruct version: pre-training on the packed
-synthetic corpus of the config's task (sequences of train.seq_len), then fine-tuning on single "a+b=c" documents
-followed by EOS padding up to prompt + gen_length, so that generation ends in EOS as an instruct model's does.
+The model is trained on the config's task in the SFT format (data.synthetic_format=sft: one "a+b=" prompt and its
+answer per row, EOS-padded, the prompt never masked) at the config's short train.seq_len, then fine-tuned briefly
+at prompt + gen_length (--finetune_seq_len) so that it knows those positions and ends its answers in EOS padding,
+as an instruct model does.
 Then held-out prompts (pairs never seen in training) are answered with: the baseline (the official generate():
 one token per step, steps = gen_length, semi-autoregressive blocks, low confidence), threshold decoding, the
 prefix and dual caches alone (one token per step) and threshold decoding with each cache. Per method: denoising
@@ -23,7 +25,7 @@ import time
 import jax
 import numpy as np
 
-from llada_jax import cli, config as config_lib, inference, sampling, tasks, train
+from llada_jax import checkpoint, cli, config as config_lib, sampling, tasks, train
 from llada_jax.data import synthetic
 
 
@@ -41,17 +43,6 @@ def _train(cfg, params, batches, steps, label):
     return setup.model, jax.device_get(state["params"])
 
 
-def padded_documents(task, seq_len, batch, eos_id, seed=0):
-    """Batches of single task documents followed by EOS padding (the fine-tuning stage)."""
-    tok, rng = synthetic.CharTokenizer(), np.random.default_rng(seed)
-    while True:
-        rows = np.full((batch, seq_len), eos_id, np.int32)
-        for r in rows:
-            ids = tok.encode(task.document(rng))
-            r[:len(ids)] = ids
-        yield {"tokens": rows}
-
-
 def trained_model(cfg, args):
     """(model, params) after both stages; with --params_cache, saved once and reloaded afterwards."""
     ft = config_lib.from_json(config_lib.to_json(cfg))
@@ -65,11 +56,13 @@ def trained_model(cfg, args):
         print(f"params loaded from {args.params_cache}")
         return model, jax.tree.unflatten(treedef, [flat[f"p{i}"] for i in range(len(leaves))])
     t0 = time.perf_counter()
-    steps = args.pretrain_steps if args.pretrain_steps >= 0 else cfg.train.steps
-    _, params = _train(cfg, None, train.make_data(cfg), steps, "pre-train")
-    task = tasks.get(cfg.data.synthetic_task)
-    model, params = _train(ft, params, padded_documents(task, ft.train.seq_len, ft.train.global_batch,
-                                                        cfg.tokens.eos_id), args.finetune_steps, "fine-tune")
+    if args.init_from:  # a finished `llada train --config=configs/tiny_task.py` run replaces the first stage
+        params, step = checkpoint.restore_params(args.init_from, model.abstract_params())
+        print(f"first stage: params of {args.init_from} (step {step})")
+    else:
+        steps = args.train_steps if args.train_steps >= 0 else cfg.train.steps
+        _, params = _train(cfg, None, train.make_data(cfg), steps, "train")
+    model, params = _train(ft, params, train.make_data(ft), args.finetune_steps, "fine-tune at full length")
     print(f"trained in {time.perf_counter() - t0:.0f}s")
     if args.params_cache:
         np.savez(args.params_cache, **{f"p{i}": np.asarray(x) for i, x in enumerate(jax.tree.leaves(params))})
@@ -80,7 +73,8 @@ def main(argv=None):
     overrides, rest = cli.split_config_args(sys.argv[1:] if argv is None else argv)
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", default="configs/tiny_task.py")
-    p.add_argument("--pretrain_steps", type=int, default=-1, help="-1: the config's train.steps")
+    p.add_argument("--train_steps", type=int, default=-1, help="-1: the config's train.steps")
+    p.add_argument("--init_from", default="", help="a run directory trained with --config: skip the first stage")
     p.add_argument("--finetune_steps", type=int, default=150)
     p.add_argument("--finetune_batch", type=int, default=16)
     p.add_argument("--finetune_seq_len", type=int, default=264, help="at least prompt + gen_length")

@@ -142,3 +142,14 @@ def test_evaluate_batches_and_scores_against_answers_computed_here(tiny_cfg, mon
     assert out == {"arithmetic_small/exact_match": pytest.approx(want)}
     assert len(calls) == 3 and len({c[0] for c in calls}) == 1  # 16 + 16 + 13 (padded to 16): one shape
     assert calls[0][1:] == ("arm", 8)
+
+
+def test_tiny_task_config_picks_task_and_format():
+    from llada_jax import config as config_lib
+    add = config_lib.load_config("configs/tiny_task.py")
+    assert (add.data.synthetic_task, add.data.synthetic_format, add.eval.tasks) == ("arithmetic_small", "sft",
+                                                                                    "arithmetic_small")
+    assert add.data.random_length_prob == 0.0 and add.train.seq_len >= 3 + 1 + 2 + 1 + 3 + 1  # "99+99=198" + EOS
+    facts = config_lib.load_config("configs/tiny_task.py:reversal")
+    assert (facts.data.synthetic_task, facts.data.synthetic_format) == ("reversal", "packed")
+    assert config_lib.load_config("configs/tiny_task.py:arithmetic_small,packed").data.synthetic_format == "packed"

@@ -10,7 +10,7 @@ LENGTHS = [8, 24, 56]
 
 
 def get_sweep():
-    return "configs/tiny_task.py", product([
+    return "configs/tiny_task.py:arithmetic_small,packed", product([
         sweep("data.random_length_prob", [0.0, 0.01, 0.1]),
         zipit([sweep("sampling.gen_length", LENGTHS), sweep("sampling.block_length", LENGTHS),
                sweep("sampling.steps", LENGTHS)]),
