@@ -6,7 +6,6 @@ compiles here is what a pod runs. Reports per-device memory, FLOPs per step and 
 Topology names: `v5e-256` / `v6e-64` count chips; `v4-128` / `v5p-128` count TensorCores (2 per chip), so v5p-128
 is 64 chips. An explicit shape such as `v5e:4x4` or `v5p:4x4x4` is also accepted.
 """
-import contextlib
 import math
 import re
 import time
@@ -121,29 +120,15 @@ def _collectives(compiled):
         return None
 
 
-@contextlib.contextmanager
-def _traced_as_on_tpu():
-    """Trace the step as on the pod: attention `auto` then picks splash and its Pallas kernel lowers for Mosaic, not
-    for interpret mode (both ask `jax.default_backend()`, which is the CPU on this machine; without this the step
-    compiles the XLA reference attention, whose [B, H, T, T] scores dominate memory at sequence length 4096)."""
-    real = jax.default_backend
-    jax.default_backend = lambda: "tpu"
-    try:
-        yield
-    finally:
-        jax.default_backend = real
-
-
 def compile_step(cfg, topology, log=print):
     """Compiles the train step of `cfg` for `topology`; returns a report dict (raises CompileError if it cannot
     compile). `fits` says whether the per-device total stays within the chip's HBM."""
     gen, topo_name, chips, devices = topology_devices(topology)
     t0 = time.perf_counter()
-    with _traced_as_on_tpu():
-        setup = train.Setup(cfg, devices)
-        b, l = cfg.train.global_batch, cfg.train.seq_len
-        batch = {"tokens": jax.ShapeDtypeStruct((b, l), jnp.int32, sharding=setup.batch_sharding)}
-        lowered = setup.step_fn.lower(setup.abstract_state(), batch)
+    setup = train.Setup(cfg, devices)  # a mesh of TPU devices: attention `auto` picks the real splash kernel
+    b, l = cfg.train.global_batch, cfg.train.seq_len
+    batch = {"tokens": jax.ShapeDtypeStruct((b, l), jnp.int32, sharding=setup.batch_sharding)}
+    lowered = setup.step_fn.lower(setup.abstract_state(), batch)
     try:
         compiled = lowered.compile()
     except Exception as e:  # noqa: BLE001

@@ -37,8 +37,9 @@ def xla_attention(q, k, v, key_mask=None, segment_ids=None, causal=False, sharde
     return out.reshape(b, t, h, d)
 
 
-def splash_attention(q, k, v, key_mask=None, segment_ids=None, causal=False, sharder=None):
-    """TPU splash attention (Pallas), in interpret mode off TPU. Grouped-query heads share one MQA kernel per KV
+def splash_attention(q, k, v, key_mask=None, segment_ids=None, causal=False, sharder=None, interpret=None):
+    """TPU splash attention (Pallas), in interpret mode off TPU (interpret=None: decided by the sharder's mesh
+    devices, else the default backend; a TPU mesh compiled ahead of time from a CPU host gets the real kernel). Grouped-query heads share one MQA kernel per KV
     head. Padding and documents become splash segment ids (real tokens: segment + 1, padding: 0), so real queries
     see exactly the keys the reference lets them see; outputs at padding positions are unspecified (never used).
     On a mesh the kernel runs per shard under shard_map: batch over the `batch` axes, heads over `tensor`."""
@@ -50,7 +51,8 @@ def splash_attention(q, k, v, key_mask=None, segment_ids=None, causal=False, sha
     seg = jnp.ones((b, t), jnp.int32) if segment_ids is None else segment_ids.astype(jnp.int32) + 1
     if key_mask is not None:
         seg = jnp.where(key_mask, seg, 0)
-    interpret = jax.default_backend() != "tpu"
+    if interpret is None:
+        interpret = platform_of(sharder) != "tpu"
 
     def local(q, k, v, seg):
         kv_local, groups = k.shape[2], q.shape[2] // k.shape[2]
@@ -85,10 +87,17 @@ def cudnn_attention(q, k, v, key_mask=None, segment_ids=None, causal=False, shar
 BACKENDS = {"xla": xla_attention, "cudnn": cudnn_attention, "splash": splash_attention}
 
 
-def get_attention(name, dtype=None):
-    """`auto` picks per platform: splash on TPU, cuDNN on GPU for 16-bit compute, the XLA reference otherwise."""
+def platform_of(sharder=None):
+    """The platform the program runs on: that of the mesh's devices (which may be TPU devices of a topology
+    description on a CPU host), else the default backend."""
+    return sharder.mesh.devices.flat[0].platform if sharder is not None else jax.default_backend()
+
+
+def get_attention(name, dtype=None, platform=None):
+    """`auto` picks per platform (default: the default backend): splash on TPU, cuDNN on GPU for 16-bit compute,
+    the XLA reference otherwise."""
     if name == "auto":
-        platform = jax.default_backend()
+        platform = platform or jax.default_backend()
         name = {"tpu": "splash", "gpu": "cudnn" if dtype in (jnp.bfloat16, jnp.float16) else "xla"}.get(platform, "xla")
     if name not in BACKENDS:
         raise ValueError(f"unknown attention backend model.attention={name!r}; expected one of auto, "

@@ -91,7 +91,7 @@ class Model:
         self.dtype = jnp.dtype(m.dtype)
         self.param_dtype = jnp.dtype(m.param_dtype)
         self.sharder = sharder
-        self.attention = attention_lib.get_attention(m.attention, self.dtype)
+        self.attention = attention_lib.get_attention(m.attention, self.dtype, attention_lib.platform_of(sharder))
         self.constrain = sharder.constrain if sharder else (lambda x, axes: x)
         if m.remat not in REMAT_POLICIES:
             raise ValueError(f"unknown model.remat={m.remat!r}; expected one of {', '.join(REMAT_POLICIES)}.")
