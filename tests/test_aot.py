@@ -86,3 +86,18 @@ def test_not_fitting_is_a_clear_non_zero_exit(tmp_path):
     assert out.returncode != 0
     # the TPU compiler itself refuses (compile-time HBM OOM), or the report says it: one clear line either way
     assert "llada compile: the step does not fit" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_a_tpu_mesh_on_this_cpu_host_traces_the_real_splash_kernel(tiny_cfg):
+    """attention=auto follows the mesh's devices, not the host's backend: the step lowered for TPU devices of a
+    topology description calls the Mosaic splash kernel (interpret mode would inline it as plain HLO)."""
+    import jax
+    import jax.numpy as jnp
+
+    from llada_jax import train
+    _, _, _, devices = aot.topology_devices("v5e:2x2")
+    tiny_cfg.train.seq_len, tiny_cfg.train.global_batch = 128, 4
+    setup = train.Setup(tiny_cfg, devices)
+    batch = {"tokens": jax.ShapeDtypeStruct((4, 128), jnp.int32, sharding=setup.batch_sharding)}
+    text = setup.step_fn.lower(setup.abstract_state(), batch).as_text()
+    assert "tpu_custom_call" in text
