@@ -108,6 +108,30 @@ def log_likelihood(model, params, prompt, answer, key, mask_id, *, n_samples=128
     return -float(means.mean()), float(stderr)
 
 
+def _ar_loglik(model, params, seq, p_len):
+    logits = model.apply(params, seq[None], causal=True)[0, :-1]  # position i predicts token i + 1
+    ll = -diffusion.cross_entropy(logits, seq[1:])
+    return jnp.sum(jnp.where(jnp.arange(seq.shape[0] - 1) >= p_len - 1, ll, 0.0))
+
+
+_ar_loglik_jit = jax.jit(_ar_loglik, static_argnames=("model", "p_len"))
+
+
+def ar_log_likelihood(model, params, prompt, answer):
+    """Exact log p(answer | prompt) of the autoregressive baseline (objective=arm): one causal pass."""
+    prompt, answer = np.asarray(prompt, np.int32), np.asarray(answer, np.int32)
+    if prompt.size == 0 or answer.size == 0:
+        raise EvalError("the autoregressive likelihood needs a non-empty prompt and answer.")
+    return float(_ar_loglik_jit(model, params, jnp.asarray(np.concatenate([prompt, answer])), int(prompt.size)))
+
+
+def objective_log_likelihood(objective, model, params, prompt, answer, key, mask_id, **estimator_args):
+    """log p(answer | prompt) as the objective defines it: Algorithm 3's estimate (mdm), the exact value (arm)."""
+    if objective == "arm":
+        return ar_log_likelihood(model, params, prompt, answer)
+    return log_likelihood(model, params, prompt, answer, key, mask_id, **estimator_args)[0]
+
+
 # -- ELBO perplexity bound --------------------------------------------------------------------------------------------
 
 def _elbo_rows(model, params, tokens, lengths, key, mask_id, eps):
@@ -180,7 +204,7 @@ def _answer_index(ex):
 
 
 def multiple_choice(model, params, examples, encode, key, mask_id, *, n_samples=128, batch_size=16, cfg_scale=0.0,
-                    bucket=1):
+                    bucket=1, objective="mdm"):
     """Accuracy by likelihood: the prediction is the choice with the largest estimated log p(choice | context).
     examples: a JSONL path or a list of dicts (see load_jsonl); encode(text) -> list of ids. All choices of one
     example share the random draws (common random numbers), which lowers the variance of their comparison.
@@ -191,8 +215,9 @@ def multiple_choice(model, params, examples, encode, key, mask_id, *, n_samples=
     for i, ex in enumerate(examples):
         k = jax.random.fold_in(key, i)
         context = encode(ex["context"])
-        s = [log_likelihood(model, params, context, encode(c), k, mask_id, n_samples=n_samples,
-                            batch_size=batch_size, cfg_scale=cfg_scale, bucket=bucket)[0] for c in ex["choices"]]
+        s = [objective_log_likelihood(objective, model, params, context, encode(c), k, mask_id, n_samples=n_samples,
+                                      batch_size=batch_size, cfg_scale=cfg_scale, bucket=bucket)
+             for c in ex["choices"]]
         pred = int(np.argmax(s))
         predictions.append(pred)
         scores.append(s)
@@ -246,7 +271,7 @@ def evaluate_run(run, key, *, choices=None, perplexity=64, tasks=True, log=print
                 f"({r['tokens']} held-out tokens)")
     if choices:
         r = multiple_choice(run.model, run.params, choices, run.codec.encode, k_mc, cfg.tokens.mask_id,
-                            n_samples=ev.mc_samples, batch_size=ev.mc_batch)
+                            n_samples=ev.mc_samples, batch_size=ev.mc_batch, objective=cfg.objective)
         out.update({"choices/accuracy": r["accuracy"], "choices/n": r["n"]})
         log(f"multiple choice ({choices}): accuracy {r['accuracy']:.3f} on {r['n']} examples")
     if tasks and ev.tasks:

@@ -3,7 +3,8 @@
     python -m llada_jax.lm_eval_adapter --model_args workdir=runs/tiny,mc_samples=32 --tasks arc_easy
     # or, in Python:  lm_eval.simple_evaluate(model=LLaDAEvalLM("runs/tiny"), tasks=[...])
 
-loglikelihood: the Monte Carlo estimator of REFERENCE.md section 5 (Algorithm 3); is_greedy as the official
+loglikelihood: the Monte Carlo estimator of REFERENCE.md section 5 (Algorithm 3; the exact value for an
+autoregressive-baseline run); is_greedy as the official
 evaluation does it (the whole continuation masked, one pass, argmax equals the continuation). generate_until: the
 reverse process with the run's sampling.* settings (overridable in model_args), cut at the first stop string.
 loglikelihood_rolling: minus the ELBO bound of the text (a lower bound on its log-likelihood).
@@ -59,9 +60,10 @@ class LLaDAEvalLM(LM):
             ctx, cont = run.codec.encode(context), run.codec.encode(continuation)
             if not ctx:  # an empty context (some tasks score the unconditional continuation): one EOS stands in
                 ctx = [run.cfg.tokens.eos_id]
-            ll, _ = evaluate.log_likelihood(run.model, run.params, ctx, cont, self._next_key(), run.cfg.tokens.mask_id,
-                                            n_samples=ev.mc_samples, batch_size=ev.mc_batch,
-                                            cfg_scale=run.cfg.sampling.cfg_scale, bucket=16)
+            ll = evaluate.objective_log_likelihood(run.cfg.objective, run.model, run.params, ctx, cont,
+                                                   self._next_key(), run.cfg.tokens.mask_id, n_samples=ev.mc_samples,
+                                                   batch_size=ev.mc_batch, cfg_scale=run.cfg.sampling.cfg_scale,
+                                                   bucket=16)
             out.append((ll, self._greedy(ctx, cont)))
         return out
 

@@ -117,3 +117,24 @@ def test_multiple_choice_accuracy(tmp_path):
     bad.write_text(json.dumps({"context": "a", "choices": ["b"]}) + "\n")
     with pytest.raises(evaluate.EvalError, match="missing answer"):
         evaluate.load_jsonl(str(bad))
+
+
+def test_autoregressive_log_likelihood_is_the_sum_of_next_token_log_probs(tiny_cfg):
+    """objective=arm: log p(answer | prompt) = sum of log softmax of the causal logits at the answer positions
+    (numpy, float64), and multiple choice uses it."""
+    from llada_jax import model as model_lib
+    model = model_lib.Model(tiny_cfg.model)
+    params = model.init(jax.random.key(2))
+    prompt, answer = [5, 9, 11], [7, 20]
+    seq = np.array(prompt + answer)
+    logits = np.asarray(model.apply(params, jnp.asarray(seq[None]), causal=True)[0], np.float64)
+    logp = logits - np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1, keepdims=True)) - logits.max(
+        -1, keepdims=True)
+    want = logp[2, 7] + logp[3, 20]
+    got = evaluate.objective_log_likelihood("arm", model, params, prompt, answer, None, MASK)
+    assert got == pytest.approx(want, abs=1e-4)
+    mc = evaluate.multiple_choice(model, params, [{"context": "a", "choices": ["b", "c"], "answer": 0}],
+                                  lambda t: {"a": prompt, "b": answer, "c": [7, 21]}[t], jax.random.key(0), MASK,
+                                  objective="arm")
+    other = evaluate.ar_log_likelihood(model, params, prompt, [7, 21])
+    assert mc["scores"][0] == pytest.approx([want, other], abs=1e-4)
