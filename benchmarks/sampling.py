@@ -2,8 +2,8 @@
 tokens/s and exact-match accuracy, at generation length 256.
 
     python benchmarks/sampling.py [--config=configs/tiny_task.py] [--train_steps=N | --init_from=RUN]
-                                  [--finetune_steps=150]
-                                  [--examples=32] [--gen_length=256] [--block_length=32] [--threshold=0.9]
+                                  [--finetune_steps=300] [--finetune_lr=3e-4]
+                                  [--examples=32] [--gen_length=256] [--block_length=32] [--thresholds=0.9,0.7]
                                   [--params_cache=PATH.npz] [--config.a.b=value ...]
 
 The model is trained on the config's task in the SFT format (data.synthetic_format=sft: one "a+b=" prompt and its
@@ -47,7 +47,7 @@ def trained_model(cfg, args):
     """(model, params) after both stages; with --params_cache, saved once and reloaded afterwards."""
     ft = config_lib.from_json(config_lib.to_json(cfg))
     ft.train.seq_len, ft.train.global_batch = args.finetune_seq_len, args.finetune_batch
-    ft.optim.peak_lr, ft.optim.warmup_steps = cfg.optim.peak_lr / 3, 10
+    ft.optim.peak_lr, ft.optim.final_lr, ft.optim.warmup_steps = args.finetune_lr, args.finetune_lr / 10, 20
     ft.train.steps = args.finetune_steps
     model = train.Setup(ft).model
     if args.params_cache and os.path.exists(args.params_cache):
@@ -56,13 +56,16 @@ def trained_model(cfg, args):
         print(f"params loaded from {args.params_cache}")
         return model, jax.tree.unflatten(treedef, [flat[f"p{i}"] for i in range(len(leaves))])
     t0 = time.perf_counter()
+    if args.finetune_steps == 0:
+        model = train.Setup(cfg).model
     if args.init_from:  # a finished `llada train --config=configs/tiny_task.py` run replaces the first stage
         params, step = checkpoint.restore_params(args.init_from, model.abstract_params())
         print(f"first stage: params of {args.init_from} (step {step})")
     else:
         steps = args.train_steps if args.train_steps >= 0 else cfg.train.steps
         _, params = _train(cfg, None, train.make_data(cfg), steps, "train")
-    model, params = _train(ft, params, train.make_data(ft), args.finetune_steps, "fine-tune at full length")
+    if args.finetune_steps > 0:
+        model, params = _train(ft, params, train.make_data(ft), args.finetune_steps, "fine-tune at full length")
     print(f"trained in {time.perf_counter() - t0:.0f}s")
     if args.params_cache:
         np.savez(args.params_cache, **{f"p{i}": np.asarray(x) for i, x in enumerate(jax.tree.leaves(params))})
@@ -75,13 +78,14 @@ def main(argv=None):
     p.add_argument("--config", default="configs/tiny_task.py")
     p.add_argument("--train_steps", type=int, default=-1, help="-1: the config's train.steps")
     p.add_argument("--init_from", default="", help="a run directory trained with --config: skip the first stage")
-    p.add_argument("--finetune_steps", type=int, default=150)
+    p.add_argument("--finetune_steps", type=int, default=300, help="0: no second stage (sample within train.seq_len)")
     p.add_argument("--finetune_batch", type=int, default=16)
+    p.add_argument("--finetune_lr", type=float, default=3e-4)
     p.add_argument("--finetune_seq_len", type=int, default=264, help="at least prompt + gen_length")
     p.add_argument("--examples", type=int, default=32, help="held-out prompts, one batch")
     p.add_argument("--gen_length", type=int, default=256)
     p.add_argument("--block_length", type=int, default=32)
-    p.add_argument("--threshold", type=float, default=0.9)
+    p.add_argument("--thresholds", default="0.9", help="comma-separated; caches are combined with the first")
     p.add_argument("--repeats", type=int, default=1)
     p.add_argument("--params_cache", default="", help="an .npz: trained params are saved there and reused")
     args = p.parse_args(rest)
@@ -94,15 +98,18 @@ def main(argv=None):
     (set_name, examples), = list(task.eval_sets(args.examples).items())[:1]
     codec = synthetic.CharTokenizer()
     prompt, mask = sampling.left_pad([codec.encode(e.prompt) for e in examples], cfg.tokens.pad_id)
-    if prompt.shape[1] + args.gen_length > args.finetune_seq_len:
-        raise SystemExit(f"prompt {prompt.shape[1]} + gen_length {args.gen_length} exceeds --finetune_seq_len="
-                         f"{args.finetune_seq_len}, the longest sequence the model was trained on.")
+    trained_len = args.finetune_seq_len if args.finetune_steps > 0 else cfg.train.seq_len
+    if prompt.shape[1] + args.gen_length > trained_len:
+        raise SystemExit(f"prompt {prompt.shape[1]} + gen_length {args.gen_length} exceeds {trained_len}, the longest "
+                         f"sequence the model was trained on (--finetune_seq_len, or train.seq_len without it).")
     ids = sampling.token_ids(cfg)
-    g, bl, tau = args.gen_length, args.block_length, args.threshold
+    g, bl = args.gen_length, args.block_length
+    taus = [float(t) for t in args.thresholds.split(",")]
+    tau = taus[0]
     base = sampling.SamplingArgs(gen_length=g, block_length=bl, steps=g)
     methods = [
         ("baseline (1 token/step)", base),
-        (f"threshold {tau}", dataclasses.replace(base, threshold=tau)),
+        *[(f"threshold {t}", dataclasses.replace(base, threshold=t)) for t in taus],
         ("prefix cache (1 token/step)", dataclasses.replace(base, cache="prefix")),
         ("dual cache (1 token/step)", dataclasses.replace(base, cache="dual")),
         (f"threshold {tau} + prefix cache", dataclasses.replace(base, threshold=tau, cache="prefix")),
