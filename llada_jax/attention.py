@@ -68,14 +68,107 @@ def splash_attention(q, k, v, key_mask=None, segment_ids=None, causal=False, sha
         out = jax.vmap(jax.vmap(per_head, in_axes=(0, 0, 0, None)))(qh, kh, vh, seg)
         return out.transpose(0, 3, 1, 2, 4).reshape(q.shape)
 
+    return _per_shard(local, sharder, q, k, v, seg)
+
+
+def _per_shard(local, sharder, q, k, v, *rows):
+    """local(q, k, v, *rows) on each shard of a mesh (batch over the `batch` axes, heads over `tensor`; rows are
+    [B, ...] per-sequence arrays), or directly on one device."""
     if sharder is None or sharder.mesh.size == 1:
-        return local(q, k, v, seg)
+        return local(q, k, v, *rows)
     from jax.sharding import PartitionSpec as P
     batch = sharder.spec(("batch",))[0]
     heads = sharder.spec(("heads",))[0]
     qkv = P(batch, None, heads, None)
-    return jax.shard_map(local, mesh=sharder.mesh, in_specs=(qkv, qkv, qkv, P(batch, None)), out_specs=qkv,
-                         check_vma=False)(q, k, v, seg)
+    return jax.shard_map(local, mesh=sharder.mesh, in_specs=(qkv, qkv, qkv) + (P(batch, None),) * len(rows),
+                         out_specs=qkv, check_vma=False)(q, k, v, *rows)
+
+
+def flash_attention(q, k, v, key_mask=None, segment_ids=None, causal=False, sharder=None, block_rows=512):
+    """Exact attention computed one (sequence, KV head, query block) at a time, flash-attention style in plain XLA:
+    the forward keeps only the output and the log-sum-exp, the backward recomputes the probabilities of one item
+    at a time (a custom VJP). Equal to the reference within float32 rounding; on the CPU its working set stays in
+    cache where the reference streams [B, H, T, S] scores through memory several times (the CPU default)."""
+    b, t = q.shape[:2]
+    rows = (jnp.ones((b, k.shape[1]), bool) if key_mask is None else key_mask,
+            jnp.zeros((b, t), jnp.int32) if segment_ids is None else segment_ids.astype(jnp.int32))
+
+    def local(q, k, v, kmask, seg):
+        return _flash_local(q, k, v, kmask, seg, causal, segment_ids is not None, block_rows)
+
+    return _per_shard(local, sharder, q, k, v, *rows)
+
+
+def _flash_local(q, k, v, kmask, seg, causal, segmented, block_rows):
+    b, t, h, d = q.shape
+    s, kv = k.shape[1], k.shape[2]
+    g = h // kv
+    bq = t  # query block: at most block_rows rows (g heads x bq positions) per item when t allows
+    while bq * g > block_rows and bq % 2 == 0:
+        bq //= 2
+    nq = t // bq
+    scale = 1.0 / d ** 0.5
+    # Items: (sequence, KV head, query block), each with the g query heads of its KV head: g * bq rows.
+    qi = q.reshape(b, nq, bq, kv, g, d).transpose(0, 3, 1, 4, 2, 5).reshape(b * kv * nq, g * bq, d)
+    ki, vi = (x.transpose(0, 2, 1, 3).reshape(b * kv, s, d) for x in (k, v))
+    masks = (kmask, seg.reshape(b, nq, bq), seg if segmented else jnp.zeros((b, s), jnp.int32))
+    n_items = qi.shape[0]
+
+    def item_inputs(i, ki, vi, masks):
+        """Keys, values and the [rows, S] allowed-key mask of item i."""
+        kmask, qseg, kseg = masks
+        bi, blk = i // (kv * nq), i % nq
+        ok = kmask[bi][None, :]
+        if segmented:
+            ok = ok & (jnp.tile(qseg[bi, blk], g)[:, None] == kseg[bi][None, :])
+        if causal:
+            ok = ok & (jnp.arange(s)[None, :] <= jnp.tile(blk * bq + jnp.arange(bq), g)[:, None])
+        return ki[i // nq], vi[i // nq], ok
+
+    def scores(qx, kx, ok):
+        sc = jnp.dot(qx, kx.T, preferred_element_type=jnp.float32) * scale
+        return jnp.where(ok, sc, jnp.finfo(jnp.float32).min)
+
+    def fwd_item(i, qx, ki, vi, masks):
+        kx, vx, ok = item_inputs(i, ki, vi, masks)
+        sc = scores(qx, kx, ok)
+        m = jnp.max(sc, -1, keepdims=True)
+        p = jnp.exp(sc - m)
+        l = jnp.sum(p, -1, keepdims=True)
+        o = jnp.dot(p.astype(vx.dtype), vx, preferred_element_type=jnp.float32) / l
+        return o.astype(qx.dtype), (m + jnp.log(l))[:, 0]
+
+    # Everything the rules use is an argument: a custom VJP may not close over tracers (of a scan over layers).
+    @jax.custom_vjp
+    def attend(qi, ki, vi, masks):
+        return jax.lax.map(lambda a: fwd_item(*a, ki, vi, masks)[0], (jnp.arange(n_items), qi))
+
+    def attend_fwd(qi, ki, vi, masks):
+        o, lse = jax.lax.map(lambda a: fwd_item(*a, ki, vi, masks), (jnp.arange(n_items), qi))
+        return o, (qi, ki, vi, masks, o, lse)
+
+    def attend_bwd(res, do):
+        qi, ki, vi, masks, o, lse = res
+
+        def item(a):
+            i, qx, ox, lx, dox = a
+            kx, vx, ok = item_inputs(i, ki, vi, masks)
+            p = jnp.exp(scores(qx, kx, ok) - lx[:, None])
+            dv = jnp.dot(p.T.astype(dox.dtype), dox, preferred_element_type=jnp.float32)
+            dp = jnp.dot(dox, vx.T, preferred_element_type=jnp.float32)
+            delta = jnp.sum(dox.astype(jnp.float32) * ox.astype(jnp.float32), -1, keepdims=True)
+            ds = (p * (dp - delta) * scale).astype(qx.dtype)
+            dq = jnp.dot(ds, kx, preferred_element_type=jnp.float32)
+            dk = jnp.dot(ds.T, qx, preferred_element_type=jnp.float32)
+            return dq.astype(qx.dtype), dk, dv
+
+        dq, dk, dv = jax.lax.map(item, (jnp.arange(n_items), qi, o, lse, do))
+        dk, dv = (x.reshape(b * kv, nq, s, d).sum(1).astype(ki.dtype) for x in (dk, dv))
+        return dq, dk, dv, None
+
+    attend.defvjp(attend_fwd, attend_bwd)
+    out = attend(qi, ki, vi, masks)
+    return out.reshape(b, kv, nq, g, bq, d).transpose(0, 2, 4, 1, 3, 5).reshape(b, t, h, d)
 
 
 def cudnn_attention(q, k, v, key_mask=None, segment_ids=None, causal=False, sharder=None):
@@ -84,7 +177,8 @@ def cudnn_attention(q, k, v, key_mask=None, segment_ids=None, causal=False, shar
     return jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=causal, implementation="cudnn")
 
 
-BACKENDS = {"xla": xla_attention, "cudnn": cudnn_attention, "splash": splash_attention}
+BACKENDS = {"xla": xla_attention, "flash": flash_attention, "cudnn": cudnn_attention,
+            "splash": splash_attention}
 
 
 def platform_of(sharder=None):

@@ -42,6 +42,7 @@ def default_config():
     m.scan_layers = True
     m.remat = "none"  # none | full | save_dots | save_dots_no_batch
     m.attention = "auto"  # auto (splash on TPU, cuDNN on GPU in bf16, else xla) | xla | cudnn | splash
+    m.loss_chunk = 0  # > 0: output head + loss this many tokens at a time, skipping positions without loss
     m.init_std = -1.0  # -1: the release's "mitchell" init (std 1/sqrt(fan_in)); > 0: a plain truncated normal
 
     # Token ids by role. A model trained with its own vocabulary reserves its own ids; only the 8B layout uses

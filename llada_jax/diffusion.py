@@ -7,6 +7,8 @@ from attention and loss) and `prompt_lengths` [B] (SFT: the prompt is never mask
 import jax
 import jax.numpy as jnp
 
+from llada_jax import model as model_lib
+
 
 def forward_process(key, tokens, mask_id, eps=1e-3, maskable=None):
     """q(x_t | x_0): per sequence t ~ U[0, 1), p = (1 - eps) t + eps; each token -> [MASK] with probability p.
@@ -35,24 +37,114 @@ def cross_entropy(logits, targets):
     return jax.nn.logsumexp(logits, axis=-1) - jnp.take_along_axis(logits, targets[..., None], -1)[..., 0]
 
 
+# Each objective is a weighted sum of per-position cross-entropies; the weights say which positions count and how.
+
+def pretrain_weights(masked, p, valid):
+    """Masked real positions weigh 1 / p, over the number of real positions (B * L without padding)."""
+    return jnp.where(masked & valid, 1.0 / p[:, None], 0.0) / jnp.maximum(jnp.sum(valid), 1)
+
+
+def sft_weights(masked, p, answer):
+    """Per example: masked answer positions (EOS padding included) weigh 1 / p over the answer length; the batch
+    is averaged."""
+    per_example = jnp.maximum(jnp.sum(answer, -1, keepdims=True), 1) * answer.shape[0]
+    return jnp.where(masked & answer, 1.0 / p[:, None], 0.0) / per_example
+
+
+def arm_targets_weights(tokens, valid):
+    """Position i predicts token i + 1 (the last position predicts nothing): averaged over predicted real tokens."""
+    ok = jnp.pad(valid[:, 1:], ((0, 0), (0, 1)))
+    return jnp.pad(tokens[:, 1:], ((0, 0), (0, 1))), ok / jnp.maximum(jnp.sum(ok), 1)
+
+
 def pretrain_loss(logits, tokens, masked, p, valid):
     """Sum over masked positions of CE / p, divided by the number of real positions (B * L without padding)."""
-    ce = cross_entropy(logits, tokens) / p[:, None]
-    return jnp.sum(jnp.where(masked & valid, ce, 0.0)) / jnp.maximum(jnp.sum(valid), 1)
+    return jnp.sum(pretrain_weights(masked, p, valid) * cross_entropy(logits, tokens))
 
 
 def sft_loss(logits, tokens, masked, p, answer):
     """Per example: sum of masked CE / p over its answer (EOS padding included), divided by the answer length;
     averaged over the batch."""
-    ce = jnp.where(masked & answer, cross_entropy(logits, tokens) / p[:, None], 0.0)
-    return jnp.mean(jnp.sum(ce, -1) / jnp.maximum(jnp.sum(answer, -1), 1))
+    return jnp.sum(sft_weights(masked, p, answer) * cross_entropy(logits, tokens))
 
 
 def arm_loss(logits, tokens, valid):
     """Next-token cross-entropy of the autoregressive baseline, averaged over predicted real positions."""
-    ce = cross_entropy(logits[:, :-1], tokens[:, 1:])
-    ok = valid[:, 1:]
-    return jnp.sum(jnp.where(ok, ce, 0.0)) / jnp.maximum(jnp.sum(ok), 1)
+    targets, weights = arm_targets_weights(tokens, valid)
+    return jnp.sum(weights * cross_entropy(logits, targets))
+
+
+def _chunks(x, order, chunk):
+    """[S, n, ...] -> rows in `order`, zero-padded to a multiple of `chunk`, as [n_chunks, S, chunk, ...]."""
+    x = jnp.take_along_axis(x, order.reshape(order.shape + (1,) * (x.ndim - 2)), 1)
+    pad = -x.shape[1] % chunk
+    x = jnp.pad(x, [(0, 0), (0, pad)] + [(0, 0)] * (x.ndim - 2))
+    return jnp.moveaxis(x.reshape((x.shape[0], -1, chunk) + x.shape[2:]), 1, 0)
+
+
+def _chunked_ce(x, w_head, targets, weights, chunk, groups, constrain, with_grads):
+    """sum(weights * CE(x @ w_head, targets)) and, with_grads, its gradients (dx, dw_head) in the same pass."""
+    s, d = groups, x.shape[-1]
+    xs, ts, ws = (a.reshape((s, -1) + a.shape[2:]) for a in (x, targets, weights))
+    xs = constrain(xs, ("batch", None, "act_embed"))
+    order = jnp.argsort(ws == 0, axis=1, stable=True)  # positions that carry weight first, per group
+    n_active = jnp.max(jnp.sum(ws != 0, axis=1))
+    xc, tc, wc = (_chunks(a, order, chunk) for a in (xs, ts, ws))
+    vocab = w_head.shape[1]
+
+    def compute(xc, tc, wc):
+        logits = constrain(model_lib.dense(xc, w_head, preferred_element_type=jnp.float32), ("batch", None, "vocab"))
+        lse = jax.nn.logsumexp(logits, -1)
+        hit = jnp.arange(vocab) == tc[..., None]
+        loss = jnp.sum(wc * (lse - jnp.sum(jnp.where(hit, logits, 0.0), -1)))
+        if not with_grads:
+            return loss, None, None
+        g = (wc[..., None] * (jnp.exp(logits - lse[..., None]) - hit)).astype(xc.dtype)  # d loss / d logits
+        dx = model_lib.dense(g, w_head.T)
+        dw = jnp.dot(xc.reshape(-1, d).T, g.reshape(-1, vocab), preferred_element_type=jnp.float32)
+        return loss, dx, dw
+
+    def body(carry, xs):
+        j, xj, tj, wj = xs
+        zeros = lambda *_: (jnp.zeros((), jnp.float32),) + ((jnp.zeros_like(xj), jnp.zeros((d, vocab), jnp.float32))
+                                                           if with_grads else (None, None))
+        loss, dx, dw = jax.lax.cond(j * chunk < n_active, compute, zeros, xj, tj, wj)  # skip weightless chunks
+        carry = (carry[0] + loss, carry[1] + dw) if with_grads else (carry[0] + loss, None)
+        return carry, dx
+
+    init = (jnp.zeros((), jnp.float32), jnp.zeros((d, vocab), jnp.float32) if with_grads else None)
+    (loss, dw), dx = jax.lax.scan(body, init, (jnp.arange(xc.shape[0]), xc, tc, wc))
+    if not with_grads:
+        return loss, None
+    dx = jnp.moveaxis(dx, 0, 1).reshape(s, -1, d)[:, :xs.shape[1]]
+    dx = jnp.take_along_axis(dx, jnp.argsort(order, axis=1)[..., None], 1)  # back to the original positions
+    return loss, (dx.reshape(x.shape), dw.astype(w_head.dtype))
+
+
+def chunked_cross_entropy(x, w_head, targets, weights, chunk, groups=1, constrain=lambda a, axes: a):
+    """sum(weights * cross_entropy(x @ w_head, targets)) without ever holding [B, T, vocab] logits.
+
+    x [B, T, d] final hidden states, w_head [d, vocab], targets [B, T] int, weights [B, T] float32 (the objective's
+    weights; zero = the position does not count). The rows of each of `groups` batch groups (the batch shards, so
+    the reordering stays on one device) are reordered so that weighted positions come first, then processed
+    `chunk` at a time; chunks with no weight left are skipped (about half of the output head's FLOPs under the
+    pre-training loss, where only masked positions count). Under differentiation the forward pass also computes
+    the gradients, chunk by chunk (logits -> softmax - one-hot -> dx, dw_head), so the backward pass only scales
+    them: three matmuls per active chunk, as for the plain head, and no logits kept between the two passes."""
+
+    @jax.custom_vjp
+    def ce(x, w_head, targets, weights):
+        return _chunked_ce(x, w_head, targets, weights, chunk, groups, constrain, False)[0]
+
+    def fwd(x, w_head, targets, weights):
+        return _chunked_ce(x, w_head, targets, weights, chunk, groups, constrain, True)
+
+    def bwd(grads, ct):
+        dx, dw = grads
+        return dx * ct.astype(dx.dtype), dw * ct.astype(dw.dtype), None, None
+
+    ce.defvjp(fwd, bwd)
+    return ce(x, w_head, targets, weights)
 
 
 def draw_noise(key, batch, cfg):
@@ -70,25 +162,38 @@ def draw_noise(key, batch, cfg):
     return {"lengths": lengths, "masked": masked, "p": p}
 
 
-def loss_given_noise(model, params, batch, noise, cfg):
-    """The objective of `cfg.objective` on one batch with its noise fixed; returns (loss, aux metrics)."""
+def objective_terms(batch, noise, cfg):
+    """(model input, targets, weights, causal) of `cfg.objective`: the loss is sum(weights * CE(logits, targets))."""
     tokens = batch["tokens"]
     l = tokens.shape[1]
     valid = jnp.arange(l)[None, :] < noise["lengths"][:, None]
     if cfg.objective == "arm":
-        logits = model.apply(params, tokens, key_mask=valid, causal=True)
-        return arm_loss(logits, tokens, valid), {"real_tokens": jnp.sum(valid)}
+        return tokens, *arm_targets_weights(tokens, valid), True
     if cfg.objective != "mdm":
         raise ValueError(f"unknown objective={cfg.objective!r}; expected 'mdm' (masked diffusion) or 'arm'.")
     x_t = jnp.where(noise["masked"], cfg.tokens.mask_id, tokens)
-    logits = model.apply(params, x_t, key_mask=valid, segment_ids=batch.get("segment_ids"))
     if "prompt_lengths" in batch:
         answer = valid & (jnp.arange(l)[None, :] >= batch["prompt_lengths"][:, None])
-        loss = sft_loss(logits, tokens, noise["masked"], noise["p"], answer)
+        return x_t, tokens, sft_weights(noise["masked"], noise["p"], answer), False
+    return x_t, tokens, pretrain_weights(noise["masked"], noise["p"], valid), False
+
+
+def loss_given_noise(model, params, batch, noise, cfg):
+    """The objective of `cfg.objective` on one batch with its noise fixed; returns (loss, aux metrics).
+    `model.loss_chunk` > 0 computes the output head and the loss chunk by chunk (chunked_cross_entropy)."""
+    inputs, targets, weights, causal = objective_terms(batch, noise, cfg)
+    valid = jnp.arange(inputs.shape[1])[None, :] < noise["lengths"][:, None]
+    segment_ids = None if causal else batch.get("segment_ids")
+    chunk = cfg.model.loss_chunk
+    if chunk > 0:
+        x, _ = model.forward(params, inputs, valid, segment_ids, causal, head=False)
+        groups = model.sharder.batch_size_multiple() if model.sharder else 1
+        loss = chunked_cross_entropy(x, params["lm_head"].astype(x.dtype), targets, weights, chunk, groups,
+                                     model.constrain)
     else:
-        loss = pretrain_loss(logits, tokens, noise["masked"], noise["p"], valid)
-    return loss, {"real_tokens": jnp.sum(valid), "masked_fraction": jnp.mean(noise["masked"])}
-
-
-def loss_fn(model, params, batch, key, cfg):
-    return loss_given_noise(model, params, batch, draw_noise(key, batch, cfg), cfg)
+        logits = model.apply(params, inputs, key_mask=valid, segment_ids=segment_ids, causal=causal)
+        loss = jnp.sum(weights * cross_entropy(logits, targets))
+    aux = {"real_tokens": jnp.sum(valid)}
+    if not causal:
+        aux["masked_fraction"] = jnp.mean(noise["masked"])
+    return loss, aux
