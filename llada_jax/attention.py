@@ -188,11 +188,11 @@ def platform_of(sharder=None):
 
 
 def get_attention(name, dtype=None, platform=None):
-    """`auto` picks per platform (default: the default backend): splash on TPU, cuDNN on GPU for 16-bit compute,
-    the XLA reference otherwise."""
+    """`auto` picks per platform (default: the default backend): splash on TPU, cuDNN on GPU for 16-bit compute
+    (else the XLA reference), flash on the CPU."""
     if name == "auto":
         platform = platform or jax.default_backend()
-        name = {"tpu": "splash", "gpu": "cudnn" if dtype in (jnp.bfloat16, jnp.float16) else "xla"}.get(platform, "xla")
+        name = {"tpu": "splash", "gpu": "cudnn" if dtype in (jnp.bfloat16, jnp.float16) else "xla"}.get(platform, "flash")
     if name not in BACKENDS:
         raise ValueError(f"unknown attention backend model.attention={name!r}; expected one of auto, "
                          f"{', '.join(BACKENDS)}.")

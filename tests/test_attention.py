@@ -57,10 +57,55 @@ def test_splash_under_shard_map_on_a_mesh():
     np.testing.assert_allclose(np.asarray(got * real), np.asarray(want * real), atol=1e-4)
 
 
-def test_auto_picks_the_reference_on_cpu():
-    assert attention.get_attention("auto", jnp.bfloat16) is attention.xla_attention
+def test_auto_picks_flash_on_cpu():
+    assert attention.get_attention("auto", jnp.bfloat16) is attention.flash_attention
+    assert attention.get_attention("auto", jnp.float32, "gpu") is attention.xla_attention
     with pytest.raises(ValueError, match="expected one of auto"):
-        attention.get_attention("flash")
+        attention.get_attention("flashy")
+
+
+@pytest.mark.parametrize("kind", ["none", "key_mask", "segments", "both"])
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("block_rows", [512, 64])  # one query block per item, or 4 blocks of 32 x 2 heads
+def test_flash_equals_reference_forward_and_backward(kind, causal, block_rows):
+    q, k, v = _inputs()
+    (key_mask, segments), real = _masks(kind)
+    weights = jax.random.normal(jax.random.key(9), q.shape) * real[:, :, None, None]
+    flash = lambda *a, **kw: attention.flash_attention(*a, block_rows=block_rows, **kw)
+
+    def loss(fn):
+        return lambda q, k, v: jnp.sum(fn(q, k, v, key_mask=key_mask, segment_ids=segments, causal=causal) * weights)
+
+    with jax.default_matmul_precision("highest"):
+        ref, ref_grads = jax.value_and_grad(loss(attention.xla_attention), argnums=(0, 1, 2))(q, k, v)
+        out, grads = jax.jit(jax.value_and_grad(loss(flash), argnums=(0, 1, 2)))(q, k, v)
+    np.testing.assert_allclose(float(out), float(ref), atol=1e-6 * float(jnp.sum(jnp.abs(weights))))
+    for g, r in zip(grads, ref_grads):
+        np.testing.assert_allclose(np.asarray(g), np.asarray(r), atol=1e-5 * float(jnp.abs(r).max()))
+
+
+def test_flash_window_of_queries_against_all_keys():
+    """A KV-cached window: 16 queries attend to 128 keys (the sampler's cached forward)."""
+    q, k, v = _inputs()
+    q = q[:, 40:56]
+    key_mask = jnp.arange(128)[None] < jnp.array([[128], [90]])
+    got = attention.flash_attention(q, k, v, key_mask=key_mask)
+    want = attention.xla_attention(q, k, v, key_mask=key_mask)
+    np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=1e-5)
+
+
+def test_flash_under_shard_map_on_a_mesh():
+    cfg = config_lib.default_config()
+    cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor = 2, 2, 2
+    sharder = sharding.Sharder(sharding.make_mesh(cfg.mesh, jax.devices()), cfg.sharding.rules)
+    q, k, v = _inputs(b=4)
+    key_mask = jnp.arange(128)[None] < jnp.array([[128], [60], [128], [5]])
+    loss = lambda fn: lambda q, k, v: jnp.sum(fn(q, k, v, key_mask=key_mask) ** 2 * key_mask[:, :, None, None])
+    got = jax.jit(jax.value_and_grad(loss(lambda *a, **kw: attention.flash_attention(*a, sharder=sharder, **kw)),
+                                     argnums=(0, 1, 2)))(q, k, v)
+    want = jax.value_and_grad(loss(attention.xla_attention), argnums=(0, 1, 2))(q, k, v)
+    for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+        np.testing.assert_allclose(np.asarray(g), np.asarray(w), rtol=1e-4, atol=1e-4 * float(jnp.abs(w).max()))
 
 
 def test_model_with_splash_equals_model_with_xla(tiny_cfg):
