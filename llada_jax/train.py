@@ -210,6 +210,35 @@ class Preempted(SystemExit):
     pass
 
 
+class Profiler:
+    """`train.profile_steps="START:COUNT"`: a jax.profiler trace of steps START..START+COUNT-1 in WORKDIR/profile."""
+
+    def __init__(self, spec, workdir, log):
+        self.start = self.stop = -1
+        self.dir, self.log, self.active = os.path.join(workdir, "profile"), log, False
+        if spec:
+            try:
+                start, count = (int(x) for x in spec.split(":"))
+            except ValueError:
+                raise TrainError(f"train.profile_steps={spec!r}; expected START:COUNT, e.g. "
+                                 f"--config.train.profile_steps=10:3.") from None
+            self.start, self.stop = start, start + count
+
+    def before(self, step):
+        """Called before running step `step` (0-based)."""
+        if step == self.start and not self.active:
+            jax.profiler.start_trace(self.dir, create_perfetto_trace=True)
+            self.active = True
+        elif step == self.stop:
+            self.close()
+
+    def close(self):
+        if self.active:
+            jax.profiler.stop_trace()
+            self.active = False
+            self.log(f"profiler: trace of steps {self.start}..{self.stop - 1} written to {self.dir}")
+
+
 def train(cfg, workdir, log=print):
     """Trains `cfg` into `workdir`, resuming from its latest checkpoint if there is one. Returns (state, history)."""
     from llada_jax import checkpoint as ckpt_lib
@@ -246,8 +275,10 @@ def train(cfg, workdir, log=print):
     history, pending = [], []
     step = int(state["step"])
     t_last, step_last = time.perf_counter(), step
+    profiler = Profiler(tr.profile_steps, workdir, log)
     try:
         while step < tr.steps:
+            profiler.before(step)
             state, metrics = setup.step_fn(state, setup.put_batch(next(data)))
             step += 1
             pending.append(metrics)
@@ -285,8 +316,11 @@ def train(cfg, workdir, log=print):
                 ckpt.wait()
                 raise Preempted(f"preempted (SIGTERM): saved the checkpoint of step {step} in {ckpt.directory}; "
                                 f"rerun the same command to resume.")
+        if profiler.active:
+            jax.block_until_ready(state)
         ckpt.wait()
     finally:
+        profiler.close()
         preemption.close()
         writer.close()
         ckpt.close()

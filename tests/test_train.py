@@ -12,7 +12,8 @@ import pytest
 def test_llada_train_tiny_lowers_the_loss(tmp_path):
     env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": ""}
     out = subprocess.run([sys.executable, "-m", "llada_jax.cli", "train", f"--workdir={tmp_path}",
-                          "--config.train.steps=250", "--config.train.log_every=25"],
+                          "--config.train.steps=250", "--config.train.log_every=25",
+                          "--config.train.profile_steps=5:2"],
                          capture_output=True, text=True, env=env, timeout=900)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "step 250/250" in out.stdout and "tok/s" in out.stdout and "eta" in out.stdout
@@ -27,3 +28,7 @@ def test_llada_train_tiny_lowers_the_loss(tmp_path):
     cfg = json.load(open(tmp_path / "config.json"))
     assert cfg["train"]["steps"] == 250 and cfg["model"]["d_model"] == 128
     assert glob.glob(str(tmp_path / "events.out.tfevents.*"))
+    # the profiler switch: a trace of steps 5..6, viewable in TensorBoard (xplane) and Perfetto (trace.json.gz)
+    assert "profiler: trace of steps 5..6 written to" in out.stdout
+    assert glob.glob(str(tmp_path / "profile/**/*.xplane.pb"), recursive=True)
+    assert glob.glob(str(tmp_path / "profile/**/*.trace.json.gz"), recursive=True)
