@@ -141,6 +141,7 @@ def default_config():
     sa.confidence_eos_eot_inf = False
     sa.threshold = -1.0  # > 0: Fast-dLLM threshold decoding with this confidence; <= 0: off
     sa.cache = "none"  # none | prefix | dual (Fast-dLLM approximate KV caches)
+    sa.attend_padding = False  # True: left pads visible as keys, as the released modeling code (parity); False: hidden
 
     # `llada eval` (and sweeps): likelihood settings and the built-in synthetic tasks.
     c.eval = ev = ml_collections.ConfigDict()

@@ -8,7 +8,7 @@ serves every such setting of a (batch, prompt length, gen length) shape. What ch
 
 Config field names (the `sampling.*` block mirrors `SamplingArgs`): gen_length, block_length, steps, temperature,
 cfg_scale, remasking ("low_confidence" | "random"), logits_eos_inf, confidence_eos_eot_inf, threshold (None = off),
-cache (None | "prefix" | "dual"). Token ids come from `tokens.*` as `TokenIds(mask_id, eos_id, eot_id)`.
+cache (None | "prefix" | "dual"), attend_padding. Token ids come from `tokens.*` as `TokenIds(mask_id, eos_id, eot_id)`.
 """
 import dataclasses
 from typing import Optional
@@ -40,6 +40,7 @@ class SamplingArgs:
     confidence_eos_eot_inf: bool = False  # EOS/EoT predictions get confidence 0 (the official chained assignment)
     threshold: Optional[float] = None  # Fast-dLLM: commit every masked block position with confidence >= threshold
     cache: Optional[str] = None  # Fast-dLLM: None | "prefix" | "dual" (needs a model_lib.Model)
+    attend_padding: bool = False  # True: left pads stay visible as keys, as the released modeling code computes
 
 
 @dataclasses.dataclass(frozen=True)
@@ -268,14 +269,15 @@ def generate(model, params, prompt, prompt_mask, key, args, ids, *, force_cfg=Fa
 
     model: a model_lib.Model, or any apply_fn(params, tokens, key_mask) -> logits [B, T, V] float32 (no cache then).
     Pass the same object each call: it is a static argument of the compiled program.
-    prompt [B, P] int; prompt_mask [B, P] bool (True = real token; None = all real), pads are hidden as keys.
+    prompt [B, P] int; prompt_mask [B, P] bool (True = real token; None = all real), pads are hidden as keys unless
+    args.attend_padding: the released modeling code ignores the attention mask, so every token attends to the pads.
     Returns a dict: tokens [B, P + gen_length] (prompt ++ answer), order [B, gen_length] (the global step at which
     each position was committed, -1 if never), steps (denoising steps run), full_passes (model evaluations of the
     whole sequence) and window_passes (cached evaluations of the generated region (prefix) or the block (dual));
     with CFG each evaluation runs on the doubled batch."""
     validate(args, model)
     prompt = jnp.asarray(prompt, jnp.int32)
-    if prompt_mask is None:
+    if prompt_mask is None or args.attend_padding:
         prompt_mask = jnp.ones(prompt.shape, bool)
     static, dyn = split_args(args, ids, force_cfg)
     return _generate_jit(model, params, prompt, jnp.asarray(prompt_mask, bool), key, dyn, static)
@@ -350,7 +352,7 @@ def args_from_config(s):
                         temperature=s.temperature, cfg_scale=s.cfg_scale, remasking=s.remasking,
                         logits_eos_inf=s.logits_eos_inf, confidence_eos_eot_inf=s.confidence_eos_eot_inf,
                         threshold=s.threshold if s.threshold > 0 else None,
-                        cache=None if s.cache in ("none", "", None) else s.cache)
+                        cache=None if s.cache in ("none", "", None) else s.cache, attend_padding=s.attend_padding)
 
 
 def token_ids(cfg):

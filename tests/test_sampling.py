@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
+from llada_jax import config as config_lib
 from llada_jax import model as model_lib
 from llada_jax import sampling
 
@@ -132,11 +133,49 @@ def test_generation_equals_float64_reference(args):
     assert int(out["window_passes"]) == 0
 
 
+@pytest.mark.parametrize("args", [
+    sampling.SamplingArgs(gen_length=8, block_length=4, steps=4, attend_padding=True),
+    sampling.SamplingArgs(gen_length=8, block_length=4, steps=8, temperature=0.8, cfg_scale=1.0,
+                          attend_padding=True),
+], ids=["argmax", "gumbel_cfg"])
+def test_attend_padding_reproduces_the_release_on_a_left_padded_batch(args):
+    """The released modeling code ignores the attention mask: the official generate() on a left-padded batch lets
+    every token attend to the pads. attend_padding=True gives exactly its tokens (the float64 reference with an
+    all-True key mask); the default hides the pads and changes the padded row only."""
+    params = _stub_params()
+    key = jax.random.key(4)
+    out = jax.device_get(sampling.generate(stub_apply, params, PROMPT, PROMPT_MASK, key, args, IDS))
+    want_x, want_order = reference_generate(params, PROMPT, np.ones_like(PROMPT_MASK), args, key)
+    np.testing.assert_array_equal(out["tokens"], want_x)
+    np.testing.assert_array_equal(out["order"], want_order)
+    hidden = jax.device_get(sampling.generate(stub_apply, params, PROMPT, PROMPT_MASK, key,
+                                              sampling.dataclasses.replace(args, attend_padding=False), IDS))
+    np.testing.assert_array_equal(hidden["tokens"][[0, 2]], want_x[[0, 2]])  # rows without pads agree
+    assert np.any(hidden["tokens"][1] != want_x[1])
+    cfg = config_lib.override(config_lib.default_config(), "sampling.attend_padding", "true")  # `llada sample` etc.
+    assert sampling.args_from_config(cfg.sampling).attend_padding
+
+
 @pytest.mark.parametrize("m,s", [(0, 3), (1, 4), (4, 4), (5, 2), (7, 3), (32, 5), (31, 32), (128, 128)])
 def test_commit_counts_follow_the_official_rule(m, s):
     got = [int(sampling.commit_count(jnp.int32(m), s, i)) for i in range(s)]
     assert got == official_counts(m, s)
     assert sum(got) == m
+
+
+def test_confidence_ties_commit_the_lowest_position_first():
+    """confidence_eos_eot_inf at T = 0: a prediction of EOS or EoT gets confidence exactly 0, so most positions tie.
+    torch.topk leaves the order of ties undefined; ours commits the lowest positions first. Worked by hand: after a
+    one-token prompt, generated position 5 predicts token 7 (confidence > 0), position 2 EoT, all others EOS; 8
+    positions in 3 steps commit 3, 3, 2: {5, 0, 1}, then {2, 3, 4}, then {6, 7}."""
+    base = np.zeros((MAX_T, V), np.float32)
+    base[1:9, EOS] = 4.0
+    base[1 + 2], base[1 + 5] = np.eye(V)[EOT] * 4.0, np.eye(V)[7] * 4.0
+    params = {"base": base, "emb": np.zeros((V, V), np.float32)}
+    args = sampling.SamplingArgs(gen_length=8, block_length=8, steps=3, confidence_eos_eot_inf=True)
+    out = jax.device_get(sampling.generate(stub_apply, params, np.array([[5]]), None, jax.random.key(0), args, IDS))
+    np.testing.assert_array_equal(out["order"][0], [0, 0, 1, 1, 1, 0, 2, 2])
+    np.testing.assert_array_equal(out["tokens"][0, 1:], [EOS, EOS, EOT, EOS, EOS, 7, EOS, EOS])
 
 
 def _replay(params, prompt, prompt_mask, args, out, rule):
