@@ -144,6 +144,7 @@ def default_config():
     sa.confidence_eos_eot_inf = False
     sa.threshold = -1.0  # > 0: Fast-dLLM threshold decoding with this confidence; <= 0: off
     sa.cache = "none"  # none | prefix | dual (Fast-dLLM approximate KV caches)
+    sa.attend_padding = False  # True: left pads visible as keys, as the released modeling code (parity); False: hidden
 
     # `llada eval` (and sweeps): likelihood settings and the built-in synthetic tasks.
     c.eval = ev = ml_collections.ConfigDict()
@@ -163,16 +164,20 @@ def default_config():
     return c
 
 
+# The released 8B tokenizer (REFERENCE.md section 1): its vocabulary size and its ids by role (the `tokens.*` keys).
+RELEASE_VOCAB = 126464
+RELEASE_TOKENS = {"mask_id": 126336, "bos_id": 126080, "eos_id": 126081, "pad_id": 126081, "eot_id": 126348,
+                  "start_header_id": 126346, "end_header_id": 126347}
+
+
 def paper_recipe(c):
     """The paper's pre-training recipe (section 2.3) and the released tokenizer's ids, for the paper-sized configs."""
-    c.model.vocab_size = 126464
+    c.model.vocab_size = RELEASE_VOCAB
     c.model.max_seq_len = 4096
     c.model.dtype = "bfloat16"
     c.model.remat = "full"
     c.model.scan_layers = True
-    t = c.tokens
-    t.mask_id, t.bos_id, t.eos_id, t.pad_id, t.eot_id = 126336, 126080, 126081, 126081, 126348
-    t.start_header_id, t.end_header_id = 126346, 126347
+    c.tokens.update(RELEASE_TOKENS)
     c.train.seq_len = 4096
     c.train.global_batch = 1280
     c.train.steps = int(2.3e12 // (1280 * 4096)) + 1

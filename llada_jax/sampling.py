@@ -8,7 +8,7 @@ serves every such setting of a (batch, prompt length, gen length) shape. What ch
 
 Config field names (the `sampling.*` block mirrors `SamplingArgs`): gen_length, block_length, steps, temperature,
 cfg_scale, remasking ("low_confidence" | "random"), logits_eos_inf, confidence_eos_eot_inf, threshold (None = off),
-cache (None | "prefix" | "dual"). Token ids come from `tokens.*` as `TokenIds(mask_id, eos_id, eot_id)`.
+cache (None | "prefix" | "dual"), attend_padding. Token ids come from `tokens.*` as `TokenIds(mask_id, eos_id, eot_id)`.
 """
 import dataclasses
 from typing import Optional
@@ -40,6 +40,7 @@ class SamplingArgs:
     confidence_eos_eot_inf: bool = False  # EOS/EoT predictions get confidence 0 (the official chained assignment)
     threshold: Optional[float] = None  # Fast-dLLM: commit every masked block position with confidence >= threshold
     cache: Optional[str] = None  # Fast-dLLM: None | "prefix" | "dual" (needs a model_lib.Model)
+    attend_padding: bool = False  # True: left pads stay visible as keys, as the released modeling code computes
 
 
 @dataclasses.dataclass(frozen=True)
@@ -96,8 +97,21 @@ def ranks(conf):
 
 def step_noise_key(key, step):
     """The noise of global step `step` (counted over all blocks): (gumbel key, remasking key). Drawn as
-    uniform(gumbel key, [B, gen_length, V]) and uniform(remasking key, [B, gen_length]), so tests can recompute it."""
+    gumbel(gumbel key, [B, gen_length, V]) and uniform(remasking key, [B, gen_length]), so tests can recompute it."""
     return jax.random.split(jax.random.fold_in(key, step))
+
+
+def gumbel(key, shape):
+    """Standard Gumbel noise -log(E), E = -log(u) ~ Exp(1), for Gumbel-max sampling, right in both tails.
+
+    The official code draws u in float64 on purpose (arXiv:2409.02908): float32 uniforms cap the noise near 16, so
+    a token more than ~16 logits below the top is never drawn. Here u comes from 64 random bits without float64:
+    the first bit picks the half of (0, 1) that u lies in, the other 63 give w = min(u, 1 - u) in (0, 1/2] (down
+    to 2^-64), and E = -log(w) where u = w, -log1p(-w) where u = 1 - w. Both are accurate to float32 rounding, so
+    every token's probability is right to about 1e-7 relative, down to probabilities of about 2^-64."""
+    hi, lo = jax.random.bits(key, (2, *shape), jnp.uint32)
+    w = (hi & 0x7FFFFFFF).astype(jnp.float32) * 2.0 ** -32 + (lo.astype(jnp.float32) + 0.5) * 2.0 ** -64
+    return -jnp.log(jnp.where(hi >> 31 == 1, -jnp.log(w), -jnp.log1p(-w)))
 
 
 # -- one denoising step ---------------------------------------------------------------------------------------------
@@ -114,9 +128,8 @@ def _decide(logits, x_win, eligible, quota, temperature, threshold, noise, st):
     k_gumbel, k_random, offset, gen_length = noise
 
     def sampled(_):
-        u = jax.random.uniform(k_gumbel, (b, gen_length, vocab))
-        u = jax.lax.dynamic_slice_in_dim(u, offset, w, 1)
-        return jnp.argmax(logits / temperature - jnp.log(-jnp.log(u)), -1)
+        g = jax.lax.dynamic_slice_in_dim(gumbel(k_gumbel, (b, gen_length, vocab)), offset, w, 1)
+        return jnp.argmax(logits / temperature + g, -1)
 
     x0 = jax.lax.cond(temperature > 0, sampled, lambda _: jnp.argmax(logits, -1), None).astype(x_win.dtype)
     if st["remasking"] == "low_confidence":
@@ -256,14 +269,15 @@ def generate(model, params, prompt, prompt_mask, key, args, ids, *, force_cfg=Fa
 
     model: a model_lib.Model, or any apply_fn(params, tokens, key_mask) -> logits [B, T, V] float32 (no cache then).
     Pass the same object each call: it is a static argument of the compiled program.
-    prompt [B, P] int; prompt_mask [B, P] bool (True = real token; None = all real), pads are hidden as keys.
+    prompt [B, P] int; prompt_mask [B, P] bool (True = real token; None = all real), pads are hidden as keys unless
+    args.attend_padding: the released modeling code ignores the attention mask, so every token attends to the pads.
     Returns a dict: tokens [B, P + gen_length] (prompt ++ answer), order [B, gen_length] (the global step at which
     each position was committed, -1 if never), steps (denoising steps run), full_passes (model evaluations of the
     whole sequence) and window_passes (cached evaluations of the generated region (prefix) or the block (dual));
     with CFG each evaluation runs on the doubled batch."""
     validate(args, model)
     prompt = jnp.asarray(prompt, jnp.int32)
-    if prompt_mask is None:
+    if prompt_mask is None or args.attend_padding:
         prompt_mask = jnp.ones(prompt.shape, bool)
     static, dyn = split_args(args, ids, force_cfg)
     return _generate_jit(model, params, prompt, jnp.asarray(prompt_mask, bool), key, dyn, static)
@@ -303,8 +317,8 @@ def _generate_ar(fn, params, prompt, prompt_mask, key, temperature, gen_length):
     def body(i, x):
         logits = fn.apply(params, x, key_mask, causal=True)
         logits = jax.lax.dynamic_index_in_dim(logits, p_len + i - 1, 1, keepdims=False)  # [B, V]
-        u = jax.random.uniform(jax.random.fold_in(key, i), logits.shape)
-        nxt = jax.lax.cond(temperature > 0, lambda: jnp.argmax(logits / temperature - jnp.log(-jnp.log(u)), -1),
+        g = gumbel(jax.random.fold_in(key, i), logits.shape)
+        nxt = jax.lax.cond(temperature > 0, lambda: jnp.argmax(logits / temperature + g, -1),
                            lambda: jnp.argmax(logits, -1))
         return jax.lax.dynamic_update_index_in_dim(x, nxt.astype(x.dtype), p_len + i, 1)
 
@@ -338,7 +352,7 @@ def args_from_config(s):
                         temperature=s.temperature, cfg_scale=s.cfg_scale, remasking=s.remasking,
                         logits_eos_inf=s.logits_eos_inf, confidence_eos_eot_inf=s.confidence_eos_eot_inf,
                         threshold=s.threshold if s.threshold > 0 else None,
-                        cache=None if s.cache in ("none", "", None) else s.cache)
+                        cache=None if s.cache in ("none", "", None) else s.cache, attend_padding=s.attend_padding)
 
 
 def token_ids(cfg):

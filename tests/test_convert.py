@@ -89,10 +89,16 @@ def _close(a, b, rtol):
 _tiny = tiny_config  # conftest's tiny model, for module-scoped fixtures
 
 
+# Token ids by role unlike the defaults' (0..5), so that an export that dropped one could not pass unnoticed.
+RUN_TOKENS = {"mask_id": 40, "eos_id": 41, "pad_id": 42, "bos_id": 43, "eot_id": 44, "start_header_id": 45,
+              "end_header_id": 46}
+
+
 @pytest.fixture(scope="module", params=[4, 2], ids=["mha", "gqa"])
 def run(request, tmp_path_factory):
     """A saved run (read-only for the tests), MHA and GQA."""
     cfg = _cfg(_tiny(), kv_heads=request.param)
+    cfg.tokens.update(RUN_TOKENS)
     params = _random_params(cfg)
     return _save_run(str(tmp_path_factory.mktemp("run")), cfg, params), cfg, params
 
@@ -174,13 +180,14 @@ def test_round_trip_jax_hf_jax_is_bitwise(run, tmp_path):
     run_dir, cfg, params = run
     out, back = str(tmp_path / "hf"), str(tmp_path / "back")
     hf.to_hf(run_dir, out, dtype="float32", log=lambda *a: None)
-    hf.from_hf(out, back, log=lambda *a: None)
+    lines = []
+    hf.from_hf(out, back, log=lines.append)
     cfg2 = checkpoint.load_run_config(back)
     for k in ("vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads", "ffn_dim", "rope_theta", "norm_eps",
               "max_seq_len", "param_dtype"):
         assert cfg2.model[k] == cfg.model[k], k
-    for k in ("mask_id", "eos_id", "pad_id", "bos_id"):
-        assert cfg2.tokens[k] == cfg.tokens[k], k
+    assert {k: cfg2.tokens[k] for k in RUN_TOKENS} == RUN_TOKENS  # every role, from our config.json
+    assert ", ".join(f"{k}={v} (config.json)" for k, v in RUN_TOKENS.items()) in "\n".join(lines)
     restored, step = checkpoint.restore_params(back, model_lib.Model(cfg2.model).abstract_params())
     assert step == 0
     jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)), restored, params)
@@ -292,3 +299,92 @@ def test_cli_and_init_from(exported, tmp_path, capsys):
     ft.checkpoint.init_from, ft.train.steps, ft.train.log_every, ft.optim.peak_lr = back, 1, 1, 0.0
     state, _ = train.train(ft, str(tmp_path / "ft"), log=lambda *a: None)
     jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)), state["params"], params)
+
+
+RELEASE_PIECES = {"<|startoftext|>": 126080, "<|endoftext|>": 126081, "<|mdm_mask|>": 126336,
+                  "<|start_header_id|>": 126346, "<|end_header_id|>": 126347, "<|eot_id|>": 126348}
+
+
+def _release_layout(path, vocab=126464):
+    """An HF directory as the release lays it out (random bfloat16 weights of a one-layer model): config.json with
+    only the release's token keys (mask, EOS, pad), generation_config.json with BOS and EOS, and
+    tokenizer_config.json naming the special pieces at the release's ids."""
+    cfg = _cfg(_tiny(), vocab=vocab)
+    cfg.model.d_model, cfg.model.n_heads, cfg.model.n_kv_heads, cfg.model.n_layers = 16, 2, 2, 1
+    os.makedirs(path)
+    hc = {k: v for k, v in hf.hf_config(cfg, "bfloat16").items() if k not in (
+        "bos_token_id", "eot_token_id", "start_header_token_id", "end_header_token_id")}
+    hc.update(mask_token_id=126336, eos_token_id=126081, pad_token_id=126081)
+    tok = {"added_tokens_decoder": {str(i): {"content": p, "special": True} for p, i in RELEASE_PIECES.items()},
+           "bos_token": "<|startoftext|>", "eos_token": "<|endoftext|>", "pad_token": "<|endoftext|>"}
+    for name, obj in (("config.json", hc), ("generation_config.json", {"bos_token_id": 126080, "eos_token_id": 126081}),
+                      ("tokenizer_config.json", tok)):
+        with open(os.path.join(path, name), "w") as f:
+            json.dump(obj, f)
+    entries = [(t.name, "BF16", t.hf) for tensors in hf.tensor_table(cfg.model).values() for t in tensors]
+    writer = hf.SafetensorsWriter(os.path.join(path, "model.safetensors"), entries)
+    rng = np.random.default_rng(0)
+    for name, _, shape in entries:
+        writer.write(name, rng.normal(size=shape).astype(hf.ST_DTYPES["BF16"]))
+    writer.close()
+    return path
+
+
+def test_release_layout_import_takes_every_role_id(tmp_path, capsys):
+    """`llada convert from-hf` of a released-layout directory: mask, EOS and pad from config.json, BOS from
+    generation_config.json, end of turn and the chat headers from tokenizer_config.json, each printed with its
+    source; a float32 import computes in float32 although the named config (the 8B's) says bfloat16."""
+    src, out = _release_layout(str(tmp_path / "release")), str(tmp_path / "run")
+    assert cli.main(["convert", "from-hf", src, f"--out={out}", "--config=configs/llada_8b.py",
+                     "--dtype=float32"]) == 0
+    cfg = checkpoint.load_run_config(out)
+    assert dict(cfg.tokens) == config_lib.RELEASE_TOKENS
+    assert cfg.model.param_dtype == cfg.model.dtype == "float32"
+    assert ("from-hf: token ids mask_id=126336 (config.json), eos_id=126081 (config.json), pad_id=126081 "
+            "(config.json), bos_id=126080 (generation_config.json), eot_id=126348 (tokenizer_config.json), "
+            "start_header_id=126346 (tokenizer_config.json), end_header_id=126347 (tokenizer_config.json)"
+            ) in capsys.readouterr().out
+
+
+def test_release_ids_apply_only_to_the_released_layout(tmp_path):
+    """Without tokenizer files: the release's ids for the released layout (vocab 126464, mask 126336), an error
+    naming the missing roles otherwise."""
+    release = {"d_model": 16, "n_layers": 1, "n_heads": 2, "vocab_size": 126464, "mask_token_id": 126336,
+               "eos_token_id": 126081, "pad_token_id": 126081}
+    tokens = config_lib.default_config().tokens
+    sources = hf.token_ids_from_hf(str(tmp_path), release, {}, tokens)
+    assert dict(tokens) == config_lib.RELEASE_TOKENS
+    assert [sources[k] for k in ("mask_id", "bos_id", "eot_id")] == ["config.json", "release defaults",
+                                                                     "release defaults"]
+    for other in ({"mask_token_id": 5}, {"vocab_size": 50000}):
+        with pytest.raises(hf.ConvertError, match="token roles bos_id, eot_id, start_header_id, end_header_id"):
+            hf.token_ids_from_hf(str(tmp_path), {**release, **other}, {}, config_lib.default_config().tokens)
+
+
+def test_import_without_role_ids_fails_until_they_are_given(exported, tmp_path, capsys):
+    """Our export with the chat ids stripped and a non-release vocab: the import fails naming the missing roles and
+    the overrides that set them; a tokenizer.json naming the chat pieces plus --config.tokens.bos_id complete it."""
+    src, out = str(tmp_path / "hf"), str(tmp_path / "run")
+    shutil.copytree(exported[0], src)
+    os.remove(os.path.join(src, "generation_config.json"))
+    with open(os.path.join(src, "config.json")) as f:
+        hc = json.load(f)
+    for key in ("bos_token_id", "eot_token_id", "start_header_token_id", "end_header_token_id"):
+        del hc[key]
+    with open(os.path.join(src, "config.json"), "w") as f:
+        json.dump(hc, f)
+    with pytest.raises(hf.ConvertError) as e:
+        hf.from_hf(src, out, log=lambda *a: None)
+    assert "no id for the token roles bos_id, eot_id, start_header_id, end_header_id" in str(e.value)
+    assert ("--config.tokens.bos_id=ID --config.tokens.eot_id=ID --config.tokens.start_header_id=ID "
+            "--config.tokens.end_header_id=ID") in str(e.value)
+    assert not os.path.exists(out)
+    with open(os.path.join(src, "tokenizer.json"), "w") as f:
+        json.dump({"added_tokens": [{"id": 30 + i, "content": p} for i, p in enumerate(
+            ["<|eot_id|>", "<|start_header_id|>", "<|end_header_id|>"])], "model": {"vocab": {"a": 7}}}, f)
+    assert cli.main(["convert", "from-hf", src, f"--out={out}", "--config.tokens.bos_id=20"]) == 0
+    t = checkpoint.load_run_config(out).tokens
+    assert (t.bos_id, t.eot_id, t.start_header_id, t.end_header_id) == (20, 30, 31, 32)
+    assert "bos_id=20 (override), eot_id=30 (tokenizer.json)" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="model.d_model is read from"):
+        cli.main(["convert", "from-hf", src, f"--out={out}2", "--config.model.d_model=64"])

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
+from llada_jax import config as config_lib
 from llada_jax import model as model_lib
 from llada_jax import sampling
 
@@ -47,6 +48,14 @@ def official_counts(m, s):
     return out
 
 
+def gumbel_uniform(key, shape):
+    """The uniform u behind sampling.gumbel, in float64 from the same 64 bits: the first bit says whether u is below
+    1/2, the other 63 are the fixed-point digits of w = min(u, 1 - u) (plus half a unit of the last place)."""
+    hi, lo = (np.asarray(a, np.uint64) for a in jax.random.bits(key, (2, *shape), jnp.uint32))
+    w = (((hi & 0x7FFFFFFF) << 32) + lo).astype(np.float64) * 2.0 ** -64 + 2.0 ** -65
+    return np.where(hi >> 31 == 1, w, 1.0 - w)
+
+
 def reference_generate(params, prompt, prompt_mask, args, key):
     """Section 4 in float64 numpy, following the official generate() line by line (its chained assignment too);
     the noise is recomputed from the same keys as sampling.generate draws it."""
@@ -74,10 +83,10 @@ def reference_generate(params, prompt, prompt_mask, args, key):
             if args.logits_eos_inf:
                 logits[:, :, EOS] = -np.inf
             k_gumbel, k_random = sampling.step_noise_key(key, n)
-            if args.temperature > 0:
-                u = np.asarray(jax.random.uniform(k_gumbel, (b, g, V)), np.float64)
+            if args.temperature > 0:  # the official float64 form exp(logits) / (-log u)^T, u from the same bits
                 noisy = logits.copy()
-                noisy[:, p:] = logits[:, p:] / args.temperature - np.log(-np.log(u))
+                e = -np.log(gumbel_uniform(k_gumbel, (b, g, V)))
+                noisy[:, p:] = np.exp(logits[:, p:]) / e ** args.temperature
             else:
                 noisy = logits  # the same array, as in the official code
             x0 = noisy.argmax(-1)
@@ -124,11 +133,49 @@ def test_generation_equals_float64_reference(args):
     assert int(out["window_passes"]) == 0
 
 
+@pytest.mark.parametrize("args", [
+    sampling.SamplingArgs(gen_length=8, block_length=4, steps=4, attend_padding=True),
+    sampling.SamplingArgs(gen_length=8, block_length=4, steps=8, temperature=0.8, cfg_scale=1.0,
+                          attend_padding=True),
+], ids=["argmax", "gumbel_cfg"])
+def test_attend_padding_reproduces_the_release_on_a_left_padded_batch(args):
+    """The released modeling code ignores the attention mask: the official generate() on a left-padded batch lets
+    every token attend to the pads. attend_padding=True gives exactly its tokens (the float64 reference with an
+    all-True key mask); the default hides the pads and changes the padded row only."""
+    params = _stub_params()
+    key = jax.random.key(4)
+    out = jax.device_get(sampling.generate(stub_apply, params, PROMPT, PROMPT_MASK, key, args, IDS))
+    want_x, want_order = reference_generate(params, PROMPT, np.ones_like(PROMPT_MASK), args, key)
+    np.testing.assert_array_equal(out["tokens"], want_x)
+    np.testing.assert_array_equal(out["order"], want_order)
+    hidden = jax.device_get(sampling.generate(stub_apply, params, PROMPT, PROMPT_MASK, key,
+                                              sampling.dataclasses.replace(args, attend_padding=False), IDS))
+    np.testing.assert_array_equal(hidden["tokens"][[0, 2]], want_x[[0, 2]])  # rows without pads agree
+    assert np.any(hidden["tokens"][1] != want_x[1])
+    cfg = config_lib.override(config_lib.default_config(), "sampling.attend_padding", "true")  # `llada sample` etc.
+    assert sampling.args_from_config(cfg.sampling).attend_padding
+
+
 @pytest.mark.parametrize("m,s", [(0, 3), (1, 4), (4, 4), (5, 2), (7, 3), (32, 5), (31, 32), (128, 128)])
 def test_commit_counts_follow_the_official_rule(m, s):
     got = [int(sampling.commit_count(jnp.int32(m), s, i)) for i in range(s)]
     assert got == official_counts(m, s)
     assert sum(got) == m
+
+
+def test_confidence_ties_commit_the_lowest_position_first():
+    """confidence_eos_eot_inf at T = 0: a prediction of EOS or EoT gets confidence exactly 0, so most positions tie.
+    torch.topk leaves the order of ties undefined; ours commits the lowest positions first. Worked by hand: after a
+    one-token prompt, generated position 5 predicts token 7 (confidence > 0), position 2 EoT, all others EOS; 8
+    positions in 3 steps commit 3, 3, 2: {5, 0, 1}, then {2, 3, 4}, then {6, 7}."""
+    base = np.zeros((MAX_T, V), np.float32)
+    base[1:9, EOS] = 4.0
+    base[1 + 2], base[1 + 5] = np.eye(V)[EOT] * 4.0, np.eye(V)[7] * 4.0
+    params = {"base": base, "emb": np.zeros((V, V), np.float32)}
+    args = sampling.SamplingArgs(gen_length=8, block_length=8, steps=3, confidence_eos_eot_inf=True)
+    out = jax.device_get(sampling.generate(stub_apply, params, np.array([[5]]), None, jax.random.key(0), args, IDS))
+    np.testing.assert_array_equal(out["order"][0], [0, 0, 1, 1, 1, 0, 2, 2])
+    np.testing.assert_array_equal(out["tokens"][0, 1:], [EOS, EOS, EOT, EOS, EOS, 7, EOS, EOS])
 
 
 def _replay(params, prompt, prompt_mask, args, out, rule):
@@ -237,6 +284,56 @@ def test_gumbel_sampling_frequencies_match_softmax():
         dof += len(obs) - 1
     assert chi2 < stats.chi2.ppf(0.9999, dof), (chi2, dof)
     np.testing.assert_allclose(counts / rows, prob, atol=5 * np.sqrt(0.25 / rows))
+
+
+FULL_VOCAB = 126464  # the released tokenizer's
+
+
+def _non_top_probability(gap_over_t):
+    """The exact probability that a top token leading each of the other FULL_VOCAB - 1 by gap / T logits is not
+    drawn from softmax(logits / T) (float64)."""
+    mass = (FULL_VOCAB - 1) * np.exp(-np.asarray(gap_over_t, np.float64))
+    return mass / (1 + mass)
+
+
+@pytest.mark.slow
+def test_gumbel_noise_keeps_the_tail_of_the_full_vocabulary():
+    """Gaps of 12, 16 and 18 logits: over 10,240 Gumbel-max draws the frequency of non-top tokens is within 4
+    standard errors of the exact probability (0.44, 0.014, 0.0019). float32 uniforms cap the noise near 16 and drew
+    half the right frequency at gap 16 and none at 18 (REFERENCE.md section 4)."""
+    rows, chunks = 8, 1280
+    gaps = np.array([12.0, 16.0, 18.0])
+    logits = jnp.asarray(np.where(np.arange(FULL_VOCAB) == 0, 0.0, -gaps[:, None]), jnp.float32)
+
+    @jax.jit
+    def non_top(key):  # the three gaps share the noise
+        def body(i, n):
+            x = jnp.argmax(logits[:, None] + sampling.gumbel(jax.random.fold_in(key, i), (rows, FULL_VOCAB)), -1)
+            return n + jnp.sum(x != 0, -1)
+        return jax.lax.fori_loop(0, chunks, body, jnp.zeros(len(gaps), jnp.int32))
+
+    draws = rows * chunks
+    got, q = np.asarray(non_top(jax.random.key(0))) / draws, _non_top_probability(gaps)
+    assert np.all(np.abs(got - q) < 4 * np.sqrt(q * (1 - q) / draws)), (got, q)
+
+
+def _fixed_logits(params, tokens, key_mask):
+    return jnp.broadcast_to(params, tokens.shape + params.shape)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("temp, gap", [(0.5, 7.0), (2.0, 30.0)])
+def test_temperature_draws_from_the_tempered_softmax_of_the_full_vocabulary(temp, gap):
+    """generate() with a model whose logits put token 7 `gap` above the other 126,463 everywhere: one step commits
+    all 16 positions of 64 rows, 1,024 draws from softmax(logits / T). The non-top frequency is within 4 standard
+    errors of the exact value (gap / T = 14 and 15: 0.095 and 0.037)."""
+    logits = jnp.asarray(np.where(np.arange(FULL_VOCAB) == 7, 0.0, -gap), jnp.float32)
+    args = sampling.SamplingArgs(gen_length=16, block_length=16, steps=1, temperature=temp)
+    prompt = np.full((64, 1), 5)
+    out = jax.device_get(sampling.generate(_fixed_logits, logits, prompt, None, jax.random.key(1), args, IDS))
+    draws = out["tokens"][:, 1:]
+    got, q = np.mean(draws != 7), _non_top_probability(gap / temp)
+    assert abs(got - q) < 4 * np.sqrt(q * (1 - q) / draws.size), (got, q)
 
 
 def test_one_compilation_per_shape():

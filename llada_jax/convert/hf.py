@@ -20,6 +20,8 @@ import time
 import ml_dtypes
 import numpy as np
 
+from llada_jax.data.tokenizer import PIECES
+
 HF_FILES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "hf_files")
 TORCH_MODEL = os.path.join(os.path.dirname(os.path.abspath(__file__)), "torch_model.py")
 PREFIX = "model.transformer."
@@ -98,8 +100,16 @@ def leaf_shapes(m):
 # ---------------------------------------------------------------------------------------------------------------
 # Configs.
 
+# Token roles: our tokens.* key -> its config.json key (the release has the first three; we write all of them) and
+# its piece in the released tokenizer (EOS doubles as padding).
+TOKEN_KEYS = {"mask_id": "mask_token_id", "eos_id": "eos_token_id", "pad_id": "pad_token_id", "bos_id": "bos_token_id",
+              "eot_id": "eot_token_id", "start_header_id": "start_header_token_id",
+              "end_header_id": "end_header_token_id"}
+ROLE_PIECES = {role: PIECES.get(role, PIECES["eos_id"]) for role in TOKEN_KEYS}
+
+
 def hf_config(cfg, dtype_name):
-    """config.json of the release's layout with this run's sizes and token ids."""
+    """config.json of the release's layout with this run's sizes and the ids of every token role."""
     m, t = cfg.model, cfg.tokens
     return {
         "architectures": ["LLaDAModelLM"],
@@ -115,7 +125,7 @@ def hf_config(cfg, dtype_name):
         "alibi": False, "scale_logits": False, "input_emb_norm": False, "attention_layer_norm": False,
         "flash_attention": False, "block_group_size": 1, "attention_dropout": 0.0, "residual_dropout": 0.0,
         "embedding_dropout": 0.0, "init_fn": "mitchell", "init_std": 0.02,
-        "mask_token_id": t.mask_id, "eos_token_id": t.eos_id, "pad_token_id": t.pad_id,
+        **{key: t[role] for role, key in TOKEN_KEYS.items()},
         "use_cache": False, "precision": "amp_bf16", "torch_dtype": dtype_name,
     }
 
@@ -127,8 +137,8 @@ _FIXED = {"rope": True, "layer_norm_type": "rms", "block_type": "llama", "activa
           "layer_norm_with_affine": True}
 
 
-def config_from_hf(hc, gen=None, base=None):
-    """Our config for an HF config.json dict `hc` (and generation_config.json `gen`), on top of `base`."""
+def config_from_hf(hc, base=None):
+    """Our config with the model sizes of an HF config.json dict `hc`, on top of `base` (ids: token_ids_from_hf)."""
     from llada_jax import config as config_lib
     bad = [f"{k}={hc[k]!r} (only {v!r} is supported)" for k, v in _FIXED.items() if k in hc and hc[k] != v]
     if hc.get("model_type", "llada") != "llada":
@@ -139,7 +149,7 @@ def config_from_hf(hc, gen=None, base=None):
     if bad:
         raise ConvertError("config.json describes a model this architecture cannot hold: " + "; ".join(bad))
     cfg = base if base is not None else config_lib.default_config()
-    m, t = cfg.model, cfg.tokens
+    m = cfg.model
     m.d_model, m.n_layers, m.n_heads = hc["d_model"], hc["n_layers"], hc["n_heads"]
     m.n_kv_heads = hc.get("n_kv_heads") or hc.get("effective_n_kv_heads") or hc["n_heads"]
     m.head_dim = -1
@@ -148,16 +158,68 @@ def config_from_hf(hc, gen=None, base=None):
     m.max_seq_len = hc.get("max_sequence_length", m.max_seq_len)
     m.rope_theta = float(hc.get("rope_theta", m.rope_theta))
     m.norm_eps = float(hc.get("rms_norm_eps", m.norm_eps))
-    gen = gen or {}
-    for ours, key, source in (("mask_id", "mask_token_id", hc), ("eos_id", "eos_token_id", hc),
-                              ("pad_id", "pad_token_id", hc), ("bos_id", "bos_token_id", gen),
-                              ("bos_id", "bos_token_id", hc)):
-        value = source.get(key)
-        if isinstance(value, list):
-            value = value[0] if value else None
-        if value is not None:
-            t[ours] = int(value)
     return cfg
+
+
+TOKENIZER_FILES = ("tokenizer_config.json", "tokenizer.json", "added_tokens.json")
+
+
+def tokenizer_piece_ids(hf_dir):
+    """{piece: (id, file)} of the special pieces (ROLE_PIECES) that the tokenizer files of `hf_dir` give an id:
+    tokenizer_config.json (added_tokens_decoder), tokenizer.json (added_tokens, model.vocab), added_tokens.json.
+    special_tokens_map.json names pieces without ids, so it adds nothing here."""
+    wanted, found = set(ROLE_PIECES.values()), {}
+    for name in TOKENIZER_FILES:
+        path = os.path.join(hf_dir, name)
+        if not os.path.exists(path):
+            continue
+        with open(path) as f:
+            data = json.load(f)
+        if name == "tokenizer_config.json":
+            pairs = [(tok.get("content"), i) for i, tok in data.get("added_tokens_decoder", {}).items()]
+        elif name == "tokenizer.json":
+            vocab = (data.get("model") or {}).get("vocab")
+            pairs = [(tok.get("content"), tok.get("id")) for tok in data.get("added_tokens", [])]
+            pairs += list(vocab.items()) if isinstance(vocab, dict) else []
+        else:
+            pairs = list(data.items())
+        for piece, i in pairs:
+            if piece in wanted and piece not in found:
+                found[piece] = (int(i), name)
+    return found
+
+
+def token_ids_from_hf(hf_dir, hc, gen, tokens, overridden=()):
+    """Sets every role of `tokens` (our tokens.* block) for the HF directory `hf_dir` (config.json `hc`,
+    generation_config.json `gen`) and returns {role: where its id came from}. In order: a --config.tokens.*
+    override (roles in `overridden`, already set), the config.json / generation_config.json key, the piece's id in
+    the tokenizer files, the release's id when the model is the released layout (vocab 126464, mask 126336). A role
+    found nowhere is an error: the defaults of a tiny model are never kept silently."""
+    from llada_jax import config as config_lib
+    pieces = tokenizer_piece_ids(hf_dir)
+    sources = {role: "override" for role in overridden}
+    for role, key in TOKEN_KEYS.items():
+        for value, source in ((hc.get(key), "config.json"), (gen.get(key), "generation_config.json"),
+                              pieces.get(ROLE_PIECES[role], (None, None))):
+            if isinstance(value, list):  # generation_config.json may list several EOS ids: the first is EOS
+                value = value[0] if value else None
+            if role not in sources and value is not None:
+                tokens[role], sources[role] = int(value), source
+    release = config_lib.RELEASE_TOKENS
+    if (hc.get("embedding_size") or hc.get("vocab_size")) == config_lib.RELEASE_VOCAB and (
+            "mask_id" not in sources or tokens.mask_id == release["mask_id"]):
+        for role in TOKEN_KEYS:
+            if role not in sources:
+                tokens[role], sources[role] = release[role], "release defaults"
+    missing = [role for role in TOKEN_KEYS if role not in sources]
+    if missing:
+        raise ConvertError(
+            f"{hf_dir} gives no id for the token roles {', '.join(missing)}: config.json and generation_config.json "
+            f"have no {', '.join(TOKEN_KEYS[r] for r in missing)}, no tokenizer file ({', '.join(TOKENIZER_FILES)}) "
+            f"names {', '.join(ROLE_PIECES[r] for r in missing)}, and the model is not the released layout (vocab "
+            f"{config_lib.RELEASE_VOCAB}, mask id {release['mask_id']}). Pass them: " +
+            " ".join(f"--config.tokens.{r}=ID" for r in missing))
+    return {role: sources[role] for role in TOKEN_KEYS}
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -519,9 +581,16 @@ def _placeholder(shape, dtype):
     return np.broadcast_to(np.zeros((), dtype), shape).view(_Placeholder)
 
 
-def from_hf(hf_dir, out, base_config=None, dtype=None, overwrite=False, log=print):
+# Keys an import takes from the HF directory itself, which --config.* overrides cannot change.
+_FROM_DIRECTORY = ("model.vocab_size", "model.d_model", "model.n_layers", "model.n_heads", "model.n_kv_heads",
+                   "model.head_dim", "model.ffn_dim", "model.param_dtype")
+
+
+def from_hf(hf_dir, out, base_config=None, dtype=None, overwrite=False, log=print, overrides=()):
     """Imports an HF LLaDA directory into a new run directory `out` (config.json + checkpoints/0 with `params` and
-    `config`), usable by `--config.checkpoint.init_from=OUT`, sampling and `to_hf`. Returns a summary dict."""
+    `config`), usable by `--config.checkpoint.init_from=OUT`, sampling and `to_hf`. `overrides` [(dotted key, text)]
+    (`--config.a.b=value`) win over the directory and `base_config`; the token ids are chosen by token_ids_from_hf
+    and logged with their sources. Returns a summary dict."""
     import orbax.checkpoint as ocp
 
     from llada_jax import checkpoint, config as config_lib
@@ -536,7 +605,11 @@ def from_hf(hf_dir, out, base_config=None, dtype=None, overwrite=False, log=prin
     if os.path.exists(gen_path):
         with open(gen_path) as f:
             gen = json.load(f)
-    cfg = config_from_hf(hc, gen, base_config)
+    fixed = [k for k, _ in overrides if k in _FROM_DIRECTORY]
+    if fixed:
+        raise ConvertError(f"--config.{fixed[0]} is read from {hf_dir} (config.json and the tensors; --dtype for the "
+                           f"parameter dtype) and cannot be overridden on import.")
+    cfg = config_from_hf(hc, base_config)
     m = cfg.model
     table = tensor_table(m)
     index = read_hf_index(hf_dir)
@@ -548,11 +621,14 @@ def from_hf(hf_dir, out, base_config=None, dtype=None, overwrite=False, log=prin
     codes = {index[t.name][1] for tensors in table.values() for t in tensors}
     dtype = _choose_dtype(dtype, codes, 0, hf_dir)
     np_dtype = DTYPES[dtype][1]
-    m.param_dtype = dtype
-    if dtype != "float32":
-        m.dtype = dtype
+    m.param_dtype = m.dtype = dtype  # computing in another dtype is an explicit --config.model.dtype
     with cfg.unlocked():
         cfg.name = os.path.basename(os.path.normpath(hf_dir)) or cfg.name
+    for key, text in overrides:
+        config_lib.override(cfg, key, text)
+    overridden = [k[len("tokens."):] for k, _ in overrides if k.startswith("tokens.")]
+    sources = token_ids_from_hf(hf_dir, hc, gen, cfg.tokens, overridden)
+    log("from-hf: token ids " + ", ".join(f"{role}={cfg.tokens[role]} ({source})" for role, source in sources.items()))
 
     if os.path.exists(out) and os.listdir(out):
         if not overwrite:
@@ -629,18 +705,20 @@ def main(argv):
     b = sub.add_parser("from-hf", help="import an HF LLaDA directory into a run directory")
     b.add_argument("hf_dir", help="directory with config.json and *.safetensors")
     b.add_argument("--out", required=True, help="the new run directory")
-    b.add_argument("--config", default=None, help="config file for everything but the model sizes and token ids")
+    b.add_argument("--config", default=None, help="config file for everything but the model sizes and token ids; "
+                                                  "--config.a.b=VALUE overrides one key (--config.tokens.eot_id=ID)")
     b.add_argument("--dtype", default=None, choices=list(DTYPES), help="default: the tensors' dtype")
     b.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
-    args = p.parse_args(argv)
+    from llada_jax import cli, config as config_lib
+    overrides, rest = cli.split_config_args(argv)
+    args = p.parse_args(rest)
+    if overrides and args.direction == "to-hf":
+        p.error("to-hf takes no --config.* overrides: it exports the run as it is.")
     try:
         if args.direction == "to-hf":
             to_hf(args.workdir, args.out, args.step, args.dtype, args.tokenizer, args.max_shard_size)
         else:
-            base = None
-            if args.config:
-                from llada_jax import config as config_lib
-                base = config_lib.build_config(args.config)
-            from_hf(args.hf_dir, args.out, base, args.dtype, args.overwrite)
-    except (ConvertError, OSError) as e:
+            base = config_lib.build_config(args.config) if args.config else None
+            from_hf(args.hf_dir, args.out, base, args.dtype, args.overwrite, overrides=overrides)
+    except (ConvertError, config_lib.ConfigError, OSError) as e:
         sys.exit(f"llada convert {args.direction}: {e}")
