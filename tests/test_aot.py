@@ -81,7 +81,10 @@ def test_llada_compile_1b_width_on_v5e_2x2():
 def test_not_fitting_is_a_clear_non_zero_exit(tmp_path):
     env = {**os.environ, "JAX_PLATFORMS": "cpu"}
     out = subprocess.run([sys.executable, "-m", "llada_jax.cli", "compile", "--topology=v5e:2x2",
-                          "--config.train.seq_len=4096", "--config.train.global_batch=256"],  # 17 GiB of scores
+                          "--config.train.seq_len=4096", "--config.train.global_batch=256",
+                          # the XLA reference attention and unchunked logits materialise [B, H, T, T] scores and
+                          # [B, T, vocab] logits: tens of GiB per chip (splash and the chunked loss would fit)
+                          "--config.model.attention=xla", "--config.model.loss_chunk=0"],
                          capture_output=True, text=True, env=env, timeout=900)
     assert out.returncode != 0
     # the TPU compiler itself refuses (compile-time HBM OOM), or the report says it: one clear line either way
