@@ -35,9 +35,12 @@ def main():
     p.add_argument("--max_micro_batches", type=int, default=10)
     p.add_argument("--global_batch", type=int, default=1280)
     p.add_argument("--seq_len", type=int, default=4096)
+    p.add_argument("--loss_chunk", type=int, default=None,
+                   help="model.loss_chunk (tokens per head chunk; 0 = [B, T, vocab] logits); default: the config's")
     p.add_argument("--out", default="", help="also write the rows as JSON lines to this file")
     args = p.parse_args()
-    print(f"<!-- jax {metadata.version('jax')}, libtpu {metadata.version('libtpu')} -->")
+    print(f"<!-- jax {metadata.version('jax')}, libtpu {metadata.version('libtpu')}, "
+          f"loss_chunk {'config' if args.loss_chunk is None else args.loss_chunk} -->")
     print("| model | topology | chips | mesh (data, fsdp, tensor) | remat | micro-batches | sequences per chip per "
           "micro-batch | memory per chip | HBM | fits |")
     print("|---|---|---|---|---|---|---|---|---|---|")
@@ -55,6 +58,8 @@ def main():
                 cfg = config_lib.load_config(f"configs/{model}.py")
                 cfg.model.remat, cfg.train.micro_batches = remat, micro
                 cfg.train.global_batch, cfg.train.seq_len = args.global_batch, args.seq_len
+                if args.loss_chunk is not None:
+                    cfg.model.loss_chunk = args.loss_chunk
                 per_chip = args.global_batch / chips / micro
                 t0 = time.perf_counter()
                 try:

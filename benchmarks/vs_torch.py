@@ -46,7 +46,8 @@ def torch_params(cfg, params):
     for leaf, tensors in hf.tensor_table(cfg.model).items():
         x = np.asarray(flat[leaf])
         for t in tensors:
-            state[t.name.removeprefix("model.")] = torch.from_numpy(t.to_hf(x if t.layer is None else x[t.layer]))
+            hf_x = np.array(t.to_hf(x if t.layer is None else x[t.layer]))  # a writable copy for torch
+            state[t.name.removeprefix("model.")] = torch.from_numpy(hf_x)
     return state
 
 

@@ -95,16 +95,47 @@ def cmd_data(argv):
     q.add_argument("--workers", type=int, default=None, help="tokenizer processes (default: all cores)")
     q.add_argument("--val_fraction", type=float, default=0.01, help="fraction of documents held out (by hash)")
     q.add_argument("--on_error", default="stop", choices=["stop", "skip"], help="on a malformed line")
+    c = sub.add_parser("corpus", help="collect a real corpus (files -> JSONL documents, train/validation/test by "
+                                      "file)")
+    c.add_argument("--name", default=None, help="a built-in corpus: python_stdlib (this Python's standard library)")
+    c.add_argument("--input", default=None, help="instead of --name: files, comma-separated globs (one file = one "
+                                                 "document)")
+    c.add_argument("--out", required=True, help="output directory")
+    c.add_argument("--val_fraction", type=float, default=0.05, help="fraction of files in the validation split")
+    c.add_argument("--test_fraction", type=float, default=0.05, help="fraction of files in the test split")
+    c.add_argument("--seed", type=int, default=0, help="the split's seed")
+    c.add_argument("--max_files", type=int, default=0, help="> 0: an evenly spaced subset of this many files")
+    c.add_argument("--vocab_size", type=int, default=0, help="> 0: also train OUT/tokenizer.model (BPE, this many "
+                                                             "pieces) on the train split and prepare every split")
+    m = sub.add_parser("choices", help="multiple choice from a corpus's test split: which continuation of a "
+                                       "function is the real one (for `llada eval --choices`)")
+    m.add_argument("--corpus", required=True, help="a `llada data corpus` output directory")
+    m.add_argument("--tokenizer", required=True, help="the sentencepiece .model")
+    m.add_argument("--out", required=True, help="the JSONL to write")
+    m.add_argument("--n", type=int, default=200, help="examples")
+    m.add_argument("--context_tokens", type=int, default=48)
+    m.add_argument("--choice_tokens", type=int, default=16)
+    m.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
-    from llada_jax.data import prepare, tokenizer
+    from llada_jax.data import corpus, prepare, tokenizer
     try:
-        if args.action == "tokenizer":
+        if args.action == "corpus":
+            corpus.collect(args.out, args.name, args.input, args.val_fraction, args.test_fraction, args.seed,
+                           args.max_files)
+            if args.vocab_size:
+                corpus.tokenize(args.out, args.vocab_size)
+        elif args.action == "choices":
+            rows = corpus.make_choices(os.path.join(args.corpus, "test.jsonl"), tokenizer.Tokenizer.load(
+                args.tokenizer), args.n, args.context_tokens, args.choice_tokens, seed=args.seed)
+            corpus.write_jsonl(args.out, rows)
+            print(f"wrote {len(rows)} examples of {len(rows[0]['choices'])} choices to {args.out}")
+        elif args.action == "tokenizer":
             tokenizer.train(prepare.expand_inputs(args.input), args.out, args.vocab_size, args.model_type,
                             args.text_field)
         else:
             prepare.prepare(args.input, args.out, args.tokenizer, args.text_field, args.workers, args.val_fraction,
                             args.on_error)
-    except (prepare.PrepareError, tokenizer.TokenizerError) as e:
+    except (prepare.PrepareError, tokenizer.TokenizerError, corpus.CorpusError) as e:
         raise SystemExit(f"llada data {args.action}: {e}")
 
 
@@ -300,8 +331,28 @@ COMMANDS = {"train": cmd_train, "compile": cmd_compile, "data": cmd_data, "conve
             "chat": cmd_chat, "eval": cmd_eval, "sweep": cmd_sweep}
 
 
+def _quiet_libraries():
+    """Keeps library log noise that is not the user's concern out of every command's output: orbax's absl
+    warnings (e.g. about a read-only checkpoint directory when sampling) and, on a machine without TPU chips, the
+    TPU runtime's start-up errors that an installed libtpu (the `test` / `tpu` extras, for AOT compilation) prints
+    when JAX probes it. Real problems still surface as errors; JAX_PLATFORMS set by the user is respected."""
+    import glob
+    import importlib.util
+    from absl import logging as absl_logging
+    absl_logging.set_verbosity(absl_logging.ERROR)
+    def google_pci_device(path):  # how JAX itself finds TPU chips (vendor 0x1ae0)
+        with open(path) as f:
+            return f.read().strip() == "0x1ae0"
+    no_tpu = not any(google_pci_device(v) for v in glob.glob("/sys/bus/pci/devices/*/vendor"))
+    no_gpu_plugin = not any(importlib.util.find_spec(m) for m in ("jax_cuda12_plugin", "jax_cuda13_plugin",
+                                                                  "jax_rocm60_plugin", "jax_rocm7_plugin"))
+    if no_tpu and no_gpu_plugin and "JAX_PLATFORMS" not in os.environ and importlib.util.find_spec("libtpu"):
+        os.environ["JAX_PLATFORMS"] = "cpu"
+
+
 def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
+    _quiet_libraries()
     if not argv or argv[0].startswith("-"):
         if argv and argv[0] in ("-h", "--help"):
             print(USAGE)

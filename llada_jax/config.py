@@ -153,6 +153,9 @@ def default_config():
     ev.batch = 32  # prompts sampled at once
     ev.mc_samples = 128  # Monte Carlo samples of the likelihood estimator (Algorithm 3)
     ev.mc_batch = 16  # ... per mini-batch (stratified mask counts within it)
+    ev.heldout = ""  # held-out text for the perplexity: "" = the val split of data.path's first store; else a
+    #                  prepared dir or store, PATH[:SPLIT] (split default train: a `prepare --val_fraction=0` output)
+    ev.elbo_samples = 1  # Monte Carlo draws of (t, mask) per held-out sequence for the ELBO bound
 
     c.checkpoint = ck = ml_collections.ConfigDict()
     ck.every_steps = 200

@@ -175,6 +175,33 @@ def elbo_perplexity(model, params, tokens, key, mask_id, *, lengths=None, n_samp
     return {"nll": nll, "ppl": math.exp(nll), "stderr": stderr, "tokens": int(total)}
 
 
+def _ar_nll_rows(model, params, tokens, start):
+    """Per row: the summed -log p(x_i | x_<i) over positions start..L-1 (one causal pass)."""
+    logits = model.apply(params, tokens, causal=True)[:, :-1]
+    ce = diffusion.cross_entropy(logits, tokens[:, 1:])
+    return jnp.sum(jnp.where(jnp.arange(1, tokens.shape[1]) >= start, ce, 0.0), -1)
+
+
+_ar_nll_jit = jax.jit(_ar_nll_rows, static_argnames=("model", "start"))
+
+
+def ar_perplexity(model, params, tokens, *, start=1, batch_size=16):
+    """The exact per-token perplexity of the autoregressive baseline on rows tokens [N, L], scoring positions
+    start..L-1 given everything before them (start=1: every token but the first, which has no context; a prompt
+    length to score only the continuations, e.g. generative perplexity). Returns elbo_perplexity's dict (stderr
+    over rows)."""
+    tokens = np.asarray(tokens, np.int32)
+    n, l = tokens.shape
+    if not 1 <= start < l:
+        raise EvalError(f"start={start} must be in [1, {l - 1}] for rows of {l} tokens.")
+    padded = np.concatenate([tokens, np.zeros((_pad_to(n, batch_size) - n, l), np.int32)])
+    rows = np.concatenate([np.asarray(_ar_nll_jit(model, params, padded[b0:b0 + batch_size], start), np.float64)
+                           for b0 in range(0, len(padded), batch_size)])[:n] / (l - start)
+    nll = float(rows.mean())
+    stderr = rows.std(ddof=1) / math.sqrt(n) if n > 1 else float("nan")
+    return {"nll": nll, "ppl": math.exp(nll), "stderr": stderr, "tokens": n * (l - start)}
+
+
 # -- multiple choice ------------------------------------------------------------------------------------------------
 
 def load_jsonl(path):
@@ -232,16 +259,19 @@ HELDOUT_OFFSET = 10**9  # synthetic runs: held-out sequences are corpus indices 
 
 
 def heldout_tokens(cfg, n):
-    """n held-out sequences of train.seq_len tokens: the validation split of the first data.path store, or unseen
-    sequences of the synthetic corpus."""
+    """n held-out sequences of train.seq_len tokens (evenly spaced, not overlapping when the text is long enough):
+    eval.heldout (PATH[:SPLIT] of a prepared dir or store), else the validation split of the first data.path store,
+    or unseen sequences of the synthetic corpus."""
     seq_len = cfg.train.seq_len
-    if cfg.data.source == "store":
+    if cfg.eval.get("heldout", "") or cfg.data.source == "store":
         from llada_jax.data import store
-        s = store.TokenStore(cfg.data.path.split(",")[0], "val")
+        path, _, split = cfg.eval.heldout.partition(":") if cfg.eval.get("heldout", "") else (
+            cfg.data.path.split(",")[0], ":", "val")
+        s = store.TokenStore(path, split or "train")
         total = s.array.shape[0]
         if total < seq_len:
-            raise EvalError(f"the validation split of {cfg.data.path.split(',')[0]} has {total} tokens, fewer than "
-                            f"one sequence of {seq_len}; prepare with a larger --val_fraction.")
+            raise EvalError(f"the {split or 'train'} split of {path} has {total} tokens, fewer than one sequence of "
+                            f"{seq_len}; prepare with a larger --val_fraction, or set eval.heldout=PATH[:SPLIT].")
         starts = np.linspace(0, total - seq_len, min(n, total // seq_len)).astype(np.int64)
         return np.asarray(s.read_many(starts, seq_len), np.int32)
     if cfg.data.source == "synthetic":
@@ -260,15 +290,17 @@ def evaluate_run(run, key, *, choices=None, perplexity=64, tasks=True, log=print
     cfg, ev, out = run.cfg, run.cfg.eval, {"step": run.step}
     k_ppl, k_mc, k_tasks = jax.random.split(key, 3)
     if perplexity:
-        if cfg.objective != "mdm":
-            log("perplexity: skipped (the ELBO bound is for diffusion models; objective is arm)")
+        tokens = heldout_tokens(cfg, perplexity)
+        if cfg.objective == "arm":
+            r, name, what = ar_perplexity(run.model, run.params, tokens, batch_size=ev.mc_batch), "ar", "="
         else:
-            r = elbo_perplexity(run.model, run.params, heldout_tokens(cfg, perplexity), k_ppl, cfg.tokens.mask_id,
-                                batch_size=ev.mc_batch, eps=cfg.diffusion.eps)
-            out.update({"elbo/nll": r["nll"], "elbo/ppl": r["ppl"], "elbo/stderr": r["stderr"],
-                        "elbo/tokens": r["tokens"]})
-            log(f"perplexity bound: nll <= {r['nll']:.4f} +- {r['stderr']:.4f} nats/token, ppl <= {r['ppl']:.3f} "
-                f"({r['tokens']} held-out tokens)")
+            r = elbo_perplexity(run.model, run.params, tokens, k_ppl, cfg.tokens.mask_id,
+                                n_samples=ev.get("elbo_samples", 1), batch_size=ev.mc_batch, eps=cfg.diffusion.eps)
+            name, what = "elbo", "<="
+        out.update({f"{name}/nll": r["nll"], f"{name}/ppl": r["ppl"], f"{name}/stderr": r["stderr"],
+                    f"{name}/tokens": r["tokens"]})
+        log(f"perplexity {'bound' if name == 'elbo' else '(exact)'}: nll {what} {r['nll']:.4f} +- "
+            f"{r['stderr']:.4f} nats/token, ppl {what} {r['ppl']:.3f} ({r['tokens']} held-out tokens)")
     if choices:
         r = multiple_choice(run.model, run.params, choices, run.codec.encode, k_mc, cfg.tokens.mask_id,
                             n_samples=ev.mc_samples, batch_size=ev.mc_batch, objective=cfg.objective)

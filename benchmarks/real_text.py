@@ -1,0 +1,273 @@
+"""Real text end to end: masked diffusion vs the autoregressive baseline on the Python standard library's source.
+
+    python benchmarks/real_text.py [--out=runs/real_text] [--sizes=s,m] [--budget_steps=1500]   # ~90 CPU min
+    python benchmarks/real_text.py --quick                                                    # < 10 CPU min
+
+Stages (each resumes or is skipped when its outputs exist in --out):
+  1. corpus: `llada data corpus --name=python_stdlib --vocab_size=N` (train / validation / test by file; the
+     tokenizer sees the train split only).
+  2. pre-training (configs/text_small.py): for every size, the masked-diffusion model (mdm) and the autoregressive
+     baseline (arm) at equal training FLOPs: every run gets the FLOPs of the smallest mdm's --budget_steps steps
+     (model.flops_per_token: the causal arm has half the attention FLOPs, so it trains slightly more steps; a
+     larger model trains fewer). Checkpoints at 1/4, 1/2, 3/4 and all of each run's steps.
+  3. perplexity on the test split (windows of train.seq_len tokens, never seen in training) at every checkpoint:
+     the ELBO bound for mdm (--elbo_samples draws per window; its standard error shown) and the exact value for arm.
+     Table and plot against training FLOPs.
+  4. generation from the largest mdm, unconditional (a one-token EOS prompt: the start of a document; temperature
+     1, so that the rows differ) and conditioned on the first 64 tokens of test files (temperature 0, as the paper
+     evaluates), with the baseline (one token per step, low confidence), random
+     remasking, semi-autoregressive blocks of 32, threshold 0.9 / 0.7 and threshold 0.9 + dual cache (blocks of 32).
+     Quality: generative perplexity under the largest arm (the judge) and unigram entropy per sample; speed: model
+     evaluations per generated token and tokens/s (compilation excluded). Prompted samples generate
+     train.seq_len - 64 tokens so that prompt + answer is the length the model was trained at.
+  5. multiple choice (`llada data choices`, test files): which of 4 continuations of a function is real, through
+     `llada eval --choices=`: mdm by Algorithm 3 (eval.mc_samples), arm by exact likelihood.
+Writes OUT/results.json, OUT/real_text.md (the tables and one sample of each model) and OUT/ppl_vs_flops.png;
+prints the tables, and last, `quick: mdm_elbo_ppl=... arm_ppl=... gen_ppl_baseline=... gen_ppl_fast=...
+fast_evals_ratio=...` (the largest models; "fast" = the threshold setting with the fewest evaluations whose
+generative perplexity is within 10% of the baseline's, else threshold 0.9).
+"""
+import argparse
+import dataclasses
+import json
+import math
+import os
+import time
+
+import jax
+import numpy as np
+
+from llada_jax import cli, config as config_lib, evaluate, inference, model as model_lib, sampling, train
+from llada_jax.data import corpus, store
+
+PRESETS = {
+    "full": dict(max_files=0, vocab_size=8192, sizes="s,m", budget_steps=1500, batch=16, ppl_windows=128,
+                 elbo_samples=8, prompts=16, mc=200, mc_samples=64),
+    "quick": dict(max_files=300, vocab_size=2048, sizes="s", budget_steps=240, batch=16, ppl_windows=32,
+                  elbo_samples=4, prompts=8, mc=40, mc_samples=16),
+}
+PROMPT_TOKENS = 64
+
+
+def methods(gen_length):
+    lc = sampling.SamplingArgs(gen_length=gen_length, block_length=gen_length, steps=gen_length)
+    blocks = dataclasses.replace(lc, block_length=32)
+    return {
+        "baseline (1 token / step, low confidence)": lc,
+        "random remasking": dataclasses.replace(lc, remasking="random"),
+        "semi-autoregressive, blocks of 32": blocks,
+        "threshold 0.9, blocks of 32": dataclasses.replace(blocks, threshold=0.9),
+        "threshold 0.9 + dual cache, blocks of 32": dataclasses.replace(blocks, threshold=0.9, cache="dual"),
+        "threshold 0.7, blocks of 32": dataclasses.replace(blocks, threshold=0.7),
+    }
+
+
+def run_config(args, objective, size, steps):
+    cfg = config_lib.load_config(f"configs/text_small.py:{args.corpus},{objective},{size}")
+    cfg.train.steps, cfg.train.global_batch = steps, args.batch
+    cfg.checkpoint.every_steps, cfg.checkpoint.keep = max(1, steps // 4), 8
+    cfg.optim.warmup_steps = min(cfg.optim.warmup_steps, steps // 10)
+    return cfg
+
+
+def flops_per_step(cfg):
+    tokens = cfg.train.global_batch * cfg.train.seq_len
+    return model_lib.flops_per_token(cfg.model, cfg.train.seq_len, causal=cfg.objective == "arm") * tokens
+
+
+def test_windows(args, seq_len, n):
+    """n windows of seq_len tokens of the test split, evenly spaced, not overlapping."""
+    s = store.TokenStore(os.path.join(args.corpus, "prepared", "test"))
+    total = s.array.shape[0]
+    n = min(n, total // seq_len)
+    return np.asarray(s.read_many(np.arange(n) * (total // n), seq_len), np.int32)
+
+
+def perplexity(run, tokens, elbo_samples, key):
+    if run.cfg.objective == "arm":
+        return evaluate.ar_perplexity(run.model, run.params, tokens)
+    return evaluate.elbo_perplexity(run.model, run.params, tokens, key, run.cfg.tokens.mask_id,
+                                    n_samples=elbo_samples, eps=run.cfg.diffusion.eps)
+
+
+def unigram_entropy(row):
+    _, counts = np.unique(row, return_counts=True)
+    p = counts / counts.sum()
+    return float(-(p * np.log(p)).sum())
+
+
+def generate(run, judge, prompt, sargs, repeats=2):
+    """Samples for one method: generative perplexity (judge = the arm run), entropy, evaluations, tokens/s."""
+    ids, key = sampling.token_ids(run.cfg), jax.random.key(0)
+    out = jax.device_get(sampling.generate(run.model, run.params, prompt, None, key, sargs, ids))  # compile
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        out = jax.device_get(sampling.generate(run.model, run.params, prompt, None, key, sargs, ids))
+        jax.block_until_ready(out["tokens"])
+        best = min(best, time.perf_counter() - t0)
+    tokens = np.asarray(out["tokens"])
+    p, n = prompt.shape[1], tokens.shape[0] * sargs.gen_length
+    r = evaluate.ar_perplexity(judge.model, judge.params, tokens, start=p)
+    passes = float(out["full_passes"]) + float(out["window_passes"])
+    return {"gen_ppl": r["ppl"], "gen_nll_stderr": r["stderr"],
+            "entropy": float(np.mean([unigram_entropy(row[p:]) for row in tokens])),
+            "evals_per_token": passes / sargs.gen_length, "steps": int(out["steps"]), "tokens_per_s": n / best,
+            "sample": run.codec.decode([int(i) for i in tokens[0, p:]])}
+
+
+def table(header, rows):
+    return "\n".join(["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+                     + ["| " + " | ".join(str(c) for c in r) + " |" for r in rows])
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="a small corpus slice and few hundred steps (< 10 minutes)")
+    p.add_argument("--out", default=None, help="default runs/real_text (runs/real_text_quick with --quick)")
+    for k, v in PRESETS["full"].items():
+        p.add_argument(f"--{k}", type=type(v), default=None, help=f"default {v} ({PRESETS['quick'][k]} with --quick)")
+    args = p.parse_args()
+    for k, v in PRESETS["quick" if args.quick else "full"].items():
+        setattr(args, k, v if getattr(args, k) is None else getattr(args, k))
+    args.out = args.out or ("runs/real_text_quick" if args.quick else "runs/real_text")
+    args.corpus = os.path.join(args.out, "corpus")
+    t_start = time.perf_counter()
+    results_path = os.path.join(args.out, "results.json")
+    results = json.load(open(results_path)) if os.path.exists(results_path) else {}
+
+    def save():
+        with open(results_path, "w") as f:
+            json.dump(results, f, indent=2)
+
+    print(f"== 1. corpus -> {args.corpus}", flush=True)
+    os.makedirs(args.out, exist_ok=True)
+    corpus.collect(args.corpus, "python_stdlib", max_files=args.max_files)
+    corpus.tokenize(args.corpus, args.vocab_size)
+
+    sizes = args.sizes.split(",")
+    budget = args.budget_steps * flops_per_step(run_config(args, "mdm", sizes[0], 1))
+    runs = {}
+    for size in sizes:
+        for objective in ("mdm", "arm"):
+            steps = max(4, round(budget / flops_per_step(run_config(args, objective, size, 1))))
+            cfg = run_config(args, objective, size, steps)
+            workdir = os.path.join(args.out, f"{objective}_{size}")
+            print(f"== 2. train {objective} size {size}: {model_lib.count_params(cfg.model) / 1e6:.1f}M params, "
+                  f"{steps} steps, {budget / 1e12:.2f} TFLOPs -> {workdir}", flush=True)
+            train.train(cfg, workdir)
+            runs[objective, size] = (workdir, cfg)
+
+    print("== 3. test-split perplexity at every checkpoint", flush=True)
+    seq_len = runs["mdm", sizes[0]][1].train.seq_len
+    windows = test_windows(args, seq_len, args.ppl_windows)
+    curve = results.setdefault("perplexity", {})
+    for (objective, size), (workdir, cfg) in runs.items():
+        steps = sorted(int(d) for d in os.listdir(os.path.join(workdir, "checkpoints")) if d.isdigit())
+        for step in steps:
+            key = f"{objective}_{size}@{step}"
+            if key not in curve:
+                r = perplexity(inference.load_run(workdir, step=step), windows, args.elbo_samples,
+                               jax.random.key(step))
+                curve[key] = {"objective": objective, "size": size, "step": step, "flops": step * flops_per_step(cfg),
+                              "params": model_lib.count_params(cfg.model), **r}
+                save()
+            c = curve[key]
+            print(f"  {key}: {'ELBO bound' if objective == 'mdm' else 'exact'} ppl {c['ppl']:.2f} "
+                  f"(nll {c['nll']:.4f} +- {c['stderr']:.4f}) at {c['flops'] / 1e12:.2f} TFLOPs", flush=True)
+
+    print("== 4. generation from the largest mdm, judged by the largest arm", flush=True)
+    mdm = inference.load_run(runs["mdm", sizes[-1]][0])
+    judge = inference.load_run(runs["arm", sizes[-1]][0])
+    eos = mdm.cfg.tokens.eos_id
+    docs = corpus.read_jsonl(os.path.join(args.corpus, "test.jsonl"))
+    prompts = [ids[:PROMPT_TOKENS] for ids in mdm.codec.encode([d["text"] for d in docs])
+               if len(ids) >= PROMPT_TOKENS][:args.prompts]
+    gen = results.setdefault("generation", {})
+    for kind, prompt, length, temperature in (
+            ("unconditional", np.full((args.prompts, 1), eos, np.int32), seq_len, 1.0),
+            ("prompted", np.array(prompts, np.int32), seq_len - PROMPT_TOKENS, 0.0)):
+        for name, sargs in methods(length).items():
+            sargs = dataclasses.replace(sargs, temperature=temperature)
+            key = f"{kind}: {name}"
+            if key not in gen:
+                print(f"  {key} ...", flush=True)
+                gen[key] = {"kind": kind, "method": name, "gen_length": length, **generate(mdm, judge, prompt, sargs)}
+                save()
+
+    print("== 5. multiple choice through `llada eval --choices=`", flush=True)
+    mc_path = os.path.join(args.out, "choices.jsonl")
+    if not os.path.exists(mc_path):
+        cli.main(["data", "choices", f"--corpus={args.corpus}", f"--tokenizer={mdm.cfg.data.tokenizer}",
+                  f"--out={mc_path}", f"--n={args.mc}"])
+    mc = results.setdefault("choices", {})
+    for (objective, size), (workdir, _) in runs.items():
+        key = f"{objective}_{size}"
+        if key not in mc:
+            out = os.path.join(workdir, "eval_choices.json")
+            cli.main(["eval", f"--workdir={workdir}", f"--choices={mc_path}", "--perplexity=0", "--tasks=none",
+                      f"--out={out}", f"--config.eval.mc_samples={args.mc_samples}"])
+            mc[key] = json.load(open(out))
+            save()
+
+    ar_samples = {}
+    for size in sizes:  # one sample of each arm (temperature 1), for the report
+        run = inference.load_run(runs["arm", size][0])
+        out = run.sample(None, jax.random.key(1), sampling.SamplingArgs(gen_length=96, temperature=1.0),
+                         prompt_ids=[prompts[0]])
+        ar_samples[size] = run.codec.decode([int(i) for i in out["tokens"][0, PROMPT_TOKENS:]])
+    report(args, results, sizes, ar_samples, mdm.codec.decode(prompts[0]), time.perf_counter() - t_start)
+
+
+def report(args, results, sizes, ar_samples, prompt_text, seconds):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    curve = sorted(results["perplexity"].values(), key=lambda c: (c["objective"], c["size"], c["step"]))
+    ppl_rows = [(c["objective"], c["size"], f"{c['params'] / 1e6:.1f}M", c["step"], f"{c['flops'] / 1e12:.2f}",
+                 f"{c['ppl']:.2f}", f"{c['nll']:.4f} +- {c['stderr']:.4f}") for c in curve]
+    gen = results["generation"]
+    gen_rows = [(g["kind"], g["method"], g["gen_length"], f"{g['gen_ppl']:.2f}", f"{g['entropy']:.2f}",
+                 f"{g['evals_per_token']:.3f}", f"{g['tokens_per_s']:.1f}") for g in gen.values()]
+    mc_rows = [(k, f"{v['choices/accuracy']:.3f}", v["choices/n"]) for k, v in results["choices"].items()]
+    final = {o: [c for c in curve if c["objective"] == o and c["size"] == sizes[-1]][-1] for o in ("mdm", "arm")}
+    base = gen["prompted: baseline (1 token / step, low confidence)"]
+    fast = [g for k, g in gen.items() if k.startswith("prompted: threshold")]
+    within = [g for g in fast if g["gen_ppl"] <= 1.1 * base["gen_ppl"]]
+    best = min(within, key=lambda g: g["evals_per_token"]) if within else fast[0]
+    lines = [
+        f"Real text (`python benchmarks/real_text.py{' --quick' if args.quick else ''}`, {seconds / 60:.1f} min):",
+        "", "Perplexity per token on the test split against training FLOPs (mdm: ELBO upper bound; arm: exact):", "",
+        table(["objective", "size", "params", "step", "TFLOPs", "ppl", "nll +- stderr"], ppl_rows), "",
+        f"Generation from mdm_{sizes[-1]}, judged by arm_{sizes[-1]}:", "",
+        table(["samples", "method", "tokens", "gen. ppl", "unigram entropy (nats)", "evals / token", "tokens/s"],
+              gen_rows), "",
+        "Multiple choice (4 continuations of a function from held-out files):", "",
+        table(["run", "accuracy", "examples"], mc_rows), "",
+        f"Prompt (first {PROMPT_TOKENS} tokens of a test file):", "", "```", prompt_text, "```", "",
+        f"mdm_{sizes[-1]} (baseline decoding):", "", "```", base["sample"], "```", ""]
+    for size, text in ar_samples.items():
+        lines += [f"arm_{size} (temperature 1):", "", "```", text, "```", ""]
+    text = "\n".join(lines)
+    with open(os.path.join(args.out, "real_text.md"), "w") as f:
+        f.write(text)
+    print(text)
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for o in ("mdm", "arm"):
+        for size in sizes:
+            pts = [c for c in curve if c["objective"] == o and c["size"] == size]
+            ax.errorbar([c["flops"] for c in pts], [c["ppl"] for c in pts],
+                        yerr=[c["ppl"] * c["stderr"] for c in pts], marker="o" if o == "mdm" else "s",
+                        label=f"{o} {size} ({'ELBO bound' if o == 'mdm' else 'exact'})")
+    ax.set(xscale="log", yscale="log", xlabel="training FLOPs", ylabel="test perplexity per token")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(os.path.join(args.out, "ppl_vs_flops.png"), dpi=120)
+    print(f"quick: mdm_elbo_ppl={final['mdm']['ppl']:.2f} arm_ppl={final['arm']['ppl']:.2f} "
+          f"gen_ppl_baseline={base['gen_ppl']:.2f} gen_ppl_fast={best['gen_ppl']:.2f} "
+          f"fast_evals_ratio={base['evals_per_token'] / best['evals_per_token']:.2f}")
+
+
+if __name__ == "__main__":
+    main()
