@@ -132,6 +132,7 @@ def main():
         setattr(args, k, v if getattr(args, k) is None else getattr(args, k))
     args.out = args.out or ("runs/real_text_quick" if args.quick else "runs/real_text")
     args.corpus = os.path.join(args.out, "corpus")
+    cli._quiet_libraries()  # what `llada` does: no absl / libtpu start-up noise
     t_start = time.perf_counter()
     results_path = os.path.join(args.out, "results.json")
     results = json.load(open(results_path)) if os.path.exists(results_path) else {}
@@ -181,7 +182,7 @@ def main():
     judge = inference.load_run(runs["arm", sizes[-1]][0])
     eos = mdm.cfg.tokens.eos_id
     docs = corpus.read_jsonl(os.path.join(args.corpus, "test.jsonl"))
-    prompts = [ids[:PROMPT_TOKENS] for ids in mdm.codec.encode([d["text"] for d in docs])
+    prompts = [ids[:PROMPT_TOKENS] for ids in (mdm.codec.encode(d["text"][:16 * PROMPT_TOKENS]) for d in docs)
                if len(ids) >= PROMPT_TOKENS][:args.prompts]
     gen = results.setdefault("generation", {})
     for kind, prompt, length, temperature in (
