@@ -42,9 +42,9 @@ from llada_jax.data import corpus, store
 
 PRESETS = {
     "full": dict(max_files=0, vocab_size=8192, sizes="s,m", budget_steps=1500, batch=16, ppl_windows=128,
-                 elbo_samples=8, prompts=16, mc=200, mc_samples=64),
-    "quick": dict(max_files=300, vocab_size=2048, sizes="s", budget_steps=240, batch=16, ppl_windows=32,
-                  elbo_samples=4, prompts=8, mc=40, mc_samples=16),
+                 elbo_samples=8, prompts=16, repeats=2, mc=200, mc_samples=64),
+    "quick": dict(max_files=300, vocab_size=2048, sizes="s", budget_steps=150, batch=8, ppl_windows=32,
+                  elbo_samples=4, prompts=4, repeats=1, mc=40, mc_samples=16),
 }
 PROMPT_TOKENS = 64
 
@@ -96,7 +96,7 @@ def unigram_entropy(row):
     return float(-(p * np.log(p)).sum())
 
 
-def generate(run, judge, prompt, sargs, repeats=2):
+def generate(run, judge, prompt, sargs, repeats):
     """Samples for one method: generative perplexity (judge = the arm run), entropy, evaluations, tokens/s."""
     ids, key = sampling.token_ids(run.cfg), jax.random.key(0)
     out = jax.device_get(sampling.generate(run.model, run.params, prompt, None, key, sargs, ids))  # compile
@@ -193,7 +193,8 @@ def main():
             key = f"{kind}: {name}"
             if key not in gen:
                 print(f"  {key} ...", flush=True)
-                gen[key] = {"kind": kind, "method": name, "gen_length": length, **generate(mdm, judge, prompt, sargs)}
+                gen[key] = {"kind": kind, "method": name, "gen_length": length,
+                            **generate(mdm, judge, prompt, sargs, args.repeats)}
                 save()
 
     print("== 5. multiple choice through `llada eval --choices=`", flush=True)
