@@ -96,15 +96,15 @@ def cmd_data(argv):
     q.add_argument("--val_fraction", type=float, default=0.01, help="fraction of documents held out (by hash)")
     q.add_argument("--on_error", default="stop", choices=["stop", "skip"], help="on a malformed line")
     args = p.parse_args(argv)
-    from llada_jax.data import prepare, tokenizer
+    from llada_jax.data import documents, prepare, tokenizer
     try:
         if args.action == "tokenizer":
-            tokenizer.train(prepare.expand_inputs(args.input), args.out, args.vocab_size, args.model_type,
+            tokenizer.train(documents.expand_inputs(args.input), args.out, args.vocab_size, args.model_type,
                             args.text_field)
         else:
             prepare.prepare(args.input, args.out, args.tokenizer, args.text_field, args.workers, args.val_fraction,
                             args.on_error)
-    except (prepare.PrepareError, tokenizer.TokenizerError) as e:
+    except (documents.DocumentError, prepare.PrepareError, tokenizer.TokenizerError) as e:
         raise SystemExit(f"llada data {args.action}: {e}")
 
 

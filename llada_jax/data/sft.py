@@ -18,8 +18,8 @@ import os
 
 import numpy as np
 
+from llada_jax.data import documents
 from llada_jax.data import pipeline
-from llada_jax.data import prepare
 from llada_jax.data import tokenizer as tokenizer_lib
 
 
@@ -91,7 +91,7 @@ def load(paths, tok, seq_len, overlong="drop"):
     tok.require_chat()
     pairs = []
     for path in paths:
-        for n, raw in prepare.iter_raw_documents(path) if prepare.is_jsonl(path) else _not_jsonl(path):
+        for n, raw in documents.iter_raw_documents(path) if documents.is_jsonl(path) else _not_jsonl(path):
             where = f"{path}:{n}"
             try:
                 obj = json.loads(raw[0].decode("utf-8"))
@@ -127,7 +127,7 @@ def make_sft_source(cfg, process_index=None, process_count=None, log=print):
         raise SFTError("data.source='sft' needs a tokenizer: --config.data.tokenizer=PATH.model")
     tok = tokenizer_lib.Tokenizer.load(d.tokenizer)
     tokenizer_lib.check_config(tok.special_ids(), tok.vocab_size, cfg, f"the tokenizer {d.tokenizer}")
-    paths = prepare.expand_inputs(pipeline.parse_list(d.path, "data.path"))
+    paths = documents.expand_inputs(pipeline.parse_list(d.path, "data.path"))
     ex = load(paths, tok, cfg.train.seq_len, d.sft_overlong)
     if not len(ex):
         raise SFTError(f"no SFT example fits train.seq_len={cfg.train.seq_len} ({ex.dropped} dropped as too long); "

@@ -15,6 +15,8 @@ import os
 
 import numpy as np
 
+from llada_jax.data import documents
+
 PIECES = {  # role -> piece name (the released 8B tokenizer's names)
     "eos_id": "<|endoftext|>",
     "bos_id": "<|startoftext|>",
@@ -128,9 +130,8 @@ def check_config(ids, vocab_size, cfg, what):
 
 
 def _training_lines(paths, text_field):
-    from llada_jax.data import prepare  # the document readers live with `prepare`
     for path in paths:
-        for _, text in prepare.iter_documents(path, text_field):
+        for _, text in documents.iter_documents(path, text_field):
             yield from (line for line in text.split("\n") if line.strip())
 
 
