@@ -25,8 +25,8 @@ import time
 import jax
 import numpy as np
 
-from llada_jax import checkpoint, cli, config as config_lib, sampling, tasks, train
-from llada_jax.data import synthetic
+from llada_jax import checkpoint, cli, config as config_lib, sampling, train
+from llada_jax.data import synthetic, tasks
 
 
 def _train(cfg, params, batches, steps, label):

@@ -144,7 +144,8 @@ def cmd_sweep(argv):
     args = p.parse_args(rest)
     from pathlib import Path
 
-    from llada_jax import checkpoint, sampling, sweep, tasks, train
+    from llada_jax import checkpoint, evaluate, sampling, sweep, train
+    from llada_jax.data import tasks
     try:
         base, points = sweep.load_sweep(args.sweep)
         base, workdir = args.config or base, args.workdir or os.path.join("runs", "sweep_" + Path(args.sweep).stem)
@@ -152,7 +153,7 @@ def cmd_sweep(argv):
             print("\n".join(sweep.launch_commands(base, points, workdir, overrides)))
         else:
             sweep.run_sweep(base, points, workdir, overrides)
-    except (sweep.SweepError, tasks.TaskError, sampling.SamplingError, train.TrainError,
+    except (sweep.SweepError, tasks.TaskError, evaluate.EvalError, sampling.SamplingError, train.TrainError,
             checkpoint.CheckpointError) as e:
         raise SystemExit(f"llada sweep: {e}")
 

@@ -1,5 +1,6 @@
 """Likelihood evaluation: the conditional log-likelihood estimator (REFERENCE.md section 5, the paper's Algorithm 3),
-the ELBO perplexity bound of held-out text (section 3's objective as a bound), and multiple-choice accuracy.
+the ELBO perplexity bound of held-out text (section 3's objective as a bound), multiple-choice accuracy, and the
+exact match of sampled answers on the built-in tasks (data/tasks.py).
 
 Everything is generic over the model: `model` is a model_lib.Model or any apply_fn(params, tokens, key_mask) ->
 logits [B, T, V] float32. Pass the same object each call: it is a static argument of the compiled programs.
@@ -14,6 +15,7 @@ import numpy as np
 from llada_jax import diffusion
 from llada_jax import model as model_lib
 from llada_jax import sampling
+from llada_jax.data import store, synthetic, tasks as tasks_lib
 
 
 class EvalError(ValueError):
@@ -226,6 +228,50 @@ def multiple_choice(model, params, examples, encode, key, mask_id, *, n_samples=
     return {"accuracy": right / n if n else float("nan"), "n": n, "predictions": predictions, "scores": scores}
 
 
+# -- built-in tasks: exact match of sampled answers ---------------------------------------------------------------
+
+def exact_match(prediction, answer):
+    """The generated answer text (already cut at the first EOS) equals the reference, ignoring outer spaces."""
+    return prediction.strip() == answer.strip()
+
+
+def generate_answers(cfg, model, params, key, prompts):
+    """Answer texts (up to the first EOS) for prompt texts, sampled in batches of cfg.eval.batch. Every batch has
+    the same shape (the last is padded with copies), so one compilation serves the whole list."""
+    tok = synthetic.CharTokenizer()
+    args, ids = sampling.args_from_config(cfg.sampling), sampling.token_ids(cfg)
+    prompt, mask = sampling.left_pad([tok.encode(p) for p in prompts], cfg.tokens.pad_id)
+    bs, n = cfg.eval.batch, len(prompts)
+    if bs <= 0:
+        raise EvalError(f"eval.batch={bs}; expected a positive number of prompts per batch.")
+    answers = []
+    for start in range(0, n, bs):
+        rows = np.arange(start, start + bs) % n  # the last batch repeats earlier rows; their answers are dropped
+        out = sampling.sample(model, params, prompt[rows], mask[rows], jax.random.fold_in(key, start), args, ids,
+                              cfg.objective)
+        tokens = np.asarray(jax.device_get(out["tokens"]))
+        for row in tokens[: min(bs, n - start)]:
+            answers.append(tok.decode(sampling.answer_ids(row, prompt.shape[1], ids.eos_id)))
+    return answers
+
+
+def evaluate_tasks(cfg, model, params, key, log=None):
+    """Exact match of sampled answers on cfg.eval.n_examples examples of every task in cfg.eval.tasks:
+    {"<eval set>/exact_match": fraction}. `log`, if given, receives one line per evaluation set with an example."""
+    out = {}
+    for t_index, name in enumerate(tasks_lib.task_names(cfg.eval.tasks)):
+        task = tasks_lib.get(name)
+        for s_index, (set_name, examples) in enumerate(task.eval_sets(cfg.eval.n_examples).items()):
+            k = jax.random.fold_in(jax.random.fold_in(key, t_index), s_index)
+            preds = generate_answers(cfg, model, params, k, [e.prompt for e in examples])
+            right = [exact_match(p, e.answer) for p, e in zip(preds, examples)]
+            out[f"{set_name}/exact_match"] = float(np.mean(right))
+            if log:
+                log(f"{set_name}: exact match {np.mean(right):.3f} on {len(examples)} examples (e.g. "
+                    f"{examples[0].prompt!r} -> {preds[0]!r}, want {examples[0].answer!r})")
+    return out
+
+
 # -- a whole run: `llada eval` ----------------------------------------------------------------------------------------
 
 HELDOUT_OFFSET = 10**9  # synthetic runs: held-out sequences are corpus indices from here on (training never gets there)
@@ -236,7 +282,6 @@ def heldout_tokens(cfg, n):
     sequences of the synthetic corpus."""
     seq_len = cfg.train.seq_len
     if cfg.data.source == "store":
-        from llada_jax.data import store
         s = store.TokenStore(cfg.data.path.split(",")[0], "val")
         total = s.array.shape[0]
         if total < seq_len:
@@ -245,7 +290,6 @@ def heldout_tokens(cfg, n):
         starts = np.linspace(0, total - seq_len, min(n, total // seq_len)).astype(np.int64)
         return np.asarray(s.read_many(starts, seq_len), np.int32)
     if cfg.data.source == "synthetic":
-        from llada_jax.data import synthetic
         corpus = synthetic.SyntheticCorpus(seq_len, cfg.seed,  # the training corpus's seed, unseen indices
                                            cfg.data.synthetic_task)
         return np.stack([corpus.sequence(HELDOUT_OFFSET + i) for i in range(n)])
@@ -275,8 +319,7 @@ def evaluate_run(run, key, *, choices=None, perplexity=64, tasks=True, log=print
         out.update({"choices/accuracy": r["accuracy"], "choices/n": r["n"]})
         log(f"multiple choice ({choices}): accuracy {r['accuracy']:.3f} on {r['n']} examples")
     if tasks and ev.tasks:
-        from llada_jax import tasks as tasks_lib
-        r = tasks_lib.evaluate(cfg, run.model, run.params, k_tasks)
+        r = evaluate_tasks(cfg, run.model, run.params, k_tasks)
         out.update(r)
         for k, v in r.items():
             log(f"{k}: {v:.4f}" if isinstance(v, float) else f"{k}: {v}")

@@ -164,7 +164,8 @@ def plan(points, workdir):
 def build(base, common, point):
     """The config of a point: base file, then the command line's common overrides, then the point's (the point
     wins over a common override of the same key)."""
-    from llada_jax import config as config_lib, tasks
+    from llada_jax import config as config_lib
+    from llada_jax.data import tasks
     try:
         cfg = config_lib.build_config(base, list(common) + [(k, value_text(v)) for k, v in point.items()])
         tasks.task_names(cfg.eval.tasks)
@@ -207,13 +208,13 @@ def _read_json(path):
 
 
 def evaluate_point(cfg, run_dir, seed=0):
-    """Restores the run's params and scores the tasks of cfg.eval.tasks (tasks.evaluate)."""
+    """Restores the run's params and scores the tasks of cfg.eval.tasks (evaluate.evaluate_tasks)."""
     import jax
 
-    from llada_jax import checkpoint, tasks, train
+    from llada_jax import checkpoint, evaluate, train
     setup = train.Setup(cfg)
     params, step = checkpoint.restore_params(run_dir, setup.abstract_state()["params"])
-    return step, tasks.evaluate(cfg, setup.model, params, jax.random.key(seed))
+    return step, evaluate.evaluate_tasks(cfg, setup.model, params, jax.random.key(seed))
 
 
 def run_sweep(base, points, workdir, common=(), log=print):

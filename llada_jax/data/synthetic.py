@@ -1,6 +1,6 @@
 """The built-in deterministic synthetic corpus: no downloads, and learning is checkable.
 
-Documents come from a task of `llada_jax/tasks.py` (`data.synthetic_task`; the default: arithmetic facts such as
+Documents come from a task of `data/tasks.py` (`data.synthetic_task`; the default: arithmetic facts such as
 "317+45=362"), written in a character vocabulary. `data.synthetic_format="packed"` (pre-training) joins them with
 EOS into fixed-length sequences; "sft" (supervised fine-tuning, paper section 2.4) gives one document per row,
 split into prompt ("317+45=") and answer ("362"), padded with EOS, with `prompt_lengths` so that the SFT loss never
@@ -8,7 +8,7 @@ masks the prompt. Sequence i depends only on (seed, i), so any step's batch can 
 """
 import numpy as np
 
-from llada_jax import tasks
+from llada_jax.data import tasks
 
 SPECIAL = ("<eos>", "<bos>", "<mask>", "<eot>", "<sh>", "<eh>")  # ids 0..5, matching the tiny config's tokens.*
 CHARS = "0123456789+-*=;:,.?()<>| abcdefghijklmnopqrstuvwxyz\n"
