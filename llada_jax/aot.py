@@ -6,9 +6,12 @@ compiles here is what a pod runs. Reports per-device memory, FLOPs per step and 
 Topology names: `v5e-256` / `v6e-64` count chips; `v4-128` / `v5p-128` count TensorCores (2 per chip), so v5p-128
 is 64 chips. An explicit shape such as `v5e:4x4` or `v5p:4x4x4` is also accepted.
 """
+import glob
 import math
+import os
 import re
 import time
+from importlib import metadata
 
 import jax
 import jax.numpy as jnp
@@ -66,8 +69,6 @@ def parse_topology(name):
 def _quiet_libtpu():
     """Off a TPU VM, libtpu probes cloud metadata for its host and prints warnings: tell it what it would find; and
     let several processes load it (there is no TPU to share)."""
-    import glob
-    import os
     if not glob.glob("/dev/accel*") and not glob.glob("/dev/vfio/[0-9]*"):
         for k, v in (("ALLOW_MULTIPLE_LIBTPU_LOAD", "1"), ("TPU_SKIP_MDS_QUERY", "1"), ("TPU_ACCELERATOR_TYPE", "v5litepod-4"),
                      ("TPU_WORKER_HOSTNAMES", "localhost"), ("TPU_WORKER_ID", "0")):
@@ -77,7 +78,7 @@ def _quiet_libtpu():
 def topology_devices(name):
     """(generation, libtpu topology name, chips, devices) of a topology name."""
     _quiet_libtpu()
-    from jax.experimental import topologies
+    from jax.experimental import topologies  # after _quiet_libtpu: importing it loads libtpu, which reads the env
     gen, topo_name, chips = parse_topology(name)
     try:
         topo = topologies.get_topology_desc(platform="tpu", topology_name=topo_name)
@@ -98,7 +99,6 @@ def libtpu_mismatch():
     """None, or a sentence when the installed libtpu is not the one the installed jax pins (`jax[tpu]`): jaxlib
     then may not read the optimized HLO back (e.g. `RET_CHECK ... async-update instruction should have 1 operands
     but sees 3` with libtpu 0.0.51 under JAX 0.10.2), although libtpu itself compiles fine."""
-    from importlib import metadata
     try:
         have = metadata.version("libtpu")
         pins = [r for r in metadata.requires("jax") or [] if r.startswith("libtpu") and 'extra == "tpu"' in r]

@@ -1,7 +1,18 @@
 """The `llada` command: `llada SUBCOMMAND [--config=FILE[:ARG]] [--config.a.b=value ...] [--workdir=DIR]`."""
 import argparse
+import difflib
+import json
 import os
 import sys
+import time
+from pathlib import Path
+
+import jax
+
+from llada_jax import (aot, checkpoint, config as config_lib, distributed, evaluate, inference, picture, sampling,
+                       sharding, sweep, train)
+from llada_jax.convert import hf
+from llada_jax.data import documents, prepare, tasks, tokenizer
 
 USAGE = """usage: llada COMMAND [options]
 
@@ -49,7 +60,6 @@ def _base_parser(prog, description):
 
 
 def _load(args, overrides):
-    from llada_jax import config as config_lib
     try:
         cfg = config_lib.build_config(args.config, overrides)
     except config_lib.ConfigError as e:
@@ -64,9 +74,6 @@ def cmd_train(argv):
     overrides, rest = split_config_args(argv)
     args = _base_parser("llada train", "Train a LLaDA model (masked diffusion) or the ARM baseline.").parse_args(rest)
     cfg = _load(args, overrides)
-    import jax
-
-    from llada_jax import checkpoint, distributed, sharding, train
     distributed.maybe_initialize()
     workdir = args.workdir or os.path.join("runs", cfg.name)
     try:
@@ -96,7 +103,6 @@ def cmd_data(argv):
     q.add_argument("--val_fraction", type=float, default=0.01, help="fraction of documents held out (by hash)")
     q.add_argument("--on_error", default="stop", choices=["stop", "skip"], help="on a malformed line")
     args = p.parse_args(argv)
-    from llada_jax.data import documents, prepare, tokenizer
     try:
         if args.action == "tokenizer":
             tokenizer.train(documents.expand_inputs(args.input), args.out, args.vocab_size, args.model_type,
@@ -115,9 +121,6 @@ def cmd_compile(argv):
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     args = p.parse_args(rest)
     cfg = _load(args, overrides)
-    import json
-
-    from llada_jax import aot, sharding, train
     try:
         report = aot.compile_step(cfg, args.topology)
     except (aot.CompileError, train.TrainError, sharding.MeshError) as e:
@@ -131,8 +134,35 @@ def cmd_compile(argv):
 
 def cmd_convert(argv):
     """`llada convert to-hf --workdir=DIR --out=OUT ...` / `llada convert from-hf HF_DIR --out=DIR ...`."""
-    from llada_jax.convert import hf
-    hf.main(argv)
+    p = argparse.ArgumentParser(prog="llada convert", description="Convert to and from the LLaDA Hugging Face layout.")
+    sub = p.add_subparsers(dest="direction", required=True)
+    a = sub.add_parser("to-hf", help="export a run's checkpoint as safetensors + config.json (+ remote code)")
+    a.add_argument("--workdir", required=True, help="the run directory")
+    a.add_argument("--step", type=int, default=None, help="checkpoint step (default: the latest)")
+    a.add_argument("--out", required=True, help="output directory")
+    a.add_argument("--dtype", default=None, choices=list(hf.DTYPES), help="default: the checkpoint's dtype")
+    a.add_argument("--tokenizer", default=None, help="sentencepiece .model or HF tokenizer directory "
+                                                     "(default: the run's data.tokenizer, if any)")
+    a.add_argument("--max_shard_size", default="5GB", help="largest safetensors shard, e.g. 5GB, 500MB")
+    b = sub.add_parser("from-hf", help="import an HF LLaDA directory into a run directory")
+    b.add_argument("hf_dir", help="directory with config.json and *.safetensors")
+    b.add_argument("--out", required=True, help="the new run directory")
+    b.add_argument("--config", default=None, help="config file for everything but the model sizes and token ids; "
+                                                  "--config.a.b=VALUE overrides one key (--config.tokens.eot_id=ID)")
+    b.add_argument("--dtype", default=None, choices=list(hf.DTYPES), help="default: the tensors' dtype")
+    b.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
+    overrides, rest = split_config_args(argv)
+    args = p.parse_args(rest)
+    if overrides and args.direction == "to-hf":
+        p.error("to-hf takes no --config.* overrides: it exports the run as it is.")
+    try:
+        if args.direction == "to-hf":
+            hf.to_hf(args.workdir, args.out, args.step, args.dtype, args.tokenizer, args.max_shard_size)
+        else:
+            base = config_lib.build_config(args.config) if args.config else None
+            hf.from_hf(args.hf_dir, args.out, base, args.dtype, args.overwrite, overrides=overrides)
+    except (hf.ConvertError, config_lib.ConfigError, OSError) as e:
+        raise SystemExit(f"llada convert {args.direction}: {e}")
 
 
 def cmd_sweep(argv):
@@ -142,10 +172,6 @@ def cmd_sweep(argv):
     p.add_argument("--sweep", required=True, help="a sweep file, configs/sweeps/NAME.py, defining get_sweep()")
     p.add_argument("--print_commands", action="store_true", help="print one `llada train` command per run and exit")
     args = p.parse_args(rest)
-    from pathlib import Path
-
-    from llada_jax import checkpoint, evaluate, sampling, sweep, train
-    from llada_jax.data import tasks
     try:
         base, points = sweep.load_sweep(args.sweep)
         base, workdir = args.config or base, args.workdir or os.path.join("runs", "sweep_" + Path(args.sweep).stem)
@@ -177,7 +203,6 @@ def _sampling_flags(p):
 
 
 def _open_run(args, overrides):
-    from llada_jax import checkpoint, inference, sampling, sharding
     overrides = list(overrides) + [(f"sampling.{n}", getattr(args, n)) for n in SAMPLING_FLAGS
                                    if getattr(args, n, None) is not None]
     try:
@@ -203,11 +228,6 @@ def cmd_sample(argv):
     if not prompts:
         raise SystemExit("llada sample: no prompt; pass --prompt=TEXT (repeatable) or --prompt_file=FILE.")
     run = _open_run(args, overrides)
-    import time
-
-    import jax
-
-    from llada_jax import inference, picture
     t0 = time.perf_counter()
     try:
         out = run.sample(prompts, key=jax.random.key(args.seed))
@@ -236,9 +256,6 @@ def cmd_chat(argv):
     _sampling_flags(p)
     args = p.parse_args(rest)
     run = _open_run(args, overrides)
-    import jax
-
-    from llada_jax import inference
     try:
         chat = inference.Chat(run)
     except inference.InferenceError as e:
@@ -281,11 +298,6 @@ def cmd_eval(argv):
     if args.tasks is not None:
         overrides = list(overrides) + [("eval.tasks", "" if args.tasks == "none" else args.tasks)]
     run = _open_run(args, overrides)
-    import json
-
-    import jax
-
-    from llada_jax import evaluate, inference
     try:
         metrics = evaluate.evaluate_run(run, jax.random.key(args.seed), choices=args.choices,
                                         perplexity=args.perplexity)
@@ -310,7 +322,6 @@ def main(argv=None):
         argv = ["train"] + argv  # `llada` alone trains the default
     name, rest = argv[0], argv[1:]
     if name not in COMMANDS:
-        import difflib
         close = difflib.get_close_matches(name, COMMANDS, n=1)
         hint = f" Did you mean `llada {close[0]}`?" if close else ""
         print(f"llada: unknown command {name!r}.{hint}\n\n{USAGE}", file=sys.stderr)

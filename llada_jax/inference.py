@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from llada_jax import checkpoint, config as config_lib, model as model_lib, sampling, sharding
-from llada_jax.data import synthetic
+from llada_jax.data import synthetic, tokenizer
 
 
 class InferenceError(ValueError):
@@ -40,7 +40,6 @@ class CharCodec:
 
 class SentencePieceCodec:
     def __init__(self, path):
-        from llada_jax.data import tokenizer
         self.tok = tokenizer.Tokenizer.load(path)
 
     def encode(self, text):
@@ -55,7 +54,7 @@ class HFCodec:
 
     def __init__(self, path):
         try:
-            from transformers import AutoTokenizer
+            from transformers import AutoTokenizer  # optional: only HF tokenizer directories need it
         except ImportError:
             raise InferenceError(f"--tokenizer={path} is a Hugging Face tokenizer directory, which needs "
                                  f"transformers: pip install 'llada-jax[hf]'.") from None

@@ -39,7 +39,7 @@ def write_html(rows, path, title="Denoising order"):
 
 
 def write_png(rows, path, per_line=32, title="Denoising order"):
-    import matplotlib
+    import matplotlib  # lazily: ~1 s to import, and only .png pictures need it
     matplotlib.use("Agg")
     from matplotlib import pyplot as plt
     last = _last_step(rows)

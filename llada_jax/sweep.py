@@ -31,6 +31,11 @@ import os
 import shlex
 from pathlib import Path
 
+import jax
+
+from llada_jax import checkpoint, config as config_lib, evaluate, model as model_lib, train
+from llada_jax.data import tasks
+
 EVAL_ONLY_PREFIXES = ("sampling.", "eval.")  # keys that change evaluation, not training
 
 
@@ -164,8 +169,6 @@ def plan(points, workdir):
 def build(base, common, point):
     """The config of a point: base file, then the command line's common overrides, then the point's (the point
     wins over a common override of the same key)."""
-    from llada_jax import config as config_lib
-    from llada_jax.data import tasks
     try:
         cfg = config_lib.build_config(base, list(common) + [(k, value_text(v)) for k, v in point.items()])
         tasks.task_names(cfg.eval.tasks)
@@ -209,9 +212,6 @@ def _read_json(path):
 
 def evaluate_point(cfg, run_dir, seed=0):
     """Restores the run's params and scores the tasks of cfg.eval.tasks (evaluate.evaluate_tasks)."""
-    import jax
-
-    from llada_jax import checkpoint, evaluate, train
     setup = train.Setup(cfg)
     params, step = checkpoint.restore_params(run_dir, setup.abstract_state()["params"])
     return step, evaluate.evaluate_tasks(cfg, setup.model, params, jax.random.key(seed))
@@ -220,7 +220,6 @@ def evaluate_point(cfg, run_dir, seed=0):
 def run_sweep(base, points, workdir, common=(), log=print):
     """Trains (or skips / resumes) every distinct run, evaluates every point, then writes the results.
     Returns the result rows."""
-    from llada_jax import train
     items = plan(points, workdir)
     configs = [build(base, common, it["point"]) for it in items]  # every point's config is checked before training
     trained = set()
@@ -262,7 +261,6 @@ def read_metrics(run_dir):
 
 def collect(items, configs):
     """One row per point: its overrides, final and best training metrics, training FLOPs and eval metrics."""
-    from llada_jax import model as model_lib
     rows = []
     for it, cfg in zip(items, configs):
         hist = read_metrics(it["run_dir"])
@@ -316,7 +314,7 @@ def axis_keys(rows):
 def plot(rows, items, workdir):
     """loss_curves.png (loss vs step of every run) and <metric>_vs_<axis>.png (one line per setting of the other
     axes) for every eval metric and the final loss."""
-    import matplotlib
+    import matplotlib  # lazily: ~1 s to import, and only plots need it
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     paths = []

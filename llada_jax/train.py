@@ -9,9 +9,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from llada_jax import config as config_lib
-from llada_jax import diffusion, mfu, model as model_lib, optim, sharding
-from llada_jax.data import synthetic
+from llada_jax import checkpoint as ckpt_lib, config as config_lib, diffusion, mfu, model as model_lib, optim
+from llada_jax import sharding
+from llada_jax.data import pipeline, sft, synthetic
 
 
 class TrainError(ValueError):
@@ -151,7 +151,6 @@ def make_data(cfg):
             raise TrainError(str(e)) from None
         return synthetic.SyntheticSource(corpus, cfg.train.global_batch, jax.process_index(), jax.process_count())
     if cfg.data.source in ("store", "sft"):
-        from llada_jax.data import pipeline, sft
         make = pipeline.make_pretrain_source if cfg.data.source == "store" else sft.make_sft_source
         try:
             return make(cfg)
@@ -168,7 +167,7 @@ class MetricsWriter:
         if self.active:
             self.jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")
             try:
-                from tensorboardX import SummaryWriter
+                from tensorboardX import SummaryWriter  # lazily: ~2 s to import; only process 0 writes
                 self.tb = SummaryWriter(workdir)
             except ImportError:  # TensorBoard is optional; metrics.jsonl always exists
                 self.tb = None
@@ -241,7 +240,6 @@ class Profiler:
 
 def train(cfg, workdir, log=print):
     """Trains `cfg` into `workdir`, resuming from its latest checkpoint if there is one. Returns (state, history)."""
-    from llada_jax import checkpoint as ckpt_lib
     log = log if jax.process_index() == 0 else (lambda *a, **k: None)
     setup = Setup(cfg)
     os.makedirs(workdir, exist_ok=True)

@@ -14,12 +14,15 @@ Neither direction needs torch: safetensors is a JSON header plus raw little-endi
 import json
 import os
 import shutil
-import sys
 import time
 
 import ml_dtypes
 import numpy as np
+import orbax.checkpoint as ocp
+import sentencepiece
+import tensorstore as ts
 
+from llada_jax import checkpoint, config as config_lib, model as model_lib
 from llada_jax.data.tokenizer import PIECES
 
 HF_FILES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "hf_files")
@@ -69,7 +72,6 @@ BLOCK_LEAVES = ("attn_norm", "q_proj", "k_proj", "v_proj", "attn_out", "ff_norm"
 
 def tensor_table(m):
     """{our leaf name: [Tensor, ...]} in our leaves' order; stacked leaves list one Tensor per layer."""
-    from llada_jax import model as model_lib
     hd = model_lib.head_dim(m)
     if hd * m.n_heads != m.d_model:
         raise ConvertError(f"model.head_dim={m.head_dim} with d_model={m.d_model} and n_heads={m.n_heads}: the "
@@ -91,7 +93,6 @@ def tensor_table(m):
 
 
 def leaf_shapes(m):
-    from llada_jax import model as model_lib
     s = model_lib.param_shapes(m)
     return {"wte": s["wte"][0], **{"blocks." + k: s["blocks"][k][0] for k in BLOCK_LEAVES}, "ln_f": s["ln_f"][0],
             "lm_head": s["lm_head"][0]}
@@ -139,7 +140,6 @@ _FIXED = {"rope": True, "layer_norm_type": "rms", "block_type": "llama", "activa
 
 def config_from_hf(hc, base=None):
     """Our config with the model sizes of an HF config.json dict `hc`, on top of `base` (ids: token_ids_from_hf)."""
-    from llada_jax import config as config_lib
     bad = [f"{k}={hc[k]!r} (only {v!r} is supported)" for k, v in _FIXED.items() if k in hc and hc[k] != v]
     if hc.get("model_type", "llada") != "llada":
         bad.append(f"model_type={hc['model_type']!r} (expected 'llada')")
@@ -195,7 +195,6 @@ def token_ids_from_hf(hf_dir, hc, gen, tokens, overridden=()):
     override (roles in `overridden`, already set), the config.json / generation_config.json key, the piece's id in
     the tokenizer files, the release's id when the model is the released layout (vocab 126464, mask 126336). A role
     found nowhere is an error: the defaults of a tiny model are never kept silently."""
-    from llada_jax import config as config_lib
     pieces = tokenizer_piece_ids(hf_dir)
     sources = {role: "override" for role in overridden}
     for role, key in TOKEN_KEYS.items():
@@ -300,11 +299,6 @@ class ShardedWriter:
 # ---------------------------------------------------------------------------------------------------------------
 # Reading and writing the arrays of an orbax `params` item with tensorstore.
 
-def _ts():
-    import tensorstore as ts
-    return ts
-
-
 def _kvstore(params_dir, name):
     base = {"driver": "file", "path": os.path.abspath(params_dir) + "/"}
     if os.path.exists(os.path.join(params_dir, "manifest.ocdbt")):
@@ -314,7 +308,6 @@ def _kvstore(params_dir, name):
 
 def open_leaf(params_dir, name, context):
     """The tensorstore of our leaf `name` ("blocks.q_proj") in an orbax params directory, or None."""
-    ts = _ts()
     for driver in ("zarr", "zarr3"):
         try:
             return ts.open({"driver": driver, "kvstore": _kvstore(params_dir, name)}, open=True,
@@ -335,7 +328,6 @@ def _step_blocks(t, axis):
 
 def find_step_dir(run_dir, step=None):
     """(step, path of that step's directory) of a run directory (or its checkpoints/ directory)."""
-    import orbax.checkpoint as ocp
     directory = os.path.join(run_dir, "checkpoints")
     if not os.path.isdir(directory):
         directory = run_dir
@@ -398,8 +390,7 @@ def _copy_tokenizer(path, out, cfg):
         return names
     if not os.path.exists(path):
         raise ConvertError(f"--tokenizer={path} does not exist; pass a sentencepiece .model or an HF tokenizer dir.")
-    import sentencepiece as spm
-    sp = spm.SentencePieceProcessor(model_file=path)
+    sp = sentencepiece.SentencePieceProcessor(model_file=path)
     t = cfg.tokens
     piece = lambda i: sp.id_to_piece(i) if 0 <= i < sp.get_piece_size() else None
     shutil.copy(path, os.path.join(out, "tokenizer.model"))
@@ -424,8 +415,6 @@ def to_hf(run_dir, out, step=None, dtype=None, tokenizer=None, max_shard_size="5
     """Writes the HF layout of checkpoint `step` (default: the latest) of `run_dir` into `out`.
 
     dtype: "bfloat16" | "float32" | "float16" | None (the checkpoint's own dtype). Returns a summary dict."""
-    from llada_jax import checkpoint
-    ts = _ts()
     cfg = checkpoint.load_run_config(run_dir)
     m = cfg.model
     table = tensor_table(m)
@@ -591,10 +580,7 @@ def from_hf(hf_dir, out, base_config=None, dtype=None, overwrite=False, log=prin
     `config`), usable by `--config.checkpoint.init_from=OUT`, sampling and `to_hf`. `overrides` [(dotted key, text)]
     (`--config.a.b=value`) win over the directory and `base_config`; the token ids are chosen by token_ids_from_hf
     and logged with their sources. Returns a summary dict."""
-    import orbax.checkpoint as ocp
 
-    from llada_jax import checkpoint, config as config_lib
-    ts = _ts()
     config_path = os.path.join(hf_dir, "config.json")
     if not os.path.exists(config_path):
         raise ConvertError(f"{config_path} not found: {hf_dir} is not a Hugging Face model directory.")
@@ -687,38 +673,3 @@ def from_hf(hf_dir, out, base_config=None, dtype=None, overwrite=False, log=prin
         f"with --config.checkpoint.init_from={out}")
     return {"tensors": sum(len(v) for v in table.values()), "bytes": total, "dtype": dtype,
             "mb_per_s": progress.rate()}
-
-
-def main(argv):
-    """`llada convert to-hf ...` / `llada convert from-hf ...` (see cli.cmd_convert)."""
-    import argparse
-    p = argparse.ArgumentParser(prog="llada convert", description="Convert to and from the LLaDA Hugging Face layout.")
-    sub = p.add_subparsers(dest="direction", required=True)
-    a = sub.add_parser("to-hf", help="export a run's checkpoint as safetensors + config.json (+ remote code)")
-    a.add_argument("--workdir", required=True, help="the run directory")
-    a.add_argument("--step", type=int, default=None, help="checkpoint step (default: the latest)")
-    a.add_argument("--out", required=True, help="output directory")
-    a.add_argument("--dtype", default=None, choices=list(DTYPES), help="default: the checkpoint's dtype")
-    a.add_argument("--tokenizer", default=None, help="sentencepiece .model or HF tokenizer directory "
-                                                     "(default: the run's data.tokenizer, if any)")
-    a.add_argument("--max_shard_size", default="5GB", help="largest safetensors shard, e.g. 5GB, 500MB")
-    b = sub.add_parser("from-hf", help="import an HF LLaDA directory into a run directory")
-    b.add_argument("hf_dir", help="directory with config.json and *.safetensors")
-    b.add_argument("--out", required=True, help="the new run directory")
-    b.add_argument("--config", default=None, help="config file for everything but the model sizes and token ids; "
-                                                  "--config.a.b=VALUE overrides one key (--config.tokens.eot_id=ID)")
-    b.add_argument("--dtype", default=None, choices=list(DTYPES), help="default: the tensors' dtype")
-    b.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
-    from llada_jax import cli, config as config_lib
-    overrides, rest = cli.split_config_args(argv)
-    args = p.parse_args(rest)
-    if overrides and args.direction == "to-hf":
-        p.error("to-hf takes no --config.* overrides: it exports the run as it is.")
-    try:
-        if args.direction == "to-hf":
-            to_hf(args.workdir, args.out, args.step, args.dtype, args.tokenizer, args.max_shard_size)
-        else:
-            base = config_lib.build_config(args.config) if args.config else None
-            from_hf(args.hf_dir, args.out, base, args.dtype, args.overwrite, overrides=overrides)
-    except (ConvertError, config_lib.ConfigError, OSError) as e:
-        sys.exit(f"llada convert {args.direction}: {e}")

@@ -14,6 +14,7 @@ import hashlib
 import os
 
 import numpy as np
+import sentencepiece
 
 from llada_jax.data import documents
 
@@ -33,11 +34,6 @@ class TokenizerError(ValueError):
     """A tokenizer file is missing, or lacks a piece a role needs; the message says how to fix it."""
 
 
-def _sentencepiece():
-    import sentencepiece
-    return sentencepiece
-
-
 class Tokenizer:
     """A sentencepiece model with ids by role: mask_id, bos_id, eos_id, pad_id (= eos_id), eot_id,
     start_header_id, end_header_id (-1 when the model has no such piece), vocab_size."""
@@ -45,7 +41,7 @@ class Tokenizer:
     def __init__(self, model_proto, path="<memory>"):
         self.path = path
         self.model_proto = model_proto
-        self.sp = _sentencepiece().SentencePieceProcessor(model_proto=model_proto)
+        self.sp = sentencepiece.SentencePieceProcessor(model_proto=model_proto)
         self.vocab_size = self.sp.vocab_size()
         self.sha256 = hashlib.sha256(model_proto).hexdigest()
         ids = {role: self._find(role) for role in PIECES}
@@ -148,7 +144,7 @@ def train(inputs, out_prefix, vocab_size, model_type="bpe", text_field="text", b
     ids = {"eos_id": 0, "bos_id": 1, "unk_id": len(PIECES), "pad_id": -1}
     control = [PIECES[r] for r in ("mask_id", "eot_id", "start_header_id", "end_header_id")]  # ids 2..5
     log(f"training a {model_type} sentencepiece model ({vocab_size} pieces) on {len(paths)} file(s)")
-    _sentencepiece().SentencePieceTrainer.train(
+    sentencepiece.SentencePieceTrainer.train(
         sentence_iterator=_training_lines(paths, text_field), model_prefix=out_prefix, vocab_size=vocab_size,
         model_type=model_type, bos_piece=PIECES["bos_id"], eos_piece=PIECES["eos_id"], control_symbols=control,
         byte_fallback=byte_fallback, normalization_rule_name="identity", remove_extra_whitespaces=False,
