@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 
 from llada_jax import model as model_lib, train
+from llada_jax.errors import LladaError
 
 GIB = 1 << 30
 # HBM per chip (one JAX device per chip on all four generations: v4/v5p megacore).
@@ -25,7 +26,7 @@ CORES_PER_CHIP = {"v4": 2, "v5p": 2, "v5e": 1, "v6e": 1}
 COLLECTIVES = ("all-reduce", "all-gather", "reduce-scatter", "all-to-all", "collective-permute")
 
 
-class CompileError(ValueError):
+class CompileError(LladaError):
     pass
 
 

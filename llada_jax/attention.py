@@ -7,6 +7,8 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import PartitionSpec as P
 
+from llada_jax.errors import LladaError
+
 
 def _mask(batch, q_len, k_len, key_mask, segment_ids, causal):
     """[B, 1, T, S] bool: which keys each query may attend to (None: all)."""
@@ -195,6 +197,6 @@ def get_attention(name, dtype=None, platform=None):
         platform = platform or jax.default_backend()
         name = {"tpu": "splash", "gpu": "cudnn" if dtype in (jnp.bfloat16, jnp.float16) else "xla"}.get(platform, "flash")
     if name not in BACKENDS:
-        raise ValueError(f"unknown attention backend model.attention={name!r}; expected one of auto, "
+        raise LladaError(f"unknown attention backend model.attention={name!r}; expected one of auto, "
                          f"{', '.join(BACKENDS)}.")
     return BACKENDS[name]

@@ -15,6 +15,7 @@ import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 
 from llada_jax import config as config_lib
+from llada_jax.errors import LladaError
 
 ITEMS = ("params", "train", "data", "config")
 
@@ -24,7 +25,7 @@ def _handlers():
             "data": ocp.JsonCheckpointHandler(), "config": ocp.JsonCheckpointHandler()}
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(LladaError):
     pass
 
 

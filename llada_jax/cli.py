@@ -9,10 +9,10 @@ from pathlib import Path
 
 import jax
 
-from llada_jax import (aot, checkpoint, config as config_lib, distributed, evaluate, inference, picture, sampling,
-                       sharding, sweep, train)
+from llada_jax import aot, config as config_lib, distributed, evaluate, inference, picture, sampling, sweep, train
 from llada_jax.convert import hf
-from llada_jax.data import documents, prepare, tasks, tokenizer
+from llada_jax.data import documents, prepare, tokenizer
+from llada_jax.errors import LladaError
 
 USAGE = """usage: llada COMMAND [options]
 
@@ -60,10 +60,7 @@ def _base_parser(prog, description):
 
 
 def _load(args, overrides):
-    try:
-        cfg = config_lib.build_config(args.config, overrides)
-    except config_lib.ConfigError as e:
-        raise SystemExit(f"llada: config error: {e}")
+    cfg = config_lib.build_config(args.config, overrides)
     if args.print_config:
         print(config_lib.to_json(cfg))
         raise SystemExit(0)
@@ -76,10 +73,7 @@ def cmd_train(argv):
     cfg = _load(args, overrides)
     distributed.maybe_initialize()
     workdir = args.workdir or os.path.join("runs", cfg.name)
-    try:
-        train.train(cfg, workdir)
-    except (train.TrainError, sharding.MeshError, checkpoint.CheckpointError) as e:
-        raise SystemExit(f"llada train: {e}")
+    train.train(cfg, workdir)
     if jax.process_index() == 0:
         print(f"done: run directory {workdir}")
 
@@ -103,15 +97,12 @@ def cmd_data(argv):
     q.add_argument("--val_fraction", type=float, default=0.01, help="fraction of documents held out (by hash)")
     q.add_argument("--on_error", default="stop", choices=["stop", "skip"], help="on a malformed line")
     args = p.parse_args(argv)
-    try:
-        if args.action == "tokenizer":
-            tokenizer.train(documents.expand_inputs(args.input), args.out, args.vocab_size, args.model_type,
-                            args.text_field)
-        else:
-            prepare.prepare(args.input, args.out, args.tokenizer, args.text_field, args.workers, args.val_fraction,
-                            args.on_error)
-    except (documents.DocumentError, prepare.PrepareError, tokenizer.TokenizerError) as e:
-        raise SystemExit(f"llada data {args.action}: {e}")
+    if args.action == "tokenizer":
+        tokenizer.train(documents.expand_inputs(args.input), args.out, args.vocab_size, args.model_type,
+                        args.text_field)
+    else:
+        prepare.prepare(args.input, args.out, args.tokenizer, args.text_field, args.workers, args.val_fraction,
+                        args.on_error)
 
 
 def cmd_compile(argv):
@@ -121,10 +112,7 @@ def cmd_compile(argv):
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     args = p.parse_args(rest)
     cfg = _load(args, overrides)
-    try:
-        report = aot.compile_step(cfg, args.topology)
-    except (aot.CompileError, train.TrainError, sharding.MeshError) as e:
-        raise SystemExit(f"llada compile: {e}")
+    report = aot.compile_step(cfg, args.topology)
     print(json.dumps(report, indent=2) if args.json else aot.format_report(report))
     if not report["fits"]:
         raise SystemExit(f"llada compile: the step does not fit: it needs {report['total_bytes'] / 2**30:.2f} GiB per device but "
@@ -161,8 +149,8 @@ def cmd_convert(argv):
         else:
             base = config_lib.build_config(args.config) if args.config else None
             hf.from_hf(args.hf_dir, args.out, base, args.dtype, args.overwrite, overrides=overrides)
-    except (hf.ConvertError, config_lib.ConfigError, OSError) as e:
-        raise SystemExit(f"llada convert {args.direction}: {e}")
+    except OSError as e:  # a file of the directories named on the command line is missing or cannot be written
+        raise hf.ConvertError(f"{args.direction}: {e}") from e
 
 
 def cmd_sweep(argv):
@@ -172,16 +160,12 @@ def cmd_sweep(argv):
     p.add_argument("--sweep", required=True, help="a sweep file, configs/sweeps/NAME.py, defining get_sweep()")
     p.add_argument("--print_commands", action="store_true", help="print one `llada train` command per run and exit")
     args = p.parse_args(rest)
-    try:
-        base, points = sweep.load_sweep(args.sweep)
-        base, workdir = args.config or base, args.workdir or os.path.join("runs", "sweep_" + Path(args.sweep).stem)
-        if args.print_commands:
-            print("\n".join(sweep.launch_commands(base, points, workdir, overrides)))
-        else:
-            sweep.run_sweep(base, points, workdir, overrides)
-    except (sweep.SweepError, tasks.TaskError, evaluate.EvalError, sampling.SamplingError, train.TrainError,
-            checkpoint.CheckpointError) as e:
-        raise SystemExit(f"llada sweep: {e}")
+    base, points = sweep.load_sweep(args.sweep)
+    base, workdir = args.config or base, args.workdir or os.path.join("runs", "sweep_" + Path(args.sweep).stem)
+    if args.print_commands:
+        print("\n".join(sweep.launch_commands(base, points, workdir, overrides)))
+    else:
+        sweep.run_sweep(base, points, workdir, overrides)
 
 
 def _run_parser(prog, description):
@@ -205,12 +189,9 @@ def _sampling_flags(p):
 def _open_run(args, overrides):
     overrides = list(overrides) + [(f"sampling.{n}", getattr(args, n)) for n in SAMPLING_FLAGS
                                    if getattr(args, n, None) is not None]
-    try:
-        run = inference.load_run(args.workdir, overrides, args.step, args.tokenizer)
-        sampling.validate(sampling.args_from_config(run.cfg.sampling), run.model)
-        return run
-    except (inference.InferenceError, checkpoint.CheckpointError, sharding.MeshError, sampling.SamplingError) as e:
-        raise SystemExit(f"llada: {e}")
+    run = inference.load_run(args.workdir, overrides, args.step, args.tokenizer)
+    sampling.validate(sampling.args_from_config(run.cfg.sampling), run.model)
+    return run
 
 
 def cmd_sample(argv):
@@ -229,10 +210,7 @@ def cmd_sample(argv):
         raise SystemExit("llada sample: no prompt; pass --prompt=TEXT (repeatable) or --prompt_file=FILE.")
     run = _open_run(args, overrides)
     t0 = time.perf_counter()
-    try:
-        out = run.sample(prompts, key=jax.random.key(args.seed))
-    except inference.InferenceError as e:
-        raise SystemExit(f"llada sample: {e}")
+    out = run.sample(prompts, key=jax.random.key(args.seed))
     seconds = time.perf_counter() - t0
     for prompt, text in zip(prompts, out["texts"]):
         print(f"{prompt}{text}")
@@ -256,10 +234,7 @@ def cmd_chat(argv):
     _sampling_flags(p)
     args = p.parse_args(rest)
     run = _open_run(args, overrides)
-    try:
-        chat = inference.Chat(run)
-    except inference.InferenceError as e:
-        raise SystemExit(f"llada chat: {e}")
+    chat = inference.Chat(run)
     scripted = bool(args.message)
     messages = iter(args.message) if scripted else None
     turn = 0
@@ -276,10 +251,7 @@ def cmd_chat(argv):
                 break
             if message.strip() in ("", "exit", "quit"):
                 break
-        try:
-            answer, _ = chat.say(message, key=jax.random.key(args.seed + turn))
-        except inference.InferenceError as e:
-            raise SystemExit(f"llada chat: {e}")
+        answer, _ = chat.say(message, key=jax.random.key(args.seed + turn))
         print(f"assistant> {answer}")
         turn += 1
 
@@ -298,11 +270,7 @@ def cmd_eval(argv):
     if args.tasks is not None:
         overrides = list(overrides) + [("eval.tasks", "" if args.tasks == "none" else args.tasks)]
     run = _open_run(args, overrides)
-    try:
-        metrics = evaluate.evaluate_run(run, jax.random.key(args.seed), choices=args.choices,
-                                        perplexity=args.perplexity)
-    except (evaluate.EvalError, inference.InferenceError, ValueError) as e:
-        raise SystemExit(f"llada eval: {e}")
+    metrics = evaluate.evaluate_run(run, jax.random.key(args.seed), choices=args.choices, perplexity=args.perplexity)
     out = args.out or os.path.join(args.workdir, "eval.json")
     with open(out, "w") as f:
         json.dump(metrics, f, indent=2, sort_keys=True)
@@ -326,7 +294,10 @@ def main(argv=None):
         hint = f" Did you mean `llada {close[0]}`?" if close else ""
         print(f"llada: unknown command {name!r}.{hint}\n\n{USAGE}", file=sys.stderr)
         return 2
-    COMMANDS[name](rest)
+    try:
+        COMMANDS[name](rest)
+    except LladaError as e:  # a problem the user can fix: its message, no traceback; any other exception is a bug
+        raise SystemExit(f"llada {name}: {e}") from None
     return 0
 
 

@@ -11,11 +11,13 @@ from pathlib import Path
 
 import ml_collections
 
+from llada_jax.errors import LladaError
+
 PACKAGED_CONFIGS = Path(__file__).resolve().parent / "configs"  # `configs/` ships inside the package
 REPO_CONFIGS = Path(__file__).resolve().parent.parent / "configs"  # ... and sits beside it in a checkout
 
 
-class ConfigError(ValueError):
+class ConfigError(LladaError):
     """A config file or override is wrong; the message says what, what was expected and how to fix it."""
 
 

@@ -16,9 +16,10 @@ from llada_jax import diffusion
 from llada_jax import model as model_lib
 from llada_jax import sampling
 from llada_jax.data import store, synthetic, tasks as tasks_lib
+from llada_jax.errors import LladaError
 
 
-class EvalError(ValueError):
+class EvalError(LladaError):
     """Evaluation inputs that cannot work; the message says what was wrong and how to fix it."""
 
 

@@ -13,9 +13,10 @@ import numpy as np
 
 from llada_jax import checkpoint, config as config_lib, model as model_lib, sampling, sharding
 from llada_jax.data import synthetic, tokenizer
+from llada_jax.errors import LladaError
 
 
-class InferenceError(ValueError):
+class InferenceError(LladaError):
     """A run or input that cannot be used; the message says what was wrong and how to fix it."""
 
 
@@ -30,7 +31,7 @@ class CharCodec:
     def encode(self, text):
         try:
             return self.tok.encode(text)
-        except ValueError as e:
+        except LladaError as e:
             raise InferenceError(f"{e} This run was trained on the synthetic corpus; write prompts in its "
                                  f"characters.") from None
 

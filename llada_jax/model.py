@@ -11,6 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from llada_jax import attention as attention_lib
+from llada_jax.errors import LladaError
 
 REMAT_POLICIES = {
     "none": None,
@@ -103,7 +104,7 @@ class Model:
         self.attention = attention_lib.get_attention(m.attention, self.dtype, attention_lib.platform_of(sharder))
         self.constrain = sharder.constrain if sharder else (lambda x, axes: x)
         if m.remat not in REMAT_POLICIES:
-            raise ValueError(f"unknown model.remat={m.remat!r}; expected one of {', '.join(REMAT_POLICIES)}.")
+            raise LladaError(f"unknown model.remat={m.remat!r}; expected one of {', '.join(REMAT_POLICIES)}.")
 
     # -- parameters --------------------------------------------------------------------------------------------
     def param_axes(self):
@@ -190,7 +191,7 @@ class Model:
         dtype) instead of logits, for a loss that applies the output head itself (diffusion.chunked_cross_entropy)."""
         m = self.m
         if tokens.shape[1] > m.max_seq_len:
-            raise ValueError(f"sequence length {tokens.shape[1]} exceeds model.max_seq_len={m.max_seq_len}; "
+            raise LladaError(f"sequence length {tokens.shape[1]} exceeds model.max_seq_len={m.max_seq_len}; "
                              f"shorten train.seq_len or raise model.max_seq_len.")
         p = jax.tree.map(lambda w: w.astype(self.dtype), params)
         x = self.constrain(jnp.take(p["wte"], tokens, axis=0), ("batch", "act_seq", "act_embed"))

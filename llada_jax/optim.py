@@ -5,6 +5,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from llada_jax.errors import LladaError
+
 NORMS = ("attn_norm", "ff_norm", "ln_f")
 EMBEDDINGS = ("wte", "lm_head")
 
@@ -35,7 +37,7 @@ def schedule(cfg):
             return jnp.where(step < warmup, warm(step), lo + 0.5 * (o.peak_lr - lo) * (1 + jnp.cos(math.pi * frac)))
         return cosine
     if o.schedule != "wsd":
-        raise ValueError(f"unknown optim.schedule={o.schedule!r}; expected wsd, cosine or constant.")
+        raise LladaError(f"unknown optim.schedule={o.schedule!r}; expected wsd, cosine or constant.")
     drop = o.drop_tokens / per_step if o.drop_tokens > 0 else math.inf
     decay_len = o.decay_tokens / per_step if o.decay_tokens > 0 else o.decay_fraction * total
     decay_start = total - decay_len

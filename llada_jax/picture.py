@@ -5,6 +5,8 @@ rows: [(prompt text, [(token text, step), ...]), ...]; step -1 = never committed
 """
 import html
 
+from llada_jax.errors import LladaError
+
 
 def _shade(step, last):
     """Light blue (step 0) to dark blue (the last step); grey for never committed."""
@@ -70,4 +72,4 @@ def write(rows, path):
     elif path.endswith((".html", ".htm")):
         write_html(rows, path)
     else:
-        raise ValueError(f"--order_picture={path}: expected a .html or .png file name.")
+        raise LladaError(f"--order_picture={path}: expected a .html or .png file name.")

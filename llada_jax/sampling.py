@@ -18,12 +18,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from llada_jax import model as model_lib
+from llada_jax.errors import LladaError
 
 REMASKING = ("low_confidence", "random")
 CACHES = (None, "prefix", "dual")
 
 
-class SamplingError(ValueError):
+class SamplingError(LladaError):
     """Sampling arguments that cannot work; the message says what was wrong and how to fix it."""
 
 

@@ -13,10 +13,12 @@ import numpy as np
 from jax.experimental import mesh_utils
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
+from llada_jax.errors import LladaError
+
 AXES = ("data", "fsdp", "tensor")
 
 
-class MeshError(ValueError):
+class MeshError(LladaError):
     pass
 
 

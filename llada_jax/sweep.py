@@ -35,11 +35,12 @@ import jax
 
 from llada_jax import checkpoint, config as config_lib, evaluate, model as model_lib, train
 from llada_jax.data import tasks
+from llada_jax.errors import LladaError
 
 EVAL_ONLY_PREFIXES = ("sampling.", "eval.")  # keys that change evaluation, not training
 
 
-class SweepError(ValueError):
+class SweepError(LladaError):
     """A sweep file or sweep point that cannot work; the message says what was wrong and how to fix it."""
 
 

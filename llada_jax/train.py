@@ -12,9 +12,10 @@ import optax
 from llada_jax import checkpoint as ckpt_lib, config as config_lib, diffusion, mfu, model as model_lib, optim
 from llada_jax import sharding
 from llada_jax.data import pipeline, sft, synthetic
+from llada_jax.errors import LladaError
 
 
-class TrainError(ValueError):
+class TrainError(LladaError):
     """A config that cannot train; the message says what is wrong and how to fix it."""
 
 
@@ -144,11 +145,8 @@ class Setup:
 def make_data(cfg):
     """The data source of `cfg.data.source`: an iterator of host-local batches with get_state / set_state."""
     if cfg.data.source == "synthetic":
-        try:
-            corpus = synthetic.SyntheticCorpus(cfg.train.seq_len, cfg.seed, cfg.data.synthetic_task,
-                                               cfg.data.synthetic_format)
-        except ValueError as e:
-            raise TrainError(str(e)) from None
+        corpus = synthetic.SyntheticCorpus(cfg.train.seq_len, cfg.seed, cfg.data.synthetic_task,
+                                           cfg.data.synthetic_format)
         return synthetic.SyntheticSource(corpus, cfg.train.global_batch, jax.process_index(), jax.process_count())
     if cfg.data.source in ("store", "sft"):
         make = pipeline.make_pretrain_source if cfg.data.source == "store" else sft.make_sft_source

@@ -24,6 +24,7 @@ import tensorstore as ts
 
 from llada_jax import checkpoint, config as config_lib, model as model_lib
 from llada_jax.data.tokenizer import PIECES
+from llada_jax.errors import LladaError
 
 HF_FILES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "hf_files")
 TORCH_MODEL = os.path.join(os.path.dirname(os.path.abspath(__file__)), "torch_model.py")
@@ -45,7 +46,7 @@ def _choose_dtype(dtype, found, column, where):
     return dtype
 
 
-class ConvertError(ValueError):
+class ConvertError(LladaError):
     """A checkpoint or HF directory that cannot be converted; the message names the tensor or key at fault."""
 
 
@@ -580,7 +581,6 @@ def from_hf(hf_dir, out, base_config=None, dtype=None, overwrite=False, log=prin
     `config`), usable by `--config.checkpoint.init_from=OUT`, sampling and `to_hf`. `overrides` [(dotted key, text)]
     (`--config.a.b=value`) win over the directory and `base_config`; the token ids are chosen by token_ids_from_hf
     and logged with their sources. Returns a summary dict."""
-
     config_path = os.path.join(hf_dir, "config.json")
     if not os.path.exists(config_path):
         raise ConvertError(f"{config_path} not found: {hf_dir} is not a Hugging Face model directory.")

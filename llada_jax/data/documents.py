@@ -9,10 +9,12 @@ import gzip
 import json
 import os
 
+from llada_jax.errors import LladaError
+
 JSONL_SUFFIXES = (".jsonl", ".json", ".ndjson")
 
 
-class DocumentError(ValueError):
+class DocumentError(LladaError):
     """An input pattern matches nothing, or a line is undecodable or malformed; the message names file and line."""
 
 

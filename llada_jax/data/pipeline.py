@@ -31,9 +31,10 @@ from absl import flags
 
 from llada_jax.data import store as store_lib
 from llada_jax.data import tokenizer as tokenizer_lib
+from llada_jax.errors import LladaError
 
 
-class PipelineError(ValueError):
+class PipelineError(LladaError):
     """A pipeline config that cannot work; the message says how to fix it."""
 
 

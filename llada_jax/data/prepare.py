@@ -30,12 +30,13 @@ import numpy as np
 from llada_jax.data import documents
 from llada_jax.data import store as store_lib
 from llada_jax.data import tokenizer as tokenizer_lib
+from llada_jax.errors import LladaError
 
 CHUNK_BYTES = 1 << 20  # raw text per work item sent to a worker
 MAX_ERROR_MESSAGES = 100
 
 
-class PrepareError(ValueError):
+class PrepareError(LladaError):
     """Bad input or options; the message names the file and line and says how to proceed."""
 
 

@@ -21,9 +21,10 @@ import numpy as np
 from llada_jax.data import documents
 from llada_jax.data import pipeline
 from llada_jax.data import tokenizer as tokenizer_lib
+from llada_jax.errors import LladaError
 
 
-class SFTError(ValueError):
+class SFTError(LladaError):
     """Malformed SFT data or options; the message names file and line."""
 
 

@@ -12,10 +12,12 @@ import os
 import numpy as np
 import tensorstore
 
+from llada_jax.errors import LladaError
+
 DEFAULT_CHUNK = 1 << 16  # tokens per zarr chunk: 256 KiB raw, small enough to decompress per random window
 
 
-class StoreError(ValueError):
+class StoreError(LladaError):
     """A token store is missing or incomplete; the message says how to make it."""
 
 

@@ -21,10 +21,12 @@ import string
 
 import numpy as np
 
+from llada_jax.errors import LladaError
+
 EVAL_SEED = 20250214  # evaluation examples come from their own stream, never the training corpus's
 
 
-class TaskError(ValueError):
+class TaskError(LladaError):
     """An unknown task or an evaluation that cannot run; the message says what was wrong and how to fix it."""
 
 

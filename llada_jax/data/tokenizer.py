@@ -17,6 +17,7 @@ import numpy as np
 import sentencepiece
 
 from llada_jax.data import documents
+from llada_jax.errors import LladaError
 
 PIECES = {  # role -> piece name (the released 8B tokenizer's names)
     "eos_id": "<|endoftext|>",
@@ -30,7 +31,7 @@ REQUIRED = ("mask_id", "eos_id")  # pre-training needs these; the chat roles are
 CHAT_ROLES = ("bos_id", "eot_id", "start_header_id", "end_header_id")
 
 
-class TokenizerError(ValueError):
+class TokenizerError(LladaError):
     """A tokenizer file is missing, or lacks a piece a role needs; the message says how to fix it."""
 
 
