@@ -69,8 +69,6 @@ def default_config():
     tr.micro_batches = 1  # gradient accumulation: the global batch is split into this many micro-batches
     tr.log_every = 25
     tr.profile_steps = ""  # "START:COUNT": a jax.profiler trace of these steps in WORKDIR/profile ("" = off)
-    tr.nan_poison_step = -1  # testing switch: poison the gradients of this step (or, with nan_poison_count, more)
-    tr.nan_poison_count = 1  # ... of this many consecutive steps from nan_poison_step
     tr.nan_patience = 5  # after this many consecutive non-finite steps, restore the last good checkpoint
     tr.nan_lr_factor = 1.0  # ... and multiply the learning rate by this factor (the paper resumed at a lower LR)
 

@@ -252,12 +252,12 @@ class _Static(dict):
         return hash(tuple(sorted(self.items())))
 
 
-def split_args(args, ids, force_cfg=False):
-    """(static, traced) halves of SamplingArgs; force_cfg runs the CFG program even at cfg_scale 0 (tests)."""
+def split_args(args, ids):
+    """(static, traced) halves of SamplingArgs."""
     static = _Static(ids=ids, gen_length=args.gen_length, cache=args.cache,
                      block_length=args.block_length if args.cache else None, remasking=args.remasking,
                      logits_eos_inf=args.logits_eos_inf, confidence_eos_eot_inf=args.confidence_eos_eot_inf,
-                     use_threshold=args.threshold is not None, use_cfg=force_cfg or args.cfg_scale > 0)
+                     use_threshold=args.threshold is not None, use_cfg=args.cfg_scale > 0)
     dyn = {"steps": jnp.int32(args.steps if args.threshold is None else args.gen_length),
            "block_length": jnp.int32(args.block_length), "temperature": jnp.float32(args.temperature),
            "cfg_scale": jnp.float32(args.cfg_scale),
@@ -265,7 +265,7 @@ def split_args(args, ids, force_cfg=False):
     return static, dyn
 
 
-def generate(model, params, prompt, prompt_mask, key, args, ids, *, force_cfg=False):
+def generate(model, params, prompt, prompt_mask, key, args, ids):
     """Samples `args.gen_length` tokens after each (left-padded) prompt (REFERENCE.md sections 4 and 6).
 
     model: a model_lib.Model, or any apply_fn(params, tokens, key_mask) -> logits [B, T, V] float32 (no cache then).
@@ -280,7 +280,7 @@ def generate(model, params, prompt, prompt_mask, key, args, ids, *, force_cfg=Fa
     prompt = jnp.asarray(prompt, jnp.int32)
     if prompt_mask is None or args.attend_padding:
         prompt_mask = jnp.ones(prompt.shape, bool)
-    static, dyn = split_args(args, ids, force_cfg)
+    static, dyn = split_args(args, ids)
     return _generate_jit(model, params, prompt, jnp.asarray(prompt_mask, bool), key, dyn, static)
 
 

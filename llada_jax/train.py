@@ -121,11 +121,6 @@ class Setup:
         step = state["step"]
         key = jax.random.fold_in(jax.random.wrap_key_data(state["rng"]), step)
         loss, aux, grads = self.loss_and_grads(state["params"], batch, key)
-        tr = self.cfg.train
-        if tr.nan_poison_step >= 0:  # testing switch for the NaN guard (only before the first rollback)
-            hit = (step >= tr.nan_poison_step) & (step < tr.nan_poison_step + tr.nan_poison_count)
-            hit = hit & (state["rollbacks"] == 0)
-            grads = jax.tree.map(lambda g: jnp.where(hit, jnp.nan, g), grads)
         grad_norm = optax.tree.norm(grads)
         finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
         updates, opt_state = self.tx.update(grads, state["opt_state"], state["params"])
@@ -236,8 +231,9 @@ class Profiler:
             self.log(f"profiler: trace of steps {self.start}..{self.stop - 1} written to {self.dir}")
 
 
-def train(cfg, workdir, log=print):
-    """Trains `cfg` into `workdir`, resuming from its latest checkpoint if there is one. Returns (state, history)."""
+def train(cfg, workdir, log=print, data=None):
+    """Trains `cfg` into `workdir`, resuming from its latest checkpoint if there is one. Returns (state, history).
+    `data`: the data source (default: make_data(cfg)), an iterator of host-local batches with get_state / set_state."""
     log = log if jax.process_index() == 0 else (lambda *a, **k: None)
     setup = Setup(cfg)
     os.makedirs(workdir, exist_ok=True)
@@ -245,7 +241,7 @@ def train(cfg, workdir, log=print):
     log(f"model: {model_lib.count_params(m) / 1e6:.2f}M params ({model_lib.count_params(m, False) / 1e6:.2f}M "
         f"non-embedding); mesh {dict(setup.mesh.shape)} on {jax.device_count()} {jax.devices()[0].platform} devices"
         f" in {jax.process_count()} process(es)")
-    data = make_data(cfg)
+    data = make_data(cfg) if data is None else data
     ckpt = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"), cfg)
     restored = ckpt.restore(setup.abstract_state(), log=log)
     if restored is not None:

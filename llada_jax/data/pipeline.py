@@ -75,10 +75,6 @@ class HostBatches:
         """MapDataset whose element s is this host's batch of the s-th step after global row `row`."""
         return self.rows[row:].batch(self.local_batch)[self.process_index::self.process_count].map(self.read)
 
-    def batch_at(self, step, row=0):
-        """This host's batch of step `step` counted from row `row`, computed directly (no prefetch)."""
-        return self.dataset(row)[step]
-
     def _iterator(self):
         grain = _grain()
         ds = self.dataset(self.row).to_iter_dataset(
