@@ -16,7 +16,7 @@ from importlib import metadata
 import jax
 import jax.numpy as jnp
 
-from llada_jax import model as model_lib, train
+from llada_jax import mfu, train
 from llada_jax.errors import LladaError
 
 GIB = 1 << 30
@@ -145,7 +145,6 @@ def compile_step(cfg, topology, log=print):
     total = mem.argument_size_in_bytes + mem.output_size_in_bytes - mem.alias_size_in_bytes + mem.temp_size_in_bytes \
         + mem.generated_code_size_in_bytes
     hbm = HBM_BYTES[gen] * chips // len(devices)  # per device (libtpu describes v4 with one device per core)
-    model_flops = model_lib.flops_per_token(cfg.model, l, causal=cfg.objective == "arm") * b * l
     return {
         "topology": topo_name, "devices": len(devices), "device_kind": devices[0].device_kind,
         "mesh": dict(setup.mesh.shape), "global_batch": b, "seq_len": l, "micro_batches": cfg.train.micro_batches,
@@ -154,7 +153,7 @@ def compile_step(cfg, topology, log=print):
         "alias_bytes": mem.alias_size_in_bytes, "temp_bytes": mem.temp_size_in_bytes,
         "code_bytes": mem.generated_code_size_in_bytes, "total_bytes": total, "hbm_bytes": hbm,
         "fits": total <= hbm, "compiled_flops_per_device": float(cost.get("flops", 0.0)) if cost else None,
-        "model_flops_per_step": model_flops, "collectives": _collectives(compiled),
+        "model_flops_per_step": mfu.flops_per_step(cfg), "collectives": _collectives(compiled),
         "libtpu_mismatch": libtpu_mismatch(),
         "compile_seconds": time.perf_counter() - t0,
     }

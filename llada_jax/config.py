@@ -193,27 +193,41 @@ def paper_recipe(c):
 # ---------------------------------------------------------------------------------------------------------------
 # Loading config files and applying overrides.
 
-def _resolve_path(path):
+def find_file(path, folder=""):
+    """The Python file `path` names (config and sweep files): the path itself, else its name (with or without .py)
+    under `configs/<folder>` of the checkout or of the installed package; None if there is none."""
     p = Path(path)
     if p.exists():
         return p
-    for root in (REPO_CONFIGS, PACKAGED_CONFIGS):
+    for root in (REPO_CONFIGS / folder, PACKAGED_CONFIGS / folder):
         for cand in (root / p, root / p.name, root / (p.name + ".py")):
             if cand.exists():
                 return cand
-    avail = sorted({q.name for root in (REPO_CONFIGS, PACKAGED_CONFIGS) for q in root.glob("*.py")
-                    if not q.name.startswith("_")})
-    raise ConfigError(f"config file {path!r} not found. Built-in configs: {', '.join(avail)}. "
-                      f"Pass --config=configs/NAME.py or a path to your own file defining get_config().")
+    return None
+
+
+def builtin_files(folder=""):
+    """The names of the built-in files in `configs/<folder>` (for error messages)."""
+    return sorted({q.name for root in (REPO_CONFIGS / folder, PACKAGED_CONFIGS / folder) for q in root.glob("*.py")
+                   if not q.name.startswith("_")})
+
+
+def load_module(path, prefix):
+    """Executes the Python file `path` as a fresh module named `prefix_<stem>` and returns it."""
+    spec = importlib.util.spec_from_file_location(f"{prefix}_{Path(path).stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def load_config(spec="configs/tiny.py"):
     """Loads `path[:arg]`: a Python file whose `get_config(arg=None)` returns a ConfigDict."""
     path, _, arg = spec.partition(":")
-    p = _resolve_path(path)
-    module_spec = importlib.util.spec_from_file_location(f"llada_config_{p.stem}", p)
-    module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
+    p = find_file(path)
+    if p is None:
+        raise ConfigError(f"config file {path!r} not found. Built-in configs: {', '.join(builtin_files())}. "
+                          f"Pass --config=configs/NAME.py or a path to your own file defining get_config().")
+    module = load_module(p, "llada_config")
     if not hasattr(module, "get_config"):
         raise ConfigError(f"{p} defines no get_config(); a config file must define get_config(arg=None).")
     cfg = module.get_config(arg) if arg else module.get_config()

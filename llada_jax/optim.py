@@ -12,6 +12,7 @@ EMBEDDINGS = ("wte", "lm_head")
 
 
 def tokens_per_step(cfg):
+    """Tokens of one training step (the WSD milestones and the throughput count these)."""
     return cfg.train.global_batch * cfg.train.seq_len
 
 

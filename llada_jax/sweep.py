@@ -23,7 +23,6 @@ On a cluster: `llada sweep ... --print_commands` prints one `llada train` comman
 then run the same `llada sweep` command locally: it finds the runs finished, evaluates and writes the results.
 """
 import csv
-import importlib.util
 import itertools
 import json
 import math
@@ -33,7 +32,7 @@ from pathlib import Path
 
 import jax
 
-from llada_jax import checkpoint, config as config_lib, evaluate, model as model_lib, train
+from llada_jax import checkpoint, config as config_lib, evaluate, mfu, model as model_lib, optim, train
 from llada_jax.data import tasks
 from llada_jax.errors import LladaError
 
@@ -93,22 +92,12 @@ def zipit(axes):
 
 def load_sweep(path):
     """(base config spec, [point dicts]) from a sweep file whose get_sweep() returns them."""
-    p = Path(path)
-    if not p.exists():
-        here = Path(__file__).resolve().parent
-        for cand in (here.parent / "configs" / "sweeps" / p.name, here / "configs" / "sweeps" / p.name):
-            for c in (cand, cand.with_name(cand.name + ".py")):
-                if c.exists():
-                    p = c
-                    break
-            if p.exists():
-                break
-    if not p.exists():
+    p = config_lib.find_file(path, "sweeps")
+    if p is None:
+        builtin = ", ".join(Path(n).stem for n in config_lib.builtin_files("sweeps"))
         raise SweepError(f"sweep file {path!r} not found; pass --sweep=configs/sweeps/NAME.py (built-in: "
-                         f"{', '.join(sorted(q.stem for q in _builtin_sweeps()))}) or a path to your own file.")
-    spec = importlib.util.spec_from_file_location(f"llada_sweep_{p.stem}", p)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+                         f"{builtin}) or a path to your own file.")
+    module = config_lib.load_module(p, "llada_sweep")
     if not hasattr(module, "get_sweep"):
         raise SweepError(f"{p} defines no get_sweep(); a sweep file must define get_sweep() returning "
                          f"(base config spec, points), e.g. ('configs/tiny.py', sweep('objective', ['mdm', 'arm'])).")
@@ -125,11 +114,6 @@ def load_sweep(path):
     if dup:
         raise SweepError(f"{p}: points repeat: {dup}; every point must differ in some override.")
     return base, points
-
-
-def _builtin_sweeps():
-    root = Path(__file__).resolve().parent.parent / "configs" / "sweeps"
-    return [q for q in root.glob("*.py") if not q.name.startswith("_")]
 
 
 # -- naming and grouping ----------------------------------------------------------------------------------------
@@ -198,12 +182,9 @@ def launch_commands(base, points, workdir, common=()):
 # -- running ----------------------------------------------------------------------------------------------------
 
 def finished_step(run_dir):
-    """The latest checkpoint step of a run directory (None without one), read from the step directory names."""
-    ck = os.path.join(run_dir, "checkpoints")
-    if not os.path.isdir(ck):
-        return None
-    steps = [int(n) for n in os.listdir(ck) if n.isdigit() and os.path.isdir(os.path.join(ck, n))]
-    return max(steps) if steps else None
+    """The latest checkpoint step of a run directory (None without one)."""
+    steps = checkpoint.saved_steps(os.path.join(run_dir, "checkpoints"))
+    return steps[-1] if steps else None
 
 
 def _read_json(path):
@@ -267,12 +248,12 @@ def collect(items, configs):
         hist = read_metrics(it["run_dir"])
         losses = [h["loss"] for h in hist if h.get("loss") is not None and math.isfinite(h["loss"])]
         tr = cfg.train
-        tokens = tr.steps * tr.global_batch * tr.seq_len
+        tokens = tr.steps * optim.tokens_per_step(cfg)
         row = {"point": it["name"], **{k: v for k, v in it["point"].items()},
                "steps": hist[-1]["step"] if hist else None,
                "final_loss": hist[-1]["loss"] if hist else None, "best_loss": min(losses) if losses else None,
                "tokens": tokens,
-               "train_flops": float(model_lib.flops_per_token(cfg.model, tr.seq_len, cfg.objective == "arm") * tokens),
+               "train_flops": float(mfu.flops_per_step(cfg) * tr.steps),
                "params": model_lib.count_params(cfg.model)}
         if hist and hist[-1].get("tokens_per_sec"):
             row["final_tokens_per_sec"] = hist[-1]["tokens_per_sec"]

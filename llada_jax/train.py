@@ -256,12 +256,10 @@ def train(cfg, workdir, log=print, data=None):
             state = {**state, "params": params}
             log(f"initialised params from {cfg.checkpoint.init_from} (step {from_step}); fresh optimizer state")
     if jax.process_index() == 0:  # after the restore: a config that cannot resume leaves the run untouched
-        with open(os.path.join(workdir, "config.json"), "w") as f:
-            f.write(config_lib.to_json(cfg))
+        ckpt_lib.save_run_config(workdir, cfg)
     writer = MetricsWriter(workdir)
     preemption = ckpt_lib.Preemption()
-    tokens_per_step = tr.global_batch * tr.seq_len
-    flops_per_step = model_lib.flops_per_token(m, tr.seq_len, causal=cfg.objective == "arm") * tokens_per_step
+    tokens_per_step, flops_per_step = optim.tokens_per_step(cfg), mfu.flops_per_step(cfg)
     peak = mfu.device_peak_flops()
     peak_total = peak * jax.device_count() if peak else None
     history, pending = [], []

@@ -18,7 +18,6 @@ import time
 
 import ml_dtypes
 import numpy as np
-import orbax.checkpoint as ocp
 import sentencepiece
 import tensorstore as ts
 
@@ -32,7 +31,7 @@ PREFIX = "model.transformer."
 DTYPES = {"float32": ("F32", np.dtype(np.float32)), "bfloat16": ("BF16", np.dtype(ml_dtypes.bfloat16)),
           "float16": ("F16", np.dtype(np.float16))}
 ST_DTYPES = {code: dt for code, dt in DTYPES.values()}
-BLOCK_BYTES = 64 << 20  # the unit of reads and writes that are not per-layer
+BLOCK_BYTES = checkpoint.CHUNK_BYTES  # the unit of reads and writes that are not per-layer: the checkpoint's chunk
 
 
 def _choose_dtype(dtype, found, column, where):
@@ -329,18 +328,7 @@ def _step_blocks(t, axis):
 
 def find_step_dir(run_dir, step=None):
     """(step, path of that step's directory) of a run directory (or its checkpoints/ directory)."""
-    directory = os.path.join(run_dir, "checkpoints")
-    if not os.path.isdir(directory):
-        directory = run_dir
-    manager = ocp.CheckpointManager(os.path.abspath(directory), options=ocp.CheckpointManagerOptions(read_only=True))
-    steps = sorted(manager.all_steps())
-    manager.close()
-    if not steps:
-        raise ConvertError(f"no checkpoint in {directory}; pass the run directory of a trained model (--workdir).")
-    if step is None:
-        step = steps[-1]
-    elif step not in steps:
-        raise ConvertError(f"no checkpoint step {step} in {directory}; available: {steps}.")
+    directory, step = checkpoint.find_step(run_dir, step)
     path = os.path.join(directory, str(step))
     if not os.path.isdir(os.path.join(path, "params")):
         raise ConvertError(f"{path} has no params item; is it a llada checkpoint?")
@@ -625,18 +613,14 @@ def from_hf(hf_dir, out, base_config=None, dtype=None, overwrite=False, log=prin
     ckpt_dir = os.path.join(partial, "checkpoints")
     shapes = leaf_shapes(m)
 
-    # 1. orbax writes the checkpoint's structure and metadata from placeholders: one chunk per layer for stacked
-    #    leaves, BLOCK_BYTES chunks for the embeddings.
-    def nest(flat):
-        return {"wte": flat["wte"], "blocks": {k: flat["blocks." + k] for k in BLOCK_LEAVES}, "ln_f": flat["ln_f"],
-                "lm_head": flat["lm_head"]}
-
-    skeleton = nest({k: _placeholder(s, np_dtype) for k, s in shapes.items()})
-    save_args = nest({k: ocp.SaveArgs(shard_axes=(0,)) if k.startswith("blocks.") else
-                      ocp.SaveArgs(chunk_byte_size=BLOCK_BYTES) for k in shapes})
+    # 1. orbax writes the checkpoint's structure and metadata from placeholders, chunked as every checkpoint is
+    #    (checkpoint.params_save_args: one chunk per layer for stacked leaves).
+    skeleton = {"wte": None, "blocks": {}, "ln_f": None, "lm_head": None}
+    for k, s in shapes.items():
+        group, _, name = k.rpartition(".")
+        (skeleton["blocks"] if group else skeleton)[name] = _placeholder(s, np_dtype)
     ckpt = checkpoint.Checkpointer(ckpt_dir, cfg)
-    ckpt.manager.save(0, args=ocp.args.Composite(params=ocp.args.StandardSave(skeleton, save_args=save_args),
-                                                 config=ocp.args.JsonSave(cfg.to_dict())), force=True)
+    ckpt.save_params(0, skeleton, cfg)
     ckpt.wait()
     ckpt.close()
     params_dir = os.path.join(ckpt_dir, "0", "params")
@@ -666,8 +650,7 @@ def from_hf(hf_dir, out, base_config=None, dtype=None, overwrite=False, log=prin
                 x = tensor.from_hf(_read_rows(entry, 0, entry[2][0]).astype(np_dtype))
                 t[tensor.layer].write(x).result()
                 progress.update(x.nbytes, tensor.name)
-    with open(os.path.join(partial, "config.json"), "w") as f:
-        f.write(config_lib.to_json(cfg))
+    checkpoint.save_run_config(partial, cfg)
     os.replace(partial, out)
     log(f"from-hf: wrote run directory {out} ({total / 1e6:,.0f} MB at {progress.rate():.0f} MB/s); fine-tune it "
         f"with --config.checkpoint.init_from={out}")
