@@ -162,6 +162,8 @@ def cmd_sweep(argv):
     args = p.parse_args(rest)
     base, points = sweep.load_sweep(args.sweep)
     base, workdir = args.config or base, args.workdir or os.path.join("runs", "sweep_" + Path(args.sweep).stem)
+    for warning in sweep.replaced_overrides(overrides, points):
+        print(warning, file=sys.stderr)
     if args.print_commands:
         print("\n".join(sweep.launch_commands(base, points, workdir, overrides)))
     else:

@@ -170,6 +170,23 @@ RELEASE_TOKENS = {"mask_id": 126336, "bos_id": 126080, "eos_id": 126081, "pad_id
                   "start_header_id": 126346, "end_header_id": 126347}
 
 
+# Model sizes by name: (d_model, n_layers, n_heads, n_kv_heads, ffn_dim).
+MODEL_SIZES = {
+    "30m": (512, 8, 8, 4, 1408),  # configs/small.py, pretrain_store.py and sft.py
+    "1b": (2048, 22, 32, 4, 5634),  # paper Table 5: GQA with 4 KV heads
+    "8b": (4096, 32, 32, 32, 12288),  # paper Table 5, the released checkpoint's layout (MHA)
+}
+
+
+def set_model_size(c, size, vocab_size=None):
+    """Sets c.model's sizes to MODEL_SIZES[size] (and its vocabulary, if given); returns c."""
+    m = c.model
+    m.d_model, m.n_layers, m.n_heads, m.n_kv_heads, m.ffn_dim = MODEL_SIZES[size]
+    if vocab_size is not None:
+        m.vocab_size = vocab_size
+    return c
+
+
 def paper_recipe(c):
     """The paper's pre-training recipe (section 2.3) and the released tokenizer's ids, for the paper-sized configs."""
     c.model.vocab_size = RELEASE_VOCAB

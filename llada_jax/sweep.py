@@ -164,6 +164,17 @@ def build(base, common, point):
     return cfg
 
 
+def replaced_overrides(common, points):
+    """One warning per command-line override (`common`) whose key a sweep point also sets: the point's value wins."""
+    out = []
+    for k, v in common:
+        values = list(dict.fromkeys(value_text(p[k]) for p in points if k in p))
+        if values:
+            out.append(f"warning: --config.{k}={v} is replaced by the sweep's own {k} ({', '.join(values)}) in "
+                       f"{sum(k in p for p in points)} of {len(points)} points; edit the sweep file to change it.")
+    return out
+
+
 def launch_commands(base, points, workdir, common=()):
     """One `llada train` command per distinct training run of the sweep (for cluster launchers)."""
     lines, seen = [], set()
