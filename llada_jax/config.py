@@ -115,6 +115,9 @@ def default_config():
         ("act_seq", None),
         ("act_embed", None),
     ]
+    # The rule set of inference (inference.load_run: `llada sample / chat / eval`, sweeps): params laid out as in
+    # training, activations replicated, so that prompt batches of any size fit the mesh.
+    sh.inference_rules = [(name, None if name in ("batch", "act_seq", "act_embed") else axes) for name, axes in sh.rules]
 
     c.data = da = ml_collections.ConfigDict()
     da.source = "synthetic"  # synthetic (the built-in corpus) | store (token stores, data/pipeline.py) | sft (chat JSONL)

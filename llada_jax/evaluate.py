@@ -236,35 +236,32 @@ def exact_match(prediction, answer):
     return prediction.strip() == answer.strip()
 
 
-def generate_answers(cfg, model, params, key, prompts):
-    """Answer texts (up to the first EOS) for prompt texts, sampled in batches of cfg.eval.batch. Every batch has
-    the same shape (the last is padded with copies), so one compilation serves the whole list."""
-    tok = synthetic.CharTokenizer()
-    args, ids = sampling.args_from_config(cfg.sampling), sampling.token_ids(cfg)
-    prompt, mask = sampling.left_pad([tok.encode(p) for p in prompts], cfg.tokens.pad_id)
-    bs, n = cfg.eval.batch, len(prompts)
+def generate_answers(run, key, prompts):
+    """Answer texts (up to the first EOS) of a loaded inference.Run for prompt texts, sampled in batches of
+    eval.batch. Every batch has the same shape (the longest prompt's width; the last batch is padded with copies),
+    so one compilation serves the whole list."""
+    bs, n = run.cfg.eval.batch, len(prompts)
     if bs <= 0:
         raise EvalError(f"eval.batch={bs}; expected a positive number of prompts per batch.")
+    ids = [run.codec.encode(p) for p in prompts]
+    width = max(len(r) for r in ids)
     answers = []
     for start in range(0, n, bs):
-        rows = np.arange(start, start + bs) % n  # the last batch repeats earlier rows; their answers are dropped
-        out = sampling.sample(model, params, prompt[rows], mask[rows], jax.random.fold_in(key, start), args, ids,
-                              cfg.objective)
-        tokens = np.asarray(jax.device_get(out["tokens"]))
-        for row in tokens[: min(bs, n - start)]:
-            answers.append(tok.decode(sampling.answer_ids(row, prompt.shape[1], ids.eos_id)))
+        rows = [ids[i % n] for i in range(start, start + bs)]  # the last batch repeats earlier rows (dropped)
+        out = run.sample(None, key=jax.random.fold_in(key, start), prompt_ids=rows, width=width)
+        answers += out["texts"][: min(bs, n - start)]
     return answers
 
 
-def evaluate_tasks(cfg, model, params, key, log=None):
-    """Exact match of sampled answers on cfg.eval.n_examples examples of every task in cfg.eval.tasks:
-    {"<eval set>/exact_match": fraction}. `log`, if given, receives one line per evaluation set with an example."""
-    out = {}
+def evaluate_tasks(run, key, log=None):
+    """Exact match of a loaded inference.Run's sampled answers on eval.n_examples examples of every task in
+    eval.tasks: {"<eval set>/exact_match": fraction}. `log`, if given, receives one line per evaluation set."""
+    cfg, out = run.cfg, {}
     for t_index, name in enumerate(tasks_lib.task_names(cfg.eval.tasks)):
         task = tasks_lib.get(name)
         for s_index, (set_name, examples) in enumerate(task.eval_sets(cfg.eval.n_examples).items()):
             k = jax.random.fold_in(jax.random.fold_in(key, t_index), s_index)
-            preds = generate_answers(cfg, model, params, k, [e.prompt for e in examples])
+            preds = generate_answers(run, k, [e.prompt for e in examples])
             right = [exact_match(p, e.answer) for p, e in zip(preds, examples)]
             out[f"{set_name}/exact_match"] = float(np.mean(right))
             if log:
@@ -320,7 +317,7 @@ def evaluate_run(run, key, *, choices=None, perplexity=64, tasks=True, log=print
         out.update({"choices/accuracy": r["accuracy"], "choices/n": r["n"]})
         log(f"multiple choice ({choices}): accuracy {r['accuracy']:.3f} on {r['n']} examples")
     if tasks and ev.tasks:
-        r = evaluate_tasks(cfg, run.model, run.params, k_tasks)
+        r = evaluate_tasks(run, k_tasks)
         out.update(r)
         for k, v in r.items():
             log(f"{k}: {v:.4f}" if isinstance(v, float) else f"{k}: {v}")

@@ -284,11 +284,12 @@ def generate(model, params, prompt, prompt_mask, key, args, ids):
     return _generate_jit(model, params, prompt, jnp.asarray(prompt_mask, bool), key, dyn, static)
 
 
-def left_pad(rows, pad_id):
-    """[[ids], ...] -> (tokens [B, P] int32, mask [B, P] bool), left-padded with pad_id (hidden by the mask)."""
+def left_pad(rows, pad_id, width=None):
+    """[[ids], ...] -> (tokens [B, P] int32, mask [B, P] bool), left-padded with pad_id (hidden by the mask) to the
+    longest row, or to `width` if that is longer."""
     if not rows or any(len(r) == 0 for r in rows):
         raise SamplingError("every prompt needs at least one token.")
-    width = max(len(r) for r in rows)
+    width = max([len(r) for r in rows] + [width or 0])
     tokens = np.full((len(rows), width), pad_id, np.int32)
     mask = np.zeros((len(rows), width), bool)
     for i, r in enumerate(rows):

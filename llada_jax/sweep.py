@@ -32,7 +32,7 @@ from pathlib import Path
 
 import jax
 
-from llada_jax import checkpoint, config as config_lib, evaluate, mfu, model as model_lib, optim, train
+from llada_jax import checkpoint, config as config_lib, evaluate, inference, mfu, model as model_lib, optim, train
 from llada_jax.data import tasks
 from llada_jax.errors import LladaError
 
@@ -204,10 +204,11 @@ def _read_json(path):
 
 
 def evaluate_point(cfg, run_dir, seed=0):
-    """Restores the run's params and scores the tasks of cfg.eval.tasks (evaluate.evaluate_tasks)."""
-    setup = train.Setup(cfg)
-    params, step = checkpoint.restore_params(run_dir, setup.abstract_state()["params"])
-    return step, evaluate.evaluate_tasks(cfg, setup.model, params, jax.random.key(seed))
+    """Loads the run for inference with the point's sampling.* and eval.* settings and scores the tasks of
+    eval.tasks (evaluate.evaluate_tasks)."""
+    overrides = [(f"{group}.{k}", value_text(v)) for group in ("sampling", "eval") for k, v in cfg[group].items()]
+    run = inference.load_run(run_dir, overrides)
+    return run.step, evaluate.evaluate_tasks(run, jax.random.key(seed))
 
 
 def run_sweep(base, points, workdir, common=(), log=print):

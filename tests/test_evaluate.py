@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from llada_jax import evaluate, sampling
+from llada_jax import evaluate, inference, sampling
 from llada_jax.data import synthetic, tasks
 
 V, MASK = 12, 2
@@ -178,7 +178,8 @@ def test_evaluate_batches_and_scores_against_answers_computed_here(tiny_cfg, mon
     cfg.eval.tasks, cfg.eval.n_examples, cfg.eval.batch = "arithmetic_small", 45, 16
     cfg.sampling.gen_length, cfg.sampling.block_length, cfg.sampling.steps = 8, 8, 8
     cfg.objective = "arm"
-    out = evaluate.evaluate_tasks(cfg, None, None, jax.random.key(0))
+    run = inference.Run(cfg, None, None, inference.CharCodec(), step=0)  # the run's own codec encodes the prompts
+    out = evaluate.evaluate_tasks(run, jax.random.key(0))
     examples = tasks.get("arithmetic_small").eval_sets(45)["arithmetic_small"]
     want = np.mean([int(e.answer) % 2 == 0 for e in examples])
     assert 0.2 < want < 0.8

@@ -1,9 +1,9 @@
 """Supervised fine-tuning data: chat JSONL -> single-turn examples in the chat template (REFERENCE.md section 1).
 
 Input lines: {"messages": [{"role": ..., "content": ...}, ...]} (multi-turn) or {"prompt": ..., "response": ...}.
-Template: BOS once, then per message `<|start_header_id|>{role}<|end_header_id|>` "\\n\\n" {content stripped}
-`<|eot_id|>`. A dialogue with n assistant messages becomes n examples: the prompt holds every earlier message and
-ends with the assistant header and "\\n\\n"; the answer is that assistant message followed by `<|eot_id|>`, then EOS
+Template: data/chat.py (BOS once, then per message its header, its stripped content and `<|eot_id|>`). A dialogue
+with n assistant messages becomes n examples: the prompt holds every earlier message and ends with the assistant
+header and "\\n\\n"; the answer is that assistant message followed by `<|eot_id|>`, then EOS
 padding up to seq_len. The padding counts as answer (the SFT loss in diffusion.py masks and trains on it).
 
 Over-long examples (prompt + answer > seq_len): data.sft_overlong="drop" drops them; "truncate" cuts the answer's
@@ -18,7 +18,7 @@ import os
 
 import numpy as np
 
-from llada_jax.data import documents
+from llada_jax.data import chat, documents
 from llada_jax.data import pipeline
 from llada_jax.data import tokenizer as tokenizer_lib
 from llada_jax.errors import LladaError
@@ -49,14 +49,13 @@ def parse_dialogue(obj, where="<input>"):
 def render(turns, tok):
     """[(role, content)] -> [(prompt ids, answer ids)], one pair per assistant message."""
     texts = sorted({r for r, _ in turns} | {c.strip() for _, c in turns} | {"\n\n"})
-    ids = dict(zip(texts, tok.encode(texts)))
-    header = lambda role: [tok.start_header_id] + ids[role] + [tok.end_header_id] + ids["\n\n"]
+    encode = dict(zip(texts, tok.encode(texts))).__getitem__  # every distinct text encoded once
     out, context = [], [tok.bos_id]
     for role, content in turns:
-        body = ids[content.strip()] + [tok.eot_id]
+        head, body = chat.message(role, content, encode, tok)
         if role == "assistant":
-            out.append((context + header(role), body))
-        context = context + header(role) + body
+            out.append((context + head, body))
+        context = context + head + body
     return out
 
 
