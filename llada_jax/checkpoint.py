@@ -14,7 +14,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 
-from llada_jax import config as config_lib
+from llada_jax import config as config_lib, model as model_lib
 from llada_jax.errors import LladaError
 
 ITEMS = ("params", "train", "data", "config")
@@ -57,17 +57,17 @@ def mismatched_leaves(saved, wanted):
     return out
 
 
-def params_save_args(params):
-    """Storage chunks small enough to stream: one per layer for stacked block weights, <= CHUNK_BYTES otherwise, so
-    a reader (conversion) decodes one layer at a time instead of a whole [layers, ...] array."""
-    def args(path, leaf):
-        stacked = any(getattr(k, "key", None) == "blocks" for k in path) and leaf.ndim >= 2
+def params_save_args(params, m):
+    """Storage chunks small enough to stream: one per layer for the stacked leaves of the model's table (a leading
+    "layers" axis), <= CHUNK_BYTES otherwise, so a reader (conversion) decodes one layer at a time."""
+    def args(p):
+        stacked = p.axes[0] == "layers"
         return ocp.SaveArgs(shard_axes=(0,)) if stacked else ocp.SaveArgs(chunk_byte_size=CHUNK_BYTES)
-    return jax.tree_util.tree_map_with_path(args, params)
+    return jax.tree.map(args, model_lib.params_like(params, m), is_leaf=model_lib.is_param)
 
 
-def _save_params(params):
-    return ocp.args.StandardSave(params, save_args=params_save_args(params))
+def _save_params(params, cfg):
+    return ocp.args.StandardSave(params, save_args=params_save_args(params, cfg.model))
 
 
 def checkpoints_dir(run_dir):
@@ -127,13 +127,13 @@ class Checkpointer:
     def save(self, step, state, data_state, cfg, force=False):
         params, rest = _split(state)
         return self.manager.save(step, args=ocp.args.Composite(
-            params=_save_params(params), train=ocp.args.StandardSave(rest),
+            params=_save_params(params, cfg), train=ocp.args.StandardSave(rest),
             data=ocp.args.JsonSave(data_state), config=ocp.args.JsonSave(cfg.to_dict())), force=force)
 
     def save_params(self, step, params, cfg):
         """A step of params and config only (an imported model: fine-tuning, sampling and export read it)."""
         return self.manager.save(step, args=ocp.args.Composite(
-            params=_save_params(params), config=ocp.args.JsonSave(cfg.to_dict())), force=True)
+            params=_save_params(params, cfg), config=ocp.args.JsonSave(cfg.to_dict())), force=True)
 
     def _restore_step(self, step, abstract_state):
         params, rest = _split(abstract_state)

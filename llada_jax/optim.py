@@ -5,10 +5,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from llada_jax import model as model_lib
 from llada_jax.errors import LladaError
-
-NORMS = ("attn_norm", "ff_norm", "ln_f")
-EMBEDDINGS = ("wte", "lm_head")
 
 
 def tokens_per_step(cfg):
@@ -55,16 +53,11 @@ def schedule(cfg):
     return wsd
 
 
-def decay_mask(params, o):
-    """True where weight decay applies: matrices, minus norms and embeddings unless configured otherwise."""
-    def rule(path, _):
-        name = jax.tree_util.keystr(path)
-        if any(n in name for n in NORMS):
-            return o.decay_norms
-        if any(n in name for n in EMBEDDINGS):
-            return o.decay_embeddings
-        return True
-    return jax.tree_util.tree_map_with_path(rule, params)
+def decay_mask(params, o, m):
+    """True where weight decay applies, by each parameter's group in the model's table (model.param_shapes):
+    matrices always, norms and embeddings when optim.decay_norms / optim.decay_embeddings say so."""
+    decays = {"matrix": True, "norm": o.decay_norms, "embedding": o.decay_embeddings}
+    return jax.tree.map(lambda p: decays[p.group], model_lib.params_like(params, m), is_leaf=model_lib.is_param)
 
 
 def make_optimizer(cfg):
@@ -73,5 +66,5 @@ def make_optimizer(cfg):
     return optax.chain(
         optax.clip_by_global_norm(o.clip_norm) if o.clip_norm > 0 else optax.identity(),
         optax.adamw(lr, b1=o.b1, b2=o.b2, eps=o.adam_eps, weight_decay=o.weight_decay,
-                    mask=lambda p: decay_mask(p, o)),
+                    mask=lambda p: decay_mask(p, o, cfg.model)),
     ), lr

@@ -50,7 +50,7 @@ class ConvertError(LladaError):
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# The name and layout mapping (the one place that knows it).
+# The name and layout mapping: from the model's parameter table (model.param_shapes: hf_name, hf_shape, hf_linear).
 
 class Tensor:
     """One HF tensor: `name` [hf_shape] <-> our leaf `leaf` (layer `layer` of a stacked leaf, or the whole leaf).
@@ -67,35 +67,25 @@ class Tensor:
         return x if self.kind == "copy" else x.T.reshape(self.ours)
 
 
-BLOCK_LEAVES = ("attn_norm", "q_proj", "k_proj", "v_proj", "attn_out", "ff_norm", "ff_proj", "up_proj", "ff_out")
-
-
 def tensor_table(m):
-    """{our leaf name: [Tensor, ...]} in our leaves' order; stacked leaves list one Tensor per layer."""
+    """{our leaf name ("blocks.q_proj"): [Tensor, ...]} in the table's order; stacked leaves list one per layer."""
     hd = model_lib.head_dim(m)
     if hd * m.n_heads != m.d_model:
         raise ConvertError(f"model.head_dim={m.head_dim} with d_model={m.d_model} and n_heads={m.n_heads}: the "
                            f"LLaDA HF layout needs head_dim = d_model / n_heads = {m.d_model // m.n_heads}.")
-    shapes = model_lib.param_shapes(m)
-    d, v, f, h, kv = m.d_model, m.vocab_size, m.ffn_dim, m.n_heads * hd, m.n_kv_heads * hd
-    hf_block = {"attn_norm": (d,), "q_proj": (h, d), "k_proj": (kv, d), "v_proj": (kv, d), "attn_out": (d, h),
-                "ff_norm": (d,), "ff_proj": (f, d), "up_proj": (f, d), "ff_out": (d, f)}
-    table = {"wte": [Tensor(PREFIX + "wte.weight", "wte", None, "copy", (v, d), (v, d))]}
-    for leaf in BLOCK_LEAVES:
-        ours = shapes["blocks"][leaf][0][1:]
-        kind = "copy" if leaf.endswith("norm") else "linear"
-        table["blocks." + leaf] = [Tensor(f"{PREFIX}blocks.{i}.{leaf}.weight", "blocks." + leaf, i, kind, ours,
-                                          hf_block[leaf]) for i in range(m.n_layers)]
-    table["ln_f"] = [Tensor(PREFIX + "ln_f.weight", "ln_f", None, "copy", (d,), (d,))]
-    # The output head: HF calls it `ff_out` too (model.transformer.ff_out, not a block's ff_out); ours is lm_head.
-    table["lm_head"] = [Tensor(PREFIX + "ff_out.weight", "lm_head", None, "linear", (d, v), (v, d))]
+    table = {}
+    for leaf, p in model_lib.flat_params(m).items():
+        kind = "linear" if p.hf_linear else "copy"
+        if p.axes[0] == "layers":
+            table[leaf] = [Tensor(PREFIX + p.hf_name.format(layer=i), leaf, i, kind, p.shape[1:], p.hf_shape)
+                           for i in range(m.n_layers)]
+        else:
+            table[leaf] = [Tensor(PREFIX + p.hf_name, leaf, None, kind, p.shape, p.hf_shape)]
     return table
 
 
 def leaf_shapes(m):
-    s = model_lib.param_shapes(m)
-    return {"wte": s["wte"][0], **{"blocks." + k: s["blocks"][k][0] for k in BLOCK_LEAVES}, "ln_f": s["ln_f"][0],
-            "lm_head": s["lm_head"][0]}
+    return {leaf: p.shape for leaf, p in model_lib.flat_params(m).items()}
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -467,15 +457,15 @@ def to_hf(run_dir, out, step=None, dtype=None, tokenizer=None, max_shard_size="5
 
     for leaf, tensors in table.items():
         t = stores[leaf]
-        if leaf == "lm_head":  # [d, V] -> HF [V, d]: HF rows are our columns; read column blocks, write row blocks
-            (tensor,) = tensors
+        if tensors[0].layer is None and tensors[0].kind == "linear":  # the head [d, V] -> HF [V, d]: HF rows are our
+            (tensor,) = tensors  # columns; read column blocks, write row blocks
             for a, b in _step_blocks(t, 1):
                 cols = t[:, a:b].read().result()
                 rows_per = max(1, BLOCK_BYTES // 4 // (cols.shape[0] * cols.itemsize))
                 for r in range(0, b - a, rows_per):
                     emit(tensor, np.ascontiguousarray(cols[:, r:r + rows_per].T).astype(np_dtype))
                 del cols
-        elif leaf in ("wte", "ln_f"):
+        elif tensors[0].layer is None:
             (tensor,) = tensors
             for a, b in _step_blocks(t, 0):
                 emit(tensor, t[a:b].read().result().astype(np_dtype))
@@ -615,10 +605,13 @@ def from_hf(hf_dir, out, base_config=None, dtype=None, overwrite=False, log=prin
 
     # 1. orbax writes the checkpoint's structure and metadata from placeholders, chunked as every checkpoint is
     #    (checkpoint.params_save_args: one chunk per layer for stacked leaves).
-    skeleton = {"wte": None, "blocks": {}, "ln_f": None, "lm_head": None}
+    skeleton = {}
     for k, s in shapes.items():
-        group, _, name = k.rpartition(".")
-        (skeleton["blocks"] if group else skeleton)[name] = _placeholder(s, np_dtype)
+        *groups, name = k.split(".")
+        node = skeleton
+        for g in groups:
+            node = node.setdefault(g, {})
+        node[name] = _placeholder(s, np_dtype)
     ckpt = checkpoint.Checkpointer(ckpt_dir, cfg)
     ckpt.save_params(0, skeleton, cfg)
     ckpt.wait()
@@ -632,13 +625,13 @@ def from_hf(hf_dir, out, base_config=None, dtype=None, overwrite=False, log=prin
     context = ts.Context({"cache_pool": {"total_bytes_limit": 0}})
     for leaf, tensors in table.items():
         t = open_leaf(params_dir, leaf, context)
-        if leaf == "lm_head":  # HF [V, d] rows -> our [d, V] columns
+        if tensors[0].layer is None and tensors[0].kind == "linear":  # HF [V, d] rows -> our [d, V] columns
             (tensor,) = tensors
             for a, b in _step_blocks(t, 1):
                 rows = _read_rows(index[tensor.name], a, b).astype(np_dtype)
                 t[:, a:b].write(rows.T).result()
                 progress.update(rows.nbytes, tensor.name)
-        elif leaf in ("wte", "ln_f"):
+        elif tensors[0].layer is None:
             (tensor,) = tensors
             for a, b in _step_blocks(t, 0):
                 rows = _read_rows(index[tensor.name], a, b).astype(np_dtype)
