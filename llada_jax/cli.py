@@ -59,6 +59,15 @@ def _base_parser(prog, description):
     return p
 
 
+def _parse(argv, prog, description, *arguments):
+    """(overrides, args) of a command with the common options plus `arguments`: (flag, add_argument kwargs) pairs."""
+    overrides, rest = split_config_args(argv)
+    p = _base_parser(prog, description)
+    for flag, kwargs in arguments:
+        p.add_argument(flag, **kwargs)
+    return overrides, p.parse_args(rest)
+
+
 def _load(args, overrides):
     cfg = config_lib.build_config(args.config, overrides)
     if args.print_config:
@@ -68,8 +77,7 @@ def _load(args, overrides):
 
 
 def cmd_train(argv):
-    overrides, rest = split_config_args(argv)
-    args = _base_parser("llada train", "Train a LLaDA model (masked diffusion) or the ARM baseline.").parse_args(rest)
+    overrides, args = _parse(argv, "llada train", "Train a LLaDA model (masked diffusion) or the ARM baseline.")
     cfg = _load(args, overrides)
     distributed.maybe_initialize()
     workdir = args.workdir or os.path.join("runs", cfg.name)
@@ -106,11 +114,10 @@ def cmd_data(argv):
 
 
 def cmd_compile(argv):
-    overrides, rest = split_config_args(argv)
-    p = _base_parser("llada compile", "Compile the train step ahead of time for a TPU topology (needs libtpu).")
-    p.add_argument("--topology", required=True, help="e.g. v5e-256, v5p-128 (TensorCores), v6e-64, v5e:4x4")
-    p.add_argument("--json", action="store_true", help="print the report as JSON")
-    args = p.parse_args(rest)
+    overrides, args = _parse(
+        argv, "llada compile", "Compile the train step ahead of time for a TPU topology (needs libtpu).",
+        ("--topology", dict(required=True, help="e.g. v5e-256, v5p-128 (TensorCores), v6e-64, v5e:4x4")),
+        ("--json", dict(action="store_true", help="print the report as JSON")))
     cfg = _load(args, overrides)
     report = aot.compile_step(cfg, args.topology)
     print(json.dumps(report, indent=2) if args.json else aot.format_report(report))
@@ -155,11 +162,10 @@ def cmd_convert(argv):
 
 def cmd_sweep(argv):
     """`llada sweep --sweep=configs/sweeps/NAME.py --workdir=DIR [--config.a.b=v ...] [--print_commands]`."""
-    overrides, rest = split_config_args(argv)
-    p = _base_parser("llada sweep", "Train and evaluate every point of a sweep; write results.csv/.md and plots.")
-    p.add_argument("--sweep", required=True, help="a sweep file, configs/sweeps/NAME.py, defining get_sweep()")
-    p.add_argument("--print_commands", action="store_true", help="print one `llada train` command per run and exit")
-    args = p.parse_args(rest)
+    overrides, args = _parse(
+        argv, "llada sweep", "Train and evaluate every point of a sweep; write results.csv/.md and plots.",
+        ("--sweep", dict(required=True, help="a sweep file, configs/sweeps/NAME.py, defining get_sweep()")),
+        ("--print_commands", dict(action="store_true", help="print one `llada train` command per run and exit")))
     base, points = sweep.load_sweep(args.sweep)
     base, workdir = args.config or base, args.workdir or os.path.join("runs", "sweep_" + Path(args.sweep).stem)
     for warning in sweep.replaced_overrides(overrides, points):
