@@ -26,13 +26,13 @@ import time
 import jax
 import numpy as np
 
-from llada_jax import checkpoint, cli, config as config_lib, evaluate, sampling, train
-from llada_jax.data import synthetic, tasks
+from llada_jax import cli, config as config_lib, evaluate, inference, sampling, train
+from llada_jax.data import tasks
 
 
-def trained_model(cfg, args):
-    """(model, params) after both stages, each a `train.train` run under --workdir (a rerun resumes or reuses
-    them); --init_from replaces the first stage with a finished `llada train --config=...` run."""
+def trained_run(cfg, args):
+    """The run after both stages (inference.load_run), each a `train.train` run under --workdir (a rerun resumes
+    or reuses them); --init_from replaces the first stage with a finished `llada train --config=...` run."""
     t0 = time.perf_counter()
     first = args.init_from
     if not first:
@@ -41,17 +41,14 @@ def trained_model(cfg, args):
         first_cfg.train.steps = args.train_steps if args.train_steps >= 0 else cfg.train.steps
         train.train(first_cfg, first)
     if args.finetune_steps == 0:
-        model = train.Setup(cfg).model
-        params, step = checkpoint.restore_params(first, model.abstract_params())
-        print(f"params of {first} (step {step})")
-        return model, params
+        return inference.load_run(first)
     ft = config_lib.from_json(config_lib.to_json(cfg))
     ft.train.seq_len, ft.train.global_batch = args.finetune_seq_len, args.finetune_batch
     ft.optim.peak_lr, ft.optim.final_lr, ft.optim.warmup_steps = args.finetune_lr, args.finetune_lr / 10, 20
     ft.train.steps, ft.checkpoint.init_from = args.finetune_steps, first
-    state, _ = train.train(ft, os.path.join(args.workdir, "finetune"))
+    train.train(ft, os.path.join(args.workdir, "finetune"))
     print(f"trained in {time.perf_counter() - t0:.0f}s")
-    return train.Setup(ft).model, jax.device_get(state["params"])
+    return inference.load_run(os.path.join(args.workdir, "finetune"))
 
 
 def main(argv=None):
@@ -77,10 +74,11 @@ def main(argv=None):
     dev = jax.devices()[0]
     print(f"device: {jax.device_count()} x {dev.device_kind} ({dev.platform}); model d_model {cfg.model.d_model}, "
           f"{cfg.model.n_layers} layers; task {cfg.data.synthetic_task}")
-    model, params = trained_model(cfg, args)
+    run = trained_run(cfg, args)
+    model, params, codec = run.model, run.params, run.codec
+    print(f"sampling the run of {run.step} steps")
     task = tasks.get(cfg.data.synthetic_task)
     (set_name, examples), = list(task.eval_sets(args.examples).items())[:1]
-    codec = synthetic.CharTokenizer()
     prompt, mask = sampling.left_pad([codec.encode(e.prompt) for e in examples], cfg.tokens.pad_id)
     trained_len = args.finetune_seq_len if args.finetune_steps > 0 else cfg.train.seq_len
     if prompt.shape[1] + args.gen_length > trained_len:

@@ -122,9 +122,9 @@ def cmd_compile(argv):
     report = aot.compile_step(cfg, args.topology)
     print(json.dumps(report, indent=2) if args.json else aot.format_report(report))
     if not report["fits"]:
-        raise SystemExit(f"llada compile: the step does not fit: it needs {report['total_bytes'] / 2**30:.2f} GiB per device but "
-                         f"the chip has {report['hbm_bytes'] / 2**30:.0f} GiB; use more devices, a smaller "
-                         f"per-device batch (train.micro_batches), or model.remat=full.")
+        raise aot.DoesNotFit(f"the step does not fit: it needs {report['total_bytes'] / 2**30:.2f} GiB per device but "
+                             f"the chip has {report['hbm_bytes'] / 2**30:.0f} GiB; use more devices, a smaller "
+                             f"per-device batch (train.micro_batches), or model.remat=full.")
 
 
 def cmd_convert(argv):
@@ -215,7 +215,7 @@ def cmd_sample(argv):
         with open(args.prompt_file) as f:
             prompts += [line.rstrip("\n") for line in f if line.strip()]
     if not prompts:
-        raise SystemExit("llada sample: no prompt; pass --prompt=TEXT (repeatable) or --prompt_file=FILE.")
+        raise LladaError("no prompt; pass --prompt=TEXT (repeatable) or --prompt_file=FILE.")
     run = _open_run(args, overrides)
     t0 = time.perf_counter()
     out = run.sample(prompts, key=jax.random.key(args.seed))

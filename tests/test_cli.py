@@ -57,3 +57,9 @@ def test_a_real_command_error_through_the_process(tmp_path):
     assert res.returncode == 1
     assert f"llada eval: run directory {tmp_path / 'nope'} does not exist" in res.stderr
     assert "Traceback" not in res.stderr
+
+
+def test_a_command_check_is_a_llada_error_too(tmp_path):
+    with pytest.raises(SystemExit) as e:
+        cli.main(["sample", f"--workdir={tmp_path}"])
+    assert e.value.code == "llada sample: no prompt; pass --prompt=TEXT (repeatable) or --prompt_file=FILE."
