@@ -4,10 +4,10 @@ The HF layout (REFERENCE.md section 2): config.json with the release's keys, saf
 tensor names (PyTorch Linear weights are [out, in]) plus model.safetensors.index.json, generation_config.json, and
 our own `configuration_llada.py` / `modeling_llada.py` / `torch_model.py` for `trust_remote_code=True`.
 
-Both directions stream: one checkpoint chunk (or one HF tensor) at a time is in memory. Our stacked [L, ...] arrays
-are read in chunk-aligned groups of layers and written out layer by layer; an import first has orbax write a
-checkpoint of zero-strided placeholders (its metadata, with one chunk per layer) and then fills the chunks through
-tensorstore, layer by layer, in a `.partial` directory that is renamed only when complete.
+Both directions stream and follow one plan (copy_plan): chunk-aligned blocks of at most about BLOCK_BYTES are in
+memory at a time; our stacked [L, ...] arrays move in groups of layers, one HF tensor per layer. An import first has
+orbax write a checkpoint of zero-strided placeholders (its metadata, with one chunk per layer) and then fills the
+chunks through tensorstore in a `.partial` directory that is renamed only when complete.
 
 Neither direction needs torch: safetensors is a JSON header plus raw little-endian bytes, read and written here.
 """
@@ -316,6 +316,21 @@ def _step_blocks(t, axis):
     return [(a, min(a + step, size)) for a in range(0, size, step)]
 
 
+def copy_plan(table, stores):
+    """The blocks both directions move, in the table's order: (leaf store, tensors, our index, HF rows). A stacked
+    leaf moves in chunk-aligned groups of layers (one HF tensor per layer; rows None: whole tensors); a single
+    tensor in chunk-aligned row blocks of the HF tensor, which are our columns for a linear one ([d, V] vs [V, d])."""
+    for leaf, tensors in table.items():
+        t = stores[leaf]
+        if tensors[0].layer is not None:
+            for a, b in _step_blocks(t, 0):
+                yield t, tensors[a:b], slice(a, b), None
+        else:
+            axis = 1 if tensors[0].kind == "linear" else 0
+            for a, b in _step_blocks(t, axis):
+                yield t, tensors, (slice(None), slice(a, b)) if axis else slice(a, b), (a, b)
+
+
 def find_step_dir(run_dir, step=None):
     """(step, path of that step's directory) of a run directory (or its checkpoints/ directory)."""
     directory, step = checkpoint.find_step(run_dir, step)
@@ -455,26 +470,18 @@ def to_hf(run_dir, out, step=None, dtype=None, tokenizer=None, max_shard_size="5
         writer.write(tensor.name, block)
         progress.update(block.nbytes, tensor.name)
 
-    for leaf, tensors in table.items():
-        t = stores[leaf]
-        if tensors[0].layer is None and tensors[0].kind == "linear":  # the head [d, V] -> HF [V, d]: HF rows are our
-            (tensor,) = tensors  # columns; read column blocks, write row blocks
-            for a, b in _step_blocks(t, 1):
-                cols = t[:, a:b].read().result()
-                rows_per = max(1, BLOCK_BYTES // 4 // (cols.shape[0] * cols.itemsize))
-                for r in range(0, b - a, rows_per):
-                    emit(tensor, np.ascontiguousarray(cols[:, r:r + rows_per].T).astype(np_dtype))
-                del cols
-        elif tensors[0].layer is None:
-            (tensor,) = tensors
-            for a, b in _step_blocks(t, 0):
-                emit(tensor, t[a:b].read().result().astype(np_dtype))
-        else:  # stacked [L, ...]: chunk-aligned groups of layers, one HF tensor per layer
-            for a, b in _step_blocks(t, 0):
-                group = t[a:b].read().result()
-                for i in range(a, b):
-                    emit(tensors[i], tensors[i].to_hf(group[i - a]).astype(np_dtype))
-                del group
+    for t, tensors, ours, rows in copy_plan(table, stores):
+        x = t[ours].read().result()
+        if rows is None:  # layers
+            for tensor, layer in zip(tensors, x):
+                emit(tensor, tensor.to_hf(layer).astype(np_dtype))
+        elif tensors[0].kind == "linear":  # our column block -> HF rows, transposed in pieces of <= BLOCK_BYTES / 4
+            rows_per = max(1, BLOCK_BYTES // 4 // (x.shape[0] * x.itemsize))
+            for r in range(0, x.shape[1], rows_per):
+                emit(tensors[0], np.ascontiguousarray(x[:, r:r + rows_per].T).astype(np_dtype))
+        else:
+            emit(tensors[0], x.astype(np_dtype))
+        del x
     writer.close()
     index = {"metadata": {"total_size": total}, "weight_map": dict(sorted(shard_of.items()))}
     _write_json(os.path.join(out, "model.safetensors.index.json"), index)
@@ -623,26 +630,16 @@ def from_hf(hf_dir, out, base_config=None, dtype=None, overwrite=False, log=prin
     log(f"from-hf: {hf_dir} -> {out}: {sum(len(v) for v in table.values())} tensors, {total / 1e6:,.0f} MB {dtype}")
     progress = Progress("from-hf", total, log)
     context = ts.Context({"cache_pool": {"total_bytes_limit": 0}})
-    for leaf, tensors in table.items():
-        t = open_leaf(params_dir, leaf, context)
-        if tensors[0].layer is None and tensors[0].kind == "linear":  # HF [V, d] rows -> our [d, V] columns
-            (tensor,) = tensors
-            for a, b in _step_blocks(t, 1):
-                rows = _read_rows(index[tensor.name], a, b).astype(np_dtype)
-                t[:, a:b].write(rows.T).result()
-                progress.update(rows.nbytes, tensor.name)
-        elif tensors[0].layer is None:
-            (tensor,) = tensors
-            for a, b in _step_blocks(t, 0):
-                rows = _read_rows(index[tensor.name], a, b).astype(np_dtype)
-                t[a:b].write(rows).result()
-                progress.update(rows.nbytes, tensor.name)
+    stores = {leaf: open_leaf(params_dir, leaf, context) for leaf in table}
+    for t, tensors, ours, rows in copy_plan(table, stores):
+        if rows is None:  # layers: whole HF tensors
+            x = np.stack([tensor.from_hf(_read_rows(index[tensor.name], 0, tensor.hf[0]).astype(np_dtype))
+                          for tensor in tensors])
         else:
-            for tensor in tensors:
-                entry = index[tensor.name]
-                x = tensor.from_hf(_read_rows(entry, 0, entry[2][0]).astype(np_dtype))
-                t[tensor.layer].write(x).result()
-                progress.update(x.nbytes, tensor.name)
+            x = _read_rows(index[tensors[0].name], *rows).astype(np_dtype)
+            x = x.T if tensors[0].kind == "linear" else x
+        t[ours].write(x).result()
+        progress.update(x.nbytes, tensors[0].name)
     checkpoint.save_run_config(partial, cfg)
     os.replace(partial, out)
     log(f"from-hf: wrote run directory {out} ({total / 1e6:,.0f} MB at {progress.rate():.0f} MB/s); fine-tune it "
