@@ -10,7 +10,6 @@ import os
 import signal
 
 import jax
-import numpy as np
 import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 

@@ -6,7 +6,6 @@ import ast
 import difflib
 import importlib.util
 import json
-import os
 from pathlib import Path
 
 import ml_collections

@@ -8,7 +8,6 @@ import dataclasses
 import os
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from llada_jax import checkpoint, config as config_lib, model as model_lib, sampling, sharding

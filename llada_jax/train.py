@@ -1,6 +1,5 @@
 """The train state, the jitted sharded train step and the training loop."""
 import json
-import math
 import os
 import time
 
@@ -9,8 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from llada_jax import checkpoint as ckpt_lib, config as config_lib, diffusion, mfu, model as model_lib, optim
-from llada_jax import sharding
+from llada_jax import checkpoint as ckpt_lib, diffusion, mfu, model as model_lib, optim, sharding
 from llada_jax.data import pipeline, sft, synthetic
 from llada_jax.errors import LladaError
 

@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from llada_jax import checkpoint, train
+from llada_jax import checkpoint, config as config_lib, train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # The tiny test model as command-line overrides (for the subprocess tests).
@@ -206,7 +206,7 @@ def test_sigterm_saves_and_exits_then_resumes(tmp_path):
     assert code != 0 and "preempted (SIGTERM): saved the checkpoint of step" in err
     saved = int(err.split("checkpoint of step ")[1].split()[0])
     assert saved in checkpoint.Checkpointer(str(tmp_path / "p" / "checkpoints"),
-                                            train.config_lib.default_config()).all_steps()
+                                            config_lib.default_config()).all_steps()
     out = _run(tmp_path / "p", "--config.train.steps=16")
     assert f"resuming from the checkpoint of step {saved}" in out.stdout
     assert _losses(tmp_path / "p") == _losses(tmp_path / "ref")

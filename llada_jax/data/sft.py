@@ -14,7 +14,6 @@ Batches: examples are shuffled (a new permutation each epoch) and served by pipe
 host/step/state contract is that of the pre-training pipeline; a batch carries `tokens` and `prompt_lengths`.
 """
 import json
-import os
 
 import numpy as np
 
