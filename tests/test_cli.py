@@ -1,10 +1,8 @@
 """The `llada` command's error contract: a LladaError raised in any command is printed without a traceback and exits
-non-zero; any other exception is a bug and keeps its traceback. Every error class of the package is a LladaError."""
+non-zero; any other exception is a bug and keeps its traceback. Every error class of the package is a LladaError.
+(test_config.test_cli_errors_are_one_clear_line checks the same through a real process.)"""
 import importlib
 import inspect
-import os
-import subprocess
-import sys
 
 import pytest
 
@@ -48,15 +46,6 @@ def test_a_bug_keeps_its_traceback(monkeypatch):
     monkeypatch.setitem(cli.COMMANDS, "eval", lambda argv: int("not a number"))  # a bare ValueError is a bug too
     with pytest.raises(ValueError, match="invalid literal"):
         cli.main(["eval"])
-
-
-def test_a_real_command_error_through_the_process(tmp_path):
-    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
-    res = subprocess.run([sys.executable, "-m", "llada_jax.cli", "eval", f"--workdir={tmp_path / 'nope'}"],
-                         capture_output=True, text=True, env=env, cwd=PACKAGE.parent)
-    assert res.returncode == 1
-    assert f"llada eval: run directory {tmp_path / 'nope'} does not exist" in res.stderr
-    assert "Traceback" not in res.stderr
 
 
 def test_a_command_check_is_a_llada_error_too(tmp_path):
