@@ -4,7 +4,7 @@ tokens/s and exact-match accuracy, at generation length 256.
     python benchmarks/sampling.py [--config=configs/tiny_task.py] [--train_steps=N | --init_from=RUN]
                                   [--finetune_steps=300] [--finetune_lr=3e-4]
                                   [--examples=32] [--gen_length=256] [--block_length=32] [--thresholds=0.9,0.7]
-                                  [--params_cache=PATH.npz] [--config.a.b=value ...]
+                                  [--workdir=DIR] [--config.a.b=value ...]
 
 The model is trained on the config's task in the SFT format (data.synthetic_format=sft: one "a+b=" prompt and its
 answer per row, EOS-padded, the prompt never masked) at the config's short train.seq_len, then fine-tuned briefly
@@ -20,56 +20,35 @@ import argparse
 import dataclasses
 import os
 import sys
+import tempfile
 import time
 
 import jax
 import numpy as np
 
-from llada_jax import checkpoint, cli, config as config_lib, sampling, tasks, train
-from llada_jax.data import synthetic
+from llada_jax import cli, config as config_lib, evaluate, inference, sampling, train
+from llada_jax.data import tasks
 
 
-def _train(cfg, params, batches, steps, label):
-    setup = train.Setup(cfg)
-    state = setup.init_state()
-    if params is not None:
-        state = {**state, "params": jax.device_put(params, setup.param_sharding)}
+def trained_run(cfg, args):
+    """The run after both stages (inference.load_run), each a `train.train` run under --workdir (a rerun resumes
+    or reuses them); --init_from replaces the first stage with a finished `llada train --config=...` run."""
     t0 = time.perf_counter()
-    for i in range(steps):
-        state, metrics = setup.step_fn(state, setup.put_batch(next(batches)))
-        if (i + 1) % 50 == 0 or i + 1 == steps:
-            print(f"  {label} step {i + 1}/{steps} loss {float(metrics['loss']):.4f} "
-                  f"({time.perf_counter() - t0:.0f}s)", flush=True)
-    return setup.model, jax.device_get(state["params"])
-
-
-def trained_model(cfg, args):
-    """(model, params) after both stages; with --params_cache, saved once and reloaded afterwards."""
+    first = args.init_from
+    if not first:
+        first = os.path.join(args.workdir, "train")
+        first_cfg = config_lib.from_json(config_lib.to_json(cfg))
+        first_cfg.train.steps = args.train_steps if args.train_steps >= 0 else cfg.train.steps
+        train.train(first_cfg, first)
+    if args.finetune_steps == 0:
+        return inference.load_run(first)
     ft = config_lib.from_json(config_lib.to_json(cfg))
     ft.train.seq_len, ft.train.global_batch = args.finetune_seq_len, args.finetune_batch
     ft.optim.peak_lr, ft.optim.final_lr, ft.optim.warmup_steps = args.finetune_lr, args.finetune_lr / 10, 20
-    ft.train.steps = args.finetune_steps
-    model = train.Setup(ft).model
-    if args.params_cache and os.path.exists(args.params_cache):
-        flat = np.load(args.params_cache)
-        leaves, treedef = jax.tree.flatten(model.abstract_params())
-        print(f"params loaded from {args.params_cache}")
-        return model, jax.tree.unflatten(treedef, [flat[f"p{i}"] for i in range(len(leaves))])
-    t0 = time.perf_counter()
-    if args.finetune_steps == 0:
-        model = train.Setup(cfg).model
-    if args.init_from:  # a finished `llada train --config=configs/tiny_task.py` run replaces the first stage
-        params, step = checkpoint.restore_params(args.init_from, model.abstract_params())
-        print(f"first stage: params of {args.init_from} (step {step})")
-    else:
-        steps = args.train_steps if args.train_steps >= 0 else cfg.train.steps
-        _, params = _train(cfg, None, train.make_data(cfg), steps, "train")
-    if args.finetune_steps > 0:
-        model, params = _train(ft, params, train.make_data(ft), args.finetune_steps, "fine-tune at full length")
+    ft.train.steps, ft.checkpoint.init_from = args.finetune_steps, first
+    train.train(ft, os.path.join(args.workdir, "finetune"))
     print(f"trained in {time.perf_counter() - t0:.0f}s")
-    if args.params_cache:
-        np.savez(args.params_cache, **{f"p{i}": np.asarray(x) for i, x in enumerate(jax.tree.leaves(params))})
-    return model, params
+    return inference.load_run(os.path.join(args.workdir, "finetune"))
 
 
 def main(argv=None):
@@ -87,16 +66,19 @@ def main(argv=None):
     p.add_argument("--block_length", type=int, default=32)
     p.add_argument("--thresholds", default="0.9", help="comma-separated; caches are combined with the first")
     p.add_argument("--repeats", type=int, default=1)
-    p.add_argument("--params_cache", default="", help="an .npz: trained params are saved there and reused")
+    p.add_argument("--workdir", default="", help="where the training runs go (default: a new temporary directory); "
+                                                 "a rerun with the same --workdir reuses its finished runs")
     args = p.parse_args(rest)
+    args.workdir = args.workdir or tempfile.mkdtemp(prefix="bench_sampling_")
     cfg = config_lib.build_config(args.config, overrides)
     dev = jax.devices()[0]
     print(f"device: {jax.device_count()} x {dev.device_kind} ({dev.platform}); model d_model {cfg.model.d_model}, "
           f"{cfg.model.n_layers} layers; task {cfg.data.synthetic_task}")
-    model, params = trained_model(cfg, args)
+    run = trained_run(cfg, args)
+    model, params, codec = run.model, run.params, run.codec
+    print(f"sampling the run of {run.step} steps")
     task = tasks.get(cfg.data.synthetic_task)
     (set_name, examples), = list(task.eval_sets(args.examples).items())[:1]
-    codec = synthetic.CharTokenizer()
     prompt, mask = sampling.left_pad([codec.encode(e.prompt) for e in examples], cfg.tokens.pad_id)
     trained_len = args.finetune_seq_len if args.finetune_steps > 0 else cfg.train.seq_len
     if prompt.shape[1] + args.gen_length > trained_len:
@@ -133,7 +115,7 @@ def main(argv=None):
         gen = out["tokens"][:, prompt.shape[1]:]
         evals = int(out["full_passes"]) + int(out["window_passes"])
         answers = [codec.decode(sampling.answer_ids(r, prompt.shape[1], ids.eos_id)) for r in out["tokens"]]
-        acc = np.mean([task.score(p, e.answer) for p, e in zip(answers, examples)])
+        acc = np.mean([evaluate.exact_match(p, e.answer) for p, e in zip(answers, examples)])
         if ref is None:
             ref = {"seconds": seconds, "gen": gen, "evals": evals}
         print(f"{name:<32} {int(out['steps']):>6} {int(out['full_passes']) / g:>9.3f} "

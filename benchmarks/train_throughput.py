@@ -1,4 +1,4 @@
-"""Tokens/s and MFU of the jitted train step, against the device's peak (a measured matmul peak on the CPU).
+"""Tokens/s and MFU of the training loop, against the device's peak (a measured matmul peak on the CPU).
 
     python benchmarks/train_throughput.py --configs=tiny,small [--steps=10] [--config.a.b=value ...]
 
@@ -7,31 +7,21 @@ peak FLOP/s of all devices. On the CPU the peak is a large float32 matmul measur
 """
 import argparse
 import sys
-import time
+import tempfile
 
 import jax
-import numpy as np
 
-from llada_jax import cli, config as config_lib, mfu, model as model_lib, train
-from llada_jax.data import synthetic
+from llada_jax import cli, config as config_lib, mfu, model as model_lib, optim, train
 
 
 def measure(cfg, steps):
-    setup = train.Setup(cfg)
-    state = setup.init_state()
-    corpus = synthetic.SyntheticCorpus(cfg.train.seq_len, 0)
-    batches = [setup.put_batch(corpus.batch(i, cfg.train.global_batch)) for i in range(2)]
-    state, m = setup.step_fn(state, batches[0])  # compile
-    jax.block_until_ready(m)
-    t0 = time.perf_counter()
-    for i in range(steps):
-        state, m = setup.step_fn(state, batches[i % 2])
-    jax.block_until_ready((state, m))
-    elapsed = time.perf_counter() - t0
-    tokens = steps * cfg.train.global_batch * cfg.train.seq_len
-    flops = model_lib.flops_per_token(cfg.model, cfg.train.seq_len) * tokens
-    peak = mfu.device_peak_flops() * jax.device_count()
-    return tokens / elapsed, flops / elapsed, peak
+    """(tokens/s, achieved FLOP/s, peak FLOP/s) of the training loop (train.train): the second of two logging windows
+    of `steps` steps each (the first one compiles), in a fresh temporary run directory."""
+    cfg.train.steps, cfg.train.log_every, cfg.checkpoint.every_steps = 2 * steps, steps, 2 * steps
+    with tempfile.TemporaryDirectory() as workdir:
+        _, history = train.train(cfg, workdir, log=lambda *_: None)
+    tps = history[-1]["tokens_per_sec"]
+    return tps, tps / optim.tokens_per_step(cfg) * mfu.flops_per_step(cfg), mfu.device_peak_flops() * jax.device_count()
 
 
 def main(argv=None):

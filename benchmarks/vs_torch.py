@@ -23,7 +23,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from llada_jax import cli, config as config_lib, mfu, model as model_lib, train
+from llada_jax import cli, config as config_lib, mfu, optim, train
 from llada_jax.convert import hf, torch_model
 from llada_jax.data import synthetic
 
@@ -142,8 +142,7 @@ def main(argv=None):
     ratios = []
     for name in args.configs.split(","):
         cfg = build(name, overrides)
-        tokens = cfg.train.global_batch * cfg.train.seq_len
-        flops = model_lib.flops_per_token(cfg.model, cfg.train.seq_len) * tokens
+        tokens, flops = optim.tokens_per_step(cfg), mfu.flops_per_step(cfg)
         s_jax, s_torch = compare(cfg, args.steps, args.repeats)
         ratios.append(s_torch / s_jax)
         print(f"{name:<8} {cfg.train.global_batch:>4} x {cfg.train.seq_len:<4} {tokens / s_jax:>10,.0f} "

@@ -3,12 +3,10 @@
 Training hyper-parameters of the paper (section 2.3, scaled by the caller's steps): AdamW wd 0.1, batch 1280 x 4096,
 Warmup-Stable-Decay 0 -> 4e-4 over 2000 steps, 1e-4 after 1.2T tokens, linear to 1e-5 over the last 0.3T of 2.3T.
 """
-from llada_jax.config import default_config, paper_recipe
+from llada_jax.config import default_config, paper_recipe, set_model_size
 
 
 def get_config():
-    c = paper_recipe(default_config())
+    c = set_model_size(paper_recipe(default_config()), "1b")
     c.name = "llada_1b"
-    m = c.model
-    m.d_model, m.n_layers, m.n_heads, m.n_kv_heads, m.ffn_dim = 2048, 22, 32, 4, 5634
     return c

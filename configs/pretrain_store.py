@@ -9,15 +9,13 @@ cover its vocabulary (32000 here; the pipeline checks it, and the ids, against t
 import json
 import os
 
-from llada_jax.config import default_config
+from llada_jax.config import default_config, set_model_size
 
 
 def get_config(prepared=None):
-    c = default_config()
+    c = set_model_size(default_config(), "30m", vocab_size=32000)
     c.name = "pretrain_store"
     c.data.source = "store"
-    m = c.model
-    m.vocab_size, m.d_model, m.n_layers, m.n_heads, m.n_kv_heads, m.ffn_dim = 32000, 512, 8, 8, 4, 1408
     c.train.seq_len = 1024
     c.train.global_batch = 32
     c.train.steps = 10000
@@ -30,5 +28,5 @@ def get_config(prepared=None):
         for role, i in tok["special_ids"].items():
             if i >= 0:
                 c.tokens[role] = i
-        m.vocab_size = tok["vocab_size"]
+        c.model.vocab_size = tok["vocab_size"]
     return c

@@ -6,17 +6,15 @@ Recipe (REFERENCE.md section 3): LR 0 -> 2.5e-5 over 50 iterations, constant, li
 weight decay 0.1; the paper's global batch is 256 and 3 epochs. Initialise from a pre-trained model (checkpoint
 restore) for real fine-tuning; the model sizes here match configs/pretrain_store.py.
 """
-from llada_jax.config import default_config
+from llada_jax.config import default_config, set_model_size
 
 
 def get_config():
-    c = default_config()
+    c = set_model_size(default_config(), "30m", vocab_size=32000)
     c.name = "sft"
     c.data.source = "sft"
     c.data.random_length_prob = 0.0  # SFT pads answers with EOS instead
     c.data.sft_overlong = "drop"
-    m = c.model
-    m.vocab_size, m.d_model, m.n_layers, m.n_heads, m.n_kv_heads, m.ffn_dim = 32000, 512, 8, 8, 4, 1408
     c.train.seq_len = 1024
     c.train.global_batch = 256
     c.train.steps = 3000

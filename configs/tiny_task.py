@@ -1,4 +1,4 @@
-"""The tiny model on a built-in task (llada_jax/tasks.py) with short answers, scored by exact match (`llada eval`,
+"""The tiny model on a built-in task (llada_jax/data/tasks.py) with short answers, scored by exact match (`llada eval`,
 sweeps). `configs/tiny_task.py:TASK[,FORMAT]` picks the task and the data format:
 
 - default `arithmetic_small,sft`: two-digit addition in the SFT format (one "a+b=" prompt and its answer per row,

@@ -6,14 +6,18 @@ compiles here is what a pod runs. Reports per-device memory, FLOPs per step and 
 Topology names: `v5e-256` / `v6e-64` count chips; `v4-128` / `v5p-128` count TensorCores (2 per chip), so v5p-128
 is 64 chips. An explicit shape such as `v5e:4x4` or `v5p:4x4x4` is also accepted.
 """
+import glob
 import math
+import os
 import re
 import time
+from importlib import metadata
 
 import jax
 import jax.numpy as jnp
 
-from llada_jax import model as model_lib, train
+from llada_jax import mfu, train
+from llada_jax.errors import LladaError
 
 GIB = 1 << 30
 # HBM per chip (one JAX device per chip on all four generations: v4/v5p megacore).
@@ -22,7 +26,7 @@ CORES_PER_CHIP = {"v4": 2, "v5p": 2, "v5e": 1, "v6e": 1}
 COLLECTIVES = ("all-reduce", "all-gather", "reduce-scatter", "all-to-all", "collective-permute")
 
 
-class CompileError(ValueError):
+class CompileError(LladaError):
     pass
 
 
@@ -66,8 +70,6 @@ def parse_topology(name):
 def _quiet_libtpu():
     """Off a TPU VM, libtpu probes cloud metadata for its host and prints warnings: tell it what it would find; and
     let several processes load it (there is no TPU to share)."""
-    import glob
-    import os
     if not glob.glob("/dev/accel*") and not glob.glob("/dev/vfio/[0-9]*"):
         for k, v in (("ALLOW_MULTIPLE_LIBTPU_LOAD", "1"), ("TPU_SKIP_MDS_QUERY", "1"), ("TPU_ACCELERATOR_TYPE", "v5litepod-4"),
                      ("TPU_WORKER_HOSTNAMES", "localhost"), ("TPU_WORKER_ID", "0")):
@@ -77,7 +79,7 @@ def _quiet_libtpu():
 def topology_devices(name):
     """(generation, libtpu topology name, chips, devices) of a topology name."""
     _quiet_libtpu()
-    from jax.experimental import topologies
+    from jax.experimental import topologies  # after _quiet_libtpu: importing it loads libtpu, which reads the env
     gen, topo_name, chips = parse_topology(name)
     try:
         topo = topologies.get_topology_desc(platform="tpu", topology_name=topo_name)
@@ -98,7 +100,6 @@ def libtpu_mismatch():
     """None, or a sentence when the installed libtpu is not the one the installed jax pins (`jax[tpu]`): jaxlib
     then may not read the optimized HLO back (e.g. `RET_CHECK ... async-update instruction should have 1 operands
     but sees 3` with libtpu 0.0.51 under JAX 0.10.2), although libtpu itself compiles fine."""
-    from importlib import metadata
     try:
         have = metadata.version("libtpu")
         pins = [r for r in metadata.requires("jax") or [] if r.startswith("libtpu") and 'extra == "tpu"' in r]
@@ -144,7 +145,6 @@ def compile_step(cfg, topology, log=print):
     total = mem.argument_size_in_bytes + mem.output_size_in_bytes - mem.alias_size_in_bytes + mem.temp_size_in_bytes \
         + mem.generated_code_size_in_bytes
     hbm = HBM_BYTES[gen] * chips // len(devices)  # per device (libtpu describes v4 with one device per core)
-    model_flops = model_lib.flops_per_token(cfg.model, l, causal=cfg.objective == "arm") * b * l
     return {
         "topology": topo_name, "devices": len(devices), "device_kind": devices[0].device_kind,
         "mesh": dict(setup.mesh.shape), "global_batch": b, "seq_len": l, "micro_batches": cfg.train.micro_batches,
@@ -153,7 +153,7 @@ def compile_step(cfg, topology, log=print):
         "alias_bytes": mem.alias_size_in_bytes, "temp_bytes": mem.temp_size_in_bytes,
         "code_bytes": mem.generated_code_size_in_bytes, "total_bytes": total, "hbm_bytes": hbm,
         "fits": total <= hbm, "compiled_flops_per_device": float(cost.get("flops", 0.0)) if cost else None,
-        "model_flops_per_step": model_flops, "collectives": _collectives(compiled),
+        "model_flops_per_step": mfu.flops_per_step(cfg), "collectives": _collectives(compiled),
         "libtpu_mismatch": libtpu_mismatch(),
         "compile_seconds": time.perf_counter() - t0,
     }

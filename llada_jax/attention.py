@@ -5,6 +5,9 @@ for real keys. segment_ids: [B, T] int; a query attends only to keys of its own 
 """
 import jax
 import jax.numpy as jnp
+from jax.sharding import PartitionSpec as P
+
+from llada_jax.errors import LladaError
 
 
 def _mask(batch, q_len, k_len, key_mask, segment_ids, causal):
@@ -43,6 +46,7 @@ def splash_attention(q, k, v, key_mask=None, segment_ids=None, causal=False, sha
     head. Padding and documents become splash segment ids (real tokens: segment + 1, padding: 0), so real queries
     see exactly the keys the reference lets them see; outputs at padding positions are unspecified (never used).
     On a mesh the kernel runs per shard under shard_map: batch over the `batch` axes, heads over `tensor`."""
+    # Pallas' TPU kernels load lazily: only this backend needs them (0.16 s to import).
     from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel as sk
     from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_mask as sm
 
@@ -76,7 +80,6 @@ def _per_shard(local, sharder, q, k, v, *rows):
     [B, ...] per-sequence arrays), or directly on one device."""
     if sharder is None or sharder.mesh.size == 1:
         return local(q, k, v, *rows)
-    from jax.sharding import PartitionSpec as P
     batch = sharder.spec(("batch",))[0]
     heads = sharder.spec(("heads",))[0]
     qkv = P(batch, None, heads, None)
@@ -194,6 +197,6 @@ def get_attention(name, dtype=None, platform=None):
         platform = platform or jax.default_backend()
         name = {"tpu": "splash", "gpu": "cudnn" if dtype in (jnp.bfloat16, jnp.float16) else "xla"}.get(platform, "flash")
     if name not in BACKENDS:
-        raise ValueError(f"unknown attention backend model.attention={name!r}; expected one of auto, "
+        raise LladaError(f"unknown attention backend model.attention={name!r}; expected one of auto, "
                          f"{', '.join(BACKENDS)}.")
     return BACKENDS[name]

@@ -10,13 +10,14 @@ import os
 import signal
 
 import jax
-import numpy as np
 import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 
-from llada_jax import config as config_lib
+from llada_jax import config as config_lib, model as model_lib
+from llada_jax.errors import LladaError
 
 ITEMS = ("params", "train", "data", "config")
+CHUNK_BYTES = 64 << 20  # the storage chunk of params that are not stacked per layer
 
 
 def _handlers():
@@ -24,7 +25,7 @@ def _handlers():
             "data": ocp.JsonCheckpointHandler(), "config": ocp.JsonCheckpointHandler()}
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(LladaError):
     pass
 
 
@@ -55,13 +56,51 @@ def mismatched_leaves(saved, wanted):
     return out
 
 
-def params_save_args(params):
-    """Storage chunks small enough to stream: one per layer for stacked block weights, <= 64 MiB otherwise, so a
-    reader (conversion) decodes one layer at a time instead of a whole [layers, ...] array."""
-    def args(path, leaf):
-        stacked = any(getattr(k, "key", None) == "blocks" for k in path) and leaf.ndim >= 2
-        return ocp.SaveArgs(shard_axes=(0,)) if stacked else ocp.SaveArgs(chunk_byte_size=64 << 20)
-    return jax.tree_util.tree_map_with_path(args, params)
+def params_save_args(params, m):
+    """Storage chunks small enough to stream: one per layer for the stacked leaves of the model's table (a leading
+    "layers" axis), <= CHUNK_BYTES otherwise, so a reader (conversion) decodes one layer at a time."""
+    def args(p):
+        stacked = p.axes[0] == "layers"
+        return ocp.SaveArgs(shard_axes=(0,)) if stacked else ocp.SaveArgs(chunk_byte_size=CHUNK_BYTES)
+    return jax.tree.map(args, model_lib.params_like(params, m), is_leaf=model_lib.is_param)
+
+
+def _save_params(params, cfg):
+    return ocp.args.StandardSave(params, save_args=params_save_args(params, cfg.model))
+
+
+def checkpoints_dir(run_dir):
+    """The orbax directory of a run directory: its checkpoints/ (or `run_dir` itself when it holds the steps)."""
+    directory = os.path.join(run_dir, "checkpoints")
+    return directory if os.path.isdir(directory) else run_dir
+
+
+def saved_steps(directory):
+    """The sorted steps saved in an orbax directory ([] when it does not exist)."""
+    if not os.path.isdir(directory):
+        return []
+    manager = ocp.CheckpointManager(os.path.abspath(directory), options=ocp.CheckpointManagerOptions(read_only=True))
+    steps = sorted(manager.all_steps())
+    manager.close()
+    return steps
+
+
+def _check_step(step, steps, directory):
+    if step not in steps:
+        raise CheckpointError(f"no checkpoint step {step} in {directory}; available: {steps}.")
+
+
+def find_step(run_dir, step=None):
+    """(orbax directory, step) of a run directory: `step` if it was saved, by default the latest."""
+    directory = checkpoints_dir(run_dir)
+    steps = saved_steps(directory)
+    if not steps:
+        raise CheckpointError(f"no checkpoint in {directory}; train first, or pass the run directory of a trained "
+                              f"model (--workdir).")
+    if step is None:
+        return directory, steps[-1]
+    _check_step(step, steps, directory)
+    return directory, step
 
 
 class Checkpointer:
@@ -87,9 +126,13 @@ class Checkpointer:
     def save(self, step, state, data_state, cfg, force=False):
         params, rest = _split(state)
         return self.manager.save(step, args=ocp.args.Composite(
-            params=ocp.args.StandardSave(params, save_args=params_save_args(params)),
-            train=ocp.args.StandardSave(rest),
+            params=_save_params(params, cfg), train=ocp.args.StandardSave(rest),
             data=ocp.args.JsonSave(data_state), config=ocp.args.JsonSave(cfg.to_dict())), force=force)
+
+    def save_params(self, step, params, cfg):
+        """A step of params and config only (an imported model: fine-tuning, sampling and export read it)."""
+        return self.manager.save(step, args=ocp.args.Composite(
+            params=_save_params(params, cfg), config=ocp.args.JsonSave(cfg.to_dict())), force=True)
 
     def _restore_step(self, step, abstract_state):
         params, rest = _split(abstract_state)
@@ -117,8 +160,7 @@ class Checkpointer:
         An unreadable step is reported by number and the previous one is tried; a shape mismatch is fatal."""
         steps = self.all_steps()
         if step is not None:
-            if step not in steps:
-                raise CheckpointError(f"no checkpoint step {step} in {self.directory}; available: {steps}.")
+            _check_step(step, steps, self.directory)
             steps = [s for s in steps if s <= step]
         for s in reversed(steps):
             try:
@@ -141,12 +183,9 @@ class Checkpointer:
 
 def restore_params(run_dir, abstract_params, step=None):
     """Params only (fine-tuning from a pre-trained run with a fresh optimizer, sampling, conversion)."""
-    directory = os.path.join(run_dir, "checkpoints") if os.path.isdir(os.path.join(run_dir, "checkpoints")) else run_dir
+    directory, step = find_step(run_dir, step)
     manager = ocp.CheckpointManager(os.path.abspath(directory), item_handlers=_handlers(),
                                     options=ocp.CheckpointManagerOptions(read_only=True))
-    step = manager.latest_step() if step is None else step
-    if step is None:
-        raise CheckpointError(f"no checkpoint in {directory}; train first or pass the right run directory.")
     meta = manager.item_metadata(step)
     if meta is not None and meta.get("params") is not None:
         bad = mismatched_leaves(meta["params"], abstract_params)
@@ -156,6 +195,12 @@ def restore_params(run_dir, abstract_params, step=None):
     out = manager.restore(step, args=ocp.args.Composite(params=ocp.args.StandardRestore(abstract_params)))
     manager.close()
     return out["params"], step
+
+
+def save_run_config(run_dir, cfg):
+    """A run directory's config.json: the resolved config (what load_run_config reads back)."""
+    with open(os.path.join(run_dir, "config.json"), "w") as f:
+        f.write(config_lib.to_json(cfg))
 
 
 def load_run_config(run_dir):

@@ -1,14 +1,31 @@
 """The `llada` command: `llada SUBCOMMAND [--config=FILE[:ARG]] [--config.a.b=value ...] [--workdir=DIR]`."""
 import argparse
+import difflib
+import glob
+import importlib.util
+import json
 import os
 import sys
+import time
+from pathlib import Path
+
+import jax
+from absl import logging as absl_logging
+
+from llada_jax import aot, config as config_lib, distributed, evaluate, inference, picture, sampling, sweep, train
+from llada_jax.convert import hf
+from llada_jax.data import corpus, documents, prepare, tokenizer
+from llada_jax.errors import LladaError
+
+GPU_PLUGINS = ("jax_cuda12_plugin", "jax_cuda13_plugin", "jax_rocm60_plugin", "jax_rocm7_plugin")
 
 USAGE = """usage: llada COMMAND [options]
 
 commands:
   train     train a model (default: the tiny config on the built-in synthetic corpus)
   compile   compile the train step ahead of time for a TPU topology; memory, FLOPs, collectives
-  data      `data tokenizer`: train a sentencepiece tokenizer; `data prepare`: tokenize corpora into a token store
+  data      `data corpus`: collect a real corpus; `data tokenizer`: train a sentencepiece tokenizer;
+            `data prepare`: tokenize corpora into a token store; `data choices`: multiple choice from a corpus
   convert   `convert to-hf`: export a run in the LLaDA Hugging Face layout; `convert from-hf`: import one
   sample    generate answers to prompts with a trained run (the reverse process, Fast-dLLM decoding)
   chat      multi-turn chat with a trained run (the official chat rules)
@@ -48,12 +65,17 @@ def _base_parser(prog, description):
     return p
 
 
+def _parse(argv, prog, description, *arguments):
+    """(overrides, args) of a command with the common options plus `arguments`: (flag, add_argument kwargs) pairs."""
+    overrides, rest = split_config_args(argv)
+    p = _base_parser(prog, description)
+    for flag, kwargs in arguments:
+        p.add_argument(flag, **kwargs)
+    return overrides, p.parse_args(rest)
+
+
 def _load(args, overrides):
-    from llada_jax import config as config_lib
-    try:
-        cfg = config_lib.build_config(args.config, overrides)
-    except config_lib.ConfigError as e:
-        raise SystemExit(f"llada: config error: {e}")
+    cfg = config_lib.build_config(args.config, overrides)
     if args.print_config:
         print(config_lib.to_json(cfg))
         raise SystemExit(0)
@@ -61,18 +83,11 @@ def _load(args, overrides):
 
 
 def cmd_train(argv):
-    overrides, rest = split_config_args(argv)
-    args = _base_parser("llada train", "Train a LLaDA model (masked diffusion) or the ARM baseline.").parse_args(rest)
+    overrides, args = _parse(argv, "llada train", "Train a LLaDA model (masked diffusion) or the ARM baseline.")
     cfg = _load(args, overrides)
-    import jax
-
-    from llada_jax import checkpoint, distributed, sharding, train
     distributed.maybe_initialize()
     workdir = args.workdir or os.path.join("runs", cfg.name)
-    try:
-        train.train(cfg, workdir)
-    except (train.TrainError, sharding.MeshError, checkpoint.CheckpointError) as e:
-        raise SystemExit(f"llada train: {e}")
+    train.train(cfg, workdir)
     if jax.process_index() == 0:
         print(f"done: run directory {workdir}")
 
@@ -117,75 +132,85 @@ def cmd_data(argv):
     m.add_argument("--choice_tokens", type=int, default=16)
     m.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
-    from llada_jax.data import corpus, prepare, tokenizer
-    try:
-        if args.action == "corpus":
-            corpus.collect(args.out, args.name, args.input, args.val_fraction, args.test_fraction, args.seed,
-                           args.max_files)
-            if args.vocab_size:
-                corpus.tokenize(args.out, args.vocab_size)
-        elif args.action == "choices":
-            rows = corpus.make_choices(os.path.join(args.corpus, "test.jsonl"), tokenizer.Tokenizer.load(
-                args.tokenizer), args.n, args.context_tokens, args.choice_tokens, seed=args.seed)
-            corpus.write_jsonl(args.out, rows)
-            print(f"wrote {len(rows)} examples of {len(rows[0]['choices'])} choices to {args.out}")
-        elif args.action == "tokenizer":
-            tokenizer.train(prepare.expand_inputs(args.input), args.out, args.vocab_size, args.model_type,
-                            args.text_field)
-        else:
-            prepare.prepare(args.input, args.out, args.tokenizer, args.text_field, args.workers, args.val_fraction,
-                            args.on_error)
-    except (prepare.PrepareError, tokenizer.TokenizerError, corpus.CorpusError) as e:
-        raise SystemExit(f"llada data {args.action}: {e}")
+    if args.action == "corpus":
+        corpus.collect(args.out, args.name, args.input, args.val_fraction, args.test_fraction, args.seed,
+                       args.max_files)
+        if args.vocab_size:
+            corpus.tokenize(args.out, args.vocab_size)
+    elif args.action == "choices":
+        rows = corpus.make_choices(os.path.join(args.corpus, "test.jsonl"), tokenizer.Tokenizer.load(args.tokenizer),
+                                   args.n, args.context_tokens, args.choice_tokens, seed=args.seed)
+        corpus.write_jsonl(args.out, rows)
+        print(f"wrote {len(rows)} examples of {len(rows[0]['choices'])} choices to {args.out}")
+    elif args.action == "tokenizer":
+        tokenizer.train(documents.expand_inputs(args.input), args.out, args.vocab_size, args.model_type,
+                        args.text_field)
+    else:
+        prepare.prepare(args.input, args.out, args.tokenizer, args.text_field, args.workers, args.val_fraction,
+                        args.on_error)
 
 
 def cmd_compile(argv):
-    overrides, rest = split_config_args(argv)
-    p = _base_parser("llada compile", "Compile the train step ahead of time for a TPU topology (needs libtpu).")
-    p.add_argument("--topology", required=True, help="e.g. v5e-256, v5p-128 (TensorCores), v6e-64, v5e:4x4")
-    p.add_argument("--json", action="store_true", help="print the report as JSON")
-    args = p.parse_args(rest)
+    overrides, args = _parse(
+        argv, "llada compile", "Compile the train step ahead of time for a TPU topology (needs libtpu).",
+        ("--topology", dict(required=True, help="e.g. v5e-256, v5p-128 (TensorCores), v6e-64, v5e:4x4")),
+        ("--json", dict(action="store_true", help="print the report as JSON")))
     cfg = _load(args, overrides)
-    import json
-
-    from llada_jax import aot, sharding, train
-    try:
-        report = aot.compile_step(cfg, args.topology)
-    except (aot.CompileError, train.TrainError, sharding.MeshError) as e:
-        raise SystemExit(f"llada compile: {e}")
+    report = aot.compile_step(cfg, args.topology)
     print(json.dumps(report, indent=2) if args.json else aot.format_report(report))
     if not report["fits"]:
-        raise SystemExit(f"llada compile: the step does not fit: it needs {report['total_bytes'] / 2**30:.2f} GiB per device but "
-                         f"the chip has {report['hbm_bytes'] / 2**30:.0f} GiB; use more devices, a smaller "
-                         f"per-device batch (train.micro_batches), or model.remat=full.")
+        raise aot.DoesNotFit(f"the step does not fit: it needs {report['total_bytes'] / 2**30:.2f} GiB per device but "
+                             f"the chip has {report['hbm_bytes'] / 2**30:.0f} GiB; use more devices, a smaller "
+                             f"per-device batch (train.micro_batches), or model.remat=full.")
 
 
 def cmd_convert(argv):
     """`llada convert to-hf --workdir=DIR --out=OUT ...` / `llada convert from-hf HF_DIR --out=DIR ...`."""
-    from llada_jax.convert import hf
-    hf.main(argv)
+    p = argparse.ArgumentParser(prog="llada convert", description="Convert to and from the LLaDA Hugging Face layout.")
+    sub = p.add_subparsers(dest="direction", required=True)
+    a = sub.add_parser("to-hf", help="export a run's checkpoint as safetensors + config.json (+ remote code)")
+    a.add_argument("--workdir", required=True, help="the run directory")
+    a.add_argument("--step", type=int, default=None, help="checkpoint step (default: the latest)")
+    a.add_argument("--out", required=True, help="output directory")
+    a.add_argument("--dtype", default=None, choices=list(hf.DTYPES), help="default: the checkpoint's dtype")
+    a.add_argument("--tokenizer", default=None, help="sentencepiece .model or HF tokenizer directory "
+                                                     "(default: the run's data.tokenizer, if any)")
+    a.add_argument("--max_shard_size", default="5GB", help="largest safetensors shard, e.g. 5GB, 500MB")
+    b = sub.add_parser("from-hf", help="import an HF LLaDA directory into a run directory")
+    b.add_argument("hf_dir", help="directory with config.json and *.safetensors")
+    b.add_argument("--out", required=True, help="the new run directory")
+    b.add_argument("--config", default=None, help="config file for everything but the model sizes and token ids; "
+                                                  "--config.a.b=VALUE overrides one key (--config.tokens.eot_id=ID)")
+    b.add_argument("--dtype", default=None, choices=list(hf.DTYPES), help="default: the tensors' dtype")
+    b.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
+    overrides, rest = split_config_args(argv)
+    args = p.parse_args(rest)
+    if overrides and args.direction == "to-hf":
+        p.error("to-hf takes no --config.* overrides: it exports the run as it is.")
+    try:
+        if args.direction == "to-hf":
+            hf.to_hf(args.workdir, args.out, args.step, args.dtype, args.tokenizer, args.max_shard_size)
+        else:
+            base = config_lib.build_config(args.config) if args.config else None
+            hf.from_hf(args.hf_dir, args.out, base, args.dtype, args.overwrite, overrides=overrides)
+    except OSError as e:  # a file of the directories named on the command line is missing or cannot be written
+        raise hf.ConvertError(f"{args.direction}: {e}") from e
 
 
 def cmd_sweep(argv):
     """`llada sweep --sweep=configs/sweeps/NAME.py --workdir=DIR [--config.a.b=v ...] [--print_commands]`."""
-    overrides, rest = split_config_args(argv)
-    p = _base_parser("llada sweep", "Train and evaluate every point of a sweep; write results.csv/.md and plots.")
-    p.add_argument("--sweep", required=True, help="a sweep file, configs/sweeps/NAME.py, defining get_sweep()")
-    p.add_argument("--print_commands", action="store_true", help="print one `llada train` command per run and exit")
-    args = p.parse_args(rest)
-    from pathlib import Path
-
-    from llada_jax import checkpoint, sampling, sweep, tasks, train
-    try:
-        base, points = sweep.load_sweep(args.sweep)
-        base, workdir = args.config or base, args.workdir or os.path.join("runs", "sweep_" + Path(args.sweep).stem)
-        if args.print_commands:
-            print("\n".join(sweep.launch_commands(base, points, workdir, overrides)))
-        else:
-            sweep.run_sweep(base, points, workdir, overrides)
-    except (sweep.SweepError, tasks.TaskError, sampling.SamplingError, train.TrainError,
-            checkpoint.CheckpointError) as e:
-        raise SystemExit(f"llada sweep: {e}")
+    overrides, args = _parse(
+        argv, "llada sweep", "Train and evaluate every point of a sweep; write results.csv/.md and plots.",
+        ("--sweep", dict(required=True, help="a sweep file, configs/sweeps/NAME.py, defining get_sweep()")),
+        ("--print_commands", dict(action="store_true", help="print one `llada train` command per run and exit")))
+    base, points = sweep.load_sweep(args.sweep)
+    base, workdir = args.config or base, args.workdir or os.path.join("runs", "sweep_" + Path(args.sweep).stem)
+    for warning in sweep.replaced_overrides(overrides, points):
+        print(warning, file=sys.stderr)
+    if args.print_commands:
+        print("\n".join(sweep.launch_commands(base, points, workdir, overrides)))
+    else:
+        sweep.run_sweep(base, points, workdir, overrides)
 
 
 def _run_parser(prog, description):
@@ -207,15 +232,11 @@ def _sampling_flags(p):
 
 
 def _open_run(args, overrides):
-    from llada_jax import checkpoint, inference, sampling, sharding
     overrides = list(overrides) + [(f"sampling.{n}", getattr(args, n)) for n in SAMPLING_FLAGS
                                    if getattr(args, n, None) is not None]
-    try:
-        run = inference.load_run(args.workdir, overrides, args.step, args.tokenizer)
-        sampling.validate(sampling.args_from_config(run.cfg.sampling), run.model)
-        return run
-    except (inference.InferenceError, checkpoint.CheckpointError, sharding.MeshError, sampling.SamplingError) as e:
-        raise SystemExit(f"llada: {e}")
+    run = inference.load_run(args.workdir, overrides, args.step, args.tokenizer)
+    sampling.validate(sampling.args_from_config(run.cfg.sampling), run.model)
+    return run
 
 
 def cmd_sample(argv):
@@ -231,18 +252,10 @@ def cmd_sample(argv):
         with open(args.prompt_file) as f:
             prompts += [line.rstrip("\n") for line in f if line.strip()]
     if not prompts:
-        raise SystemExit("llada sample: no prompt; pass --prompt=TEXT (repeatable) or --prompt_file=FILE.")
+        raise LladaError("no prompt; pass --prompt=TEXT (repeatable) or --prompt_file=FILE.")
     run = _open_run(args, overrides)
-    import time
-
-    import jax
-
-    from llada_jax import inference, picture
     t0 = time.perf_counter()
-    try:
-        out = run.sample(prompts, key=jax.random.key(args.seed))
-    except inference.InferenceError as e:
-        raise SystemExit(f"llada sample: {e}")
+    out = run.sample(prompts, key=jax.random.key(args.seed))
     seconds = time.perf_counter() - t0
     for prompt, text in zip(prompts, out["texts"]):
         print(f"{prompt}{text}")
@@ -266,13 +279,7 @@ def cmd_chat(argv):
     _sampling_flags(p)
     args = p.parse_args(rest)
     run = _open_run(args, overrides)
-    import jax
-
-    from llada_jax import inference
-    try:
-        chat = inference.Chat(run)
-    except inference.InferenceError as e:
-        raise SystemExit(f"llada chat: {e}")
+    chat = inference.Chat(run)
     scripted = bool(args.message)
     messages = iter(args.message) if scripted else None
     turn = 0
@@ -289,10 +296,7 @@ def cmd_chat(argv):
                 break
             if message.strip() in ("", "exit", "quit"):
                 break
-        try:
-            answer, _ = chat.say(message, key=jax.random.key(args.seed + turn))
-        except inference.InferenceError as e:
-            raise SystemExit(f"llada chat: {e}")
+        answer, _ = chat.say(message, key=jax.random.key(args.seed + turn))
         print(f"assistant> {answer}")
         turn += 1
 
@@ -311,16 +315,7 @@ def cmd_eval(argv):
     if args.tasks is not None:
         overrides = list(overrides) + [("eval.tasks", "" if args.tasks == "none" else args.tasks)]
     run = _open_run(args, overrides)
-    import json
-
-    import jax
-
-    from llada_jax import evaluate, inference
-    try:
-        metrics = evaluate.evaluate_run(run, jax.random.key(args.seed), choices=args.choices,
-                                        perplexity=args.perplexity)
-    except (evaluate.EvalError, inference.InferenceError, ValueError) as e:
-        raise SystemExit(f"llada eval: {e}")
+    metrics = evaluate.evaluate_run(run, jax.random.key(args.seed), choices=args.choices, perplexity=args.perplexity)
     out = args.out or os.path.join(args.workdir, "eval.json")
     with open(out, "w") as f:
         json.dump(metrics, f, indent=2, sort_keys=True)
@@ -331,23 +326,22 @@ COMMANDS = {"train": cmd_train, "compile": cmd_compile, "data": cmd_data, "conve
             "chat": cmd_chat, "eval": cmd_eval, "sweep": cmd_sweep}
 
 
+def _google_pci_device(path):  # how JAX itself finds TPU chips (PCI vendor 0x1ae0)
+    with open(path) as f:
+        return f.read().strip() == "0x1ae0"
+
+
 def _quiet_libraries():
     """Keeps library log noise that is not the user's concern out of every command's output: orbax's absl
-    warnings (e.g. about a read-only checkpoint directory when sampling) and, on a machine without TPU chips, the
-    TPU runtime's start-up errors that an installed libtpu (the `test` / `tpu` extras, for AOT compilation) prints
-    when JAX probes it. Real problems still surface as errors; JAX_PLATFORMS set by the user is respected."""
-    import glob
-    import importlib.util
-    from absl import logging as absl_logging
+    warnings (e.g. about a read-only checkpoint directory when sampling) and, on a machine without TPU chips or a
+    GPU plugin, the TPU runtime's start-up errors that an installed libtpu (the `test` / `tpu` extras, for AOT
+    compilation) prints when JAX probes it. Real problems still surface as errors; JAX_PLATFORMS set by the user is
+    respected. Runs before any JAX backend starts."""
     absl_logging.set_verbosity(absl_logging.ERROR)
-    def google_pci_device(path):  # how JAX itself finds TPU chips (vendor 0x1ae0)
-        with open(path) as f:
-            return f.read().strip() == "0x1ae0"
-    no_tpu = not any(google_pci_device(v) for v in glob.glob("/sys/bus/pci/devices/*/vendor"))
-    no_gpu_plugin = not any(importlib.util.find_spec(m) for m in ("jax_cuda12_plugin", "jax_cuda13_plugin",
-                                                                  "jax_rocm60_plugin", "jax_rocm7_plugin"))
-    if no_tpu and no_gpu_plugin and "JAX_PLATFORMS" not in os.environ and importlib.util.find_spec("libtpu"):
-        os.environ["JAX_PLATFORMS"] = "cpu"
+    no_tpu = not any(_google_pci_device(v) for v in glob.glob("/sys/bus/pci/devices/*/vendor"))
+    no_gpu_plugin = not any(importlib.util.find_spec(m) for m in GPU_PLUGINS)
+    if no_tpu and no_gpu_plugin and not os.environ.get("JAX_PLATFORMS") and importlib.util.find_spec("libtpu"):
+        jax.config.update("jax_platforms", "cpu")
 
 
 def main(argv=None):
@@ -360,12 +354,14 @@ def main(argv=None):
         argv = ["train"] + argv  # `llada` alone trains the default
     name, rest = argv[0], argv[1:]
     if name not in COMMANDS:
-        import difflib
         close = difflib.get_close_matches(name, COMMANDS, n=1)
         hint = f" Did you mean `llada {close[0]}`?" if close else ""
         print(f"llada: unknown command {name!r}.{hint}\n\n{USAGE}", file=sys.stderr)
         return 2
-    COMMANDS[name](rest)
+    try:
+        COMMANDS[name](rest)
+    except LladaError as e:  # a problem the user can fix: its message, no traceback; any other exception is a bug
+        raise SystemExit(f"llada {name}: {e}") from None
     return 0
 
 

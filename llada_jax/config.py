@@ -6,16 +6,17 @@ import ast
 import difflib
 import importlib.util
 import json
-import os
 from pathlib import Path
 
 import ml_collections
+
+from llada_jax.errors import LladaError
 
 PACKAGED_CONFIGS = Path(__file__).resolve().parent / "configs"  # `configs/` ships inside the package
 REPO_CONFIGS = Path(__file__).resolve().parent.parent / "configs"  # ... and sits beside it in a checkout
 
 
-class ConfigError(ValueError):
+class ConfigError(LladaError):
     """A config file or override is wrong; the message says what, what was expected and how to fix it."""
 
 
@@ -67,8 +68,6 @@ def default_config():
     tr.micro_batches = 1  # gradient accumulation: the global batch is split into this many micro-batches
     tr.log_every = 25
     tr.profile_steps = ""  # "START:COUNT": a jax.profiler trace of these steps in WORKDIR/profile ("" = off)
-    tr.nan_poison_step = -1  # testing switch: poison the gradients of this step (or, with nan_poison_count, more)
-    tr.nan_poison_count = 1  # ... of this many consecutive steps from nan_poison_step
     tr.nan_patience = 5  # after this many consecutive non-finite steps, restore the last good checkpoint
     tr.nan_lr_factor = 1.0  # ... and multiply the learning rate by this factor (the paper resumed at a lower LR)
 
@@ -115,6 +114,9 @@ def default_config():
         ("act_seq", None),
         ("act_embed", None),
     ]
+    # The rule set of inference (inference.load_run: `llada sample / chat / eval`, sweeps): params laid out as in
+    # training, activations replicated, so that prompt batches of any size fit the mesh.
+    sh.inference_rules = [(name, None if name in ("batch", "act_seq", "act_embed") else axes) for name, axes in sh.rules]
 
     c.data = da = ml_collections.ConfigDict()
     da.source = "synthetic"  # synthetic (the built-in corpus) | store (token stores, data/pipeline.py) | sft (chat JSONL)
@@ -173,6 +175,23 @@ RELEASE_TOKENS = {"mask_id": 126336, "bos_id": 126080, "eos_id": 126081, "pad_id
                   "start_header_id": 126346, "end_header_id": 126347}
 
 
+# Model sizes by name: (d_model, n_layers, n_heads, n_kv_heads, ffn_dim).
+MODEL_SIZES = {
+    "30m": (512, 8, 8, 4, 1408),  # configs/small.py, pretrain_store.py and sft.py
+    "1b": (2048, 22, 32, 4, 5634),  # paper Table 5: GQA with 4 KV heads
+    "8b": (4096, 32, 32, 32, 12288),  # paper Table 5, the released checkpoint's layout (MHA)
+}
+
+
+def set_model_size(c, size, vocab_size=None):
+    """Sets c.model's sizes to MODEL_SIZES[size] (and its vocabulary, if given); returns c."""
+    m = c.model
+    m.d_model, m.n_layers, m.n_heads, m.n_kv_heads, m.ffn_dim = MODEL_SIZES[size]
+    if vocab_size is not None:
+        m.vocab_size = vocab_size
+    return c
+
+
 def paper_recipe(c):
     """The paper's pre-training recipe (section 2.3) and the released tokenizer's ids, for the paper-sized configs."""
     c.model.vocab_size = RELEASE_VOCAB
@@ -196,27 +215,41 @@ def paper_recipe(c):
 # ---------------------------------------------------------------------------------------------------------------
 # Loading config files and applying overrides.
 
-def _resolve_path(path):
+def find_file(path, folder=""):
+    """The Python file `path` names (config and sweep files): the path itself, else its name (with or without .py)
+    under `configs/<folder>` of the checkout or of the installed package; None if there is none."""
     p = Path(path)
     if p.exists():
         return p
-    for root in (REPO_CONFIGS, PACKAGED_CONFIGS):
+    for root in (REPO_CONFIGS / folder, PACKAGED_CONFIGS / folder):
         for cand in (root / p, root / p.name, root / (p.name + ".py")):
             if cand.exists():
                 return cand
-    avail = sorted({q.name for root in (REPO_CONFIGS, PACKAGED_CONFIGS) for q in root.glob("*.py")
-                    if not q.name.startswith("_")})
-    raise ConfigError(f"config file {path!r} not found. Built-in configs: {', '.join(avail)}. "
-                      f"Pass --config=configs/NAME.py or a path to your own file defining get_config().")
+    return None
+
+
+def builtin_files(folder=""):
+    """The names of the built-in files in `configs/<folder>` (for error messages)."""
+    return sorted({q.name for root in (REPO_CONFIGS / folder, PACKAGED_CONFIGS / folder) for q in root.glob("*.py")
+                   if not q.name.startswith("_")})
+
+
+def load_module(path, prefix):
+    """Executes the Python file `path` as a fresh module named `prefix_<stem>` and returns it."""
+    spec = importlib.util.spec_from_file_location(f"{prefix}_{Path(path).stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def load_config(spec="configs/tiny.py"):
     """Loads `path[:arg]`: a Python file whose `get_config(arg=None)` returns a ConfigDict."""
     path, _, arg = spec.partition(":")
-    p = _resolve_path(path)
-    module_spec = importlib.util.spec_from_file_location(f"llada_config_{p.stem}", p)
-    module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
+    p = find_file(path)
+    if p is None:
+        raise ConfigError(f"config file {path!r} not found. Built-in configs: {', '.join(builtin_files())}. "
+                          f"Pass --config=configs/NAME.py or a path to your own file defining get_config().")
+    module = load_module(p, "llada_config")
     if not hasattr(module, "get_config"):
         raise ConfigError(f"{p} defines no get_config(); a config file must define get_config(arg=None).")
     cfg = module.get_config(arg) if arg else module.get_config()

@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 
 from llada_jax import model as model_lib
+from llada_jax.errors import LladaError
 
 
 def forward_process(key, tokens, mask_id, eps=1e-3, maskable=None):
@@ -170,7 +171,7 @@ def objective_terms(batch, noise, cfg):
     if cfg.objective == "arm":
         return tokens, *arm_targets_weights(tokens, valid), True
     if cfg.objective != "mdm":
-        raise ValueError(f"unknown objective={cfg.objective!r}; expected 'mdm' (masked diffusion) or 'arm'.")
+        raise LladaError(f"unknown objective={cfg.objective!r}; expected 'mdm' (masked diffusion) or 'arm'.")
     x_t = jnp.where(noise["masked"], cfg.tokens.mask_id, tokens)
     if "prompt_lengths" in batch:
         answer = valid & (jnp.arange(l)[None, :] >= batch["prompt_lengths"][:, None])

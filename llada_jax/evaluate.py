@@ -1,5 +1,6 @@
 """Likelihood evaluation: the conditional log-likelihood estimator (REFERENCE.md section 5, the paper's Algorithm 3),
-the ELBO perplexity bound of held-out text (section 3's objective as a bound), and multiple-choice accuracy.
+the ELBO perplexity bound of held-out text (section 3's objective as a bound), multiple-choice accuracy, and the
+exact match of sampled answers on the built-in tasks (data/tasks.py).
 
 Everything is generic over the model: `model` is a model_lib.Model or any apply_fn(params, tokens, key_mask) ->
 logits [B, T, V] float32. Pass the same object each call: it is a static argument of the compiled programs.
@@ -14,9 +15,11 @@ import numpy as np
 from llada_jax import diffusion
 from llada_jax import model as model_lib
 from llada_jax import sampling
+from llada_jax.data import store, synthetic, tasks as tasks_lib
+from llada_jax.errors import LladaError
 
 
-class EvalError(ValueError):
+class EvalError(LladaError):
     """Evaluation inputs that cannot work; the message says what was wrong and how to fix it."""
 
 
@@ -253,6 +256,47 @@ def multiple_choice(model, params, examples, encode, key, mask_id, *, n_samples=
     return {"accuracy": right / n if n else float("nan"), "n": n, "predictions": predictions, "scores": scores}
 
 
+# -- built-in tasks: exact match of sampled answers ---------------------------------------------------------------
+
+def exact_match(prediction, answer):
+    """The generated answer text (already cut at the first EOS) equals the reference, ignoring outer spaces."""
+    return prediction.strip() == answer.strip()
+
+
+def generate_answers(run, key, prompts):
+    """Answer texts (up to the first EOS) of a loaded inference.Run for prompt texts, sampled in batches of
+    eval.batch. Every batch has the same shape (the longest prompt's width; the last batch is padded with copies),
+    so one compilation serves the whole list."""
+    bs, n = run.cfg.eval.batch, len(prompts)
+    if bs <= 0:
+        raise EvalError(f"eval.batch={bs}; expected a positive number of prompts per batch.")
+    ids = [run.codec.encode(p) for p in prompts]
+    width = max(len(r) for r in ids)
+    answers = []
+    for start in range(0, n, bs):
+        rows = [ids[i % n] for i in range(start, start + bs)]  # the last batch repeats earlier rows (dropped)
+        out = run.sample(None, key=jax.random.fold_in(key, start), prompt_ids=rows, width=width)
+        answers += out["texts"][: min(bs, n - start)]
+    return answers
+
+
+def evaluate_tasks(run, key, log=None):
+    """Exact match of a loaded inference.Run's sampled answers on eval.n_examples examples of every task in
+    eval.tasks: {"<eval set>/exact_match": fraction}. `log`, if given, receives one line per evaluation set."""
+    cfg, out = run.cfg, {}
+    for t_index, name in enumerate(tasks_lib.task_names(cfg.eval.tasks)):
+        task = tasks_lib.get(name)
+        for s_index, (set_name, examples) in enumerate(task.eval_sets(cfg.eval.n_examples).items()):
+            k = jax.random.fold_in(jax.random.fold_in(key, t_index), s_index)
+            preds = generate_answers(run, k, [e.prompt for e in examples])
+            right = [exact_match(p, e.answer) for p, e in zip(preds, examples)]
+            out[f"{set_name}/exact_match"] = float(np.mean(right))
+            if log:
+                log(f"{set_name}: exact match {np.mean(right):.3f} on {len(examples)} examples (e.g. "
+                    f"{examples[0].prompt!r} -> {preds[0]!r}, want {examples[0].answer!r})")
+    return out
+
+
 # -- a whole run: `llada eval` ----------------------------------------------------------------------------------------
 
 HELDOUT_OFFSET = 10**9  # synthetic runs: held-out sequences are corpus indices from here on (training never gets there)
@@ -264,7 +308,6 @@ def heldout_tokens(cfg, n):
     or unseen sequences of the synthetic corpus."""
     seq_len = cfg.train.seq_len
     if cfg.eval.get("heldout", "") or cfg.data.source == "store":
-        from llada_jax.data import store
         path, _, split = cfg.eval.heldout.partition(":") if cfg.eval.get("heldout", "") else (
             cfg.data.path.split(",")[0], ":", "val")
         s = store.TokenStore(path, split or "train")
@@ -275,7 +318,6 @@ def heldout_tokens(cfg, n):
         starts = np.linspace(0, total - seq_len, min(n, total // seq_len)).astype(np.int64)
         return np.asarray(s.read_many(starts, seq_len), np.int32)
     if cfg.data.source == "synthetic":
-        from llada_jax.data import synthetic
         corpus = synthetic.SyntheticCorpus(seq_len, cfg.seed,  # the training corpus's seed, unseen indices
                                            cfg.data.synthetic_task)
         return np.stack([corpus.sequence(HELDOUT_OFFSET + i) for i in range(n)])
@@ -307,8 +349,7 @@ def evaluate_run(run, key, *, choices=None, perplexity=64, tasks=True, log=print
         out.update({"choices/accuracy": r["accuracy"], "choices/n": r["n"]})
         log(f"multiple choice ({choices}): accuracy {r['accuracy']:.3f} on {r['n']} examples")
     if tasks and ev.tasks:
-        from llada_jax import tasks as tasks_lib
-        r = tasks_lib.evaluate(cfg, run.model, run.params, k_tasks)
+        r = evaluate_tasks(run, k_tasks)
         out.update(r)
         for k, v in r.items():
             log(f"{k}: {v:.4f}" if isinstance(v, float) else f"{k}: {v}")

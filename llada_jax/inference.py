@@ -8,14 +8,14 @@ import dataclasses
 import os
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from llada_jax import checkpoint, config as config_lib, model as model_lib, sampling, sharding
-from llada_jax.data import synthetic
+from llada_jax.data import chat, synthetic, tokenizer
+from llada_jax.errors import LladaError
 
 
-class InferenceError(ValueError):
+class InferenceError(LladaError):
     """A run or input that cannot be used; the message says what was wrong and how to fix it."""
 
 
@@ -30,7 +30,7 @@ class CharCodec:
     def encode(self, text):
         try:
             return self.tok.encode(text)
-        except ValueError as e:
+        except LladaError as e:
             raise InferenceError(f"{e} This run was trained on the synthetic corpus; write prompts in its "
                                  f"characters.") from None
 
@@ -40,7 +40,6 @@ class CharCodec:
 
 class SentencePieceCodec:
     def __init__(self, path):
-        from llada_jax.data import tokenizer
         self.tok = tokenizer.Tokenizer.load(path)
 
     def encode(self, text):
@@ -55,7 +54,7 @@ class HFCodec:
 
     def __init__(self, path):
         try:
-            from transformers import AutoTokenizer
+            from transformers import AutoTokenizer  # optional: only HF tokenizer directories need it
         except ImportError:
             raise InferenceError(f"--tokenizer={path} is a Hugging Face tokenizer directory, which needs "
                                  f"transformers: pip install 'llada-jax[hf]'.") from None
@@ -86,7 +85,8 @@ def make_codec(cfg, path=None):
 # -- the run ------------------------------------------------------------------------------------------------------
 
 # Keys a user may change when loading a trained run: how to sample and evaluate, and how to lay the model out.
-LOAD_OVERRIDABLE = ("sampling.", "eval.", "mesh.", "model.attention", "model.dtype", "model.remat", "seed")
+LOAD_OVERRIDABLE = ("sampling.", "eval.", "mesh.", "sharding.inference_rules", "model.attention", "model.dtype",
+                    "model.remat", "seed")
 
 
 @dataclasses.dataclass
@@ -101,11 +101,12 @@ class Run:
     def ids(self):
         return sampling.token_ids(self.cfg)
 
-    def sample(self, prompts, key=None, args=None, prompt_ids=None):
+    def sample(self, prompts, key=None, args=None, prompt_ids=None, width=None):
         """Generates an answer for each prompt (texts, or token-id lists as prompt_ids) with the run's sampling.*
-        settings (or `args`). Returns generate()'s dict (numpy) plus texts (answers up to the first EOS)."""
+        settings (or `args`), the prompts left-padded to the longest (or to `width`). Returns generate()'s dict
+        (numpy) plus texts (answers up to the first EOS)."""
         rows = prompt_ids if prompt_ids is not None else [self.codec.encode(p) for p in prompts]
-        tokens, mask = sampling.left_pad(rows, self.cfg.tokens.pad_id)
+        tokens, mask = sampling.left_pad(rows, self.cfg.tokens.pad_id, width)
         args = args or sampling.args_from_config(self.cfg.sampling)
         key = jax.random.key(self.cfg.seed) if key is None else key
         out = jax.device_get(sampling.sample(self.model, self.params, tokens, mask, key, args, self.ids,
@@ -146,8 +147,7 @@ def load_run(workdir, overrides=(), step=None, tokenizer=None, devices=None):
     if min(sizes) > 0:  # fixed sizes: inference may use fewer devices than the host has (e.g. mesh.fsdp=1)
         devices = devices[:int(np.prod(sizes))]
     mesh = sharding.make_mesh(cfg.mesh, devices)
-    rules = [(name, None if name in ("batch", "act_seq", "act_embed") else axes) for name, axes in cfg.sharding.rules]
-    sharder = sharding.Sharder(mesh, rules)
+    sharder = sharding.Sharder(mesh, cfg.sharding.inference_rules)
     model = model_lib.Model(cfg.model, sharder=sharder)
     shardings = sharder.tree(model.param_axes())
     abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), model.abstract_params(),
@@ -181,15 +181,11 @@ class Chat:
             raise InferenceError("this run's tokens.* has no chat roles (bos, eot, start/end header); chat needs a "
                                  "tokenizer with the chat pieces (`llada data tokenizer` reserves them).")
 
-    def _header(self, role):
-        t = self.run.cfg.tokens
-        return [t.start_header_id] + self.run.codec.encode(role) + [t.end_header_id] + self.run.codec.encode("\n\n")
-
     def prompt_ids(self, message):
-        t = self.run.cfg.tokens
+        t, encode = self.run.cfg.tokens, self.run.codec.encode
         first = [t.bos_id] if not self.history else []
-        return (self.history + first + self._header("user") + self.run.codec.encode(message.strip()) + [t.eot_id]
-                + self._header("assistant"))
+        head, body = chat.message("user", message, encode, t)
+        return self.history + first + head + body + chat.header("assistant", encode, t)
 
     def say(self, message, key=None):
         """One turn: returns (answer text, the sample dict)."""

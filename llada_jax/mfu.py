@@ -1,9 +1,11 @@
-"""Peak dense bf16 FLOP/s per device, for honest model FLOPs utilisation (MFU)."""
+"""Model FLOPs per training step and peak dense bf16 FLOP/s per device, for honest model FLOPs utilisation (MFU)."""
 import functools
 import time
 
 import jax
 import jax.numpy as jnp
+
+from llada_jax import model as model_lib, optim
 
 # Dense bf16 peak per chip (TPU) or per GPU, in FLOP/s, from the vendors' data sheets.
 PEAK_FLOPS = {
@@ -19,6 +21,13 @@ PEAK_FLOPS = {
     "h200": 989e12,
     "h800": 989e12,
 }
+
+
+def flops_per_step(cfg):
+    """Model FLOPs of one training step of `cfg`: model.flops_per_token (the causal count for the ARM objective)
+    times the tokens of a step."""
+    causal = cfg.objective == "arm"
+    return model_lib.flops_per_token(cfg.model, cfg.train.seq_len, causal=causal) * optim.tokens_per_step(cfg)
 
 
 @functools.lru_cache(maxsize=None)

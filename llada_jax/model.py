@@ -5,12 +5,14 @@ on a leading axis) and `Model.apply(params, tokens, key_mask)` is a pure functio
 `Model.param_axes()` gives the same tree with a tuple of logical axis names per leaf (see sharding.py).
 """
 import math
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from llada_jax import attention as attention_lib
+from llada_jax.errors import LladaError
 
 REMAT_POLICIES = {
     "none": None,
@@ -24,38 +26,86 @@ def head_dim(m):
     return m.head_dim if m.head_dim > 0 else m.d_model // m.n_heads
 
 
+class Param(NamedTuple):
+    """One parameter of the table (param_shapes)."""
+    shape: tuple
+    axes: tuple  # logical axes (sharding.py); a leading "layers" axis stacks the blocks' weights
+    init: str  # "normal": truncated normal (+-3 std), std 1/sqrt(fan_in) (or model.init_std) | "ones"
+    group: str  # "matrix" | "norm" | "embedding": weight decay (optim.decay_mask) and the non-embedding count
+    hf_name: str  # the Hugging Face tensor after `model.transformer.` ("{layer}": one tensor per layer)
+    hf_shape: tuple  # ... and its shape (per layer)
+    hf_linear: bool = False  # HF holds the [out, in] transpose of ours reshaped to [in, out] (else the same layout)
+    fan_in: int = 0
+    layer_scale: bool = False  # the residual output projections: std further divided by sqrt(2 (layer + 1))
+
+
 def param_shapes(m):
-    """{name: (shape, logical axes)} of one model; the layout every other module (conversion included) relies on."""
-    d, hd, L = m.d_model, head_dim(m), m.n_layers
+    """The parameter table: {name: Param}, the blocks' nested under "blocks", in initialisation order. Init, logical
+    axes, abstract params, counts, weight decay (optim), checkpoint chunks and the HF layout (convert/hf.py) derive
+    from it: a new parameter is one line here."""
+    d, hd, L, v, f = m.d_model, head_dim(m), m.n_layers, m.vocab_size, m.ffn_dim
+    h, kv = m.n_heads * hd, m.n_kv_heads * hd
+
+    def norm(shape, axes, hf_name):
+        return Param(shape, axes, "ones", "norm", hf_name, (d,))
+
+    def linear(shape, axes, hf_name, hf_shape, fan_in, group="matrix", layer_scale=False):
+        return Param(shape, axes, "normal", group, hf_name, hf_shape, True, fan_in, layer_scale)
+
     return {
-        "wte": ((m.vocab_size, d), ("vocab", "embed")),
+        "wte": Param((v, d), ("vocab", "embed"), "normal", "embedding", "wte.weight", (v, d), fan_in=d),
         "blocks": {
-            "attn_norm": ((L, d), ("layers", "norm")),
-            "q_proj": ((L, d, m.n_heads, hd), ("layers", "embed", "heads", "head_dim")),
-            "k_proj": ((L, d, m.n_kv_heads, hd), ("layers", "embed", "kv_heads", "head_dim")),
-            "v_proj": ((L, d, m.n_kv_heads, hd), ("layers", "embed", "kv_heads", "head_dim")),
-            "attn_out": ((L, m.n_heads, hd, d), ("layers", "heads", "head_dim", "embed")),
-            "ff_norm": ((L, d), ("layers", "norm")),
-            "ff_proj": ((L, d, m.ffn_dim), ("layers", "embed", "mlp")),  # the SiLU-gated branch
-            "up_proj": ((L, d, m.ffn_dim), ("layers", "embed", "mlp")),  # the linear branch
-            "ff_out": ((L, m.ffn_dim, d), ("layers", "mlp", "embed")),  # the block's down projection
+            "attn_norm": norm((L, d), ("layers", "norm"), "blocks.{layer}.attn_norm.weight"),
+            "q_proj": linear((L, d, m.n_heads, hd), ("layers", "embed", "heads", "head_dim"),
+                             "blocks.{layer}.q_proj.weight", (h, d), d),
+            "k_proj": linear((L, d, m.n_kv_heads, hd), ("layers", "embed", "kv_heads", "head_dim"),
+                             "blocks.{layer}.k_proj.weight", (kv, d), d),
+            "v_proj": linear((L, d, m.n_kv_heads, hd), ("layers", "embed", "kv_heads", "head_dim"),
+                             "blocks.{layer}.v_proj.weight", (kv, d), d),
+            "attn_out": linear((L, m.n_heads, hd, d), ("layers", "heads", "head_dim", "embed"),
+                               "blocks.{layer}.attn_out.weight", (d, h), h, layer_scale=True),
+            "ff_norm": norm((L, d), ("layers", "norm"), "blocks.{layer}.ff_norm.weight"),
+            "ff_proj": linear((L, d, f), ("layers", "embed", "mlp"), "blocks.{layer}.ff_proj.weight", (f, d),
+                              d),  # the SiLU-gated branch
+            "up_proj": linear((L, d, f), ("layers", "embed", "mlp"), "blocks.{layer}.up_proj.weight", (f, d),
+                              d),  # the linear branch
+            "ff_out": linear((L, f, d), ("layers", "mlp", "embed"), "blocks.{layer}.ff_out.weight", (d, f), f,
+                             layer_scale=True),  # the block's down projection
         },
-        "ln_f": ((d,), ("norm",)),
-        "lm_head": ((d, m.vocab_size), ("embed", "vocab")),  # HF `model.transformer.ff_out`: the output head
+        "ln_f": norm((d,), ("norm",), "ln_f.weight"),
+        # The output head: HF calls it `ff_out` too (model.transformer.ff_out, not a block's ff_out).
+        "lm_head": linear((d, v), ("embed", "vocab"), "ff_out.weight", (v, d), d, group="embedding"),
     }
 
 
-def _is_leaf(x):
-    return isinstance(x, tuple) and len(x) == 2 and isinstance(x[1], tuple)
+def is_param(x):
+    return isinstance(x, Param)
+
+
+def flat_params(m):
+    """The table flat: {"wte": Param, "blocks.q_proj": Param, ...} in initialisation order."""
+    out = {}
+    for k, v in param_shapes(m).items():
+        out.update({f"{k}.{kk}": vv for kk, vv in v.items()} if isinstance(v, dict) else {k: v})
+    return out
+
+
+def params_like(tree, m):
+    """The Params of the leaves of `tree` (params, or any part of them), looked up by key path: the same nesting."""
+    table = param_shapes(m)
+
+    def lookup(path, _):
+        p = table
+        for k in path:
+            p = p[k.key]
+        return p
+
+    return jax.tree_util.tree_map_with_path(lookup, tree)
 
 
 def count_params(m, embeddings=True):
     """Exact parameter count from shapes (nothing allocated). Non-embedding excludes wte and the output head."""
-    tree = param_shapes(m)
-    total = sum(int(np.prod(s)) for s, _ in jax.tree.leaves(tree, is_leaf=_is_leaf))
-    if not embeddings:
-        total -= 2 * m.vocab_size * m.d_model
-    return total
+    return sum(int(np.prod(p.shape)) for p in flat_params(m).values() if embeddings or p.group != "embedding")
 
 
 def rms_norm(x, weight, eps):
@@ -103,48 +153,37 @@ class Model:
         self.attention = attention_lib.get_attention(m.attention, self.dtype, attention_lib.platform_of(sharder))
         self.constrain = sharder.constrain if sharder else (lambda x, axes: x)
         if m.remat not in REMAT_POLICIES:
-            raise ValueError(f"unknown model.remat={m.remat!r}; expected one of {', '.join(REMAT_POLICIES)}.")
+            raise LladaError(f"unknown model.remat={m.remat!r}; expected one of {', '.join(REMAT_POLICIES)}.")
 
     # -- parameters --------------------------------------------------------------------------------------------
     def param_axes(self):
-        return jax.tree.map(lambda leaf: leaf[1], param_shapes(self.m), is_leaf=_is_leaf)
+        return jax.tree.map(lambda p: p.axes, param_shapes(self.m), is_leaf=is_param)
 
     def abstract_params(self):
-        return jax.tree.map(lambda leaf: jax.ShapeDtypeStruct(leaf[0], self.param_dtype), param_shapes(self.m),
-                            is_leaf=_is_leaf)
+        return jax.tree.map(lambda p: jax.ShapeDtypeStruct(p.shape, self.param_dtype), param_shapes(self.m),
+                            is_leaf=is_param)
 
     def init(self, key):
-        """The release's "mitchell" init: truncated normal (+-3 std), std 1/sqrt(fan_in); the residual output
-        projections (attn_out, ff_out) further divided by sqrt(2 (layer + 1)); norms 1."""
+        """The release's "mitchell" init from the table: truncated normal (+-3 std), std 1/sqrt(fan_in); the residual
+        output projections (attn_out, ff_out) further divided by sqrt(2 (layer + 1)); norms 1. One key per normal
+        parameter, in the table's order."""
         m, dt = self.m, self.param_dtype
-        d, L = m.d_model, m.n_layers
-        keys = iter(jax.random.split(key, 16))
+        table = param_shapes(m)
+        n_random = sum(p.init == "normal" for p in flat_params(m).values())
+        keys = iter(jax.random.split(key, max(16, n_random)))
 
-        def normal(shape, fan_in, layer_scale=False):
-            std = m.init_std if m.init_std > 0 else 1.0 / math.sqrt(fan_in)
-            w = jax.random.truncated_normal(next(keys), -3.0, 3.0, shape, jnp.float32) * std
-            if layer_scale:  # leading axis is the layer
-                scale = 1.0 / jnp.sqrt(2.0 * (jnp.arange(L, dtype=jnp.float32) + 1.0))
-                w = w * scale.reshape((L,) + (1,) * (len(shape) - 1))
+        def make(p):
+            if p.init == "ones":
+                return jnp.ones(p.shape, dt)
+            std = m.init_std if m.init_std > 0 else 1.0 / math.sqrt(p.fan_in)
+            w = jax.random.truncated_normal(next(keys), -3.0, 3.0, p.shape, jnp.float32) * std
+            if p.layer_scale:  # leading axis is the layer
+                scale = 1.0 / jnp.sqrt(2.0 * (jnp.arange(m.n_layers, dtype=jnp.float32) + 1.0))
+                w = w * scale.reshape((m.n_layers,) + (1,) * (len(p.shape) - 1))
             return w.astype(dt)
 
-        shapes = {k: s for k, (s, _) in param_shapes(m)["blocks"].items()}
-        return {
-            "wte": normal((m.vocab_size, d), d),
-            "blocks": {
-                "attn_norm": jnp.ones(shapes["attn_norm"], dt),
-                "q_proj": normal(shapes["q_proj"], d),
-                "k_proj": normal(shapes["k_proj"], d),
-                "v_proj": normal(shapes["v_proj"], d),
-                "attn_out": normal(shapes["attn_out"], m.n_heads * self.hd, layer_scale=True),
-                "ff_norm": jnp.ones(shapes["ff_norm"], dt),
-                "ff_proj": normal(shapes["ff_proj"], d),
-                "up_proj": normal(shapes["up_proj"], d),
-                "ff_out": normal(shapes["ff_out"], m.ffn_dim, layer_scale=True),
-            },
-            "ln_f": jnp.ones((d,), dt),
-            "lm_head": normal((d, m.vocab_size), d),
-        }
+        # In the table's order (a dict comprehension keeps it; jax.tree.map would sort the keys).
+        return {k: {kk: make(vv) for kk, vv in v.items()} if isinstance(v, dict) else make(v) for k, v in table.items()}
 
     # -- forward -----------------------------------------------------------------------------------------------
     def block(self, p, x, key_mask, segment_ids, causal, positions=None, cache=None):
@@ -190,7 +229,7 @@ class Model:
         dtype) instead of logits, for a loss that applies the output head itself (diffusion.chunked_cross_entropy)."""
         m = self.m
         if tokens.shape[1] > m.max_seq_len:
-            raise ValueError(f"sequence length {tokens.shape[1]} exceeds model.max_seq_len={m.max_seq_len}; "
+            raise LladaError(f"sequence length {tokens.shape[1]} exceeds model.max_seq_len={m.max_seq_len}; "
                              f"shorten train.seq_len or raise model.max_seq_len.")
         p = jax.tree.map(lambda w: w.astype(self.dtype), params)
         x = self.constrain(jnp.take(p["wte"], tokens, axis=0), ("batch", "act_seq", "act_embed"))

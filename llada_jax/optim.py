@@ -5,11 +5,12 @@ import jax
 import jax.numpy as jnp
 import optax
 
-NORMS = ("attn_norm", "ff_norm", "ln_f")
-EMBEDDINGS = ("wte", "lm_head")
+from llada_jax import model as model_lib
+from llada_jax.errors import LladaError
 
 
 def tokens_per_step(cfg):
+    """Tokens of one training step (the WSD milestones and the throughput count these)."""
     return cfg.train.global_batch * cfg.train.seq_len
 
 
@@ -35,7 +36,7 @@ def schedule(cfg):
             return jnp.where(step < warmup, warm(step), lo + 0.5 * (o.peak_lr - lo) * (1 + jnp.cos(math.pi * frac)))
         return cosine
     if o.schedule != "wsd":
-        raise ValueError(f"unknown optim.schedule={o.schedule!r}; expected wsd, cosine or constant.")
+        raise LladaError(f"unknown optim.schedule={o.schedule!r}; expected wsd, cosine or constant.")
     drop = o.drop_tokens / per_step if o.drop_tokens > 0 else math.inf
     decay_len = o.decay_tokens / per_step if o.decay_tokens > 0 else o.decay_fraction * total
     decay_start = total - decay_len
@@ -52,16 +53,11 @@ def schedule(cfg):
     return wsd
 
 
-def decay_mask(params, o):
-    """True where weight decay applies: matrices, minus norms and embeddings unless configured otherwise."""
-    def rule(path, _):
-        name = jax.tree_util.keystr(path)
-        if any(n in name for n in NORMS):
-            return o.decay_norms
-        if any(n in name for n in EMBEDDINGS):
-            return o.decay_embeddings
-        return True
-    return jax.tree_util.tree_map_with_path(rule, params)
+def decay_mask(params, o, m):
+    """True where weight decay applies, by each parameter's group in the model's table (model.param_shapes):
+    matrices always, norms and embeddings when optim.decay_norms / optim.decay_embeddings say so."""
+    decays = {"matrix": True, "norm": o.decay_norms, "embedding": o.decay_embeddings}
+    return jax.tree.map(lambda p: decays[p.group], model_lib.params_like(params, m), is_leaf=model_lib.is_param)
 
 
 def make_optimizer(cfg):
@@ -70,5 +66,5 @@ def make_optimizer(cfg):
     return optax.chain(
         optax.clip_by_global_norm(o.clip_norm) if o.clip_norm > 0 else optax.identity(),
         optax.adamw(lr, b1=o.b1, b2=o.b2, eps=o.adam_eps, weight_decay=o.weight_decay,
-                    mask=lambda p: decay_mask(p, o)),
+                    mask=lambda p: decay_mask(p, o, cfg.model)),
     ), lr

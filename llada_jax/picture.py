@@ -5,6 +5,8 @@ rows: [(prompt text, [(token text, step), ...]), ...]; step -1 = never committed
 """
 import html
 
+from llada_jax.errors import LladaError
+
 
 def _shade(step, last):
     """Light blue (step 0) to dark blue (the last step); grey for never committed."""
@@ -39,7 +41,7 @@ def write_html(rows, path, title="Denoising order"):
 
 
 def write_png(rows, path, per_line=32, title="Denoising order"):
-    import matplotlib
+    import matplotlib  # lazily: ~1 s to import, and only .png pictures need it
     matplotlib.use("Agg")
     from matplotlib import pyplot as plt
     last = _last_step(rows)
@@ -70,4 +72,4 @@ def write(rows, path):
     elif path.endswith((".html", ".htm")):
         write_html(rows, path)
     else:
-        raise ValueError(f"--order_picture={path}: expected a .html or .png file name.")
+        raise LladaError(f"--order_picture={path}: expected a .html or .png file name.")

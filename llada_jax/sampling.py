@@ -18,12 +18,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from llada_jax import model as model_lib
+from llada_jax.errors import LladaError
 
 REMASKING = ("low_confidence", "random")
 CACHES = (None, "prefix", "dual")
 
 
-class SamplingError(ValueError):
+class SamplingError(LladaError):
     """Sampling arguments that cannot work; the message says what was wrong and how to fix it."""
 
 
@@ -251,12 +252,12 @@ class _Static(dict):
         return hash(tuple(sorted(self.items())))
 
 
-def split_args(args, ids, force_cfg=False):
-    """(static, traced) halves of SamplingArgs; force_cfg runs the CFG program even at cfg_scale 0 (tests)."""
+def split_args(args, ids):
+    """(static, traced) halves of SamplingArgs."""
     static = _Static(ids=ids, gen_length=args.gen_length, cache=args.cache,
                      block_length=args.block_length if args.cache else None, remasking=args.remasking,
                      logits_eos_inf=args.logits_eos_inf, confidence_eos_eot_inf=args.confidence_eos_eot_inf,
-                     use_threshold=args.threshold is not None, use_cfg=force_cfg or args.cfg_scale > 0)
+                     use_threshold=args.threshold is not None, use_cfg=args.cfg_scale > 0)
     dyn = {"steps": jnp.int32(args.steps if args.threshold is None else args.gen_length),
            "block_length": jnp.int32(args.block_length), "temperature": jnp.float32(args.temperature),
            "cfg_scale": jnp.float32(args.cfg_scale),
@@ -264,7 +265,7 @@ def split_args(args, ids, force_cfg=False):
     return static, dyn
 
 
-def generate(model, params, prompt, prompt_mask, key, args, ids, *, force_cfg=False):
+def generate(model, params, prompt, prompt_mask, key, args, ids):
     """Samples `args.gen_length` tokens after each (left-padded) prompt (REFERENCE.md sections 4 and 6).
 
     model: a model_lib.Model, or any apply_fn(params, tokens, key_mask) -> logits [B, T, V] float32 (no cache then).
@@ -279,15 +280,16 @@ def generate(model, params, prompt, prompt_mask, key, args, ids, *, force_cfg=Fa
     prompt = jnp.asarray(prompt, jnp.int32)
     if prompt_mask is None or args.attend_padding:
         prompt_mask = jnp.ones(prompt.shape, bool)
-    static, dyn = split_args(args, ids, force_cfg)
+    static, dyn = split_args(args, ids)
     return _generate_jit(model, params, prompt, jnp.asarray(prompt_mask, bool), key, dyn, static)
 
 
-def left_pad(rows, pad_id):
-    """[[ids], ...] -> (tokens [B, P] int32, mask [B, P] bool), left-padded with pad_id (hidden by the mask)."""
+def left_pad(rows, pad_id, width=None):
+    """[[ids], ...] -> (tokens [B, P] int32, mask [B, P] bool), left-padded with pad_id (hidden by the mask) to the
+    longest row, or to `width` if that is longer."""
     if not rows or any(len(r) == 0 for r in rows):
         raise SamplingError("every prompt needs at least one token.")
-    width = max(len(r) for r in rows)
+    width = max([len(r) for r in rows] + [width or 0])
     tokens = np.full((len(rows), width), pad_id, np.int32)
     mask = np.zeros((len(rows), width), bool)
     for i, r in enumerate(rows):

@@ -10,12 +10,15 @@ import math
 import flax.linen as nn
 import jax
 import numpy as np
+from jax.experimental import mesh_utils
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
+
+from llada_jax.errors import LladaError
 
 AXES = ("data", "fsdp", "tensor")
 
 
-class MeshError(ValueError):
+class MeshError(LladaError):
     pass
 
 
@@ -55,13 +58,11 @@ def make_mesh(mc, devices=None):
     devices = list(devices if devices is not None else jax.devices())
     ici, dcn = mesh_shape(mc, len(devices))
     if math.prod(dcn) == 1:
-        from jax.experimental import mesh_utils
         try:
             arr = mesh_utils.create_device_mesh(ici, devices)
         except (ValueError, NotImplementedError, AssertionError):
             arr = np.array(devices).reshape(ici)
     elif hasattr(devices[0], "slice_index"):
-        from jax.experimental import mesh_utils
         arr = mesh_utils.create_hybrid_device_mesh(ici, dcn, devices)
     else:  # simulated slices: [dcn..., ici...] -> interleave to [dcn0*ici0, dcn1*ici1, dcn2*ici2]
         arr = np.array(devices).reshape(dcn + ici).transpose(0, 3, 1, 4, 2, 5)

@@ -23,7 +23,6 @@ On a cluster: `llada sweep ... --print_commands` prints one `llada train` comman
 then run the same `llada sweep` command locally: it finds the runs finished, evaluates and writes the results.
 """
 import csv
-import importlib.util
 import itertools
 import json
 import math
@@ -31,10 +30,16 @@ import os
 import shlex
 from pathlib import Path
 
+import jax
+
+from llada_jax import checkpoint, config as config_lib, evaluate, inference, mfu, model as model_lib, optim, train
+from llada_jax.data import tasks
+from llada_jax.errors import LladaError
+
 EVAL_ONLY_PREFIXES = ("sampling.", "eval.")  # keys that change evaluation, not training
 
 
-class SweepError(ValueError):
+class SweepError(LladaError):
     """A sweep file or sweep point that cannot work; the message says what was wrong and how to fix it."""
 
 
@@ -87,22 +92,12 @@ def zipit(axes):
 
 def load_sweep(path):
     """(base config spec, [point dicts]) from a sweep file whose get_sweep() returns them."""
-    p = Path(path)
-    if not p.exists():
-        here = Path(__file__).resolve().parent
-        for cand in (here.parent / "configs" / "sweeps" / p.name, here / "configs" / "sweeps" / p.name):
-            for c in (cand, cand.with_name(cand.name + ".py")):
-                if c.exists():
-                    p = c
-                    break
-            if p.exists():
-                break
-    if not p.exists():
+    p = config_lib.find_file(path, "sweeps")
+    if p is None:
+        builtin = ", ".join(Path(n).stem for n in config_lib.builtin_files("sweeps"))
         raise SweepError(f"sweep file {path!r} not found; pass --sweep=configs/sweeps/NAME.py (built-in: "
-                         f"{', '.join(sorted(q.stem for q in _builtin_sweeps()))}) or a path to your own file.")
-    spec = importlib.util.spec_from_file_location(f"llada_sweep_{p.stem}", p)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+                         f"{builtin}) or a path to your own file.")
+    module = config_lib.load_module(p, "llada_sweep")
     if not hasattr(module, "get_sweep"):
         raise SweepError(f"{p} defines no get_sweep(); a sweep file must define get_sweep() returning "
                          f"(base config spec, points), e.g. ('configs/tiny.py', sweep('objective', ['mdm', 'arm'])).")
@@ -119,11 +114,6 @@ def load_sweep(path):
     if dup:
         raise SweepError(f"{p}: points repeat: {dup}; every point must differ in some override.")
     return base, points
-
-
-def _builtin_sweeps():
-    root = Path(__file__).resolve().parent.parent / "configs" / "sweeps"
-    return [q for q in root.glob("*.py") if not q.name.startswith("_")]
 
 
 # -- naming and grouping ----------------------------------------------------------------------------------------
@@ -164,7 +154,6 @@ def plan(points, workdir):
 def build(base, common, point):
     """The config of a point: base file, then the command line's common overrides, then the point's (the point
     wins over a common override of the same key)."""
-    from llada_jax import config as config_lib, tasks
     try:
         cfg = config_lib.build_config(base, list(common) + [(k, value_text(v)) for k, v in point.items()])
         tasks.task_names(cfg.eval.tasks)
@@ -173,6 +162,17 @@ def build(base, common, point):
     except (config_lib.ConfigError, tasks.TaskError) as e:
         raise SweepError(f"sweep point {point_name(point)}: {e}") from None
     return cfg
+
+
+def replaced_overrides(common, points):
+    """One warning per command-line override (`common`) whose key a sweep point also sets: the point's value wins."""
+    out = []
+    for k, v in common:
+        values = list(dict.fromkeys(value_text(p[k]) for p in points if k in p))
+        if values:
+            out.append(f"warning: --config.{k}={v} is replaced by the sweep's own {k} ({', '.join(values)}) in "
+                       f"{sum(k in p for p in points)} of {len(points)} points; edit the sweep file to change it.")
+    return out
 
 
 def launch_commands(base, points, workdir, common=()):
@@ -193,12 +193,9 @@ def launch_commands(base, points, workdir, common=()):
 # -- running ----------------------------------------------------------------------------------------------------
 
 def finished_step(run_dir):
-    """The latest checkpoint step of a run directory (None without one), read from the step directory names."""
-    ck = os.path.join(run_dir, "checkpoints")
-    if not os.path.isdir(ck):
-        return None
-    steps = [int(n) for n in os.listdir(ck) if n.isdigit() and os.path.isdir(os.path.join(ck, n))]
-    return max(steps) if steps else None
+    """The latest checkpoint step of a run directory (None without one)."""
+    steps = checkpoint.saved_steps(os.path.join(run_dir, "checkpoints"))
+    return steps[-1] if steps else None
 
 
 def _read_json(path):
@@ -207,19 +204,16 @@ def _read_json(path):
 
 
 def evaluate_point(cfg, run_dir, seed=0):
-    """Restores the run's params and scores the tasks of cfg.eval.tasks (tasks.evaluate)."""
-    import jax
-
-    from llada_jax import checkpoint, tasks, train
-    setup = train.Setup(cfg)
-    params, step = checkpoint.restore_params(run_dir, setup.abstract_state()["params"])
-    return step, tasks.evaluate(cfg, setup.model, params, jax.random.key(seed))
+    """Loads the run for inference with the point's sampling.* and eval.* settings and scores the tasks of
+    eval.tasks (evaluate.evaluate_tasks)."""
+    overrides = [(f"{group}.{k}", value_text(v)) for group in ("sampling", "eval") for k, v in cfg[group].items()]
+    run = inference.load_run(run_dir, overrides)
+    return run.step, evaluate.evaluate_tasks(run, jax.random.key(seed))
 
 
 def run_sweep(base, points, workdir, common=(), log=print):
     """Trains (or skips / resumes) every distinct run, evaluates every point, then writes the results.
     Returns the result rows."""
-    from llada_jax import train
     items = plan(points, workdir)
     configs = [build(base, common, it["point"]) for it in items]  # every point's config is checked before training
     trained = set()
@@ -261,18 +255,17 @@ def read_metrics(run_dir):
 
 def collect(items, configs):
     """One row per point: its overrides, final and best training metrics, training FLOPs and eval metrics."""
-    from llada_jax import model as model_lib
     rows = []
     for it, cfg in zip(items, configs):
         hist = read_metrics(it["run_dir"])
         losses = [h["loss"] for h in hist if h.get("loss") is not None and math.isfinite(h["loss"])]
         tr = cfg.train
-        tokens = tr.steps * tr.global_batch * tr.seq_len
+        tokens = tr.steps * optim.tokens_per_step(cfg)
         row = {"point": it["name"], **{k: v for k, v in it["point"].items()},
                "steps": hist[-1]["step"] if hist else None,
                "final_loss": hist[-1]["loss"] if hist else None, "best_loss": min(losses) if losses else None,
                "tokens": tokens,
-               "train_flops": float(model_lib.flops_per_token(cfg.model, tr.seq_len, cfg.objective == "arm") * tokens),
+               "train_flops": float(mfu.flops_per_step(cfg) * tr.steps),
                "params": model_lib.count_params(cfg.model)}
         if hist and hist[-1].get("tokens_per_sec"):
             row["final_tokens_per_sec"] = hist[-1]["tokens_per_sec"]
@@ -315,7 +308,7 @@ def axis_keys(rows):
 def plot(rows, items, workdir):
     """loss_curves.png (loss vs step of every run) and <metric>_vs_<axis>.png (one line per setting of the other
     axes) for every eval metric and the final loss."""
-    import matplotlib
+    import matplotlib  # lazily: ~1 s to import, and only plots need it
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     paths = []

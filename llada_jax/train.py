@@ -1,6 +1,5 @@
 """The train state, the jitted sharded train step and the training loop."""
 import json
-import math
 import os
 import time
 
@@ -9,12 +8,12 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from llada_jax import config as config_lib
-from llada_jax import diffusion, mfu, model as model_lib, optim, sharding
-from llada_jax.data import synthetic
+from llada_jax import checkpoint as ckpt_lib, diffusion, mfu, model as model_lib, optim, sharding
+from llada_jax.data import pipeline, sft, synthetic
+from llada_jax.errors import LladaError
 
 
-class TrainError(ValueError):
+class TrainError(LladaError):
     """A config that cannot train; the message says what is wrong and how to fix it."""
 
 
@@ -120,11 +119,6 @@ class Setup:
         step = state["step"]
         key = jax.random.fold_in(jax.random.wrap_key_data(state["rng"]), step)
         loss, aux, grads = self.loss_and_grads(state["params"], batch, key)
-        tr = self.cfg.train
-        if tr.nan_poison_step >= 0:  # testing switch for the NaN guard (only before the first rollback)
-            hit = (step >= tr.nan_poison_step) & (step < tr.nan_poison_step + tr.nan_poison_count)
-            hit = hit & (state["rollbacks"] == 0)
-            grads = jax.tree.map(lambda g: jnp.where(hit, jnp.nan, g), grads)
         grad_norm = optax.tree.norm(grads)
         finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
         updates, opt_state = self.tx.update(grads, state["opt_state"], state["params"])
@@ -144,14 +138,10 @@ class Setup:
 def make_data(cfg):
     """The data source of `cfg.data.source`: an iterator of host-local batches with get_state / set_state."""
     if cfg.data.source == "synthetic":
-        try:
-            corpus = synthetic.SyntheticCorpus(cfg.train.seq_len, cfg.seed, cfg.data.synthetic_task,
-                                               cfg.data.synthetic_format)
-        except ValueError as e:
-            raise TrainError(str(e)) from None
+        corpus = synthetic.SyntheticCorpus(cfg.train.seq_len, cfg.seed, cfg.data.synthetic_task,
+                                           cfg.data.synthetic_format)
         return synthetic.SyntheticSource(corpus, cfg.train.global_batch, jax.process_index(), jax.process_count())
     if cfg.data.source in ("store", "sft"):
-        from llada_jax.data import pipeline, sft
         make = pipeline.make_pretrain_source if cfg.data.source == "store" else sft.make_sft_source
         try:
             return make(cfg)
@@ -168,7 +158,7 @@ class MetricsWriter:
         if self.active:
             self.jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")
             try:
-                from tensorboardX import SummaryWriter
+                from tensorboardX import SummaryWriter  # lazily: ~2 s to import; only process 0 writes
                 self.tb = SummaryWriter(workdir)
             except ImportError:  # TensorBoard is optional; metrics.jsonl always exists
                 self.tb = None
@@ -239,9 +229,9 @@ class Profiler:
             self.log(f"profiler: trace of steps {self.start}..{self.stop - 1} written to {self.dir}")
 
 
-def train(cfg, workdir, log=print):
-    """Trains `cfg` into `workdir`, resuming from its latest checkpoint if there is one. Returns (state, history)."""
-    from llada_jax import checkpoint as ckpt_lib
+def train(cfg, workdir, log=print, data=None):
+    """Trains `cfg` into `workdir`, resuming from its latest checkpoint if there is one. Returns (state, history).
+    `data`: the data source (default: make_data(cfg)), an iterator of host-local batches with get_state / set_state."""
     log = log if jax.process_index() == 0 else (lambda *a, **k: None)
     setup = Setup(cfg)
     os.makedirs(workdir, exist_ok=True)
@@ -249,7 +239,7 @@ def train(cfg, workdir, log=print):
     log(f"model: {model_lib.count_params(m) / 1e6:.2f}M params ({model_lib.count_params(m, False) / 1e6:.2f}M "
         f"non-embedding); mesh {dict(setup.mesh.shape)} on {jax.device_count()} {jax.devices()[0].platform} devices"
         f" in {jax.process_count()} process(es)")
-    data = make_data(cfg)
+    data = make_data(cfg) if data is None else data
     ckpt = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"), cfg)
     restored = ckpt.restore(setup.abstract_state(), log=log)
     if restored is not None:
@@ -264,12 +254,10 @@ def train(cfg, workdir, log=print):
             state = {**state, "params": params}
             log(f"initialised params from {cfg.checkpoint.init_from} (step {from_step}); fresh optimizer state")
     if jax.process_index() == 0:  # after the restore: a config that cannot resume leaves the run untouched
-        with open(os.path.join(workdir, "config.json"), "w") as f:
-            f.write(config_lib.to_json(cfg))
+        ckpt_lib.save_run_config(workdir, cfg)
     writer = MetricsWriter(workdir)
     preemption = ckpt_lib.Preemption()
-    tokens_per_step = tr.global_batch * tr.seq_len
-    flops_per_step = model_lib.flops_per_token(m, tr.seq_len, causal=cfg.objective == "arm") * tokens_per_step
+    tokens_per_step, flops_per_step = optim.tokens_per_step(cfg), mfu.flops_per_step(cfg)
     peak = mfu.device_peak_flops()
     peak_total = peak * jax.device_count() if peak else None
     history, pending = [], []

@@ -8,10 +8,11 @@ import sys
 import time
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from llada_jax import checkpoint, train
+from llada_jax import checkpoint, config as config_lib, train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # The tiny test model as command-line overrides (for the subprocess tests).
@@ -110,11 +111,43 @@ def test_shape_mismatch_lists_the_leaves(cfg, tmp_path):
         checkpoint.Checkpointer(str(tmp_path / "checkpoints"), cfg).restore(train.Setup(cfg).abstract_state())
 
 
-def test_nan_guard_skips_counts_and_rolls_back(cfg, tmp_path):
-    cfg.train.nan_poison_step, cfg.train.nan_poison_count = 5, 3  # steps 6, 7, 8 (1-based) are poisoned
+class Poisoned:
+    """A data source whose batches of `steps` (0-based) carry a `poison` flag, until the first rollback (set_state)."""
+
+    def __init__(self, source, steps):
+        self.source, self.steps, self.step = source, steps, 0
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        batch = next(self.source)
+        flag = self.step in self.steps
+        self.step += 1
+        return {**batch, "poison": np.full(len(batch["tokens"]), flag, np.float32)}
+
+    def get_state(self):
+        return self.source.get_state()
+
+    def set_state(self, state):
+        self.source.set_state(state)
+        self.steps = ()
+
+
+def test_nan_guard_skips_counts_and_rolls_back(cfg, tmp_path, monkeypatch):
+    real_loss = train.diffusion.loss_given_noise
+
+    def loss_given_noise(model, params, batch, noise, cfg):  # a non-finite loss (and gradients) on poisoned rows
+        batch = dict(batch)
+        poison = batch.pop("poison")
+        loss, aux = real_loss(model, params, batch, noise, cfg)
+        return loss * jnp.where(jnp.max(poison) > 0, jnp.nan, 1.0), aux
+
+    monkeypatch.setattr(train.diffusion, "loss_given_noise", loss_given_noise)
     cfg.train.nan_patience, cfg.train.nan_lr_factor = 3, 0.5
     messages = []
-    state, history = train.train(cfg, str(tmp_path), log=messages.append)
+    data = Poisoned(train.make_data(cfg), steps=(5, 6, 7))  # steps 6, 7, 8 (1-based) are poisoned
+    state, history = train.train(cfg, str(tmp_path), log=messages.append, data=data)
     first = [(h["step"], h["skipped_steps"]) for h in history][:7]  # before the rollback
     assert first == [(1, 0), (2, 0), (3, 0), (4, 0), (5, 0), (6, 1), (7, 1)]  # step 8 triggers the rollback
     assert any("NaN guard: 3 consecutive non-finite steps up to step 8; restored the checkpoint of step 4" in m
@@ -173,7 +206,7 @@ def test_sigterm_saves_and_exits_then_resumes(tmp_path):
     assert code != 0 and "preempted (SIGTERM): saved the checkpoint of step" in err
     saved = int(err.split("checkpoint of step ")[1].split()[0])
     assert saved in checkpoint.Checkpointer(str(tmp_path / "p" / "checkpoints"),
-                                            train.config_lib.default_config()).all_steps()
+                                            config_lib.default_config()).all_steps()
     out = _run(tmp_path / "p", "--config.train.steps=16")
     assert f"resuming from the checkpoint of step {saved}" in out.stdout
     assert _losses(tmp_path / "p") == _losses(tmp_path / "ref")

@@ -71,3 +71,13 @@ def test_print_config():
     assert out.returncode == 0, out.stderr
     cfg = json.loads(out.stdout)
     assert cfg["model"]["n_kv_heads"] == 4 and cfg["train"]["global_batch"] == 64
+
+
+@pytest.mark.parametrize("name, sizes, vocab", [
+    ("small", (512, 8, 8, 4, 1408), 64), ("sft", (512, 8, 8, 4, 1408), 32000),
+    ("pretrain_store", (512, 8, 8, 4, 1408), 32000), ("llada_1b", (2048, 22, 32, 4, 5634), 126464),
+    ("llada_8b", (4096, 32, 32, 32, 12288), 126464),
+])
+def test_config_files_take_their_model_size_by_name(name, sizes, vocab):
+    m = config_lib.load_config(f"configs/{name}.py").model
+    assert (m.d_model, m.n_layers, m.n_heads, m.n_kv_heads, m.ffn_dim, m.vocab_size) == (*sizes, vocab)

@@ -48,8 +48,7 @@ def _save_run(run_dir, cfg, params, devices=None, step=7):
     ckpt.save(step, state, {"position": 0}, cfg, force=True)
     ckpt.wait()
     ckpt.close()
-    with open(os.path.join(run_dir, "config.json"), "w") as f:
-        f.write(config_lib.to_json(cfg))
+    checkpoint.save_run_config(run_dir, cfg)
     return run_dir
 
 

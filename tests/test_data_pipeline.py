@@ -212,7 +212,7 @@ def test_train_end_to_end_on_a_store(prepared, tmp_path, monkeypatch):
     direct = pipeline.make_pretrain_source(cfg, 0, 1)
     assert len(seen) == 3
     for s in range(3):
-        np.testing.assert_array_equal(seen[s]["tokens"], direct.batch_at(s)["tokens"])
+        np.testing.assert_array_equal(seen[s]["tokens"], direct.dataset()[s]["tokens"])
     import json
     rows = [json.loads(x) for x in open(tmp_path / "run" / "metrics.jsonl")]
     assert [r["step"] for r in rows] == [1, 2, 3] and all(np.isfinite(r["loss"]) for r in rows)

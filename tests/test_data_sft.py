@@ -150,6 +150,6 @@ def test_train_end_to_end_on_sft_data(tmp_path, tok, monkeypatch):
     monkeypatch.setattr(train, "make_data", recording)
     _, history = train.train(cfg, str(tmp_path / "run"), log=lambda *_: None)
     direct = sft.make_sft_source(cfg, 0, 1, log=lambda *_: None)
-    np.testing.assert_array_equal(seen[0]["tokens"], direct.batch_at(0)["tokens"])
-    np.testing.assert_array_equal(seen[0]["prompt_lengths"], direct.batch_at(0)["prompt_lengths"])
+    np.testing.assert_array_equal(seen[0]["tokens"], direct.dataset()[0]["tokens"])
+    np.testing.assert_array_equal(seen[0]["prompt_lengths"], direct.dataset()[0]["prompt_lengths"])
     assert [h["step"] for h in history] == [1, 2] and all(np.isfinite(h["loss"]) for h in history)

@@ -1,5 +1,6 @@
 """Likelihood evaluation: the stratified mask counts of Algorithm 3, the estimator's mean against the exact
-log-likelihood of a context-free model, the ELBO bound, and multiple-choice accuracy."""
+log-likelihood of a context-free model, the ELBO bound, multiple-choice accuracy, and the exact match of the built-in
+tasks (batching checked against answers computed here)."""
 import json
 
 import jax
@@ -7,7 +8,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from llada_jax import evaluate
+from llada_jax import evaluate, inference, sampling
+from llada_jax.data import synthetic, tasks
 
 V, MASK = 12, 2
 
@@ -138,3 +140,49 @@ def test_autoregressive_log_likelihood_is_the_sum_of_next_token_log_probs(tiny_c
                                   objective="arm")
     other = evaluate.ar_log_likelihood(model, params, prompt, [7, 21])
     assert mc["scores"][0] == pytest.approx([want, other], abs=1e-4)
+
+
+@pytest.mark.parametrize("prediction, answer, right", [
+    ("127", "127", True), (" 127 ", "127", True), ("abc", "abc", True),
+    ("12", "127", False), ("1270", "127", False), ("", "127", False), ("127+1", "127", False), ("ABC", "abc", False),
+])
+def test_exact_match_on_hand_written_cases(prediction, answer, right):
+    assert evaluate.exact_match(prediction, answer) is right  # every built-in task scores by exact match
+
+
+def test_left_pad_with_a_key_mask():
+    tok = synthetic.CharTokenizer()
+    ids, mask = sampling.left_pad([tok.encode("1+2="), tok.encode("10+20=")], pad_id=0)
+    assert ids.tolist() == [[0, 0] + tok.encode("1+2="), tok.encode("10+20=")]
+    assert mask.tolist() == [[False, False] + [True] * 4, [True] * 6]
+
+
+def test_evaluate_batches_and_scores_against_answers_computed_here(tiny_cfg, monkeypatch):
+    """A fake sampler answers a+b correctly only when the sum is even (and garbage after an EOS); evaluate must
+    report exactly the fraction of even sums, over batches whose last one is partial."""
+    tok = synthetic.CharTokenizer()
+    calls = []
+
+    def fake_sample(model, params, prompt, prompt_mask, key, args, ids, objective):
+        calls.append((np.asarray(prompt).shape, objective, args.gen_length))
+        rows = []
+        for p, m in zip(np.asarray(prompt), np.asarray(prompt_mask)):
+            a, b = map(int, tok.decode(p[m])[:-1].split("+"))
+            text = str(a + b) if (a + b) % 2 == 0 else str(a + b + 1)
+            gen = tok.encode(text) + [ids.eos_id] + tok.encode("9" * 8)
+            rows.append(np.concatenate([p, gen[: args.gen_length]]))
+        return {"tokens": np.stack(rows)}
+
+    monkeypatch.setattr(sampling, "sample", fake_sample)
+    cfg = tiny_cfg
+    cfg.eval.tasks, cfg.eval.n_examples, cfg.eval.batch = "arithmetic_small", 45, 16
+    cfg.sampling.gen_length, cfg.sampling.block_length, cfg.sampling.steps = 8, 8, 8
+    cfg.objective = "arm"
+    run = inference.Run(cfg, None, None, inference.CharCodec(), step=0)  # the run's own codec encodes the prompts
+    out = evaluate.evaluate_tasks(run, jax.random.key(0))
+    examples = tasks.get("arithmetic_small").eval_sets(45)["arithmetic_small"]
+    want = np.mean([int(e.answer) % 2 == 0 for e in examples])
+    assert 0.2 < want < 0.8
+    assert out == {"arithmetic_small/exact_match": pytest.approx(want)}
+    assert len(calls) == 3 and len({c[0] for c in calls}) == 1  # 16 + 16 + 13 (padded to 16): one shape
+    assert calls[0][1:] == ("arm", 8)

@@ -35,12 +35,12 @@ def test_cosine_schedule():
 def test_weight_decay_mask():
     cfg = config_lib.default_config()
     params = model_lib.Model(cfg.model).abstract_params()
-    mask = optim.decay_mask(params, cfg.optim)
+    mask = optim.decay_mask(params, cfg.optim, cfg.model)
     assert mask["blocks"]["q_proj"] and mask["blocks"]["ff_out"]
     assert not mask["blocks"]["attn_norm"] and not mask["ln_f"]
     assert not mask["wte"] and not mask["lm_head"]
     cfg.optim.decay_embeddings = cfg.optim.decay_norms = True
-    mask = optim.decay_mask(params, cfg.optim)
+    mask = optim.decay_mask(params, cfg.optim, cfg.model)
     assert mask["wte"] and mask["ln_f"]
 
 

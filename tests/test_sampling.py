@@ -255,7 +255,10 @@ def test_cfg_scale_zero_equals_no_cfg():
     args = sampling.SamplingArgs(gen_length=8, block_length=4, steps=4, temperature=0.8)
     key = jax.random.key(1)
     plain = jax.device_get(sampling.generate(stub_apply, params, PROMPT, PROMPT_MASK, key, args, IDS))
-    cfg = jax.device_get(sampling.generate(stub_apply, params, PROMPT, PROMPT_MASK, key, args, IDS, force_cfg=True))
+    static, dyn = sampling.split_args(args, IDS)
+    forced = sampling._Static(static, use_cfg=True)  # the CFG program (doubled batch) at cfg_scale 0
+    cfg = jax.device_get(sampling._generate_jit(stub_apply, params, jnp.asarray(PROMPT, jnp.int32),
+                                                jnp.asarray(PROMPT_MASK, bool), key, dyn, forced))
     np.testing.assert_array_equal(plain["tokens"], cfg["tokens"])
     np.testing.assert_array_equal(plain["order"], cfg["order"])
     guided = sampling.SamplingArgs(gen_length=8, block_length=4, steps=4, temperature=0.8, cfg_scale=2.0)

@@ -125,6 +125,16 @@ def test_print_commands(capsys):
         "llada train --config=configs/tiny_task.py --workdir=out/base"]
 
 
+def test_an_override_that_a_sweep_axis_replaces_is_warned_about(capsys):
+    cli.main(["sweep", "--sweep=configs/sweeps/mdm_vs_arm.py", "--workdir=out", "--config.train.steps=30",
+              "--config.seed=3", "--print_commands"])
+    out = capsys.readouterr()
+    assert out.err.splitlines() == [
+        "warning: --config.train.steps=30 is replaced by the sweep's own train.steps (2208, 600, 275, 2374, 624, 282) "
+        "in 6 of 6 points; edit the sweep file to change it."]
+    assert all("--config.train.steps=30 " in line and "--config.seed=3 " in line for line in out.out.splitlines())
+
+
 TINY = ["--config.model.d_model=32", "--config.model.n_layers=1", "--config.model.ffn_dim=64",
         "--config.train.seq_len=16", "--config.train.global_batch=8", "--config.train.steps=4",
         "--config.train.log_every=2", "--config.checkpoint.every_steps=4", "--config.eval.n_examples=3",

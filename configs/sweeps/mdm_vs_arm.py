@@ -1,13 +1,12 @@
 """Masked diffusion vs the autoregressive baseline at three tiny model sizes, at equal training FLOPs.
 
-Every point gets the FLOPs of the tiny MDM's 600 steps (model.flops_per_token: 6 N + head + attention, with
+Every point gets the FLOPs of the tiny MDM's 600 steps (mfu.flops_per_step: 6 N + head + attention per token, with
 half the attention for the causal ARM), so smaller models and the ARM train for proportionally more steps
 (at d_model 128 the ARM gets ~4% more steps than the MDM). Evaluated on arithmetic exact match.
 
     llada sweep --sweep=configs/sweeps/mdm_vs_arm.py --workdir=runs/mdm_vs_arm
 """
-from llada_jax import config as config_lib
-from llada_jax import model as model_lib
+from llada_jax import config as config_lib, mfu
 from llada_jax.sweep import product, sweep
 
 BASE = "configs/tiny.py"
@@ -17,9 +16,8 @@ REFERENCE_STEPS = 600  # the budget: the tiny config's MDM (d_model 128) trained
 
 def flops_per_step(objective, d_model, ffn_dim):
     c = config_lib.load_config(BASE)
-    c.model.d_model, c.model.ffn_dim = d_model, ffn_dim
-    tokens = c.train.global_batch * c.train.seq_len
-    return model_lib.flops_per_token(c.model, c.train.seq_len, causal=objective == "arm") * tokens
+    c.objective, c.model.d_model, c.model.ffn_dim = objective, d_model, ffn_dim
+    return mfu.flops_per_step(c)
 
 
 def get_sweep():

@@ -4,23 +4,26 @@ The HF layout (REFERENCE.md section 2): config.json with the release's keys, saf
 tensor names (PyTorch Linear weights are [out, in]) plus model.safetensors.index.json, generation_config.json, and
 our own `configuration_llada.py` / `modeling_llada.py` / `torch_model.py` for `trust_remote_code=True`.
 
-Both directions stream: one checkpoint chunk (or one HF tensor) at a time is in memory. Our stacked [L, ...] arrays
-are read in chunk-aligned groups of layers and written out layer by layer; an import first has orbax write a
-checkpoint of zero-strided placeholders (its metadata, with one chunk per layer) and then fills the chunks through
-tensorstore, layer by layer, in a `.partial` directory that is renamed only when complete.
+Both directions stream and follow one plan (copy_plan): chunk-aligned blocks of at most about BLOCK_BYTES are in
+memory at a time; our stacked [L, ...] arrays move in groups of layers, one HF tensor per layer. An import first has
+orbax write a checkpoint of zero-strided placeholders (its metadata, with one chunk per layer) and then fills the
+chunks through tensorstore in a `.partial` directory that is renamed only when complete.
 
 Neither direction needs torch: safetensors is a JSON header plus raw little-endian bytes, read and written here.
 """
 import json
 import os
 import shutil
-import sys
 import time
 
 import ml_dtypes
 import numpy as np
+import sentencepiece
+import tensorstore as ts
 
+from llada_jax import checkpoint, config as config_lib, model as model_lib
 from llada_jax.data.tokenizer import PIECES
+from llada_jax.errors import LladaError
 
 HF_FILES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "hf_files")
 TORCH_MODEL = os.path.join(os.path.dirname(os.path.abspath(__file__)), "torch_model.py")
@@ -28,7 +31,7 @@ PREFIX = "model.transformer."
 DTYPES = {"float32": ("F32", np.dtype(np.float32)), "bfloat16": ("BF16", np.dtype(ml_dtypes.bfloat16)),
           "float16": ("F16", np.dtype(np.float16))}
 ST_DTYPES = {code: dt for code, dt in DTYPES.values()}
-BLOCK_BYTES = 64 << 20  # the unit of reads and writes that are not per-layer
+BLOCK_BYTES = checkpoint.CHUNK_BYTES  # the unit of reads and writes that are not per-layer: the checkpoint's chunk
 
 
 def _choose_dtype(dtype, found, column, where):
@@ -42,12 +45,12 @@ def _choose_dtype(dtype, found, column, where):
     return dtype
 
 
-class ConvertError(ValueError):
+class ConvertError(LladaError):
     """A checkpoint or HF directory that cannot be converted; the message names the tensor or key at fault."""
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# The name and layout mapping (the one place that knows it).
+# The name and layout mapping: from the model's parameter table (model.param_shapes: hf_name, hf_shape, hf_linear).
 
 class Tensor:
     """One HF tensor: `name` [hf_shape] <-> our leaf `leaf` (layer `layer` of a stacked leaf, or the whole leaf).
@@ -64,37 +67,25 @@ class Tensor:
         return x if self.kind == "copy" else x.T.reshape(self.ours)
 
 
-BLOCK_LEAVES = ("attn_norm", "q_proj", "k_proj", "v_proj", "attn_out", "ff_norm", "ff_proj", "up_proj", "ff_out")
-
-
 def tensor_table(m):
-    """{our leaf name: [Tensor, ...]} in our leaves' order; stacked leaves list one Tensor per layer."""
-    from llada_jax import model as model_lib
+    """{our leaf name ("blocks.q_proj"): [Tensor, ...]} in the table's order; stacked leaves list one per layer."""
     hd = model_lib.head_dim(m)
     if hd * m.n_heads != m.d_model:
         raise ConvertError(f"model.head_dim={m.head_dim} with d_model={m.d_model} and n_heads={m.n_heads}: the "
                            f"LLaDA HF layout needs head_dim = d_model / n_heads = {m.d_model // m.n_heads}.")
-    shapes = model_lib.param_shapes(m)
-    d, v, f, h, kv = m.d_model, m.vocab_size, m.ffn_dim, m.n_heads * hd, m.n_kv_heads * hd
-    hf_block = {"attn_norm": (d,), "q_proj": (h, d), "k_proj": (kv, d), "v_proj": (kv, d), "attn_out": (d, h),
-                "ff_norm": (d,), "ff_proj": (f, d), "up_proj": (f, d), "ff_out": (d, f)}
-    table = {"wte": [Tensor(PREFIX + "wte.weight", "wte", None, "copy", (v, d), (v, d))]}
-    for leaf in BLOCK_LEAVES:
-        ours = shapes["blocks"][leaf][0][1:]
-        kind = "copy" if leaf.endswith("norm") else "linear"
-        table["blocks." + leaf] = [Tensor(f"{PREFIX}blocks.{i}.{leaf}.weight", "blocks." + leaf, i, kind, ours,
-                                          hf_block[leaf]) for i in range(m.n_layers)]
-    table["ln_f"] = [Tensor(PREFIX + "ln_f.weight", "ln_f", None, "copy", (d,), (d,))]
-    # The output head: HF calls it `ff_out` too (model.transformer.ff_out, not a block's ff_out); ours is lm_head.
-    table["lm_head"] = [Tensor(PREFIX + "ff_out.weight", "lm_head", None, "linear", (d, v), (v, d))]
+    table = {}
+    for leaf, p in model_lib.flat_params(m).items():
+        kind = "linear" if p.hf_linear else "copy"
+        if p.axes[0] == "layers":
+            table[leaf] = [Tensor(PREFIX + p.hf_name.format(layer=i), leaf, i, kind, p.shape[1:], p.hf_shape)
+                           for i in range(m.n_layers)]
+        else:
+            table[leaf] = [Tensor(PREFIX + p.hf_name, leaf, None, kind, p.shape, p.hf_shape)]
     return table
 
 
 def leaf_shapes(m):
-    from llada_jax import model as model_lib
-    s = model_lib.param_shapes(m)
-    return {"wte": s["wte"][0], **{"blocks." + k: s["blocks"][k][0] for k in BLOCK_LEAVES}, "ln_f": s["ln_f"][0],
-            "lm_head": s["lm_head"][0]}
+    return {leaf: p.shape for leaf, p in model_lib.flat_params(m).items()}
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -139,7 +130,6 @@ _FIXED = {"rope": True, "layer_norm_type": "rms", "block_type": "llama", "activa
 
 def config_from_hf(hc, base=None):
     """Our config with the model sizes of an HF config.json dict `hc`, on top of `base` (ids: token_ids_from_hf)."""
-    from llada_jax import config as config_lib
     bad = [f"{k}={hc[k]!r} (only {v!r} is supported)" for k, v in _FIXED.items() if k in hc and hc[k] != v]
     if hc.get("model_type", "llada") != "llada":
         bad.append(f"model_type={hc['model_type']!r} (expected 'llada')")
@@ -195,7 +185,6 @@ def token_ids_from_hf(hf_dir, hc, gen, tokens, overridden=()):
     override (roles in `overridden`, already set), the config.json / generation_config.json key, the piece's id in
     the tokenizer files, the release's id when the model is the released layout (vocab 126464, mask 126336). A role
     found nowhere is an error: the defaults of a tiny model are never kept silently."""
-    from llada_jax import config as config_lib
     pieces = tokenizer_piece_ids(hf_dir)
     sources = {role: "override" for role in overridden}
     for role, key in TOKEN_KEYS.items():
@@ -300,11 +289,6 @@ class ShardedWriter:
 # ---------------------------------------------------------------------------------------------------------------
 # Reading and writing the arrays of an orbax `params` item with tensorstore.
 
-def _ts():
-    import tensorstore as ts
-    return ts
-
-
 def _kvstore(params_dir, name):
     base = {"driver": "file", "path": os.path.abspath(params_dir) + "/"}
     if os.path.exists(os.path.join(params_dir, "manifest.ocdbt")):
@@ -314,7 +298,6 @@ def _kvstore(params_dir, name):
 
 def open_leaf(params_dir, name, context):
     """The tensorstore of our leaf `name` ("blocks.q_proj") in an orbax params directory, or None."""
-    ts = _ts()
     for driver in ("zarr", "zarr3"):
         try:
             return ts.open({"driver": driver, "kvstore": _kvstore(params_dir, name)}, open=True,
@@ -333,21 +316,24 @@ def _step_blocks(t, axis):
     return [(a, min(a + step, size)) for a in range(0, size, step)]
 
 
+def copy_plan(table, stores):
+    """The blocks both directions move, in the table's order: (leaf store, tensors, our index, HF rows). A stacked
+    leaf moves in chunk-aligned groups of layers (one HF tensor per layer; rows None: whole tensors); a single
+    tensor in chunk-aligned row blocks of the HF tensor, which are our columns for a linear one ([d, V] vs [V, d])."""
+    for leaf, tensors in table.items():
+        t = stores[leaf]
+        if tensors[0].layer is not None:
+            for a, b in _step_blocks(t, 0):
+                yield t, tensors[a:b], slice(a, b), None
+        else:
+            axis = 1 if tensors[0].kind == "linear" else 0
+            for a, b in _step_blocks(t, axis):
+                yield t, tensors, (slice(None), slice(a, b)) if axis else slice(a, b), (a, b)
+
+
 def find_step_dir(run_dir, step=None):
     """(step, path of that step's directory) of a run directory (or its checkpoints/ directory)."""
-    import orbax.checkpoint as ocp
-    directory = os.path.join(run_dir, "checkpoints")
-    if not os.path.isdir(directory):
-        directory = run_dir
-    manager = ocp.CheckpointManager(os.path.abspath(directory), options=ocp.CheckpointManagerOptions(read_only=True))
-    steps = sorted(manager.all_steps())
-    manager.close()
-    if not steps:
-        raise ConvertError(f"no checkpoint in {directory}; pass the run directory of a trained model (--workdir).")
-    if step is None:
-        step = steps[-1]
-    elif step not in steps:
-        raise ConvertError(f"no checkpoint step {step} in {directory}; available: {steps}.")
+    directory, step = checkpoint.find_step(run_dir, step)
     path = os.path.join(directory, str(step))
     if not os.path.isdir(os.path.join(path, "params")):
         raise ConvertError(f"{path} has no params item; is it a llada checkpoint?")
@@ -398,8 +384,7 @@ def _copy_tokenizer(path, out, cfg):
         return names
     if not os.path.exists(path):
         raise ConvertError(f"--tokenizer={path} does not exist; pass a sentencepiece .model or an HF tokenizer dir.")
-    import sentencepiece as spm
-    sp = spm.SentencePieceProcessor(model_file=path)
+    sp = sentencepiece.SentencePieceProcessor(model_file=path)
     t = cfg.tokens
     piece = lambda i: sp.id_to_piece(i) if 0 <= i < sp.get_piece_size() else None
     shutil.copy(path, os.path.join(out, "tokenizer.model"))
@@ -424,8 +409,6 @@ def to_hf(run_dir, out, step=None, dtype=None, tokenizer=None, max_shard_size="5
     """Writes the HF layout of checkpoint `step` (default: the latest) of `run_dir` into `out`.
 
     dtype: "bfloat16" | "float32" | "float16" | None (the checkpoint's own dtype). Returns a summary dict."""
-    from llada_jax import checkpoint
-    ts = _ts()
     cfg = checkpoint.load_run_config(run_dir)
     m = cfg.model
     table = tensor_table(m)
@@ -487,26 +470,18 @@ def to_hf(run_dir, out, step=None, dtype=None, tokenizer=None, max_shard_size="5
         writer.write(tensor.name, block)
         progress.update(block.nbytes, tensor.name)
 
-    for leaf, tensors in table.items():
-        t = stores[leaf]
-        if leaf == "lm_head":  # [d, V] -> HF [V, d]: HF rows are our columns; read column blocks, write row blocks
-            (tensor,) = tensors
-            for a, b in _step_blocks(t, 1):
-                cols = t[:, a:b].read().result()
-                rows_per = max(1, BLOCK_BYTES // 4 // (cols.shape[0] * cols.itemsize))
-                for r in range(0, b - a, rows_per):
-                    emit(tensor, np.ascontiguousarray(cols[:, r:r + rows_per].T).astype(np_dtype))
-                del cols
-        elif leaf in ("wte", "ln_f"):
-            (tensor,) = tensors
-            for a, b in _step_blocks(t, 0):
-                emit(tensor, t[a:b].read().result().astype(np_dtype))
-        else:  # stacked [L, ...]: chunk-aligned groups of layers, one HF tensor per layer
-            for a, b in _step_blocks(t, 0):
-                group = t[a:b].read().result()
-                for i in range(a, b):
-                    emit(tensors[i], tensors[i].to_hf(group[i - a]).astype(np_dtype))
-                del group
+    for t, tensors, ours, rows in copy_plan(table, stores):
+        x = t[ours].read().result()
+        if rows is None:  # layers
+            for tensor, layer in zip(tensors, x):
+                emit(tensor, tensor.to_hf(layer).astype(np_dtype))
+        elif tensors[0].kind == "linear":  # our column block -> HF rows, transposed in pieces of <= BLOCK_BYTES / 4
+            rows_per = max(1, BLOCK_BYTES // 4 // (x.shape[0] * x.itemsize))
+            for r in range(0, x.shape[1], rows_per):
+                emit(tensors[0], np.ascontiguousarray(x[:, r:r + rows_per].T).astype(np_dtype))
+        else:
+            emit(tensors[0], x.astype(np_dtype))
+        del x
     writer.close()
     index = {"metadata": {"total_size": total}, "weight_map": dict(sorted(shard_of.items()))}
     _write_json(os.path.join(out, "model.safetensors.index.json"), index)
@@ -591,10 +566,6 @@ def from_hf(hf_dir, out, base_config=None, dtype=None, overwrite=False, log=prin
     `config`), usable by `--config.checkpoint.init_from=OUT`, sampling and `to_hf`. `overrides` [(dotted key, text)]
     (`--config.a.b=value`) win over the directory and `base_config`; the token ids are chosen by token_ids_from_hf
     and logged with their sources. Returns a summary dict."""
-    import orbax.checkpoint as ocp
-
-    from llada_jax import checkpoint, config as config_lib
-    ts = _ts()
     config_path = os.path.join(hf_dir, "config.json")
     if not os.path.exists(config_path):
         raise ConvertError(f"{config_path} not found: {hf_dir} is not a Hugging Face model directory.")
@@ -639,18 +610,17 @@ def from_hf(hf_dir, out, base_config=None, dtype=None, overwrite=False, log=prin
     ckpt_dir = os.path.join(partial, "checkpoints")
     shapes = leaf_shapes(m)
 
-    # 1. orbax writes the checkpoint's structure and metadata from placeholders: one chunk per layer for stacked
-    #    leaves, BLOCK_BYTES chunks for the embeddings.
-    def nest(flat):
-        return {"wte": flat["wte"], "blocks": {k: flat["blocks." + k] for k in BLOCK_LEAVES}, "ln_f": flat["ln_f"],
-                "lm_head": flat["lm_head"]}
-
-    skeleton = nest({k: _placeholder(s, np_dtype) for k, s in shapes.items()})
-    save_args = nest({k: ocp.SaveArgs(shard_axes=(0,)) if k.startswith("blocks.") else
-                      ocp.SaveArgs(chunk_byte_size=BLOCK_BYTES) for k in shapes})
+    # 1. orbax writes the checkpoint's structure and metadata from placeholders, chunked as every checkpoint is
+    #    (checkpoint.params_save_args: one chunk per layer for stacked leaves).
+    skeleton = {}
+    for k, s in shapes.items():
+        *groups, name = k.split(".")
+        node = skeleton
+        for g in groups:
+            node = node.setdefault(g, {})
+        node[name] = _placeholder(s, np_dtype)
     ckpt = checkpoint.Checkpointer(ckpt_dir, cfg)
-    ckpt.manager.save(0, args=ocp.args.Composite(params=ocp.args.StandardSave(skeleton, save_args=save_args),
-                                                 config=ocp.args.JsonSave(cfg.to_dict())), force=True)
+    ckpt.save_params(0, skeleton, cfg)
     ckpt.wait()
     ckpt.close()
     params_dir = os.path.join(ckpt_dir, "0", "params")
@@ -660,65 +630,19 @@ def from_hf(hf_dir, out, base_config=None, dtype=None, overwrite=False, log=prin
     log(f"from-hf: {hf_dir} -> {out}: {sum(len(v) for v in table.values())} tensors, {total / 1e6:,.0f} MB {dtype}")
     progress = Progress("from-hf", total, log)
     context = ts.Context({"cache_pool": {"total_bytes_limit": 0}})
-    for leaf, tensors in table.items():
-        t = open_leaf(params_dir, leaf, context)
-        if leaf == "lm_head":  # HF [V, d] rows -> our [d, V] columns
-            (tensor,) = tensors
-            for a, b in _step_blocks(t, 1):
-                rows = _read_rows(index[tensor.name], a, b).astype(np_dtype)
-                t[:, a:b].write(rows.T).result()
-                progress.update(rows.nbytes, tensor.name)
-        elif leaf in ("wte", "ln_f"):
-            (tensor,) = tensors
-            for a, b in _step_blocks(t, 0):
-                rows = _read_rows(index[tensor.name], a, b).astype(np_dtype)
-                t[a:b].write(rows).result()
-                progress.update(rows.nbytes, tensor.name)
+    stores = {leaf: open_leaf(params_dir, leaf, context) for leaf in table}
+    for t, tensors, ours, rows in copy_plan(table, stores):
+        if rows is None:  # layers: whole HF tensors
+            x = np.stack([tensor.from_hf(_read_rows(index[tensor.name], 0, tensor.hf[0]).astype(np_dtype))
+                          for tensor in tensors])
         else:
-            for tensor in tensors:
-                entry = index[tensor.name]
-                x = tensor.from_hf(_read_rows(entry, 0, entry[2][0]).astype(np_dtype))
-                t[tensor.layer].write(x).result()
-                progress.update(x.nbytes, tensor.name)
-    with open(os.path.join(partial, "config.json"), "w") as f:
-        f.write(config_lib.to_json(cfg))
+            x = _read_rows(index[tensors[0].name], *rows).astype(np_dtype)
+            x = x.T if tensors[0].kind == "linear" else x
+        t[ours].write(x).result()
+        progress.update(x.nbytes, tensors[0].name)
+    checkpoint.save_run_config(partial, cfg)
     os.replace(partial, out)
     log(f"from-hf: wrote run directory {out} ({total / 1e6:,.0f} MB at {progress.rate():.0f} MB/s); fine-tune it "
         f"with --config.checkpoint.init_from={out}")
     return {"tensors": sum(len(v) for v in table.values()), "bytes": total, "dtype": dtype,
             "mb_per_s": progress.rate()}
-
-
-def main(argv):
-    """`llada convert to-hf ...` / `llada convert from-hf ...` (see cli.cmd_convert)."""
-    import argparse
-    p = argparse.ArgumentParser(prog="llada convert", description="Convert to and from the LLaDA Hugging Face layout.")
-    sub = p.add_subparsers(dest="direction", required=True)
-    a = sub.add_parser("to-hf", help="export a run's checkpoint as safetensors + config.json (+ remote code)")
-    a.add_argument("--workdir", required=True, help="the run directory")
-    a.add_argument("--step", type=int, default=None, help="checkpoint step (default: the latest)")
-    a.add_argument("--out", required=True, help="output directory")
-    a.add_argument("--dtype", default=None, choices=list(DTYPES), help="default: the checkpoint's dtype")
-    a.add_argument("--tokenizer", default=None, help="sentencepiece .model or HF tokenizer directory "
-                                                     "(default: the run's data.tokenizer, if any)")
-    a.add_argument("--max_shard_size", default="5GB", help="largest safetensors shard, e.g. 5GB, 500MB")
-    b = sub.add_parser("from-hf", help="import an HF LLaDA directory into a run directory")
-    b.add_argument("hf_dir", help="directory with config.json and *.safetensors")
-    b.add_argument("--out", required=True, help="the new run directory")
-    b.add_argument("--config", default=None, help="config file for everything but the model sizes and token ids; "
-                                                  "--config.a.b=VALUE overrides one key (--config.tokens.eot_id=ID)")
-    b.add_argument("--dtype", default=None, choices=list(DTYPES), help="default: the tensors' dtype")
-    b.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
-    from llada_jax import cli, config as config_lib
-    overrides, rest = cli.split_config_args(argv)
-    args = p.parse_args(rest)
-    if overrides and args.direction == "to-hf":
-        p.error("to-hf takes no --config.* overrides: it exports the run as it is.")
-    try:
-        if args.direction == "to-hf":
-            to_hf(args.workdir, args.out, args.step, args.dtype, args.tokenizer, args.max_shard_size)
-        else:
-            base = config_lib.build_config(args.config) if args.config else None
-            from_hf(args.hf_dir, args.out, base, args.dtype, args.overwrite, overrides=overrides)
-    except (ConvertError, config_lib.ConfigError, OSError) as e:
-        sys.exit(f"llada convert {args.direction}: {e}")

@@ -114,7 +114,7 @@ def normalize_config(c):
 
 def load(hf_dir, dtype=torch.float32):
     """An exported directory (config.json + safetensors shards) -> LLaDA module in `dtype`, in eval mode."""
-    from safetensors.torch import load_file
+    from safetensors.torch import load_file  # optional (the torch extra); only loading a directory needs it
     with open(os.path.join(hf_dir, "config.json")) as f:
         config = json.load(f)
     index = os.path.join(hf_dir, "model.safetensors.index.json")

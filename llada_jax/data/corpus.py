@@ -29,10 +29,13 @@ import sysconfig
 
 import numpy as np
 
+from llada_jax.data import prepare, tokenizer
+from llada_jax.errors import LladaError
+
 SPLITS = ("train", "validation", "test")
 
 
-class CorpusError(ValueError):
+class CorpusError(LladaError):
     """A corpus that cannot be collected; the message says what was wrong and how to fix it."""
 
 
@@ -128,7 +131,6 @@ def collect(out, name=None, inputs=None, val_fraction=0.05, test_fraction=0.05, 
 def tokenize(out, vocab_size, workers=None, log=print):
     """OUT/tokenizer.model (trained on the train split) and OUT/prepared/SPLIT token stores; each step is skipped
     when already done (prepare itself is resumable and idempotent)."""
-    from llada_jax.data import prepare, tokenizer  # corpus -> prepare -> tokenizer: no cycle
     model = os.path.join(out, "tokenizer.model")
     if os.path.exists(model):
         tok = tokenizer.Tokenizer.load(model)

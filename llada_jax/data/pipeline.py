@@ -25,18 +25,21 @@ Document masking. With data.document_mask=True a batch also carries `segment_ids
 that the window starts in, +1 at each later document start), so attention stays within documents. The default,
 False, attends across documents as the paper did.
 """
+import jax
 import numpy as np
+from absl import flags
 
 from llada_jax.data import store as store_lib
 from llada_jax.data import tokenizer as tokenizer_lib
+from llada_jax.errors import LladaError
 
 
-class PipelineError(ValueError):
+class PipelineError(LladaError):
     """A pipeline config that cannot work; the message says how to fix it."""
 
 
 def _grain():
-    import grain
+    import grain  # lazily: only the store and SFT sources use grain, which takes ~0.7 s to import
     return grain
 
 
@@ -47,7 +50,6 @@ def derive_seed(*parts):
 
 def _allow_grain_workers():
     # grain's worker processes read absl flags; a program that never parsed absl flags (ours) must mark them parsed.
-    from absl import flags
     if not flags.FLAGS.is_parsed():
         flags.FLAGS.mark_as_parsed()
 
@@ -59,7 +61,6 @@ class HostBatches:
     def __init__(self, rows, read, global_batch, process_index=None, process_count=None, threads=4, workers=0,
                  prefetch=8):
         if process_index is None or process_count is None:
-            import jax
             process_index, process_count = jax.process_index(), jax.process_count()
         if global_batch % process_count:
             raise PipelineError(f"train.global_batch={global_batch} is not divisible by {process_count} hosts.")
@@ -73,10 +74,6 @@ class HostBatches:
     def dataset(self, row=0):
         """MapDataset whose element s is this host's batch of the s-th step after global row `row`."""
         return self.rows[row:].batch(self.local_batch)[self.process_index::self.process_count].map(self.read)
-
-    def batch_at(self, step, row=0):
-        """This host's batch of step `step` counted from row `row`, computed directly (no prefetch)."""
-        return self.dataset(row)[step]
 
     def _iterator(self):
         grain = _grain()

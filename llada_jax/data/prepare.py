@@ -1,8 +1,6 @@
 """`llada data prepare`: raw text / JSONL (optionally .gz) -> a tokenized token store per split (see store.py).
 
-Documents: in a JSONL file (`.jsonl`, `.json`, `.ndjson`, optionally `.gz`) each non-blank line is one JSON object
-whose `text_field` is one document. In any other file (plain text, optionally `.gz`) a document is a run of non-blank
-lines: blank lines separate documents, the lines keep their newlines, the trailing one is dropped.
+Documents are read by `documents.py` (JSONL: one object per line; plain text: blank-line separated paragraphs).
 
 Stages, each restartable:
   1. tokenize: worker processes encode chunks of documents; the results of one input file are committed atomically
@@ -20,10 +18,7 @@ Validation split: a document goes to `val` when the first 8 bytes of blake2b(its
 2^64, are below `val_fraction`: deterministic, independent of file order and worker count, and exact duplicates
 always land in the same split.
 """
-import glob
-import gzip
 import hashlib
-import io
 import json
 import multiprocessing
 import os
@@ -32,85 +27,17 @@ import time
 
 import numpy as np
 
+from llada_jax.data import documents
 from llada_jax.data import store as store_lib
 from llada_jax.data import tokenizer as tokenizer_lib
+from llada_jax.errors import LladaError
 
-JSONL_SUFFIXES = (".jsonl", ".json", ".ndjson")
 CHUNK_BYTES = 1 << 20  # raw text per work item sent to a worker
 MAX_ERROR_MESSAGES = 100
 
 
-class PrepareError(ValueError):
+class PrepareError(LladaError):
     """Bad input or options; the message names the file and line and says how to proceed."""
-
-
-def expand_inputs(patterns):
-    """Comma-separated globs (or a list of them) -> sorted, de-duplicated absolute paths; each glob must match."""
-    if isinstance(patterns, str):
-        patterns = [p for p in patterns.split(",") if p]
-    paths = []
-    for pat in patterns:
-        found = sorted(p for p in glob.glob(os.path.expanduser(pat)) if os.path.isfile(p))
-        if not found:
-            raise PrepareError(f"--input pattern {pat!r} matches no file.")
-        paths += found
-    return list(dict.fromkeys(os.path.abspath(p) for p in paths))
-
-
-def is_jsonl(path):
-    name = path[:-3] if path.endswith(".gz") else path
-    return name.endswith(JSONL_SUFFIXES)
-
-
-def _open(path):
-    return gzip.open(path, "rb") if path.endswith(".gz") else open(path, "rb")
-
-
-def iter_raw_documents(path):
-    """(first line number, [raw byte lines]) per document of `path` (see the module docstring)."""
-    jsonl = is_jsonl(path)
-    with _open(path) as f:
-        para, first = [], 0
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                if para:
-                    yield first, para
-                    para = []
-                continue
-            if jsonl:
-                yield n, [line]
-            else:
-                if not para:
-                    first = n
-                para.append(line)
-        if para:
-            yield first, para
-
-
-def decode_document(path, first_line, lines, text_field):
-    """Raw lines -> text; raises PrepareError naming file and line for undecodable or malformed input."""
-    for k, line in enumerate(lines):
-        try:
-            line.decode("utf-8")
-        except UnicodeDecodeError as e:
-            raise PrepareError(f"{path}:{first_line + k}: not valid UTF-8 ({e.reason} at byte {e.start})") from None
-    if not is_jsonl(path):
-        return b"".join(lines).decode("utf-8").rstrip("\r\n")
-    try:
-        obj = json.loads(lines[0])
-    except json.JSONDecodeError as e:
-        raise PrepareError(f"{path}:{first_line}: malformed JSON ({e.msg} at column {e.colno})") from None
-    if not isinstance(obj, dict) or not isinstance(obj.get(text_field), str):
-        got = type(obj.get(text_field)).__name__ if isinstance(obj, dict) and text_field in obj else "no such field"
-        raise PrepareError(f"{path}:{first_line}: expected a JSON object with a string field {text_field!r} "
-                           f"(got {got}); pass --text_field=NAME if the text lives elsewhere")
-    return obj[text_field]
-
-
-def iter_documents(path, text_field="text"):
-    """(line number, text) per document, raising on the first bad line (used to train tokenizers)."""
-    for first, lines in iter_raw_documents(path):
-        yield first, decode_document(path, first, lines, text_field)
 
 
 def doc_hash(text):
@@ -134,8 +61,8 @@ def encode_chunk(item):
     for first, lines in docs:
         n_bytes += sum(len(x) for x in lines)
         try:
-            text = decode_document(path, first, lines, text_field)
-        except PrepareError as e:
+            text = documents.decode_document(path, first, lines, text_field)
+        except documents.DocumentError as e:
             errors.append(str(e))
             continue
         if text.strip():
@@ -157,7 +84,7 @@ def _work_items(jobs, text_field):
     """Chunks of about CHUNK_BYTES of documents, then an end marker (None docs) per file."""
     for fi, path in jobs:
         docs, size = [], 0
-        for first, lines in iter_raw_documents(path):
+        for first, lines in documents.iter_raw_documents(path):
             docs.append((first, lines))
             size += sum(len(x) for x in lines)
             if size >= CHUNK_BYTES:
@@ -170,7 +97,8 @@ def _work_items(jobs, text_field):
 
 def _file_key(path, tok_sha, text_field):
     st = os.stat(path)
-    ident = json.dumps([path, st.st_size, st.st_mtime_ns, tok_sha, text_field if is_jsonl(path) else None])
+    field = text_field if documents.is_jsonl(path) else None
+    ident = json.dumps([path, st.st_size, st.st_mtime_ns, tok_sha, field])
     return hashlib.sha256(ident.encode()).hexdigest()[:16]
 
 
@@ -300,7 +228,7 @@ def prepare(inputs, out, tokenizer, text_field="text", workers=None, val_fractio
     if not 0.0 <= val_fraction < 1.0:
         raise PrepareError(f"val_fraction={val_fraction}; expected a fraction in [0, 1).")
     tok = tokenizer if isinstance(tokenizer, tokenizer_lib.Tokenizer) else tokenizer_lib.Tokenizer.load(tokenizer)
-    paths = expand_inputs(inputs)
+    paths = documents.expand_inputs(inputs)
     workers = (os.cpu_count() or 1) if workers is None else workers
     sources = [{"path": p, "bytes": os.path.getsize(p), "key": _file_key(p, tok.sha256, text_field)} for p in paths]
     options = {"text_field": text_field, "val_fraction": val_fraction, "on_error": on_error, "chunk": chunk}

@@ -1,9 +1,9 @@
 """Supervised fine-tuning data: chat JSONL -> single-turn examples in the chat template (REFERENCE.md section 1).
 
 Input lines: {"messages": [{"role": ..., "content": ...}, ...]} (multi-turn) or {"prompt": ..., "response": ...}.
-Template: BOS once, then per message `<|start_header_id|>{role}<|end_header_id|>` "\\n\\n" {content stripped}
-`<|eot_id|>`. A dialogue with n assistant messages becomes n examples: the prompt holds every earlier message and
-ends with the assistant header and "\\n\\n"; the answer is that assistant message followed by `<|eot_id|>`, then EOS
+Template: data/chat.py (BOS once, then per message its header, its stripped content and `<|eot_id|>`). A dialogue
+with n assistant messages becomes n examples: the prompt holds every earlier message and ends with the assistant
+header and "\\n\\n"; the answer is that assistant message followed by `<|eot_id|>`, then EOS
 padding up to seq_len. The padding counts as answer (the SFT loss in diffusion.py masks and trains on it).
 
 Over-long examples (prompt + answer > seq_len): data.sft_overlong="drop" drops them; "truncate" cuts the answer's
@@ -14,16 +14,16 @@ Batches: examples are shuffled (a new permutation each epoch) and served by pipe
 host/step/state contract is that of the pre-training pipeline; a batch carries `tokens` and `prompt_lengths`.
 """
 import json
-import os
 
 import numpy as np
 
+from llada_jax.data import chat, documents
 from llada_jax.data import pipeline
-from llada_jax.data import prepare
 from llada_jax.data import tokenizer as tokenizer_lib
+from llada_jax.errors import LladaError
 
 
-class SFTError(ValueError):
+class SFTError(LladaError):
     """Malformed SFT data or options; the message names file and line."""
 
 
@@ -48,14 +48,13 @@ def parse_dialogue(obj, where="<input>"):
 def render(turns, tok):
     """[(role, content)] -> [(prompt ids, answer ids)], one pair per assistant message."""
     texts = sorted({r for r, _ in turns} | {c.strip() for _, c in turns} | {"\n\n"})
-    ids = dict(zip(texts, tok.encode(texts)))
-    header = lambda role: [tok.start_header_id] + ids[role] + [tok.end_header_id] + ids["\n\n"]
+    encode = dict(zip(texts, tok.encode(texts))).__getitem__  # every distinct text encoded once
     out, context = [], [tok.bos_id]
     for role, content in turns:
-        body = ids[content.strip()] + [tok.eot_id]
+        head, body = chat.message(role, content, encode, tok)
         if role == "assistant":
-            out.append((context + header(role), body))
-        context = context + header(role) + body
+            out.append((context + head, body))
+        context = context + head + body
     return out
 
 
@@ -91,7 +90,7 @@ def load(paths, tok, seq_len, overlong="drop"):
     tok.require_chat()
     pairs = []
     for path in paths:
-        for n, raw in prepare.iter_raw_documents(path) if prepare.is_jsonl(path) else _not_jsonl(path):
+        for n, raw in documents.iter_raw_documents(path) if documents.is_jsonl(path) else _not_jsonl(path):
             where = f"{path}:{n}"
             try:
                 obj = json.loads(raw[0].decode("utf-8"))
@@ -127,7 +126,7 @@ def make_sft_source(cfg, process_index=None, process_count=None, log=print):
         raise SFTError("data.source='sft' needs a tokenizer: --config.data.tokenizer=PATH.model")
     tok = tokenizer_lib.Tokenizer.load(d.tokenizer)
     tokenizer_lib.check_config(tok.special_ids(), tok.vocab_size, cfg, f"the tokenizer {d.tokenizer}")
-    paths = prepare.expand_inputs(pipeline.parse_list(d.path, "data.path"))
+    paths = documents.expand_inputs(pipeline.parse_list(d.path, "data.path"))
     ex = load(paths, tok, cfg.train.seq_len, d.sft_overlong)
     if not len(ex):
         raise SFTError(f"no SFT example fits train.seq_len={cfg.train.seq_len} ({ex.dropped} dropped as too long); "

@@ -10,17 +10,15 @@ import json
 import os
 
 import numpy as np
+import tensorstore
+
+from llada_jax.errors import LladaError
 
 DEFAULT_CHUNK = 1 << 16  # tokens per zarr chunk: 256 KiB raw, small enough to decompress per random window
 
 
-class StoreError(ValueError):
+class StoreError(LladaError):
     """A token store is missing or incomplete; the message says how to make it."""
-
-
-def _ts():
-    import tensorstore
-    return tensorstore
 
 
 def _spec(path, n_tokens=None, chunk=DEFAULT_CHUNK):
@@ -37,7 +35,7 @@ class StoreWriter:
     def __init__(self, path, n_tokens, n_docs, info, chunk=DEFAULT_CHUNK):
         os.makedirs(path, exist_ok=True)
         self.path, self.n_tokens, self.chunk, self.info = path, n_tokens, chunk, info
-        self.array = _ts().open(_spec(path, max(n_tokens, 1), chunk), create=True, delete_existing=True).result()
+        self.array = tensorstore.open(_spec(path, max(n_tokens, 1), chunk), create=True, delete_existing=True).result()
         self.offsets = np.zeros(n_docs + 1, np.int64)
         self.n_docs, self.pos, self.flushed = 0, 0, 0
         self.pending = []
@@ -102,8 +100,8 @@ class TokenStore:
     @property
     def array(self):
         if self._array is None:
-            ctx = _ts().Context({"cache_pool": {"total_bytes_limit": self.cache_bytes}})
-            self._array = _ts().open(_spec(self.path), open=True, read=True, context=ctx).result()
+            ctx = tensorstore.Context({"cache_pool": {"total_bytes_limit": self.cache_bytes}})
+            self._array = tensorstore.open(_spec(self.path), open=True, read=True, context=ctx).result()
         return self._array
 
     @property

@@ -1,6 +1,6 @@
 """The built-in deterministic synthetic corpus: no downloads, and learning is checkable.
 
-Documents come from a task of `llada_jax/tasks.py` (`data.synthetic_task`; the default: arithmetic facts such as
+Documents come from a task of `data/tasks.py` (`data.synthetic_task`; the default: arithmetic facts such as
 "317+45=362"), written in a character vocabulary. `data.synthetic_format="packed"` (pre-training) joins them with
 EOS into fixed-length sequences; "sft" (supervised fine-tuning, paper section 2.4) gives one document per row,
 split into prompt ("317+45=") and answer ("362"), padded with EOS, with `prompt_lengths` so that the SFT loss never
@@ -8,7 +8,8 @@ masks the prompt. Sequence i depends only on (seed, i), so any step's batch can 
 """
 import numpy as np
 
-from llada_jax import tasks
+from llada_jax.data import tasks
+from llada_jax.errors import LladaError
 
 SPECIAL = ("<eos>", "<bos>", "<mask>", "<eot>", "<sh>", "<eh>")  # ids 0..5, matching the tiny config's tokens.*
 CHARS = "0123456789+-*=;:,.?()<>| abcdefghijklmnopqrstuvwxyz\n"
@@ -28,7 +29,7 @@ class CharTokenizer:
         try:
             return [self.char_to_id[ch] for ch in text]
         except KeyError as e:
-            raise ValueError(f"character {e.args[0]!r} is not in the synthetic vocabulary {CHARS!r}.") from None
+            raise LladaError(f"character {e.args[0]!r} is not in the synthetic vocabulary {CHARS!r}.") from None
 
     def decode(self, ids, stop_at_eos=False):
         out = []
@@ -49,9 +50,9 @@ class SyntheticCorpus:
 
     def __init__(self, seq_len, seed=0, task="arithmetic", fmt="packed"):
         if task not in TASKS:
-            raise ValueError(f"unknown data.synthetic_task={task!r}; expected one of {', '.join(TASKS)}.")
+            raise LladaError(f"unknown data.synthetic_task={task!r}; expected one of {', '.join(TASKS)}.")
         if fmt not in FORMATS:
-            raise ValueError(f"unknown data.synthetic_format={fmt!r}; expected one of {', '.join(FORMATS)}.")
+            raise LladaError(f"unknown data.synthetic_format={fmt!r}; expected one of {', '.join(FORMATS)}.")
         self.seq_len, self.seed, self.task, self.fmt = seq_len, seed, tasks.get(task), fmt
         self.tokenizer = CharTokenizer()
 
@@ -63,7 +64,7 @@ class SyntheticCorpus:
             prompt, answer = self.task.split(self.task.document(rng))
             ids = enc(prompt) + enc(answer)
             if len(ids) >= self.seq_len:
-                raise ValueError(f"a {self.task.name} example has {len(ids)} tokens plus EOS, more than "
+                raise LladaError(f"a {self.task.name} example has {len(ids)} tokens plus EOS, more than "
                                  f"train.seq_len={self.seq_len}; raise --config.train.seq_len.")
             return np.asarray(ids + [eos] * (self.seq_len - len(ids)), np.int32), len(prompt)
         out = []

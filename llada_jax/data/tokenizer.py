@@ -14,6 +14,10 @@ import hashlib
 import os
 
 import numpy as np
+import sentencepiece
+
+from llada_jax.data import documents
+from llada_jax.errors import LladaError
 
 PIECES = {  # role -> piece name (the released 8B tokenizer's names)
     "eos_id": "<|endoftext|>",
@@ -27,13 +31,8 @@ REQUIRED = ("mask_id", "eos_id")  # pre-training needs these; the chat roles are
 CHAT_ROLES = ("bos_id", "eot_id", "start_header_id", "end_header_id")
 
 
-class TokenizerError(ValueError):
+class TokenizerError(LladaError):
     """A tokenizer file is missing, or lacks a piece a role needs; the message says how to fix it."""
-
-
-def _sentencepiece():
-    import sentencepiece
-    return sentencepiece
 
 
 class Tokenizer:
@@ -43,7 +42,7 @@ class Tokenizer:
     def __init__(self, model_proto, path="<memory>"):
         self.path = path
         self.model_proto = model_proto
-        self.sp = _sentencepiece().SentencePieceProcessor(model_proto=model_proto)
+        self.sp = sentencepiece.SentencePieceProcessor(model_proto=model_proto)
         self.vocab_size = self.sp.vocab_size()
         self.sha256 = hashlib.sha256(model_proto).hexdigest()
         ids = {role: self._find(role) for role in PIECES}
@@ -128,9 +127,8 @@ def check_config(ids, vocab_size, cfg, what):
 
 
 def _training_lines(paths, text_field):
-    from llada_jax.data import prepare  # the document readers live with `prepare`
     for path in paths:
-        for _, text in prepare.iter_documents(path, text_field):
+        for _, text in documents.iter_documents(path, text_field):
             yield from (line for line in text.split("\n") if line.strip())
 
 
@@ -147,7 +145,7 @@ def train(inputs, out_prefix, vocab_size, model_type="bpe", text_field="text", b
     ids = {"eos_id": 0, "bos_id": 1, "unk_id": len(PIECES), "pad_id": -1}
     control = [PIECES[r] for r in ("mask_id", "eot_id", "start_header_id", "end_header_id")]  # ids 2..5
     log(f"training a {model_type} sentencepiece model ({vocab_size} pieces) on {len(paths)} file(s)")
-    _sentencepiece().SentencePieceTrainer.train(
+    sentencepiece.SentencePieceTrainer.train(
         sentence_iterator=_training_lines(paths, text_field), model_prefix=out_prefix, vocab_size=vocab_size,
         model_type=model_type, bos_piece=PIECES["bos_id"], eos_piece=PIECES["eos_id"], control_symbols=control,
         byte_fallback=byte_fallback, normalization_rule_name="identity", remove_extra_whitespaces=False,

@@ -1,9 +1,8 @@
-"""Built-in synthetic tasks with checkable answers: training documents, evaluation examples and exact-match scores.
+"""Built-in synthetic tasks with checkable answers: training documents and evaluation examples.
 
 A task is generated deterministically from seeds (no downloads). Each task gives
 - `document(rng)`: one training document (text) for the synthetic corpus (`data/synthetic.py` packs them);
-- `eval_sets(n, seed)`: {metric prefix: [Example(prompt, answer)]}, the held-out queries;
-- `score(prediction, answer)`: exact match of the generated text (up to the first EOS) with the answer.
+- `eval_sets(n, seed)`: {metric prefix: [Example(prompt, answer)]}, the held-out queries.
 
 Tasks:
 - `arithmetic`: "a+b=c" with a, b in 0..999 (the original corpus, unchanged); evaluation draws fresh pairs.
@@ -15,18 +14,19 @@ Tasks:
   `reversal_forward` "A>" -> B (recall) and `reversal_reverse` "B<" -> A (the paper's reversal experiment,
   section 4 / Table 4: a bidirectional model should not suffer the autoregressive "reversal curse").
 
-`evaluate(cfg, model, params, key)` samples answers with `sampling.sample` for the tasks in `cfg.eval.tasks` and
-returns a flat dict such as {"arithmetic/exact_match": 0.97}.
+`evaluate.evaluate_tasks` scores a model on them by exact match.
 """
 import dataclasses
 import string
 
 import numpy as np
 
+from llada_jax.errors import LladaError
+
 EVAL_SEED = 20250214  # evaluation examples come from their own stream, never the training corpus's
 
 
-class TaskError(ValueError):
+class TaskError(LladaError):
     """An unknown task or an evaluation that cannot run; the message says what was wrong and how to fix it."""
 
 
@@ -40,11 +40,6 @@ def split_after(document, marks):
     """(prompt, answer) of a training document: the prompt ends with the first of the characters `marks`."""
     cut = min(i for i in (document.find(m) for m in marks) if i >= 0) + 1
     return document[:cut], document[cut:]
-
-
-def exact_match(prediction, answer):
-    """The generated answer text (already cut at the first EOS) equals the reference, ignoring outer spaces."""
-    return prediction.strip() == answer.strip()
 
 
 class Arithmetic:
@@ -70,8 +65,6 @@ class Arithmetic:
             pool = np.argwhere(self.held)
             pairs = pool[rng.choice(len(pool), size=n, replace=n > len(pool))]
         return {self.name: [Example(f"{a}+{b}=", str(a + b)) for a, b in pairs]}
-
-    score = staticmethod(exact_match)
 
     @staticmethod
     def split(document):
@@ -111,8 +104,6 @@ class Reversal:
         return {f"{self.name}_forward": [Example(f"{a}>", b) for a, b in pick],
                 f"{self.name}_reverse": [Example(f"{b}<", a) for a, b in pick]}
 
-    score = staticmethod(exact_match)
-
     @staticmethod
     def split(document):
         return split_after(document, "<>")
@@ -138,47 +129,3 @@ def task_names(spec):
     for n in names:
         get(n)
     return names
-
-
-# -- evaluation ------------------------------------------------------------------------------------------------
-
-def generate_answers(cfg, model, params, key, prompts):
-    """Answer texts (up to the first EOS) for prompt texts, sampled in batches of cfg.eval.batch. Every batch has
-    the same shape (the last is padded with copies), so one compilation serves the whole list."""
-    import jax
-
-    from llada_jax import sampling
-    from llada_jax.data import synthetic
-    tok = synthetic.CharTokenizer()
-    args, ids = sampling.args_from_config(cfg.sampling), sampling.token_ids(cfg)
-    prompt, mask = sampling.left_pad([tok.encode(p) for p in prompts], cfg.tokens.pad_id)
-    bs, n = cfg.eval.batch, len(prompts)
-    if bs <= 0:
-        raise TaskError(f"eval.batch={bs}; expected a positive number of prompts per batch.")
-    answers = []
-    for start in range(0, n, bs):
-        rows = np.arange(start, start + bs) % n  # the last batch repeats earlier rows; their answers are dropped
-        out = sampling.sample(model, params, prompt[rows], mask[rows], jax.random.fold_in(key, start), args, ids,
-                              cfg.objective)
-        tokens = np.asarray(jax.device_get(out["tokens"]))
-        for row in tokens[: min(bs, n - start)]:
-            answers.append(tok.decode(sampling.answer_ids(row, prompt.shape[1], ids.eos_id)))
-    return answers
-
-
-def evaluate(cfg, model, params, key, log=None):
-    """Exact match of sampled answers on cfg.eval.n_examples examples of every task in cfg.eval.tasks:
-    {"<eval set>/exact_match": fraction}. `log`, if given, receives one line per evaluation set with an example."""
-    import jax
-    out = {}
-    for t_index, name in enumerate(task_names(cfg.eval.tasks)):
-        task = get(name)
-        for s_index, (set_name, examples) in enumerate(task.eval_sets(cfg.eval.n_examples).items()):
-            k = jax.random.fold_in(jax.random.fold_in(key, t_index), s_index)
-            preds = generate_answers(cfg, model, params, k, [e.prompt for e in examples])
-            right = [task.score(p, e.answer) for p, e in zip(preds, examples)]
-            out[f"{set_name}/exact_match"] = float(np.mean(right))
-            if log:
-                log(f"{set_name}: exact match {np.mean(right):.3f} on {len(examples)} examples (e.g. "
-                    f"{examples[0].prompt!r} -> {preds[0]!r}, want {examples[0].answer!r})")
-    return out
