@@ -8,7 +8,7 @@ Stages (each resumes or is skipped when its outputs exist in --out):
      tokenizer sees the train split only).
   2. pre-training (configs/text_small.py): for every size, the masked-diffusion model (mdm) and the autoregressive
      baseline (arm) at equal training FLOPs: every run gets the FLOPs of the smallest mdm's --budget_steps steps
-     (model.flops_per_token: the causal arm has half the attention FLOPs, so it trains slightly more steps; a
+     (mfu.flops_per_step: the causal arm has half the attention FLOPs, so it trains slightly more steps; a
      larger model trains fewer). Checkpoints at 1/4, 1/2, 3/4 and all of each run's steps.
   3. perplexity on the test split (windows of train.seq_len tokens, never seen in training) at every checkpoint:
      the ELBO bound for mdm (--elbo_samples draws per window; its standard error shown) and the exact value for arm.
@@ -37,7 +37,7 @@ import time
 import jax
 import numpy as np
 
-from llada_jax import cli, config as config_lib, evaluate, inference, model as model_lib, sampling, train
+from llada_jax import cli, config as config_lib, evaluate, inference, mfu, model as model_lib, sampling, train
 from llada_jax.data import corpus, store
 
 PRESETS = {
@@ -68,11 +68,6 @@ def run_config(args, objective, size, steps):
     cfg.checkpoint.every_steps, cfg.checkpoint.keep = max(1, steps // 4), 8
     cfg.optim.warmup_steps = min(cfg.optim.warmup_steps, steps // 10)
     return cfg
-
-
-def flops_per_step(cfg):
-    tokens = cfg.train.global_batch * cfg.train.seq_len
-    return model_lib.flops_per_token(cfg.model, cfg.train.seq_len, causal=cfg.objective == "arm") * tokens
 
 
 def test_windows(args, seq_len, n):
@@ -147,11 +142,11 @@ def main():
     corpus.tokenize(args.corpus, args.vocab_size)
 
     sizes = args.sizes.split(",")
-    budget = args.budget_steps * flops_per_step(run_config(args, "mdm", sizes[0], 1))
+    budget = args.budget_steps * mfu.flops_per_step(run_config(args, "mdm", sizes[0], 1))
     runs = {}
     for size in sizes:
         for objective in ("mdm", "arm"):
-            steps = max(4, round(budget / flops_per_step(run_config(args, objective, size, 1))))
+            steps = max(4, round(budget / mfu.flops_per_step(run_config(args, objective, size, 1))))
             cfg = run_config(args, objective, size, steps)
             workdir = os.path.join(args.out, f"{objective}_{size}")
             print(f"== 2. train {objective} size {size}: {model_lib.count_params(cfg.model) / 1e6:.1f}M params, "
@@ -170,8 +165,8 @@ def main():
             if key not in curve:
                 r = perplexity(inference.load_run(workdir, step=step), windows, args.elbo_samples,
                                jax.random.key(step))
-                curve[key] = {"objective": objective, "size": size, "step": step, "flops": step * flops_per_step(cfg),
-                              "params": model_lib.count_params(cfg.model), **r}
+                curve[key] = {"objective": objective, "size": size, "step": step,
+                              "flops": step * mfu.flops_per_step(cfg), "params": model_lib.count_params(cfg.model), **r}
                 save()
             c = curve[key]
             print(f"  {key}: {'ELBO bound' if objective == 'mdm' else 'exact'} ppl {c['ppl']:.2f} "
