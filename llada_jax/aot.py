@@ -144,7 +144,7 @@ def compile_step(cfg, topology, log=print):
     total = mem.argument_size_in_bytes + mem.output_size_in_bytes - mem.alias_size_in_bytes + mem.temp_size_in_bytes \
         + mem.generated_code_size_in_bytes
     hbm = HBM_BYTES[gen] * chips // len(devices)  # per device (libtpu describes v4 with one device per core)
-    model_flops = model_lib.flops_per_token(cfg.model, l, causal=cfg.objective == "arm") * b * l
+    model_flops = model_lib.flops_per_token(cfg.model, l, cfg.objective == "arm", cfg.objective == "block") * b * l
     return {
         "topology": topo_name, "devices": len(devices), "device_kind": devices[0].device_kind,
         "mesh": dict(setup.mesh.shape), "global_batch": b, "seq_len": l, "micro_batches": cfg.train.micro_batches,

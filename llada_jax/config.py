@@ -24,7 +24,7 @@ def default_config():
     c = ml_collections.ConfigDict()
     c.name = "tiny"
     c.seed = 0
-    c.objective = "mdm"  # "mdm" (masked diffusion, the paper) or "arm" (autoregressive baseline)
+    c.objective = "mdm"  # "mdm" (masked diffusion, the paper), "arm" (autoregressive baseline) or "block" (BD3-LM)
 
     c.model = m = ml_collections.ConfigDict()
     m.vocab_size = 64
@@ -59,6 +59,7 @@ def default_config():
 
     c.diffusion = d = ml_collections.ConfigDict()
     d.eps = 1e-3  # p = (1 - eps) t + eps
+    d.block_size = -1  # objective=block: positions per block (train.seq_len a multiple of it); -1: train.seq_len
 
     c.train = tr = ml_collections.ConfigDict()
     tr.steps = 600

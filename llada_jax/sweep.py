@@ -272,7 +272,8 @@ def collect(items, configs):
                "steps": hist[-1]["step"] if hist else None,
                "final_loss": hist[-1]["loss"] if hist else None, "best_loss": min(losses) if losses else None,
                "tokens": tokens,
-               "train_flops": float(model_lib.flops_per_token(cfg.model, tr.seq_len, cfg.objective == "arm") * tokens),
+               "train_flops": float(model_lib.flops_per_token(cfg.model, tr.seq_len, cfg.objective == "arm",
+                                                              cfg.objective == "block") * tokens),
                "params": model_lib.count_params(cfg.model)}
         if hist and hist[-1].get("tokens_per_sec"):
             row["final_tokens_per_sec"] = hist[-1]["tokens_per_sec"]

@@ -35,8 +35,13 @@ def validate(cfg, sharder):
         raise TrainError(f"model.d_model={m.d_model} is not divisible by model.n_heads={m.n_heads}; set model.head_dim.")
     if m.n_heads % m.n_kv_heads:
         raise TrainError(f"model.n_heads={m.n_heads} must be a multiple of model.n_kv_heads={m.n_kv_heads} (GQA).")
-    if cfg.objective not in ("mdm", "arm"):
-        raise TrainError(f"objective={cfg.objective!r}; expected 'mdm' (masked diffusion) or 'arm' (autoregressive).")
+    if cfg.objective not in diffusion.OBJECTIVES:
+        raise TrainError(f"objective={cfg.objective!r}; expected 'mdm' (masked diffusion), 'arm' (autoregressive) "
+                         f"or 'block' (block diffusion).")
+    if cfg.objective == "block" and (diffusion.block_size(cfg) > tr.seq_len or tr.seq_len % diffusion.block_size(cfg)):
+        raise TrainError(f"train.seq_len={tr.seq_len} must be a multiple of diffusion.block_size="
+                         f"{cfg.diffusion.block_size} (objective=block); use a divisor of {tr.seq_len}, or -1 for one "
+                         f"block of the whole sequence.")
 
 
 class Setup:
@@ -269,7 +274,8 @@ def train(cfg, workdir, log=print):
     writer = MetricsWriter(workdir)
     preemption = ckpt_lib.Preemption()
     tokens_per_step = tr.global_batch * tr.seq_len
-    flops_per_step = model_lib.flops_per_token(m, tr.seq_len, causal=cfg.objective == "arm") * tokens_per_step
+    flops_per_step = (model_lib.flops_per_token(m, tr.seq_len, cfg.objective == "arm", cfg.objective == "block")
+                      * tokens_per_step)
     peak = mfu.device_peak_flops()
     peak_total = peak * jax.device_count() if peak else None
     history, pending = [], []
