@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from llada_jax import attention
 from llada_jax import model as model_lib
 
 REMASKING = ("low_confidence", "random")
@@ -331,14 +332,149 @@ def _generate_ar(fn, params, prompt, prompt_mask, key, temperature, gen_length):
 _generate_ar_jit = jax.jit(_generate_ar, static_argnames=("fn", "gen_length"))
 
 
-def sample(model, params, prompt, prompt_mask, key, args, ids, objective="mdm"):
+# -- block diffusion's decoder -------------------------------------------------------------------------------------
+
+def _generate_blocks(model, params, prompt, prompt_mask, key, dyn, st):
+    """Block diffusion decoding (BD3-LM): the generated region's blocks left to right, each denoised by the rules of
+    one block of the reverse process (_decide: remasking, steps per block or threshold, temperature, CFG, EOS rules)
+    with everything before it clean context under block-causal attention; a block once done never changes. The
+    prompt's width is a multiple of the block. Stops after the block in which every row has an EOS.
+
+    cached: the prompt's keys and values are computed once, and each finished block's once more when it is done
+    (a window pass of the clean block); each denoising step feeds only the current block. This is exact, not an
+    approximation: block-causal keys and values of clean blocks depend on nothing after them. Uncached: every step
+    runs the whole sequence (the reference the cache must reproduce)."""
+    ids, gen_length, bl, cached = st["ids"], st["gen_length"], st["block_length"], st["cached"]
+    b, p_len = prompt.shape
+    t_len = p_len + gen_length
+    x = jnp.concatenate([prompt, jnp.full((b, gen_length), ids.mask_id, prompt.dtype)], 1)
+    key_mask = jnp.concatenate([prompt_mask, jnp.ones((b, gen_length), bool)], 1)
+    prompt_region = (jnp.arange(t_len) < p_len)[None, :]
+    blocks = attention.Blocks(bl)
+    num_blocks = gen_length // bl
+    steps_per_block = dyn["steps"] // num_blocks
+    gpos = jnp.arange(gen_length)
+
+    def run(call, x):
+        """call(tokens, key_mask) -> (logits, aux) on the batch (CFG: on the doubled batch, as with_cfg does it)."""
+        if st["use_cfg"]:
+            return with_cfg(call, x, key_mask, prompt_region, dyn["cfg_scale"], ids.mask_id)
+        return call(x, key_mask)
+
+    def window(x, start, kv):
+        """The block at [start, start + bl) against the cache: (logits, its keys and values)."""
+        return run(lambda t, km: model.forward(params, jax.lax.dynamic_slice_in_dim(t, start, bl, 1), km, kv=kv,
+                                               start=start, fresh_from=start, return_kv=True, blocks=blocks), x)
+
+    def block_logits(x, start, kv):
+        if cached:
+            return window(x, start, kv)[0]
+        logits = run(lambda t, km: (model.apply(params, t, km, blocks=blocks), None), x)[0]
+        return jax.lax.dynamic_slice_in_dim(logits, start, bl, 1)
+
+    def finished(x, blk):
+        """Rows with an EOS in the blocks before `blk`."""
+        return jnp.any((x[:, p_len:] == ids.eos_id) & (gpos < blk * bl)[None], -1)
+
+    def block_body(state):
+        blk, x, kv, order, n_step, passes = state
+        start = p_len + blk * bl
+        in_block = lambda x: jax.lax.dynamic_slice_in_dim(x, start, bl, 1)
+        masked0 = jnp.sum(in_block(x) == ids.mask_id, -1)
+
+        def cond(carry):
+            i, x = carry[:2]
+            if st["use_threshold"]:
+                return jnp.any(in_block(x) == ids.mask_id) & (i < bl)  # capped: [MASK] predictions stay masked
+            return i < steps_per_block
+
+        def body(carry):
+            i, x, order, n_step, passes = carry
+            logits = block_logits(x, start, kv)
+            x_win = in_block(x)
+            k_gumbel, k_random = step_noise_key(key, n_step)
+            commit, x0 = _decide(logits, x_win, jnp.ones((bl,), bool), commit_count(masked0, steps_per_block, i),
+                                 dyn["temperature"], dyn["threshold"], (k_gumbel, k_random, start - p_len, gen_length),
+                                 st)
+            x = jax.lax.dynamic_update_slice_in_dim(x, jnp.where(commit, x0, x_win), start, 1)
+            o_win = jax.lax.dynamic_slice_in_dim(order, start - p_len, bl, 1)
+            o_win = jnp.where(commit & (x0 != ids.mask_id), n_step, o_win)
+            order = jax.lax.dynamic_update_slice_in_dim(order, o_win, start - p_len, 1)
+            return i + 1, x, order, n_step + 1, passes + 1
+
+        _, x, order, n_step, passes = jax.lax.while_loop(cond, body, (jnp.int32(0), x, order, n_step, passes))
+        if cached:  # the finished block's clean keys and values, once (not after the last block)
+            def commit_kv(kv):
+                new = window(x, start, kv)[1]
+                return tuple(jax.lax.dynamic_update_slice_in_dim(c, n.astype(c.dtype), start, 2)
+                             for c, n in zip(kv, new))
+
+            more = (blk + 1 < num_blocks) & ~jnp.all(finished(x, blk + 1))
+            kv, passes = jax.lax.cond(more, lambda: (commit_kv(kv), passes + 1), lambda: (kv, passes))
+        return blk + 1, x, kv, order, n_step, passes
+
+    def block_cond(state):
+        blk, x = state[:2]
+        return (blk < num_blocks) & ~jnp.all(finished(x, blk))
+
+    kv, passes = None, jnp.zeros((), jnp.int32)
+    if cached:  # the prompt's keys and values, padded to the whole sequence
+        prefill = lambda t, km: model.forward(params, t[:, :p_len], km[:, :p_len], return_kv=True, head=False,
+                                              blocks=blocks)
+        kv = tuple(jnp.pad(c, ((0, 0), (0, 0), (0, gen_length), (0, 0), (0, 0))) for c in run(prefill, x)[1])
+        passes = passes + 1
+    order = jnp.full((b, gen_length), -1, jnp.int32)
+    zero = jnp.zeros((), jnp.int32)
+    blk, x, _, order, n_step, passes = jax.lax.while_loop(block_cond, block_body,
+                                                          (zero, x, kv, order, zero, passes))
+    return {"tokens": x, "order": order, "steps": n_step, "blocks": blk,
+            "full_passes": zero if cached else passes, "window_passes": passes if cached else zero}
+
+
+_generate_blocks_jit = jax.jit(_generate_blocks, static_argnames=("model", "st"))
+
+
+def generate_blocks(model, params, prompt, prompt_mask, key, args, ids, block_size, *, cached=True):
+    """Samples up to `args.gen_length` tokens after each (left-padded) prompt with a block-diffusion model
+    (objective=block) whose blocks are `block_size` long: the prompt is left-padded (hidden) to a whole number of
+    blocks, so generated blocks are the model's blocks; args.steps counts over all blocks (steps per block =
+    steps / number of blocks) and args.block_length / args.cache do not apply (the cache is always exact).
+    Generation stops after the block in which every row has an EOS; undecoded positions stay [MASK].
+    Returns generate()'s dict plus blocks (blocks decoded); full_passes / window_passes count whole-sequence /
+    cached evaluations (the prompt's, each block's steps and each finished block's keys and values)."""
+    if not isinstance(model, model_lib.Model):
+        raise SamplingError("block diffusion decoding needs a model_lib.Model (it runs block-causal attention and "
+                            "keeps keys and values).")
+    if args.gen_length % block_size:
+        raise SamplingError(f"gen_length={args.gen_length} must be a multiple of the model's block size "
+                            f"diffusion.block_size={block_size}; e.g. gen_length="
+                            f"{-(-args.gen_length // block_size) * block_size}.")
+    args = dataclasses.replace(args, block_length=block_size, cache=None)
+    validate(args, model)
+    prompt = jnp.asarray(prompt, jnp.int32)
+    b, p_len = prompt.shape
+    if prompt_mask is None or args.attend_padding:
+        prompt_mask = jnp.ones(prompt.shape, bool)
+    pad = -p_len % block_size
+    prompt = jnp.concatenate([jnp.full((b, pad), ids.mask_id, jnp.int32), prompt], 1)
+    prompt_mask = jnp.concatenate([jnp.zeros((b, pad), bool), jnp.asarray(prompt_mask, bool)], 1)
+    static, dyn = split_args(args, ids)
+    static = _Static({**static, "block_length": block_size, "cached": cached})
+    out = _generate_blocks_jit(model, params, prompt, prompt_mask, key, dyn, static)
+    return {**out, "tokens": out["tokens"][:, pad:]}
+
+
+def sample(model, params, prompt, prompt_mask, key, args, ids, objective="mdm", block_size=None):
     """The one sampling entry point of commands, tasks and sweeps: the reverse process for a diffusion model
-    (`generate`), left-to-right decoding for the autoregressive baseline (only gen_length and temperature apply).
+    (`generate`), block by block with an exact cache for a block-diffusion model (`generate_blocks`, blocks of
+    `block_size`), left-to-right decoding for the autoregressive baseline (only gen_length and temperature apply).
     Returns generate()'s dict."""
     if objective == "mdm":
         return generate(model, params, prompt, prompt_mask, key, args, ids)
+    if objective == "block":
+        return generate_blocks(model, params, prompt, prompt_mask, key, args, ids, block_size)
     if objective != "arm":
-        raise SamplingError(f"objective={objective!r}; expected 'mdm' or 'arm'.")
+        raise SamplingError(f"objective={objective!r}; expected 'mdm', 'block' or 'arm'.")
     if not isinstance(model, model_lib.Model):
         raise SamplingError("the autoregressive decoder needs a model_lib.Model (it runs the causal forward pass).")
     prompt = jnp.asarray(prompt, jnp.int32)
