@@ -147,7 +147,7 @@ def generate_answers(cfg, model, params, key, prompts):
     the same shape (the last is padded with copies), so one compilation serves the whole list."""
     import jax
 
-    from llada_jax import sampling
+    from llada_jax import diffusion, sampling
     from llada_jax.data import synthetic
     tok = synthetic.CharTokenizer()
     args, ids = sampling.args_from_config(cfg.sampling), sampling.token_ids(cfg)
@@ -159,7 +159,7 @@ def generate_answers(cfg, model, params, key, prompts):
     for start in range(0, n, bs):
         rows = np.arange(start, start + bs) % n  # the last batch repeats earlier rows; their answers are dropped
         out = sampling.sample(model, params, prompt[rows], mask[rows], jax.random.fold_in(key, start), args, ids,
-                              cfg.objective)
+                              cfg.objective, diffusion.block_size(cfg))
         tokens = np.asarray(jax.device_get(out["tokens"]))
         for row in tokens[: min(bs, n - start)]:
             answers.append(tok.decode(sampling.answer_ids(row, prompt.shape[1], ids.eos_id)))

@@ -57,6 +57,18 @@ def block_causal(n, block_size):
     return np.array([[j // block_size <= i // block_size for j in range(n)] for i in range(n)])
 
 
+def block_ce(params, tokens, x_t, key_mask, m, block_size):
+    """[B, L] CE of block diffusion, one forward per block: the clean tokens of the earlier blocks then the noisy
+    block (x_t), nothing after, block-causal (a clean block sees the clean blocks up to itself)."""
+    b, l = tokens.shape
+    out = np.zeros((b, l))
+    for end in range(block_size, l + 1, block_size):
+        seq = np.concatenate([tokens[:, :end - block_size], x_t[:, end - block_size:end]], 1)
+        logits = forward(params, seq, m, key_mask=key_mask[:, :end], allowed=block_causal(end, block_size))
+        out[:, end - block_size:end] = ce(logits[:, -block_size:], tokens[:, end - block_size:end])
+    return out
+
+
 def log_softmax(logits):
     logits = np.asarray(logits, np.float64)
     z = logits - logits.max(-1, keepdims=True)

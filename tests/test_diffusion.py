@@ -219,17 +219,8 @@ def _block_cfg(cfg, block_size, chunk):
 
 
 def _block_reference(params, tokens, masked, p, valid, answer, m, mask_id, block_size, sft):
-    """One float64 forward per block: the clean tokens of the earlier blocks then the noisy block, nothing after,
-    block-causal (a clean block sees the clean blocks up to itself); CE / p on the block's masked positions."""
-    x_t = np.where(masked, mask_id, tokens)
-    b, l = tokens.shape
-    ce = np.zeros((b, l))
-    for blk in range(l // block_size):
-        end = (blk + 1) * block_size
-        seq = np.concatenate([tokens[:, :end - block_size], x_t[:, end - block_size:end]], 1)
-        logits = reference.forward(params, seq, m, key_mask=valid[:, :end],
-                                   allowed=reference.block_causal(end, block_size))
-        ce[:, end - block_size:end] = reference.ce(logits[:, -block_size:], tokens[:, end - block_size:end])
+    """One float64 forward per block (reference.block_ce); CE / p on the masked positions, normalised."""
+    ce = reference.block_ce(params, tokens, np.where(masked, mask_id, tokens), valid, m, block_size)
     terms = np.where(masked, ce / p, 0.0)
     if sft:
         return np.mean(terms.sum(1) / answer.sum(1))
