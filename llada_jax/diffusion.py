@@ -44,9 +44,19 @@ def block_pair(x_t, x_0, *rows):
     return (jnp.concatenate([x_t, x_0], 1),) + tuple(None if r is None else jnp.concatenate([r, r], 1) for r in rows)
 
 
-def block_size(cfg):
-    """diffusion.block_size, -1 meaning one block of train.seq_len (the LLaDA objective)."""
-    return cfg.diffusion.block_size if cfg.diffusion.block_size > 0 else cfg.train.seq_len
+def block_size(cfg, step=None):
+    """diffusion.block_size, -1 meaning one block of train.seq_len (the LLaDA objective); with `step` (a Python
+    int), the size diffusion.block_size_schedule gives that training step."""
+    size = cfg.diffusion.block_size
+    if step is not None:
+        size = next((int(s) for until, s in cfg.diffusion.block_size_schedule if step < until), size)
+    return size if size > 0 else cfg.train.seq_len
+
+
+def block_sizes(cfg):
+    """Every block size a training run uses (the schedule's and the final one)."""
+    schedule = cfg.diffusion.block_size_schedule
+    return sorted({block_size(cfg)} | {block_size(cfg, int(until) - 1) for until, _ in schedule})
 
 
 def random_lengths(key, batch, seq_len, prob):
@@ -177,9 +187,9 @@ def chunked_cross_entropy(x, w_head, targets, weights, chunk, groups=1, constrai
     return ce(x, w_head, targets, weights)
 
 
-def draw_noise(key, batch, cfg):
+def draw_noise(key, batch, cfg, size=None):
     """All randomness of one training example batch: random lengths and the forward process's masks (per block
-    for objective=block: p is then [B, L])."""
+    for objective=block, blocks of `size`, default block_size(cfg): p is then [B, L])."""
     tokens = batch["tokens"]
     b, l = tokens.shape
     k_len, k_mask = jax.random.split(key)
@@ -190,16 +200,17 @@ def draw_noise(key, batch, cfg):
     if "prompt_lengths" in batch:
         maskable = maskable & (pos >= batch["prompt_lengths"][:, None])
     if cfg.objective == "block":
-        _, masked, p = block_forward_process(k_mask, tokens, cfg.tokens.mask_id, cfg.diffusion.eps, block_size(cfg),
-                                             maskable)
+        _, masked, p = block_forward_process(k_mask, tokens, cfg.tokens.mask_id, cfg.diffusion.eps,
+                                             size or block_size(cfg), maskable)
     else:
         _, masked, p = forward_process(k_mask, tokens, cfg.tokens.mask_id, cfg.diffusion.eps, maskable)
     return {"lengths": lengths, "masked": masked, "p": p}
 
 
-def objective_terms(batch, noise, cfg):
+def objective_terms(batch, noise, cfg, size=None):
     """(model input, targets, weights, attention keyword arguments of the model) of `cfg.objective`: the loss is
-    sum(weights * CE(logits, targets)). Block diffusion's input is [x_t ; x_0] with the loss on x_t's half."""
+    sum(weights * CE(logits, targets)). Block diffusion's input is [x_t ; x_0] with the loss on x_t's half (blocks
+    of `size`, default block_size(cfg))."""
     tokens = batch["tokens"]
     l = tokens.shape[1]
     valid = jnp.arange(l)[None, :] < noise["lengths"][:, None]
@@ -220,13 +231,14 @@ def objective_terms(batch, noise, cfg):
                                                                  attn["segment_ids"])
     weights = weights.at[:, l:].set(0.0)  # no loss on the clean copy
     return inputs, targets, weights, {"key_mask": key_mask, "segment_ids": segment_ids,
-                                      "blocks": attention.Blocks(block_size(cfg), pair=True)}
+                                      "blocks": attention.Blocks(size or block_size(cfg), pair=True)}
 
 
-def loss_given_noise(model, params, batch, noise, cfg):
+def loss_given_noise(model, params, batch, noise, cfg, size=None):
     """The objective of `cfg.objective` on one batch with its noise fixed; returns (loss, aux metrics).
-    `model.loss_chunk` > 0 computes the output head and the loss chunk by chunk (chunked_cross_entropy)."""
-    inputs, targets, weights, attn = objective_terms(batch, noise, cfg)
+    `model.loss_chunk` > 0 computes the output head and the loss chunk by chunk (chunked_cross_entropy). size: the
+    block size of objective=block (default block_size(cfg))."""
+    inputs, targets, weights, attn = objective_terms(batch, noise, cfg, size)
     chunk = cfg.model.loss_chunk
     if chunk > 0:
         x, _ = model.forward(params, inputs, head=False, **attn)
