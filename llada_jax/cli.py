@@ -176,12 +176,16 @@ def _sampling_flags(p):
 
 
 def _open_run(args, overrides):
-    from llada_jax import checkpoint, inference, sampling, sharding
+    from llada_jax import checkpoint, diffusion, inference, sampling, sharding
     overrides = list(overrides) + [(f"sampling.{n}", getattr(args, n)) for n in SAMPLING_FLAGS
                                    if getattr(args, n, None) is not None]
     try:
         run = inference.load_run(args.workdir, overrides, args.step, args.tokenizer)
-        sampling.validate(sampling.args_from_config(run.cfg.sampling), run.model)
+        if run.cfg.objective == "block":
+            sampling.validate_blocks(sampling.args_from_config(run.cfg.sampling), run.model,
+                                     diffusion.block_size(run.cfg))
+        else:
+            sampling.validate(sampling.args_from_config(run.cfg.sampling), run.model)
         return run
     except (inference.InferenceError, checkpoint.CheckpointError, sharding.MeshError, sampling.SamplingError) as e:
         raise SystemExit(f"llada: {e}")
@@ -216,8 +220,9 @@ def cmd_sample(argv):
     for prompt, text in zip(prompts, out["texts"]):
         print(f"{prompt}{text}")
     g = run.cfg.sampling.gen_length
-    print(f"[{len(prompts)} x {g} tokens in {seconds:.2f}s (compilation included); {int(out['steps'])} steps, "
-          f"{int(out['full_passes'])} full + {int(out['window_passes'])} cached model evaluations]")
+    blocks = f", {int(out['blocks'])} blocks until EOS" if "blocks" in out else ""
+    print(f"[{len(prompts)} x {g} tokens in {seconds:.2f}s (compilation included); {int(out['steps'])} steps"
+          f"{blocks}, {int(out['full_passes'])} full + {int(out['window_passes'])} cached model evaluations]")
     if args.order_picture:
         rows = []
         for i, prompt in enumerate(prompts):

@@ -434,14 +434,8 @@ def _generate_blocks(model, params, prompt, prompt_mask, key, dyn, st):
 _generate_blocks_jit = jax.jit(_generate_blocks, static_argnames=("model", "st"))
 
 
-def generate_blocks(model, params, prompt, prompt_mask, key, args, ids, block_size, *, cached=True):
-    """Samples up to `args.gen_length` tokens after each (left-padded) prompt with a block-diffusion model
-    (objective=block) whose blocks are `block_size` long: the prompt is left-padded (hidden) to a whole number of
-    blocks, so generated blocks are the model's blocks; args.steps counts over all blocks (steps per block =
-    steps / number of blocks) and args.block_length / args.cache do not apply (the cache is always exact).
-    Generation stops after the block in which every row has an EOS; undecoded positions stay [MASK].
-    Returns generate()'s dict plus blocks (blocks decoded); full_passes / window_passes count whole-sequence /
-    cached evaluations (the prompt's, each block's steps and each finished block's keys and values)."""
+def validate_blocks(args, model, block_size):
+    """validate() for block diffusion decoding; returns the args it runs with (block_length = block_size)."""
     if not isinstance(model, model_lib.Model):
         raise SamplingError("block diffusion decoding needs a model_lib.Model (it runs block-causal attention and "
                             "keeps keys and values).")
@@ -451,6 +445,18 @@ def generate_blocks(model, params, prompt, prompt_mask, key, args, ids, block_si
                             f"{-(-args.gen_length // block_size) * block_size}.")
     args = dataclasses.replace(args, block_length=block_size, cache=None)
     validate(args, model)
+    return args
+
+
+def generate_blocks(model, params, prompt, prompt_mask, key, args, ids, block_size, *, cached=True):
+    """Samples up to `args.gen_length` tokens after each (left-padded) prompt with a block-diffusion model
+    (objective=block) whose blocks are `block_size` long: the prompt is left-padded (hidden) to a whole number of
+    blocks, so generated blocks are the model's blocks; args.steps counts over all blocks (steps per block =
+    steps / number of blocks) and args.block_length / args.cache do not apply (the cache is always exact).
+    Generation stops after the block in which every row has an EOS; undecoded positions stay [MASK].
+    Returns generate()'s dict plus blocks (blocks decoded); full_passes / window_passes count whole-sequence /
+    cached evaluations (the prompt's, each block's steps and each finished block's keys and values)."""
+    args = validate_blocks(args, model, block_size)
     prompt = jnp.asarray(prompt, jnp.int32)
     b, p_len = prompt.shape
     if prompt_mask is None or args.attend_padding:

@@ -462,8 +462,9 @@ def _block_prompt():
     return jnp.asarray(tokens), jnp.asarray(mask)
 
 
-@pytest.mark.parametrize("kw", [dict(), dict(remasking="random", temperature=1.0), dict(threshold=0.2),
-                                dict(cfg_scale=1.5, temperature=0.5)])
+@pytest.mark.parametrize("kw", [dict(), pytest.param(dict(remasking="random", temperature=1.0), marks=pytest.mark.slow),
+                                pytest.param(dict(threshold=0.2), marks=pytest.mark.slow),
+                                pytest.param(dict(cfg_scale=1.5, temperature=0.5), marks=pytest.mark.slow)])
 def test_block_cache_equals_recomputing_everything(kw):
     """Cached (the prompt's and finished blocks' keys and values computed once) = every step recomputing the whole
     sequence, token for token and step for step; the cached run never evaluates the whole sequence."""
