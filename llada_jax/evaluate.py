@@ -132,20 +132,20 @@ _block_rows_jit = jax.jit(_block_rows, static_argnames=("model", "mask_id", "eps
 
 
 def _block_layout(prompt, answer, block_size, mask_id):
-    """The sampler's layout (sampling.generate_blocks): the prompt left-padded to whole blocks, the answer
-    right-padded; returns (sequence, key mask, answer positions)."""
-    prompt_full, prompt_mask, answer_full = _padded(prompt, answer, block_size, mask_id)
-    answer_region = np.arange(answer_full.size) < answer.size
-    key_mask = np.concatenate([prompt_mask, answer_region])
-    return (np.concatenate([prompt_full, answer_full]), key_mask,
-            np.concatenate([np.zeros(prompt_full.size, bool), answer_region]))
+    """The layout of training and of sampling.generate_blocks: prompt ++ answer from position 0, blocks from
+    there, right-padded (hidden) to whole blocks; returns (sequence, key mask, answer positions)."""
+    n = prompt.size + answer.size
+    pad = -n % block_size
+    pos = np.arange(n + pad)
+    return np.concatenate([prompt, answer, np.full(pad, mask_id, np.int32)]), pos < n, (pos >= prompt.size) & (pos < n)
 
 
 def block_log_likelihood(model, params, prompt, answer, key, mask_id, block_size, *, n_samples=128, batch_size=16,
                          eps=1e-3):
     """log p(answer | prompt) of a block-diffusion model (objective=block; a model_lib.Model): minus a Monte Carlo
-    estimate of the block ELBO of the answer with the prompt clean (each answer block draws its own t; a lower
-    bound in expectation). Returns (estimate, standard error) as log_likelihood does."""
+    estimate of the block ELBO of the answer with the prompt clean (each block draws its own t; a block holding
+    the prompt's tail and the answer's start noises only the answer; a lower bound in expectation). Returns
+    (estimate, standard error) as log_likelihood does."""
     prompt, answer = np.asarray(prompt, np.int32), np.asarray(answer, np.int32)
     if answer.size == 0:
         raise EvalError("the answer is empty; log p(empty | prompt) = 0 needs no estimate.")

@@ -335,25 +335,29 @@ _generate_ar_jit = jax.jit(_generate_ar, static_argnames=("fn", "gen_length"))
 # -- block diffusion's decoder -------------------------------------------------------------------------------------
 
 def _generate_blocks(model, params, prompt, prompt_mask, key, dyn, st):
-    """Block diffusion decoding (BD3-LM): the generated region's blocks left to right, each denoised by the rules of
-    one block of the reverse process (_decide: remasking, steps per block or threshold, temperature, CFG, EOS rules)
-    with everything before it clean context under block-causal attention; a block once done never changes. The
-    prompt's width is a multiple of the block. Stops after the block in which every row has an EOS.
+    """Block diffusion decoding (BD3-LM): the blocks of the sequence (of st["block_length"], from position 0 as in
+    training) that hold generated positions, left to right, each denoised by the rules of one block of the reverse
+    process (_decide: remasking, steps per block or threshold, temperature, CFG, EOS rules) with everything before
+    it clean context under block-causal attention; a block once done never changes. The first block may hold the
+    prompt's tail (clean, as an SFT prompt in training); the last is decoded whole and cut at gen_length. Stops
+    after the block in which every row has an EOS.
 
-    cached: the prompt's keys and values are computed once, and each finished block's once more when it is done
-    (a window pass of the clean block); each denoising step feeds only the current block. This is exact, not an
-    approximation: block-causal keys and values of clean blocks depend on nothing after them. Uncached: every step
-    runs the whole sequence (the reference the cache must reproduce)."""
+    cached: the keys and values of the prompt's whole blocks are computed once, and each finished block's once
+    more when it is done (a window pass of the clean block); each denoising step feeds only the current block.
+    This is exact, not an approximation: block-causal keys and values of clean blocks depend on nothing after them.
+    Uncached: every step runs the whole sequence (the reference the cache must reproduce)."""
     ids, gen_length, bl, cached = st["ids"], st["gen_length"], st["block_length"], st["cached"]
     b, p_len = prompt.shape
-    t_len = p_len + gen_length
-    x = jnp.concatenate([prompt, jnp.full((b, gen_length), ids.mask_id, prompt.dtype)], 1)
-    key_mask = jnp.concatenate([prompt_mask, jnp.ones((b, gen_length), bool)], 1)
+    first = p_len // bl * bl  # where the first block with generated positions starts
+    t_len = -(-(p_len + gen_length) // bl) * bl  # whole blocks
+    region = t_len - first  # the decoded blocks (noise is drawn over them)
+    x = jnp.concatenate([prompt, jnp.full((b, t_len - p_len), ids.mask_id, prompt.dtype)], 1)
+    key_mask = jnp.concatenate([prompt_mask, jnp.ones((b, t_len - p_len), bool)], 1)
     prompt_region = (jnp.arange(t_len) < p_len)[None, :]
     blocks = attention.Blocks(bl)
-    num_blocks = gen_length // bl
-    steps_per_block = dyn["steps"] // num_blocks
-    gpos = jnp.arange(gen_length)
+    num_blocks = region // bl
+    steps_per_block = dyn["steps"] // (gen_length // bl)
+    pos = jnp.arange(t_len)
 
     def run(call, x):
         """call(tokens, key_mask) -> (logits, aux) on the batch (CFG: on the doubled batch, as with_cfg does it)."""
@@ -373,12 +377,13 @@ def _generate_blocks(model, params, prompt, prompt_mask, key, dyn, st):
         return jax.lax.dynamic_slice_in_dim(logits, start, bl, 1)
 
     def finished(x, blk):
-        """Rows with an EOS in the blocks before `blk`."""
-        return jnp.any((x[:, p_len:] == ids.eos_id) & (gpos < blk * bl)[None], -1)
+        """Rows with an EOS among the generated positions of the decoded blocks before `blk`."""
+        generated = (pos >= p_len) & (pos < first + blk * bl)
+        return jnp.any((x == ids.eos_id) & generated[None], -1)
 
     def block_body(state):
         blk, x, kv, order, n_step, passes = state
-        start = p_len + blk * bl
+        start = first + blk * bl
         in_block = lambda x: jax.lax.dynamic_slice_in_dim(x, start, bl, 1)
         masked0 = jnp.sum(in_block(x) == ids.mask_id, -1)
 
@@ -394,12 +399,12 @@ def _generate_blocks(model, params, prompt, prompt_mask, key, dyn, st):
             x_win = in_block(x)
             k_gumbel, k_random = step_noise_key(key, n_step)
             commit, x0 = _decide(logits, x_win, jnp.ones((bl,), bool), commit_count(masked0, steps_per_block, i),
-                                 dyn["temperature"], dyn["threshold"], (k_gumbel, k_random, start - p_len, gen_length),
-                                 st)
+                                 dyn["temperature"], dyn["threshold"], (k_gumbel, k_random, start - first, region),
+                                 st)  # only [MASK] positions are candidates: a prompt tail is kept
             x = jax.lax.dynamic_update_slice_in_dim(x, jnp.where(commit, x0, x_win), start, 1)
-            o_win = jax.lax.dynamic_slice_in_dim(order, start - p_len, bl, 1)
+            o_win = jax.lax.dynamic_slice_in_dim(order, start - first, bl, 1)
             o_win = jnp.where(commit & (x0 != ids.mask_id), n_step, o_win)
-            order = jax.lax.dynamic_update_slice_in_dim(order, o_win, start - p_len, 1)
+            order = jax.lax.dynamic_update_slice_in_dim(order, o_win, start - first, 1)
             return i + 1, x, order, n_step + 1, passes + 1
 
         _, x, order, n_step, passes = jax.lax.while_loop(cond, body, (jnp.int32(0), x, order, n_step, passes))
@@ -418,17 +423,22 @@ def _generate_blocks(model, params, prompt, prompt_mask, key, dyn, st):
         return (blk < num_blocks) & ~jnp.all(finished(x, blk))
 
     kv, passes = None, jnp.zeros((), jnp.int32)
-    if cached:  # the prompt's keys and values, padded to the whole sequence
-        prefill = lambda t, km: model.forward(params, t[:, :p_len], km[:, :p_len], return_kv=True, head=False,
-                                              blocks=blocks)
-        kv = tuple(jnp.pad(c, ((0, 0), (0, 0), (0, gen_length), (0, 0), (0, 0))) for c in run(prefill, x)[1])
-        passes = passes + 1
-    order = jnp.full((b, gen_length), -1, jnp.int32)
+    if cached:  # the keys and values of the prompt's whole blocks, padded to the whole sequence
+        m = model.m
+        rows = 2 * b if st["use_cfg"] else b
+        kv = (jnp.zeros((m.n_layers, rows, t_len, m.n_kv_heads, model.hd), model.dtype),) * 2
+        if first:
+            prefill = lambda t, km: model.forward(params, t[:, :first], km[:, :first], return_kv=True, head=False,
+                                                  blocks=blocks)
+            kv = tuple(jnp.pad(c, ((0, 0), (0, 0), (0, t_len - first), (0, 0), (0, 0))) for c in run(prefill, x)[1])
+            passes = passes + 1
+    order = jnp.full((b, region), -1, jnp.int32)
     zero = jnp.zeros((), jnp.int32)
     blk, x, _, order, n_step, passes = jax.lax.while_loop(block_cond, block_body,
                                                           (zero, x, kv, order, zero, passes))
-    return {"tokens": x, "order": order, "steps": n_step, "blocks": blk,
-            "full_passes": zero if cached else passes, "window_passes": passes if cached else zero}
+    return {"tokens": x[:, :p_len + gen_length], "order": order[:, p_len - first:p_len - first + gen_length],
+            "steps": n_step, "blocks": blk, "full_passes": zero if cached else passes,
+            "window_passes": passes if cached else zero}
 
 
 _generate_blocks_jit = jax.jit(_generate_blocks, static_argnames=("model", "st"))
@@ -450,24 +460,19 @@ def validate_blocks(args, model, block_size):
 
 def generate_blocks(model, params, prompt, prompt_mask, key, args, ids, block_size, *, cached=True):
     """Samples up to `args.gen_length` tokens after each (left-padded) prompt with a block-diffusion model
-    (objective=block) whose blocks are `block_size` long: the prompt is left-padded (hidden) to a whole number of
-    blocks, so generated blocks are the model's blocks; args.steps counts over all blocks (steps per block =
-    steps / number of blocks) and args.block_length / args.cache do not apply (the cache is always exact).
-    Generation stops after the block in which every row has an EOS; undecoded positions stay [MASK].
-    Returns generate()'s dict plus blocks (blocks decoded); full_passes / window_passes count whole-sequence /
-    cached evaluations (the prompt's, each block's steps and each finished block's keys and values)."""
+    (objective=block) whose blocks are `block_size` long, aligned to position 0 as in training (the first decoded
+    block may hold the prompt's tail); steps per block = args.steps / (gen_length / block_size); args.block_length
+    and args.cache do not apply (the cache is always exact). Generation stops after the block in which every row
+    has an EOS; undecoded positions stay [MASK]. Returns generate()'s dict plus blocks (blocks decoded);
+    full_passes / window_passes count whole-sequence / cached evaluations (the prompt's whole blocks, each block's
+    steps and each finished block's keys and values)."""
     args = validate_blocks(args, model, block_size)
     prompt = jnp.asarray(prompt, jnp.int32)
-    b, p_len = prompt.shape
     if prompt_mask is None or args.attend_padding:
         prompt_mask = jnp.ones(prompt.shape, bool)
-    pad = -p_len % block_size
-    prompt = jnp.concatenate([jnp.full((b, pad), ids.mask_id, jnp.int32), prompt], 1)
-    prompt_mask = jnp.concatenate([jnp.zeros((b, pad), bool), jnp.asarray(prompt_mask, bool)], 1)
     static, dyn = split_args(args, ids)
     static = _Static({**static, "block_length": block_size, "cached": cached})
-    out = _generate_blocks_jit(model, params, prompt, prompt_mask, key, dyn, static)
-    return {**out, "tokens": out["tokens"][:, pad:]}
+    return _generate_blocks_jit(model, params, prompt, jnp.asarray(prompt_mask, bool), key, dyn, static)
 
 
 def sample(model, params, prompt, prompt_mask, key, args, ids, objective="mdm", block_size=None):

@@ -467,7 +467,8 @@ def _block_prompt():
                                 pytest.param(dict(cfg_scale=1.5, temperature=0.5), marks=pytest.mark.slow)])
 def test_block_cache_equals_recomputing_everything(kw):
     """Cached (the prompt's and finished blocks' keys and values computed once) = every step recomputing the whole
-    sequence, token for token and step for step; the cached run never evaluates the whole sequence."""
+    sequence, token for token and step for step; the cached run never evaluates the whole sequence. Prompt width
+    5, blocks of 4: block 0 is the prompt's, blocks 1..4 are decoded (block 1 holds the prompt's last token)."""
     model, params = _block_model()
     prompt, mask = _block_prompt()
     args = sampling.SamplingArgs(gen_length=12, steps=9, **kw)
@@ -478,28 +479,29 @@ def test_block_cache_equals_recomputing_everything(kw):
     np.testing.assert_array_equal(out[True]["order"], out[False]["order"])
     np.testing.assert_array_equal(out[True]["tokens"][:, :5], np.asarray(prompt))
     gen = out[True]["tokens"][:, 5:]
-    assert int(out[True]["blocks"]) == 3 and len(np.unique(gen)) > 4  # decoded, and not one repeated token
+    assert int(out[True]["blocks"]) == 4 and len(np.unique(gen)) > 4  # decoded, and not one repeated token
     assert int(out[True]["full_passes"]) == 0 and int(out[False]["window_passes"]) == 0
     steps = int(out[True]["steps"])
     assert int(out[False]["full_passes"]) == steps
-    assert int(out[True]["window_passes"]) == 1 + steps + 2  # prompt, each step's block, blocks 0 and 1 done
+    assert int(out[True]["window_passes"]) == 1 + steps + 3  # prompt block, each step's block, 3 blocks done
     if "threshold" not in kw:
-        assert steps == 9
+        assert steps == 4 * 3  # 9 steps over 12 / 4 = 3 blocks: 3 per block
 
 
 def test_block_decoding_stops_after_the_block_with_eos():
-    model, params = _block_model(1)
+    model, params = _block_model(3)  # a seed whose random model varies its tokens
     prompt, mask = _block_prompt()
     args = sampling.SamplingArgs(gen_length=16, steps=16)
     run = lambda eos: jax.device_get(sampling.generate_blocks(
         model, params, prompt[:1], mask[:1], jax.random.key(0), args, sampling.TokenIds(2, eos, 3), 4))
     full = run(-1)
-    gen = full["tokens"][0, 5:]
-    eos = next(int(t) for t in gen[4:8] if t not in gen[:4])  # a token first produced in block 1
-    out = run(eos)
-    assert int(out["blocks"]) == 2
-    np.testing.assert_array_equal(out["tokens"][0, 5:13], gen[:8])
-    assert np.all(out["tokens"][0, 13:] == 2) and np.all(out["order"][0, 8:] == -1)
+    gen = full["tokens"][0, 5:]  # blocks of positions 4..7 (3 generated), 8..11, ...: ends 3, 7, 11, 15
+    ends = [3, 7, 11, 15]
+    blk, eos = next((k, int(t)) for k in range(1, 4) for t in gen[ends[k - 1]:ends[k]] if t not in gen[:ends[k - 1]])
+    out = run(eos)  # a token first produced in block k (k >= 1): decoding stops after that block
+    assert int(out["blocks"]) == blk + 1 < 4
+    np.testing.assert_array_equal(out["tokens"][0, 5:5 + ends[blk]], gen[:ends[blk]])
+    assert np.all(out["tokens"][0, 5 + ends[blk]:] == 2) and np.all(out["order"][0, ends[blk]:] == -1)
 
 
 def test_sample_dispatches_block_objective():
