@@ -109,7 +109,7 @@ class Run:
         args = args or sampling.args_from_config(self.cfg.sampling)
         key = jax.random.key(self.cfg.seed) if key is None else key
         out = jax.device_get(sampling.sample(self.model, self.params, tokens, mask, key, args, self.ids,
-                                             self.cfg.objective, diffusion.block_size(self.cfg)))
+                                             self.cfg.objective, block_size=diffusion.block_size(self.cfg)))
         out = {k: np.asarray(v) for k, v in out.items()}
         out["prompt_len"] = tokens.shape[1]
         out["texts"] = [self.codec.decode(sampling.answer_ids(row, tokens.shape[1], self.ids.eos_id))

@@ -159,7 +159,7 @@ def generate_answers(cfg, model, params, key, prompts):
     for start in range(0, n, bs):
         rows = np.arange(start, start + bs) % n  # the last batch repeats earlier rows; their answers are dropped
         out = sampling.sample(model, params, prompt[rows], mask[rows], jax.random.fold_in(key, start), args, ids,
-                              cfg.objective, diffusion.block_size(cfg))
+                              cfg.objective, block_size=diffusion.block_size(cfg))
         tokens = np.asarray(jax.device_get(out["tokens"]))
         for row in tokens[: min(bs, n - start)]:
             answers.append(tok.decode(sampling.answer_ids(row, prompt.shape[1], ids.eos_id)))

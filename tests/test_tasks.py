@@ -120,7 +120,7 @@ def test_evaluate_batches_and_scores_against_answers_computed_here(tiny_cfg, mon
     tok = synthetic.CharTokenizer()
     calls = []
 
-    def fake_sample(model, params, prompt, prompt_mask, key, args, ids, objective):
+    def fake_sample(model, params, prompt, prompt_mask, key, args, ids, objective, block_size=None):
         calls.append((np.asarray(prompt).shape, objective, args.gen_length))
         rows = []
         for p, m in zip(np.asarray(prompt), np.asarray(prompt_mask)):
