@@ -4,9 +4,8 @@
 on a leading axis) and `Model.apply(params, tokens, key_mask)` is a pure function returning float32 logits.
 `Model.param_axes()` gives the same tree with a tuple of logical axis names per leaf (see sharding.py).
 """
-import math
-
 import dataclasses
+import math
 
 import jax
 import jax.numpy as jnp
