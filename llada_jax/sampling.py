@@ -335,29 +335,30 @@ _generate_ar_jit = jax.jit(_generate_ar, static_argnames=("fn", "gen_length"))
 # -- block diffusion's decoder -------------------------------------------------------------------------------------
 
 def _generate_blocks(model, params, prompt, prompt_mask, key, dyn, st):
-    """Block diffusion decoding (BD3-LM): the blocks of the sequence (of st["block_length"], from position 0 as in
-    training) that hold generated positions, left to right, each denoised by the rules of one block of the reverse
-    process (_decide: remasking, steps per block or threshold, temperature, CFG, EOS rules) with everything before
-    it clean context under block-causal attention; a block once done never changes. The first block may hold the
-    prompt's tail (clean, as an SFT prompt in training); the last is decoded whole and cut at gen_length. Stops
-    after the block in which every row has an EOS.
+    """Block diffusion decoding (BD3-LM): every row's prompt is moved to position 0 (as in training; no pads in
+    between), and the blocks of the sequence (of st["block_length"], from position 0) are decoded left to right,
+    each denoised by the rules of one block of the reverse process (_decide: remasking, steps per block or
+    threshold, temperature, CFG, EOS rules) with everything before it clean context under block-causal attention;
+    a block once done never changes. A block may hold a prompt's tail (clean, as an SFT prompt in training); blocks
+    without [MASK] in any row cost no step. Stops after the block in which every row has an EOS; each row's answer
+    is its gen_length positions after its prompt, returned after the left-padded prompt.
 
-    cached: the keys and values of the prompt's whole blocks are computed once, and each finished block's once
-    more when it is done (a window pass of the clean block); each denoising step feeds only the current block.
-    This is exact, not an approximation: block-causal keys and values of clean blocks depend on nothing after them.
-    Uncached: every step runs the whole sequence (the reference the cache must reproduce)."""
+    cached: each finished block's keys and values (the prompt's blocks included) are computed once, when it is done
+    (a window pass of the clean block); each denoising step feeds only the current block. This is exact, not an
+    approximation: block-causal keys and values of clean blocks depend on nothing after them. Uncached: every step
+    runs the whole sequence (the reference the cache must reproduce)."""
     ids, gen_length, bl, cached = st["ids"], st["gen_length"], st["block_length"], st["cached"]
     b, p_len = prompt.shape
-    first = p_len // bl * bl  # where the first block with generated positions starts
+    lens = jnp.sum(prompt_mask, -1).astype(jnp.int32)  # real prompt tokens per row
     t_len = -(-(p_len + gen_length) // bl) * bl  # whole blocks
-    region = t_len - first  # the decoded blocks (noise is drawn over them)
-    x = jnp.concatenate([prompt, jnp.full((b, t_len - p_len), ids.mask_id, prompt.dtype)], 1)
-    key_mask = jnp.concatenate([prompt_mask, jnp.ones((b, t_len - p_len), bool)], 1)
-    prompt_region = (jnp.arange(t_len) < p_len)[None, :]
-    blocks = attention.Blocks(bl)
-    num_blocks = region // bl
-    steps_per_block = dyn["steps"] // (gen_length // bl)
     pos = jnp.arange(t_len)
+    prompt_region = pos[None, :] < lens[:, None]
+    x = jnp.pad(jax.vmap(lambda r, n: jnp.roll(r, n - p_len))(prompt, lens), ((0, 0), (0, t_len - p_len)))
+    x = jnp.where(prompt_region, x, ids.mask_id)
+    key_mask = jnp.ones((b, t_len), bool)
+    blocks = attention.Blocks(bl)
+    num_blocks = t_len // bl
+    steps_per_block = dyn["steps"] // (gen_length // bl)
 
     def run(call, x):
         """call(tokens, key_mask) -> (logits, aux) on the batch (CFG: on the doubled batch, as with_cfg does it)."""
@@ -377,21 +378,22 @@ def _generate_blocks(model, params, prompt, prompt_mask, key, dyn, st):
         return jax.lax.dynamic_slice_in_dim(logits, start, bl, 1)
 
     def finished(x, blk):
-        """Rows with an EOS among the generated positions of the decoded blocks before `blk`."""
-        generated = (pos >= p_len) & (pos < first + blk * bl)
-        return jnp.any((x == ids.eos_id) & generated[None], -1)
+        """Rows with an EOS among the generated positions of the blocks before `blk`."""
+        generated = ~prompt_region & (pos < blk * bl)[None, :]
+        return jnp.any((x == ids.eos_id) & generated, -1)
 
     def block_body(state):
         blk, x, kv, order, n_step, passes = state
-        start = first + blk * bl
+        start = blk * bl
         in_block = lambda x: jax.lax.dynamic_slice_in_dim(x, start, bl, 1)
         masked0 = jnp.sum(in_block(x) == ids.mask_id, -1)
 
         def cond(carry):
             i, x = carry[:2]
+            left = jnp.any(in_block(x) == ids.mask_id)
             if st["use_threshold"]:
-                return jnp.any(in_block(x) == ids.mask_id) & (i < bl)  # capped: [MASK] predictions stay masked
-            return i < steps_per_block
+                return left & (i < bl)  # capped: [MASK] predictions stay masked
+            return left & (i < steps_per_block)
 
         def body(carry):
             i, x, order, n_step, passes = carry
@@ -399,12 +401,12 @@ def _generate_blocks(model, params, prompt, prompt_mask, key, dyn, st):
             x_win = in_block(x)
             k_gumbel, k_random = step_noise_key(key, n_step)
             commit, x0 = _decide(logits, x_win, jnp.ones((bl,), bool), commit_count(masked0, steps_per_block, i),
-                                 dyn["temperature"], dyn["threshold"], (k_gumbel, k_random, start - first, region),
+                                 dyn["temperature"], dyn["threshold"], (k_gumbel, k_random, start, t_len),
                                  st)  # only [MASK] positions are candidates: a prompt tail is kept
             x = jax.lax.dynamic_update_slice_in_dim(x, jnp.where(commit, x0, x_win), start, 1)
-            o_win = jax.lax.dynamic_slice_in_dim(order, start - first, bl, 1)
+            o_win = jax.lax.dynamic_slice_in_dim(order, start, bl, 1)
             o_win = jnp.where(commit & (x0 != ids.mask_id), n_step, o_win)
-            order = jax.lax.dynamic_update_slice_in_dim(order, o_win, start - first, 1)
+            order = jax.lax.dynamic_update_slice_in_dim(order, o_win, start, 1)
             return i + 1, x, order, n_step + 1, passes + 1
 
         _, x, order, n_step, passes = jax.lax.while_loop(cond, body, (jnp.int32(0), x, order, n_step, passes))
@@ -422,21 +424,16 @@ def _generate_blocks(model, params, prompt, prompt_mask, key, dyn, st):
         blk, x = state[:2]
         return (blk < num_blocks) & ~jnp.all(finished(x, blk))
 
-    kv, passes = None, jnp.zeros((), jnp.int32)
-    if cached:  # the keys and values of the prompt's whole blocks, padded to the whole sequence
+    kv = None
+    if cached:
         m = model.m
         rows = 2 * b if st["use_cfg"] else b
         kv = (jnp.zeros((m.n_layers, rows, t_len, m.n_kv_heads, model.hd), model.dtype),) * 2
-        if first:
-            prefill = lambda t, km: model.forward(params, t[:, :first], km[:, :first], return_kv=True, head=False,
-                                                  blocks=blocks)
-            kv = tuple(jnp.pad(c, ((0, 0), (0, 0), (0, t_len - first), (0, 0), (0, 0))) for c in run(prefill, x)[1])
-            passes = passes + 1
-    order = jnp.full((b, region), -1, jnp.int32)
     zero = jnp.zeros((), jnp.int32)
-    blk, x, _, order, n_step, passes = jax.lax.while_loop(block_cond, block_body,
-                                                          (zero, x, kv, order, zero, passes))
-    return {"tokens": x[:, :p_len + gen_length], "order": order[:, p_len - first:p_len - first + gen_length],
+    blk, x, _, order, n_step, passes = jax.lax.while_loop(
+        block_cond, block_body, (zero, x, kv, jnp.full((b, t_len), -1, jnp.int32), zero, zero))
+    answer = lambda a, n: jax.lax.dynamic_slice_in_dim(a, n, gen_length)  # a row's gen_length after its prompt
+    return {"tokens": jnp.concatenate([prompt, jax.vmap(answer)(x, lens)], 1), "order": jax.vmap(answer)(order, lens),
             "steps": n_step, "blocks": blk, "full_passes": zero if cached else passes,
             "window_passes": passes if cached else zero}
 
@@ -460,15 +457,16 @@ def validate_blocks(args, model, block_size):
 
 def generate_blocks(model, params, prompt, prompt_mask, key, args, ids, block_size, *, cached=True):
     """Samples up to `args.gen_length` tokens after each (left-padded) prompt with a block-diffusion model
-    (objective=block) whose blocks are `block_size` long, aligned to position 0 as in training (the first decoded
-    block may hold the prompt's tail); steps per block = args.steps / (gen_length / block_size); args.block_length
-    and args.cache do not apply (the cache is always exact). Generation stops after the block in which every row
-    has an EOS; undecoded positions stay [MASK]. Returns generate()'s dict plus blocks (blocks decoded);
-    full_passes / window_passes count whole-sequence / cached evaluations (the prompt's whole blocks, each block's
+    (objective=block) whose blocks are `block_size` long: each prompt decoded from position 0 with blocks from
+    there, as in training (so batching prompts of different lengths changes nothing); steps per block = args.steps
+    / (gen_length / block_size); args.block_length, args.cache and args.attend_padding do not apply (the cache is
+    always exact; there is no padding inside a row). Generation stops after the block in which every row has an
+    EOS; undecoded positions stay [MASK]. Returns generate()'s dict (tokens: the left-padded prompt ++ the answer)
+    plus blocks (blocks run); full_passes / window_passes count whole-sequence / cached evaluations (each block's
     steps and each finished block's keys and values)."""
     args = validate_blocks(args, model, block_size)
     prompt = jnp.asarray(prompt, jnp.int32)
-    if prompt_mask is None or args.attend_padding:
+    if prompt_mask is None:
         prompt_mask = jnp.ones(prompt.shape, bool)
     static, dyn = split_args(args, ids)
     static = _Static({**static, "block_length": block_size, "cached": cached})

@@ -467,8 +467,8 @@ def _block_prompt():
                                 pytest.param(dict(cfg_scale=1.5, temperature=0.5), marks=pytest.mark.slow)])
 def test_block_cache_equals_recomputing_everything(kw):
     """Cached (the prompt's and finished blocks' keys and values computed once) = every step recomputing the whole
-    sequence, token for token and step for step; the cached run never evaluates the whole sequence. Prompt width
-    5, blocks of 4: block 0 is the prompt's, blocks 1..4 are decoded (block 1 holds the prompt's last token)."""
+    sequence, token for token and step for step; the cached run never evaluates the whole sequence. Prompts of 5
+    and 3 tokens, both from position 0, blocks of 4: blocks 0..4 hold generated positions of some row."""
     model, params = _block_model()
     prompt, mask = _block_prompt()
     args = sampling.SamplingArgs(gen_length=12, steps=9, **kw)
@@ -479,13 +479,13 @@ def test_block_cache_equals_recomputing_everything(kw):
     np.testing.assert_array_equal(out[True]["order"], out[False]["order"])
     np.testing.assert_array_equal(out[True]["tokens"][:, :5], np.asarray(prompt))
     gen = out[True]["tokens"][:, 5:]
-    assert int(out[True]["blocks"]) == 4 and len(np.unique(gen)) > 4  # decoded, and not one repeated token
+    assert int(out[True]["blocks"]) == 5 and len(np.unique(gen)) > 4  # decoded, and not one repeated token
     assert int(out[True]["full_passes"]) == 0 and int(out[False]["window_passes"]) == 0
     steps = int(out[True]["steps"])
     assert int(out[False]["full_passes"]) == steps
-    assert int(out[True]["window_passes"]) == 1 + steps + 3  # prompt block, each step's block, 3 blocks done
+    assert int(out[True]["window_passes"]) == steps + 4  # each step's block, blocks 0..3 done
     if "threshold" not in kw:
-        assert steps == 4 * 3  # 9 steps over 12 / 4 = 3 blocks: 3 per block
+        assert steps == 1 + 4 * 3  # 3 per block (9 over 12 / 4 blocks); block 0's single [MASK] takes one
 
 
 def test_block_decoding_stops_after_the_block_with_eos():
@@ -499,7 +499,7 @@ def test_block_decoding_stops_after_the_block_with_eos():
     ends = [3, 7, 11, 15]
     blk, eos = next((k, int(t)) for k in range(1, 4) for t in gen[ends[k - 1]:ends[k]] if t not in gen[:ends[k - 1]])
     out = run(eos)  # a token first produced in block k (k >= 1): decoding stops after that block
-    assert int(out["blocks"]) == blk + 1 < 4
+    assert int(out["blocks"]) == blk + 2 < 5  # block 0 holds only the prompt
     np.testing.assert_array_equal(out["tokens"][0, 5:5 + ends[blk]], gen[:ends[blk]])
     assert np.all(out["tokens"][0, 5 + ends[blk]:] == 2) and np.all(out["order"][0, ends[blk]:] == -1)
 
@@ -512,6 +512,11 @@ def test_sample_dispatches_block_objective():
     got = sampling.sample(model, params, prompt, mask, jax.random.key(1), args, ids, "block", 4)
     want = sampling.generate_blocks(model, params, prompt, mask, jax.random.key(1), args, ids, 4)
     np.testing.assert_array_equal(np.asarray(got["tokens"]), np.asarray(want["tokens"]))
+    # each prompt starts at position 0 whatever the batch: a row's answer (argmax) = that prompt's answer alone
+    for row, width in ((0, 5), (1, 3)):
+        alone = sampling.generate_blocks(model, params, prompt[row:row + 1, 5 - width:], None, jax.random.key(1), args,
+                                         ids, 4)
+        np.testing.assert_array_equal(np.asarray(alone["tokens"])[0, width:], np.asarray(got["tokens"])[row, 5:])
     with pytest.raises(sampling.SamplingError, match="multiple of the model's block size"):
         sampling.sample(model, params, prompt, mask, jax.random.key(1), sampling.SamplingArgs(gen_length=6), ids,
                         "block", 4)
