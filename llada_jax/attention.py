@@ -1,8 +1,12 @@
-"""Attention backends: bidirectional (LLaDA) or causal (the ARM baseline), with key and segment masks.
+"""Attention backends: bidirectional (LLaDA), causal (the ARM baseline) or block-causal (block diffusion), with key
+and segment masks.
 
 q: [B, T, H, D], k/v: [B, S, K, D] with H a multiple of K (grouped-query attention). key_mask: [B, S] bool, True
-for real keys. segment_ids: [B, T] int; a query attends only to keys of its own segment.
+for real keys. segment_ids: [B, T] int; a query attends only to keys of its own segment. blocks: a `Blocks`, the
+block-diffusion pattern (the same for every row of the batch).
 """
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 from jax.sharding import PartitionSpec as P
@@ -10,7 +14,44 @@ from jax.sharding import PartitionSpec as P
 from llada_jax.errors import LladaError
 
 
-def _mask(batch, q_len, k_len, key_mask, segment_ids, causal):
+@dataclasses.dataclass(frozen=True)
+class Blocks:
+    """Block diffusion's attention pattern (BD3-LM, REFERENCE.md section 7) over blocks of `size` positions.
+
+    Every position gets an id 2 * block + clean; a query attends to keys of its own id and to clean keys of ids up
+    to its own. pair=True: the sequence is BD3-LM's [x_t ; x_0] of length 2L (both halves at positions 0..L-1): a
+    noisy block sees itself (bidirectionally) and the clean blocks before it, a clean block the clean blocks up to
+    itself. pair=False: one clean copy, block-causal (block b sees blocks <= b): the sampler, whose current block
+    is the only one with masks, and the per-block reference. q_start: absolute position of the first query (a
+    cached window of queries; may be traced); keys always start at 0."""
+    size: int
+    pair: bool = False
+    q_start: object = 0
+
+    def id_of(self, i, length):
+        """Ids of positions i (numpy or jax integer arrays) of a sequence of `length` (the whole sequence, 2L if
+        pair). Plain arithmetic, so the splash kernel can evaluate it too."""
+        if self.pair:
+            half = length // 2
+            return (i % half) // self.size * 2 + (i >= half).astype(i.dtype)
+        return i // self.size * 2 + 1
+
+    @staticmethod
+    def allowed(q_id, k_id):
+        return (k_id == q_id) | ((k_id % 2 == 1) & (k_id <= q_id))
+
+    def ids(self, q_len, k_len):
+        """(query ids [T], key ids [S]) int32."""
+        return (self.id_of(self.q_start + jnp.arange(q_len, dtype=jnp.int32), k_len),
+                self.id_of(jnp.arange(k_len, dtype=jnp.int32), k_len))
+
+    def mask(self, q_len, k_len):
+        """[T, S] bool, computed from the ids (nothing [T, S] is a constant of the program)."""
+        q_id, k_id = self.ids(q_len, k_len)
+        return self.allowed(q_id[:, None], k_id[None, :])
+
+
+def _mask(batch, q_len, k_len, key_mask, segment_ids, causal, blocks=None):
     """[B, 1, T, S] bool: which keys each query may attend to (None: all)."""
     mask = None
 
@@ -23,16 +64,18 @@ def _mask(batch, q_len, k_len, key_mask, segment_ids, causal):
         mask = both(mask, (segment_ids[:, :, None] == segment_ids[:, None, :])[:, None])
     if causal:
         mask = both(mask, jnp.tril(jnp.ones((q_len, k_len), bool))[None, None])
+    if blocks is not None:
+        mask = both(mask, blocks.mask(q_len, k_len)[None, None])
     return mask
 
 
-def xla_attention(q, k, v, key_mask=None, segment_ids=None, causal=False, sharder=None):
+def xla_attention(q, k, v, key_mask=None, segment_ids=None, causal=False, sharder=None, blocks=None):
     """The reference: softmax(q k^T / sqrt(D)) v with float32 logits and softmax."""
     b, t, h, d = q.shape
     kv = k.shape[2]
     qg = q.reshape(b, t, kv, h // kv, d)
     logits = jnp.einsum("btkgd,bskd->bkgts", qg, k, preferred_element_type=jnp.float32) / jnp.sqrt(d).astype(jnp.float32)
-    mask = _mask(b, t, k.shape[1], key_mask, segment_ids, causal)
+    mask = _mask(b, t, k.shape[1], key_mask, segment_ids, causal, blocks)
     if mask is not None:
         logits = jnp.where(mask[:, :, None], logits, jnp.finfo(jnp.float32).min)
     probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
@@ -40,17 +83,43 @@ def xla_attention(q, k, v, key_mask=None, segment_ids=None, causal=False, sharde
     return out.reshape(b, t, h, d)
 
 
-def splash_attention(q, k, v, key_mask=None, segment_ids=None, causal=False, sharder=None, interpret=None):
+def _splash_blocks_mask(t, blocks):
+    """The `Blocks` pattern of a whole sequence of t positions as a splash mask that the kernel computes from
+    positions (block-sparse: tiles it rules out entirely are skipped; no [T, T] array)."""
+    from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_mask as sm
+
+    class BlocksMask(sm._ComputableMask):
+        def __init__(self):
+            super().__init__((t, t), lambda qi, ki: Blocks.allowed(blocks.id_of(qi, t), blocks.id_of(ki, t)))
+
+        def __eq__(self, other):
+            return isinstance(other, BlocksMask) and self.key == other.key
+
+        def __hash__(self):
+            return hash(self.key)
+
+        key = ("blocks", t, blocks.size, blocks.pair)
+
+    return BlocksMask()
+
+
+def splash_attention(q, k, v, key_mask=None, segment_ids=None, causal=False, sharder=None, blocks=None,
+                     interpret=None):
     """TPU splash attention (Pallas), in interpret mode off TPU (interpret=None: decided by the sharder's mesh
     devices, else the default backend; a TPU mesh compiled ahead of time from a CPU host gets the real kernel). Grouped-query heads share one MQA kernel per KV
     head. Padding and documents become splash segment ids (real tokens: segment + 1, padding: 0), so real queries
     see exactly the keys the reference lets them see; outputs at padding positions are unspecified (never used).
-    On a mesh the kernel runs per shard under shard_map: batch over the `batch` axes, heads over `tensor`."""
+    blocks: whole sequences only (q_start 0, as many queries as keys: training and the ELBO), a mask computed in
+    the kernel. On a mesh the kernel runs per shard under shard_map: batch over the `batch` axes, heads over
+    `tensor`."""
     # Pallas' TPU kernels load lazily: only this backend needs them (0.16 s to import).
     from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel as sk
     from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_mask as sm
 
     b, t, h, d = q.shape
+    if blocks is not None and (k.shape[1] != t or not isinstance(blocks.q_start, int) or blocks.q_start):
+        raise LladaError("splash attention takes block masks of whole sequences only (training, the ELBO); use "
+                         "model.attention=flash or xla for cached decoding windows.")
     kv = k.shape[2]
     seg = jnp.ones((b, t), jnp.int32) if segment_ids is None else segment_ids.astype(jnp.int32) + 1
     if key_mask is not None:
@@ -63,7 +132,11 @@ def splash_attention(q, k, v, key_mask=None, segment_ids=None, causal=False, sha
         blk = min(512, t)
         sizes = sk.BlockSizes(block_q=blk, block_kv=blk, block_kv_compute=blk, block_q_dkv=blk, block_kv_dkv=blk,
                               block_kv_dkv_compute=blk, block_q_dq=blk, block_kv_dq=blk)
-        mask = sm.MultiHeadMask([sm.CausalMask((t, t)) if causal else sm.FullMask((t, t))] * groups)
+        if blocks is not None:
+            base = _splash_blocks_mask(t, blocks)
+        else:
+            base = sm.CausalMask((t, t)) if causal else sm.FullMask((t, t))
+        mask = sm.MultiHeadMask([base] * groups)
         kernel = sk.make_splash_mqa_single_device(mask, block_sizes=sizes, interpret=interpret)
         qh = (q * (1.0 / d ** 0.5)).astype(q.dtype).reshape(q.shape[0], t, kv_local, groups, d)
         qh = qh.transpose(0, 2, 3, 1, 4)  # [B, KV, G, T, D]
@@ -87,22 +160,27 @@ def _per_shard(local, sharder, q, k, v, *rows):
                          out_specs=qkv, check_vma=False)(q, k, v, *rows)
 
 
-def flash_attention(q, k, v, key_mask=None, segment_ids=None, causal=False, sharder=None, block_rows=512):
+def flash_attention(q, k, v, key_mask=None, segment_ids=None, causal=False, sharder=None, blocks=None,
+                    block_rows=512):
     """Exact attention computed one (sequence, KV head, query block) at a time, flash-attention style in plain XLA:
     the forward keeps only the output and the log-sum-exp, the backward recomputes the probabilities of one item
     at a time (a custom VJP). Equal to the reference within float32 rounding; on the CPU its working set stays in
     cache where the reference streams [B, H, T, S] scores through memory several times (the CPU default)."""
     b, t = q.shape[:2]
-    rows = (jnp.ones((b, k.shape[1]), bool) if key_mask is None else key_mask,
-            jnp.zeros((b, t), jnp.int32) if segment_ids is None else segment_ids.astype(jnp.int32))
+    s = k.shape[1]
+    q_id, k_id = blocks.ids(t, s) if blocks is not None else (jnp.zeros((t,), jnp.int32), jnp.ones((s,), jnp.int32))
+    rows = (jnp.ones((b, s), bool) if key_mask is None else key_mask,
+            jnp.zeros((b, t), jnp.int32) if segment_ids is None else segment_ids.astype(jnp.int32),
+            jnp.broadcast_to(q_id, (b, t)), jnp.broadcast_to(k_id, (b, s)))  # per row, so shard_map splits them
 
-    def local(q, k, v, kmask, seg):
-        return _flash_local(q, k, v, kmask, seg, causal, segment_ids is not None, block_rows)
+    def local(q, k, v, kmask, seg, q_id, k_id):
+        return _flash_local(q, k, v, kmask, seg, (q_id, k_id), causal, segment_ids is not None, blocks is not None,
+                            block_rows)
 
     return _per_shard(local, sharder, q, k, v, *rows)
 
 
-def _flash_local(q, k, v, kmask, seg, causal, segmented, block_rows):
+def _flash_local(q, k, v, kmask, seg, block_ids, causal, segmented, blocked, block_rows):
     b, t, h, d = q.shape
     s, kv = k.shape[1], k.shape[2]
     g = h // kv
@@ -114,16 +192,19 @@ def _flash_local(q, k, v, kmask, seg, causal, segmented, block_rows):
     # Items: (sequence, KV head, query block), each with the g query heads of its KV head: g * bq rows.
     qi = q.reshape(b, nq, bq, kv, g, d).transpose(0, 3, 1, 4, 2, 5).reshape(b * kv * nq, g * bq, d)
     ki, vi = (x.transpose(0, 2, 1, 3).reshape(b * kv, s, d) for x in (k, v))
-    masks = (kmask, seg.reshape(b, nq, bq), seg if segmented else jnp.zeros((b, s), jnp.int32))
+    masks = (kmask, seg.reshape(b, nq, bq), seg if segmented else jnp.zeros((b, s), jnp.int32),
+             block_ids[0].reshape(b, nq, bq), block_ids[1])
     n_items = qi.shape[0]
 
     def item_inputs(i, ki, vi, masks):
         """Keys, values and the [rows, S] allowed-key mask of item i."""
-        kmask, qseg, kseg = masks
+        kmask, qseg, kseg, q_id, k_id = masks
         bi, blk = i // (kv * nq), i % nq
         ok = kmask[bi][None, :]
         if segmented:
             ok = ok & (jnp.tile(qseg[bi, blk], g)[:, None] == kseg[bi][None, :])
+        if blocked:
+            ok = ok & Blocks.allowed(jnp.tile(q_id[bi, blk], g)[:, None], k_id[bi][None, :])
         if causal:
             ok = ok & (jnp.arange(s)[None, :] <= jnp.tile(blk * bq + jnp.arange(bq), g)[:, None])
         return ki[i // nq], vi[i // nq], ok
@@ -174,9 +255,11 @@ def _flash_local(q, k, v, kmask, seg, causal, segmented, block_rows):
     return out.reshape(b, kv, nq, g, bq, d).transpose(0, 2, 4, 1, 3, 5).reshape(b, t, h, d)
 
 
-def cudnn_attention(q, k, v, key_mask=None, segment_ids=None, causal=False, sharder=None):
-    """cuDNN flash attention on GPU through jax.nn.dot_product_attention (bf16/fp16 inputs)."""
-    mask = _mask(q.shape[0], q.shape[1], k.shape[1], key_mask, segment_ids, False)
+def cudnn_attention(q, k, v, key_mask=None, segment_ids=None, causal=False, sharder=None, blocks=None):
+    """cuDNN flash attention on GPU through jax.nn.dot_product_attention (bf16/fp16 inputs). cuDNN has no
+    block-causal mask type: `blocks` reaches it as a dense boolean mask like the key and segment masks (exact,
+    but no tiles are skipped and the mask is [B, 1, T, S])."""
+    mask = _mask(q.shape[0], q.shape[1], k.shape[1], key_mask, segment_ids, False, blocks)
     return jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=causal, implementation="cudnn")
 
 

@@ -12,7 +12,8 @@ from pathlib import Path
 import jax
 from absl import logging as absl_logging
 
-from llada_jax import aot, config as config_lib, distributed, evaluate, inference, picture, sampling, sweep, train
+from llada_jax import (aot, config as config_lib, diffusion, distributed, evaluate, inference, picture, sampling, sweep,
+                       train)
 from llada_jax.convert import hf
 from llada_jax.data import corpus, documents, prepare, tokenizer
 from llada_jax.errors import LladaError
@@ -235,7 +236,10 @@ def _open_run(args, overrides):
     overrides = list(overrides) + [(f"sampling.{n}", getattr(args, n)) for n in SAMPLING_FLAGS
                                    if getattr(args, n, None) is not None]
     run = inference.load_run(args.workdir, overrides, args.step, args.tokenizer)
-    sampling.validate(sampling.args_from_config(run.cfg.sampling), run.model)
+    if run.cfg.objective == "block":
+        sampling.validate_blocks(sampling.args_from_config(run.cfg.sampling), run.model, diffusion.block_size(run.cfg))
+    else:
+        sampling.validate(sampling.args_from_config(run.cfg.sampling), run.model)
     return run
 
 
@@ -260,8 +264,9 @@ def cmd_sample(argv):
     for prompt, text in zip(prompts, out["texts"]):
         print(f"{prompt}{text}")
     g = run.cfg.sampling.gen_length
-    print(f"[{len(prompts)} x {g} tokens in {seconds:.2f}s (compilation included); {int(out['steps'])} steps, "
-          f"{int(out['full_passes'])} full + {int(out['window_passes'])} cached model evaluations]")
+    blocks = f", {int(out['blocks'])} blocks until EOS" if "blocks" in out else ""
+    print(f"[{len(prompts)} x {g} tokens in {seconds:.2f}s (compilation included); {int(out['steps'])} steps"
+          f"{blocks}, {int(out['full_passes'])} full + {int(out['window_passes'])} cached model evaluations]")
     if args.order_picture:
         rows = []
         for i, prompt in enumerate(prompts):

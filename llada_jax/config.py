@@ -25,7 +25,7 @@ def default_config():
     c = ml_collections.ConfigDict()
     c.name = "tiny"
     c.seed = 0
-    c.objective = "mdm"  # "mdm" (masked diffusion, the paper) or "arm" (autoregressive baseline)
+    c.objective = "mdm"  # "mdm" (masked diffusion, the paper), "arm" (autoregressive baseline) or "block" (BD3-LM)
 
     c.model = m = ml_collections.ConfigDict()
     m.vocab_size = 64
@@ -60,6 +60,12 @@ def default_config():
 
     c.diffusion = d = ml_collections.ConfigDict()
     d.eps = 1e-3  # p = (1 - eps) t + eps
+    d.block_size = -1  # objective=block: positions per block (train.seq_len a multiple of it); -1: train.seq_len
+    # objective=block, LLaDA 2.0's schedule over the block size: [(until_step, block_size), ...] in increasing
+    # until_step; a step before until_step uses that entry's size (the first that applies), later steps
+    # diffusion.block_size. E.g. warm up 1 -> 4 -> 32 -> seq_len, hold, decay back to 32: [(1000, 1), (2000, 4),
+    # (3000, 32), (90000, 4096)] with block_size 32. The step compiles once per distinct size.
+    d.block_size_schedule = []
 
     c.train = tr = ml_collections.ConfigDict()
     tr.steps = 600

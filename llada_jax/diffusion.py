@@ -1,5 +1,5 @@
 """Training objectives (REFERENCE.md section 3): the forward process, the pre-training and SFT losses, the random
-length, and the paper's autoregressive (ARM) baseline.
+length, the paper's autoregressive (ARM) baseline, and block diffusion (BD3-LM, section 7).
 
 A batch is a dict: `tokens` [B, L] int32, optionally `lengths` [B] (real tokens per row; the rest is padding hidden
 from attention and loss) and `prompt_lengths` [B] (SFT: the prompt is never masked and carries no loss).
@@ -7,8 +7,11 @@ from attention and loss) and `prompt_lengths` [B] (SFT: the prompt is never mask
 import jax
 import jax.numpy as jnp
 
+from llada_jax import attention
 from llada_jax import model as model_lib
 from llada_jax.errors import LladaError
+
+OBJECTIVES = ("mdm", "arm", "block")
 
 
 def forward_process(key, tokens, mask_id, eps=1e-3, maskable=None):
@@ -23,6 +26,38 @@ def forward_process(key, tokens, mask_id, eps=1e-3, maskable=None):
     if maskable is not None:
         masked = masked & maskable
     return jnp.where(masked, mask_id, tokens), masked, p
+
+
+def block_forward_process(key, tokens, mask_id, eps, block_size, maskable=None):
+    """Block diffusion's forward process: each block of `block_size` positions of each sequence draws its own t
+    (forward_process with the blocks as rows; block_size = L is forward_process itself, same draws).
+
+    Returns (x_t, masked [B, L] bool, p [B, L]: each position's block's p)."""
+    b, l = tokens.shape
+    rows = lambda a: a.reshape(b * (l // block_size), block_size)
+    x_t, masked, p = forward_process(key, rows(tokens), mask_id, eps, None if maskable is None else rows(maskable))
+    return x_t.reshape(b, l), masked.reshape(b, l), jnp.repeat(p.reshape(b, -1), block_size, axis=1)
+
+
+def block_pair(x_t, x_0, *rows):
+    """BD3-LM's vectorised input [x_t ; x_0] (length 2L; attention.Blocks(pair=True) says who sees whom), and each
+    per-position row array ([B, L] -> [B, 2L]; None stays None)."""
+    return (jnp.concatenate([x_t, x_0], 1),) + tuple(None if r is None else jnp.concatenate([r, r], 1) for r in rows)
+
+
+def block_size(cfg, step=None):
+    """diffusion.block_size, -1 meaning one block of train.seq_len (the LLaDA objective); with `step` (a Python
+    int), the size diffusion.block_size_schedule gives that training step."""
+    size = cfg.diffusion.block_size
+    if step is not None:
+        size = next((int(s) for until, s in cfg.diffusion.block_size_schedule if step < until), size)
+    return size if size > 0 else cfg.train.seq_len
+
+
+def block_sizes(cfg):
+    """Every block size a training run uses (the schedule's and the final one)."""
+    schedule = cfg.diffusion.block_size_schedule
+    return sorted({block_size(cfg)} | {block_size(cfg, int(until) - 1) for until, _ in schedule})
 
 
 def random_lengths(key, batch, seq_len, prob):
@@ -40,16 +75,21 @@ def cross_entropy(logits, targets):
 
 # Each objective is a weighted sum of per-position cross-entropies; the weights say which positions count and how.
 
+def _per_position(p):
+    """p per sequence [B] (the LLaDA forward process) or per position [B, L] (per block) -> broadcastable to [B, L]."""
+    return p[:, None] if p.ndim == 1 else p
+
+
 def pretrain_weights(masked, p, valid):
     """Masked real positions weigh 1 / p, over the number of real positions (B * L without padding)."""
-    return jnp.where(masked & valid, 1.0 / p[:, None], 0.0) / jnp.maximum(jnp.sum(valid), 1)
+    return jnp.where(masked & valid, 1.0 / _per_position(p), 0.0) / jnp.maximum(jnp.sum(valid), 1)
 
 
 def sft_weights(masked, p, answer):
     """Per example: masked answer positions (EOS padding included) weigh 1 / p over the answer length; the batch
     is averaged."""
     per_example = jnp.maximum(jnp.sum(answer, -1, keepdims=True), 1) * answer.shape[0]
-    return jnp.where(masked & answer, 1.0 / p[:, None], 0.0) / per_example
+    return jnp.where(masked & answer, 1.0 / _per_position(p), 0.0) / per_example
 
 
 def arm_targets_weights(tokens, valid):
@@ -148,8 +188,9 @@ def chunked_cross_entropy(x, w_head, targets, weights, chunk, groups=1, constrai
     return ce(x, w_head, targets, weights)
 
 
-def draw_noise(key, batch, cfg):
-    """All randomness of one training example batch: random lengths and the forward process's masks."""
+def draw_noise(key, batch, cfg, size=None):
+    """All randomness of one training example batch: random lengths and the forward process's masks (per block
+    for objective=block, blocks of `size`, default block_size(cfg): p is then [B, L])."""
     tokens = batch["tokens"]
     b, l = tokens.shape
     k_len, k_mask = jax.random.split(key)
@@ -159,42 +200,56 @@ def draw_noise(key, batch, cfg):
     maskable = pos < lengths[:, None]
     if "prompt_lengths" in batch:
         maskable = maskable & (pos >= batch["prompt_lengths"][:, None])
-    _, masked, p = forward_process(k_mask, tokens, cfg.tokens.mask_id, cfg.diffusion.eps, maskable)
+    if cfg.objective == "block":
+        _, masked, p = block_forward_process(k_mask, tokens, cfg.tokens.mask_id, cfg.diffusion.eps,
+                                             size or block_size(cfg), maskable)
+    else:
+        _, masked, p = forward_process(k_mask, tokens, cfg.tokens.mask_id, cfg.diffusion.eps, maskable)
     return {"lengths": lengths, "masked": masked, "p": p}
 
 
-def objective_terms(batch, noise, cfg):
-    """(model input, targets, weights, causal) of `cfg.objective`: the loss is sum(weights * CE(logits, targets))."""
+def objective_terms(batch, noise, cfg, size=None):
+    """(model input, targets, weights, attention keyword arguments of the model) of `cfg.objective`: the loss is
+    sum(weights * CE(logits, targets)). Block diffusion's input is [x_t ; x_0] with the loss on x_t's half (blocks
+    of `size`, default block_size(cfg))."""
     tokens = batch["tokens"]
     l = tokens.shape[1]
     valid = jnp.arange(l)[None, :] < noise["lengths"][:, None]
     if cfg.objective == "arm":
-        return tokens, *arm_targets_weights(tokens, valid), True
-    if cfg.objective != "mdm":
-        raise LladaError(f"unknown objective={cfg.objective!r}; expected 'mdm' (masked diffusion) or 'arm'.")
+        return tokens, *arm_targets_weights(tokens, valid), {"key_mask": valid, "causal": True}
+    if cfg.objective not in OBJECTIVES:
+        raise LladaError(f"unknown objective={cfg.objective!r}; expected 'mdm' (masked diffusion), 'arm' or 'block'.")
     x_t = jnp.where(noise["masked"], cfg.tokens.mask_id, tokens)
     if "prompt_lengths" in batch:
         answer = valid & (jnp.arange(l)[None, :] >= batch["prompt_lengths"][:, None])
-        return x_t, tokens, sft_weights(noise["masked"], noise["p"], answer), False
-    return x_t, tokens, pretrain_weights(noise["masked"], noise["p"], valid), False
+        weights = sft_weights(noise["masked"], noise["p"], answer)
+    else:
+        weights = pretrain_weights(noise["masked"], noise["p"], valid)
+    attn = {"key_mask": valid, "segment_ids": batch.get("segment_ids")}
+    if cfg.objective == "mdm":
+        return x_t, tokens, weights, attn
+    inputs, targets, weights, key_mask, segment_ids = block_pair(x_t, tokens, tokens, weights, valid,
+                                                                 attn["segment_ids"])
+    weights = weights.at[:, l:].set(0.0)  # no loss on the clean copy
+    return inputs, targets, weights, {"key_mask": key_mask, "segment_ids": segment_ids,
+                                      "blocks": attention.Blocks(size or block_size(cfg), pair=True)}
 
 
-def loss_given_noise(model, params, batch, noise, cfg):
+def loss_given_noise(model, params, batch, noise, cfg, size=None):
     """The objective of `cfg.objective` on one batch with its noise fixed; returns (loss, aux metrics).
-    `model.loss_chunk` > 0 computes the output head and the loss chunk by chunk (chunked_cross_entropy)."""
-    inputs, targets, weights, causal = objective_terms(batch, noise, cfg)
-    valid = jnp.arange(inputs.shape[1])[None, :] < noise["lengths"][:, None]
-    segment_ids = None if causal else batch.get("segment_ids")
+    `model.loss_chunk` > 0 computes the output head and the loss chunk by chunk (chunked_cross_entropy). size: the
+    block size of objective=block (default block_size(cfg))."""
+    inputs, targets, weights, attn = objective_terms(batch, noise, cfg, size)
     chunk = cfg.model.loss_chunk
     if chunk > 0:
-        x, _ = model.forward(params, inputs, valid, segment_ids, causal, head=False)
+        x, _ = model.forward(params, inputs, head=False, **attn)
         groups = model.sharder.batch_size_multiple() if model.sharder else 1
         loss = chunked_cross_entropy(x, params["lm_head"].astype(x.dtype), targets, weights, chunk, groups,
                                      model.constrain)
     else:
-        logits = model.apply(params, inputs, key_mask=valid, segment_ids=segment_ids, causal=causal)
+        logits = model.apply(params, inputs, **attn)
         loss = jnp.sum(weights * cross_entropy(logits, targets))
-    aux = {"real_tokens": jnp.sum(valid)}
-    if not causal:
+    aux = {"real_tokens": jnp.sum(jnp.arange(batch["tokens"].shape[1])[None, :] < noise["lengths"][:, None])}
+    if not attn.get("causal"):
         aux["masked_fraction"] = jnp.mean(noise["masked"])
     return loss, aux

@@ -1,6 +1,7 @@
 """Likelihood evaluation: the conditional log-likelihood estimator (REFERENCE.md section 5, the paper's Algorithm 3),
-the ELBO perplexity bound of held-out text (section 3's objective as a bound), multiple-choice accuracy, and the
-exact match of sampled answers on the built-in tasks (data/tasks.py).
+the ELBO perplexity bound of held-out text (section 3's objective as a bound), the block-diffusion ELBO (BD3-LM,
+section 7) of both, multiple-choice accuracy, and the exact match of sampled answers on the built-in tasks
+(data/tasks.py).
 
 Everything is generic over the model: `model` is a model_lib.Model or any apply_fn(params, tokens, key_mask) ->
 logits [B, T, V] float32. Pass the same object each call: it is a static argument of the compiled programs.
@@ -12,7 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from llada_jax import diffusion
+from llada_jax import attention, diffusion
 from llada_jax import model as model_lib
 from llada_jax import sampling
 from llada_jax.data import store, synthetic, tasks as tasks_lib
@@ -96,12 +97,23 @@ def log_likelihood(model, params, prompt, answer, key, mask_id, *, n_samples=128
         raise EvalError("the answer is empty; log p(empty | prompt) = 0 needs no estimate.")
     if n_samples % batch_size:
         raise EvalError(f"n_samples={n_samples} must be a multiple of batch_size={batch_size}.")
-    p_pad, a_pad = _pad_to(prompt.size, bucket) - prompt.size, _pad_to(answer.size, bucket) - answer.size
-    prompt_full = np.concatenate([np.full(p_pad, mask_id, np.int32), prompt])
-    prompt_mask = np.arange(prompt_full.size) >= p_pad
-    answer_full = np.concatenate([answer, np.full(a_pad, mask_id, np.int32)])
+    prompt_full, prompt_mask, answer_full = _padded(prompt, answer, bucket, mask_id)
     rows = _loglik_jit(model, params, prompt_full, prompt_mask, answer_full, jnp.int32(answer.size), key,
                        jnp.float32(cfg_scale), mask_id, n_samples // batch_size, batch_size, cfg_scale > 0)
+    return _estimate(rows)
+
+
+def _padded(prompt, answer, bucket, mask_id):
+    """(prompt left-padded to a multiple of bucket, its key mask, answer right-padded to a multiple of bucket)."""
+    p_pad, a_pad = _pad_to(prompt.size, bucket) - prompt.size, _pad_to(answer.size, bucket) - answer.size
+    prompt_full = np.concatenate([np.full(p_pad, mask_id, np.int32), prompt])
+    return (prompt_full, np.arange(prompt_full.size) >= p_pad,
+            np.concatenate([answer, np.full(a_pad, mask_id, np.int32)]))
+
+
+def _estimate(rows):
+    """-(mean of [n_batches, batch_size] per-row estimates of -log p), and its standard error: from the spread of
+    the mini-batch means (rows of one mini-batch need not be independent), else of the rows."""
     rows = np.asarray(rows, np.float64)
     means = rows.mean(1)
     if means.size > 1:
@@ -109,6 +121,52 @@ def log_likelihood(model, params, prompt, answer, key, mask_id, *, n_samples=128
     else:
         stderr = rows.std(ddof=1) / math.sqrt(rows.size) if rows.size > 1 else float("nan")
     return -float(means.mean()), float(stderr)
+
+
+def _block_rows(model, params, seq, key_mask, answer, key, mask_id, eps, block_size, n_batches, batch_size):
+    """[n_batches, batch_size] draws of the block ELBO of the answer positions given the rest (clean)."""
+    rows = lambda a: jnp.broadcast_to(a, (batch_size, a.shape[0]))
+    one = lambda k: _elbo_rows(model, params, rows(seq), rows(key_mask), rows(answer), k, mask_id, eps, block_size)
+    return jax.lax.map(one, jax.random.split(key, n_batches))
+
+
+_block_rows_jit = jax.jit(_block_rows, static_argnames=("model", "mask_id", "eps", "block_size", "n_batches",
+                                                         "batch_size"))
+
+
+def _block_layout(prompt, answer, block_size, mask_id):
+    """The layout of training and of sampling.generate_blocks: prompt ++ answer from position 0, blocks from
+    there, right-padded (hidden) to whole blocks; returns (sequence, key mask, answer positions)."""
+    n = prompt.size + answer.size
+    pad = -n % block_size
+    pos = np.arange(n + pad)
+    return np.concatenate([prompt, answer, np.full(pad, mask_id, np.int32)]), pos < n, (pos >= prompt.size) & (pos < n)
+
+
+def block_log_likelihood(model, params, prompt, answer, key, mask_id, block_size, *, n_samples=128, batch_size=16,
+                         eps=1e-3):
+    """log p(answer | prompt) of a block-diffusion model (objective=block; a model_lib.Model): minus a Monte Carlo
+    estimate of the block ELBO of the answer with the prompt clean (each block draws its own t; a block holding
+    the prompt's tail and the answer's start noises only the answer; a lower bound in expectation). Returns
+    (estimate, standard error) as log_likelihood does."""
+    prompt, answer = np.asarray(prompt, np.int32), np.asarray(answer, np.int32)
+    if answer.size == 0:
+        raise EvalError("the answer is empty; log p(empty | prompt) = 0 needs no estimate.")
+    if n_samples % batch_size:
+        raise EvalError(f"n_samples={n_samples} must be a multiple of batch_size={batch_size}.")
+    seq, key_mask, answer_region = _block_layout(prompt, answer, block_size, mask_id)
+    return _estimate(_block_rows_jit(model, params, seq, key_mask, answer_region, key, mask_id, eps, block_size,
+                                     n_samples // batch_size, batch_size))
+
+
+def block_greedy(model, params, prompt, answer, mask_id, block_size):
+    """Is the answer each block's argmax given the true blocks before it (every answer position masked in x_t)?
+    The block analogue of the autoregressive baseline's greedy check (lm-eval's is_greedy)."""
+    seq, key_mask, answer_region = _block_layout(np.asarray(prompt, np.int32), np.asarray(answer, np.int32),
+                                                 block_size, mask_id)
+    inputs, km = diffusion.block_pair(jnp.where(answer_region, mask_id, seq)[None], seq[None], key_mask[None])
+    logits = model.apply(params, inputs, km, blocks=attention.Blocks(block_size, pair=True))[0, :seq.size]
+    return bool(np.array_equal(np.asarray(jnp.argmax(logits, -1))[answer_region], seq[answer_region]))
 
 
 def _ar_loglik(model, params, seq, p_len):
@@ -128,30 +186,53 @@ def ar_log_likelihood(model, params, prompt, answer):
     return float(_ar_loglik_jit(model, params, jnp.asarray(np.concatenate([prompt, answer])), int(prompt.size)))
 
 
-def objective_log_likelihood(objective, model, params, prompt, answer, key, mask_id, **estimator_args):
-    """log p(answer | prompt) as the objective defines it: Algorithm 3's estimate (mdm), the exact value (arm)."""
+def objective_log_likelihood(objective, model, params, prompt, answer, key, mask_id, *, block_size=None, eps=1e-3,
+                             **estimator_args):
+    """log p(answer | prompt) as the objective defines it: Algorithm 3's estimate (mdm), the exact value (arm), the
+    block ELBO's estimate (block: blocks of block_size; estimator_args' n_samples and batch_size apply)."""
     if objective == "arm":
         return ar_log_likelihood(model, params, prompt, answer)
+    if objective == "block":
+        if estimator_args.get("cfg_scale", 0.0) > 0:
+            raise EvalError("classifier-free guidance is not defined for the block-diffusion likelihood; set "
+                            "sampling.cfg_scale=0.")
+        return block_log_likelihood(model, params, prompt, answer, key, mask_id, block_size, eps=eps,
+                                    **{k: v for k, v in estimator_args.items() if k in ("n_samples", "batch_size")})[0]
     return log_likelihood(model, params, prompt, answer, key, mask_id, **estimator_args)[0]
 
 
 # -- ELBO perplexity bound --------------------------------------------------------------------------------------------
 
-def _elbo_rows(model, params, tokens, lengths, key, mask_id, eps):
-    """Per row: sum over masked real positions of CE / p (one draw of t and the mask per row)."""
+def _elbo_rows(model, params, tokens, key_mask, maskable, key, mask_id, eps, block_size=None):
+    """Per row: sum over masked positions (among `maskable`) of CE / p, one draw of the noise per row: the LLaDA
+    bound (block_size None: one t per row), or the block-diffusion bound (a t per block of block_size, the model
+    on [x_t ; x_0] as in training)."""
+    if block_size is None:
+        x_t, masked, p = diffusion.forward_process(key, tokens, mask_id, eps, maskable=maskable)
+        logits, p = _apply_fn(model)(params, x_t, key_mask), p[:, None]
+    else:
+        x_t, masked, p = diffusion.block_forward_process(key, tokens, mask_id, eps, block_size, maskable)
+        inputs, km = diffusion.block_pair(x_t, tokens, key_mask)
+        logits = model.apply(params, inputs, km, blocks=attention.Blocks(block_size, pair=True))
+        logits = logits[:, :tokens.shape[1]]
+    ce = diffusion.cross_entropy(logits, tokens) / p
+    return jnp.sum(jnp.where(masked, ce, 0.0), -1)
+
+
+def _elbo_batch(model, params, tokens, lengths, key, mask_id, eps, block_size):
     valid = jnp.arange(tokens.shape[1])[None, :] < lengths[:, None]
-    x_t, masked, p = diffusion.forward_process(key, tokens, mask_id, eps, maskable=valid)
-    logits = _apply_fn(model)(params, x_t, valid)
-    ce = diffusion.cross_entropy(logits, tokens) / p[:, None]
-    return jnp.sum(jnp.where(masked & valid, ce, 0.0), -1)
+    return _elbo_rows(model, params, tokens, valid, valid, key, mask_id, eps, block_size)
 
 
-_elbo_jit = jax.jit(_elbo_rows, static_argnames=("model", "mask_id", "eps"))
+_elbo_jit = jax.jit(_elbo_batch, static_argnames=("model", "mask_id", "eps", "block_size"))
 
 
-def elbo_perplexity(model, params, tokens, key, mask_id, *, lengths=None, n_samples=1, batch_size=16, eps=1e-3):
+def elbo_perplexity(model, params, tokens, key, mask_id, *, lengths=None, n_samples=1, batch_size=16, eps=1e-3,
+                    block_size=None):
     """Upper bound on the per-token negative log-likelihood of held-out data (the pre-training objective, an
     unbiased estimate of E_t[(1/t) sum_i 1[masked] (-log p(x0_i | x_t))] / L, averaged over t and the data).
+    block_size: the block-diffusion bound instead (objective=block; the sum of the blocks' bounds), rows padded
+    (hidden) to whole blocks.
 
     tokens [N, L] int (numpy); lengths [N] real tokens per row (default L; the tail is hidden and unscored).
     n_samples draws of (t, mask) per row. Returns a dict: nll (nats per token, the bound), ppl = exp(nll),
@@ -159,6 +240,9 @@ def elbo_perplexity(model, params, tokens, key, mask_id, *, lengths=None, n_samp
     tokens = np.asarray(tokens, np.int32)
     n, l = tokens.shape
     lengths = np.full(n, l, np.int32) if lengths is None else np.asarray(lengths, np.int32)
+    if block_size is not None and l % block_size:
+        tokens = np.pad(tokens, ((0, 0), (0, -l % block_size)))
+        l = tokens.shape[1]
     pad = _pad_to(n, batch_size) - n
     tokens = np.concatenate([tokens, np.zeros((pad, l), np.int32)])
     padded_lengths = np.concatenate([lengths, np.zeros(pad, np.int32)])
@@ -168,7 +252,8 @@ def elbo_perplexity(model, params, tokens, key, mask_id, *, lengths=None, n_samp
         for b0 in range(0, tokens.shape[0], batch_size):
             k = jax.random.fold_in(jax.random.fold_in(key, s), b0)
             rows.append(np.asarray(_elbo_jit(model, params, tokens[b0:b0 + batch_size],
-                                             padded_lengths[b0:b0 + batch_size], k, mask_id, eps), np.float64))
+                                             padded_lengths[b0:b0 + batch_size], k, mask_id, eps, block_size),
+                                   np.float64))
         sums[s] = np.concatenate(rows)[:n]
     total = float(lengths.sum())
     nll = sums.sum() / (n_samples * total)
@@ -234,7 +319,7 @@ def _answer_index(ex):
 
 
 def multiple_choice(model, params, examples, encode, key, mask_id, *, n_samples=128, batch_size=16, cfg_scale=0.0,
-                    bucket=1, objective="mdm"):
+                    bucket=1, objective="mdm", block_size=None, eps=1e-3):
     """Accuracy by likelihood: the prediction is the choice with the largest estimated log p(choice | context).
     examples: a JSONL path or a list of dicts (see load_jsonl); encode(text) -> list of ids. All choices of one
     example share the random draws (common random numbers), which lowers the variance of their comparison.
@@ -246,7 +331,8 @@ def multiple_choice(model, params, examples, encode, key, mask_id, *, n_samples=
         k = jax.random.fold_in(key, i)
         context = encode(ex["context"])
         s = [objective_log_likelihood(objective, model, params, context, encode(c), k, mask_id, n_samples=n_samples,
-                                      batch_size=batch_size, cfg_scale=cfg_scale, bucket=bucket)
+                                      batch_size=batch_size, cfg_scale=cfg_scale, bucket=bucket,
+                                      block_size=block_size, eps=eps)
              for c in ex["choices"]]
         pred = int(np.argmax(s))
         predictions.append(pred)
@@ -325,6 +411,11 @@ def heldout_tokens(cfg, n):
                     f"token store (data.source=store) or the synthetic corpus. Pass --perplexity=0 to skip it.")
 
 
+def block_size_of(cfg):
+    """The block size of a block-diffusion run (objective=block), else None."""
+    return diffusion.block_size(cfg) if cfg.objective == "block" else None
+
+
 def evaluate_run(run, key, *, choices=None, perplexity=64, tasks=True, log=print):
     """`llada eval` on a loaded inference.Run: the ELBO perplexity bound of `perplexity` held-out sequences,
     multiple-choice accuracy of a JSONL file `choices`, and the exact match of the built-in tasks of eval.tasks.
@@ -337,7 +428,8 @@ def evaluate_run(run, key, *, choices=None, perplexity=64, tasks=True, log=print
             r, name, what = ar_perplexity(run.model, run.params, tokens, batch_size=ev.mc_batch), "ar", "="
         else:
             r = elbo_perplexity(run.model, run.params, tokens, k_ppl, cfg.tokens.mask_id,
-                                n_samples=ev.get("elbo_samples", 1), batch_size=ev.mc_batch, eps=cfg.diffusion.eps)
+                                n_samples=ev.get("elbo_samples", 1), batch_size=ev.mc_batch, eps=cfg.diffusion.eps,
+                                block_size=block_size_of(cfg))
             name, what = "elbo", "<="
         out.update({f"{name}/nll": r["nll"], f"{name}/ppl": r["ppl"], f"{name}/stderr": r["stderr"],
                     f"{name}/tokens": r["tokens"]})
@@ -345,7 +437,8 @@ def evaluate_run(run, key, *, choices=None, perplexity=64, tasks=True, log=print
             f"{r['stderr']:.4f} nats/token, ppl {what} {r['ppl']:.3f} ({r['tokens']} held-out tokens)")
     if choices:
         r = multiple_choice(run.model, run.params, choices, run.codec.encode, k_mc, cfg.tokens.mask_id,
-                            n_samples=ev.mc_samples, batch_size=ev.mc_batch, objective=cfg.objective)
+                            n_samples=ev.mc_samples, batch_size=ev.mc_batch, objective=cfg.objective,
+                            block_size=block_size_of(cfg), eps=cfg.diffusion.eps)
         out.update({"choices/accuracy": r["accuracy"], "choices/n": r["n"]})
         log(f"multiple choice ({choices}): accuracy {r['accuracy']:.3f} on {r['n']} examples")
     if tasks and ev.tasks:

@@ -10,7 +10,7 @@ import os
 import jax
 import numpy as np
 
-from llada_jax import checkpoint, config as config_lib, model as model_lib, sampling, sharding
+from llada_jax import checkpoint, config as config_lib, diffusion, model as model_lib, sampling, sharding
 from llada_jax.data import chat, synthetic, tokenizer
 from llada_jax.errors import LladaError
 
@@ -110,7 +110,7 @@ class Run:
         args = args or sampling.args_from_config(self.cfg.sampling)
         key = jax.random.key(self.cfg.seed) if key is None else key
         out = jax.device_get(sampling.sample(self.model, self.params, tokens, mask, key, args, self.ids,
-                                             self.cfg.objective))
+                                             self.cfg.objective, block_size=diffusion.block_size(self.cfg)))
         out = {k: np.asarray(v) for k, v in out.items()}
         out["prompt_len"] = tokens.shape[1]
         out["texts"] = [self.codec.decode(sampling.answer_ids(row, tokens.shape[1], self.ids.eos_id))

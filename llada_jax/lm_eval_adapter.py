@@ -4,7 +4,7 @@
     # or, in Python:  lm_eval.simple_evaluate(model=LLaDAEvalLM("runs/tiny"), tasks=[...])
 
 loglikelihood: the Monte Carlo estimator of REFERENCE.md section 5 (Algorithm 3; the exact value for an
-autoregressive-baseline run); is_greedy as the official
+autoregressive-baseline run; the block ELBO's estimate for a block-diffusion run); is_greedy as the official
 evaluation does it (the whole continuation masked, one pass, argmax equals the continuation). generate_until: the
 reverse process with the run's sampling.* settings (overridable in model_args), cut at the first stop string.
 loglikelihood_rolling: minus the ELBO bound of the text (a lower bound on its log-likelihood).
@@ -45,6 +45,9 @@ class LLaDAEvalLM(LM):
     def _greedy(self, context, continuation):
         """The continuation fully masked after the context: does one pass's argmax reproduce it?"""
         run = self.run
+        if run.cfg.objective == "block":
+            return evaluate.block_greedy(run.model, run.params, context, continuation, run.cfg.tokens.mask_id,
+                                         evaluate.block_size_of(run.cfg))
         x = np.asarray(context + [run.cfg.tokens.mask_id] * len(continuation), np.int32)[None]
         logits = run.model.apply(run.params, jnp.asarray(x), causal=run.cfg.objective == "arm")
         if run.cfg.objective == "arm":  # next-token predictions of the continuation's positions
@@ -63,7 +66,8 @@ class LLaDAEvalLM(LM):
             ll = evaluate.objective_log_likelihood(run.cfg.objective, run.model, run.params, ctx, cont,
                                                    self._next_key(), run.cfg.tokens.mask_id, n_samples=ev.mc_samples,
                                                    batch_size=ev.mc_batch, cfg_scale=run.cfg.sampling.cfg_scale,
-                                                   bucket=16)
+                                                   bucket=16, block_size=evaluate.block_size_of(run.cfg),
+                                                   eps=run.cfg.diffusion.eps)
             out.append((ll, self._greedy(ctx, cont)))
         return out
 
@@ -73,7 +77,7 @@ class LLaDAEvalLM(LM):
             ids = np.asarray(run.codec.encode(req.args[0]), np.int32)[None]
             r = evaluate.elbo_perplexity(run.model, run.params, ids, self._next_key(), run.cfg.tokens.mask_id,
                                          n_samples=max(1, run.cfg.eval.mc_samples // 16), batch_size=1,
-                                         eps=run.cfg.diffusion.eps)
+                                         eps=run.cfg.diffusion.eps, block_size=evaluate.block_size_of(run.cfg))
             out.append(-r["nll"] * r["tokens"])
         return out
 

@@ -24,10 +24,10 @@ PEAK_FLOPS = {
 
 
 def flops_per_step(cfg):
-    """Model FLOPs of one training step of `cfg`: model.flops_per_token (the causal count for the ARM objective)
-    times the tokens of a step."""
-    causal = cfg.objective == "arm"
-    return model_lib.flops_per_token(cfg.model, cfg.train.seq_len, causal=causal) * optim.tokens_per_step(cfg)
+    """Model FLOPs of one training step of `cfg`: model.flops_per_token (the causal count for the ARM objective, the
+    [x_t ; x_0] pair for block diffusion) times the tokens of a step."""
+    causal, pair = cfg.objective == "arm", cfg.objective == "block"
+    return model_lib.flops_per_token(cfg.model, cfg.train.seq_len, causal, pair) * optim.tokens_per_step(cfg)
 
 
 @functools.lru_cache(maxsize=None)

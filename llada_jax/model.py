@@ -4,6 +4,7 @@
 on a leading axis) and `Model.apply(params, tokens, key_mask)` is a pure function returning float32 logits.
 `Model.param_axes()` gives the same tree with a tuple of logical axis names per leaf (see sharding.py).
 """
+import dataclasses
 import math
 from typing import NamedTuple
 
@@ -186,7 +187,7 @@ class Model:
         return {k: {kk: make(vv) for kk, vv in v.items()} if isinstance(v, dict) else make(v) for k, v in table.items()}
 
     # -- forward -----------------------------------------------------------------------------------------------
-    def block(self, p, x, key_mask, segment_ids, causal, positions=None, cache=None):
+    def block(self, p, x, key_mask, segment_ids, causal, positions=None, cache=None, blocks=None):
         """One Transformer block; p holds this layer's weights (already in the compute dtype). Returns (x, (k, v)),
         the keys and values of x's rows (unused, and so removed by XLA, unless a caller builds a KV cache).
 
@@ -206,38 +207,46 @@ class Model:
             cached = (jnp.arange(kc.shape[1]) < fresh_from)[None, :, None, None]
             keys = jnp.where(cached, kc, jax.lax.dynamic_update_slice_in_dim(kc, k.astype(kc.dtype), start, 1))
             values = jnp.where(cached, vc, jax.lax.dynamic_update_slice_in_dim(vc, v.astype(vc.dtype), start, 1))
+        kw = {} if blocks is None else {"blocks": blocks}
         a = self.attention(q, keys, values, key_mask=key_mask, segment_ids=segment_ids, causal=causal,
-                           sharder=self.sharder)
+                           sharder=self.sharder, **kw)
         x = x + c(dense(a, p["attn_out"], 2), ("batch", "act_seq", "act_embed"))
         h = rms_norm(x, p["ff_norm"], m.norm_eps)
         gate, up = dense(h, p["ff_proj"]), dense(h, p["up_proj"])
         hidden = c(jax.nn.silu(gate) * up, ("batch", "act_seq", "mlp"))
         return x + c(dense(hidden, p["ff_out"]), ("batch", "act_seq", "act_embed")), (k, v)
 
-    def apply(self, params, tokens, key_mask=None, segment_ids=None, causal=False):
+    def apply(self, params, tokens, key_mask=None, segment_ids=None, causal=False, blocks=None):
         """tokens [B, T] int -> logits [B, T, vocab] float32. key_mask [B, T] bool (True = real token) hides padding
         and random-length tails from every query; segment_ids [B, T] restricts attention to one's own document;
-        causal=True gives the autoregressive baseline."""
-        return self.forward(params, tokens, key_mask, segment_ids, causal)[0]
+        causal=True gives the autoregressive baseline; blocks (attention.Blocks) block diffusion's pattern (with
+        pair=True, tokens is [x_t ; x_0] and both halves sit at positions 0..T/2-1)."""
+        return self.forward(params, tokens, key_mask, segment_ids, causal, blocks=blocks)[0]
 
     def forward(self, params, tokens, key_mask=None, segment_ids=None, causal=False, *, kv=None, start=0,
-                fresh_from=0, return_kv=False, head=True):
+                fresh_from=0, return_kv=False, head=True, blocks=None):
         """apply() with a key/value cache, for decoding. tokens [B, W] is the window at absolute positions
         start..start+W-1; kv = (k, v) [layers, B, T_all, kv_heads, head_dim] from an earlier call (see block();
         key_mask then covers all T_all positions). Returns (logits [B, W, vocab] float32, (k, v) of the window per
         layer if return_kv else None). head=False returns the final normalised hidden states [B, W, d_model] (compute
         dtype) instead of logits, for a loss that applies the output head itself (diffusion.chunked_cross_entropy)."""
         m = self.m
-        if tokens.shape[1] > m.max_seq_len:
-            raise LladaError(f"sequence length {tokens.shape[1]} exceeds model.max_seq_len={m.max_seq_len}; "
+        pair = blocks is not None and blocks.pair
+        length = tokens.shape[1] // 2 if pair else tokens.shape[1]
+        if length > m.max_seq_len:
+            raise LladaError(f"sequence length {length} exceeds model.max_seq_len={m.max_seq_len}; "
                              f"shorten train.seq_len or raise model.max_seq_len.")
         p = jax.tree.map(lambda w: w.astype(self.dtype), params)
         x = self.constrain(jnp.take(p["wte"], tokens, axis=0), ("batch", "act_seq", "act_embed"))
         positions = None if kv is None else start + jnp.arange(tokens.shape[1])
+        if pair:  # x_t and x_0 share positions
+            positions = jnp.arange(tokens.shape[1]) % length
+        if blocks is not None and kv is not None:
+            blocks = dataclasses.replace(blocks, q_start=start)
 
         def layer(x, xs):
             cache = None if kv is None else (xs[1], xs[2], start, fresh_from)
-            x, new_kv = self.block(xs[0], x, key_mask, segment_ids, causal, positions, cache)
+            x, new_kv = self.block(xs[0], x, key_mask, segment_ids, causal, positions, cache, blocks)
             return x, (new_kv if return_kv else None)
 
         if m.remat != "none":
@@ -258,12 +267,18 @@ class Model:
         return self.constrain(logits, ("batch", "act_seq", "vocab")), new_kv
 
 
-def flops_per_token(m, seq_len, causal=False):
+def flops_per_token(m, seq_len, causal=False, pair=False):
     """Model FLOPs of one training token (forward + backward): 6 N_non-embedding + the output head + attention.
 
     Attention per layer and token: 2 matmuls (q k^T, p v) of 2 * seq_len * n_heads * head_dim FLOPs forward, times
-    3 for forward + backward; full bidirectional attention (half of that for the causal baseline)."""
+    3 for forward + backward; full bidirectional attention (half of that for the causal baseline). pair=True: block
+    diffusion's [x_t ; x_0] input, so every training token is two model tokens (12 N), each attending to about L / 2
+    of the 2L keys (as many attention FLOPs as one token under full attention over L; kernels that skip masked
+    tiles, splash, do about that much); the output head counts once (the clean half carries no loss, and the
+    chunked loss skips it)."""
     attn = 12 * m.n_layers * seq_len * m.n_heads * head_dim(m)
     if causal:
         attn //= 2
+    if pair:
+        return 12 * count_params(m, embeddings=False) + 6 * m.d_model * m.vocab_size + attn
     return 6 * count_params(m, embeddings=False) + 6 * m.d_model * m.vocab_size + attn

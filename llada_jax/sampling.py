@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from llada_jax import attention
 from llada_jax import model as model_lib
 from llada_jax.errors import LladaError
 
@@ -333,14 +334,158 @@ def _generate_ar(fn, params, prompt, prompt_mask, key, temperature, gen_length):
 _generate_ar_jit = jax.jit(_generate_ar, static_argnames=("fn", "gen_length"))
 
 
-def sample(model, params, prompt, prompt_mask, key, args, ids, objective="mdm"):
+# -- block diffusion's decoder -------------------------------------------------------------------------------------
+
+def _generate_blocks(model, params, prompt, prompt_mask, key, dyn, st):
+    """Block diffusion decoding (BD3-LM): every row's prompt is moved to position 0 (as in training; no pads in
+    between), and the blocks of the sequence (of st["block_length"], from position 0) are decoded left to right,
+    each denoised by the rules of one block of the reverse process (_decide: remasking, steps per block or
+    threshold, temperature, CFG, EOS rules) with everything before it clean context under block-causal attention;
+    a block once done never changes. A block may hold a prompt's tail (clean, as an SFT prompt in training); blocks
+    without [MASK] in any row cost no step. Stops after the block in which every row has an EOS; each row's answer
+    is its gen_length positions after its prompt, returned after the left-padded prompt.
+
+    cached: each finished block's keys and values (the prompt's blocks included) are computed once, when it is done
+    (a window pass of the clean block); each denoising step feeds only the current block. This is exact, not an
+    approximation: block-causal keys and values of clean blocks depend on nothing after them. Uncached: every step
+    runs the whole sequence (the reference the cache must reproduce)."""
+    ids, gen_length, bl, cached = st["ids"], st["gen_length"], st["block_length"], st["cached"]
+    b, p_len = prompt.shape
+    lens = jnp.sum(prompt_mask, -1).astype(jnp.int32)  # real prompt tokens per row
+    t_len = -(-(p_len + gen_length) // bl) * bl  # whole blocks
+    pos = jnp.arange(t_len)
+    prompt_region = pos[None, :] < lens[:, None]
+    x = jnp.pad(jax.vmap(lambda r, n: jnp.roll(r, n - p_len))(prompt, lens), ((0, 0), (0, t_len - p_len)))
+    x = jnp.where(prompt_region, x, ids.mask_id)
+    key_mask = jnp.ones((b, t_len), bool)
+    blocks = attention.Blocks(bl)
+    num_blocks = t_len // bl
+    steps_per_block = dyn["steps"] // (gen_length // bl)
+
+    def run(call, x):
+        """call(tokens, key_mask) -> (logits, aux) on the batch (CFG: on the doubled batch, as with_cfg does it)."""
+        if st["use_cfg"]:
+            return with_cfg(call, x, key_mask, prompt_region, dyn["cfg_scale"], ids.mask_id)
+        return call(x, key_mask)
+
+    def window(x, start, kv):
+        """The block at [start, start + bl) against the cache: (logits, its keys and values)."""
+        return run(lambda t, km: model.forward(params, jax.lax.dynamic_slice_in_dim(t, start, bl, 1), km, kv=kv,
+                                               start=start, fresh_from=start, return_kv=True, blocks=blocks), x)
+
+    def block_logits(x, start, kv):
+        if cached:
+            return window(x, start, kv)[0]
+        logits = run(lambda t, km: (model.apply(params, t, km, blocks=blocks), None), x)[0]
+        return jax.lax.dynamic_slice_in_dim(logits, start, bl, 1)
+
+    def finished(x, blk):
+        """Rows with an EOS among the generated positions of the blocks before `blk`."""
+        generated = ~prompt_region & (pos < blk * bl)[None, :]
+        return jnp.any((x == ids.eos_id) & generated, -1)
+
+    def block_body(state):
+        blk, x, kv, order, n_step, passes = state
+        start = blk * bl
+        in_block = lambda x: jax.lax.dynamic_slice_in_dim(x, start, bl, 1)
+        masked0 = jnp.sum(in_block(x) == ids.mask_id, -1)
+
+        def cond(carry):
+            i, x = carry[:2]
+            left = jnp.any(in_block(x) == ids.mask_id)
+            if st["use_threshold"]:
+                return left & (i < bl)  # capped: [MASK] predictions stay masked
+            return left & (i < steps_per_block)
+
+        def body(carry):
+            i, x, order, n_step, passes = carry
+            logits = block_logits(x, start, kv)
+            x_win = in_block(x)
+            k_gumbel, k_random = step_noise_key(key, n_step)
+            commit, x0 = _decide(logits, x_win, jnp.ones((bl,), bool), commit_count(masked0, steps_per_block, i),
+                                 dyn["temperature"], dyn["threshold"], (k_gumbel, k_random, start, t_len),
+                                 st)  # only [MASK] positions are candidates: a prompt tail is kept
+            x = jax.lax.dynamic_update_slice_in_dim(x, jnp.where(commit, x0, x_win), start, 1)
+            o_win = jax.lax.dynamic_slice_in_dim(order, start, bl, 1)
+            o_win = jnp.where(commit & (x0 != ids.mask_id), n_step, o_win)
+            order = jax.lax.dynamic_update_slice_in_dim(order, o_win, start, 1)
+            return i + 1, x, order, n_step + 1, passes + 1
+
+        _, x, order, n_step, passes = jax.lax.while_loop(cond, body, (jnp.int32(0), x, order, n_step, passes))
+        if cached:  # the finished block's clean keys and values, once (not after the last block)
+            def commit_kv(kv):
+                new = window(x, start, kv)[1]
+                return tuple(jax.lax.dynamic_update_slice_in_dim(c, n.astype(c.dtype), start, 2)
+                             for c, n in zip(kv, new))
+
+            more = (blk + 1 < num_blocks) & ~jnp.all(finished(x, blk + 1))
+            kv, passes = jax.lax.cond(more, lambda: (commit_kv(kv), passes + 1), lambda: (kv, passes))
+        return blk + 1, x, kv, order, n_step, passes
+
+    def block_cond(state):
+        blk, x = state[:2]
+        return (blk < num_blocks) & ~jnp.all(finished(x, blk))
+
+    kv = None
+    if cached:
+        m = model.m
+        rows = 2 * b if st["use_cfg"] else b
+        kv = (jnp.zeros((m.n_layers, rows, t_len, m.n_kv_heads, model.hd), model.dtype),) * 2
+    zero = jnp.zeros((), jnp.int32)
+    blk, x, _, order, n_step, passes = jax.lax.while_loop(
+        block_cond, block_body, (zero, x, kv, jnp.full((b, t_len), -1, jnp.int32), zero, zero))
+    answer = lambda a, n: jax.lax.dynamic_slice_in_dim(a, n, gen_length)  # a row's gen_length after its prompt
+    return {"tokens": jnp.concatenate([prompt, jax.vmap(answer)(x, lens)], 1), "order": jax.vmap(answer)(order, lens),
+            "steps": n_step, "blocks": blk, "full_passes": zero if cached else passes,
+            "window_passes": passes if cached else zero}
+
+
+_generate_blocks_jit = jax.jit(_generate_blocks, static_argnames=("model", "st"))
+
+
+def validate_blocks(args, model, block_size):
+    """validate() for block diffusion decoding; returns the args it runs with (block_length = block_size)."""
+    if not isinstance(model, model_lib.Model):
+        raise SamplingError("block diffusion decoding needs a model_lib.Model (it runs block-causal attention and "
+                            "keeps keys and values).")
+    if args.gen_length % block_size:
+        raise SamplingError(f"gen_length={args.gen_length} must be a multiple of the model's block size "
+                            f"diffusion.block_size={block_size}; e.g. gen_length="
+                            f"{-(-args.gen_length // block_size) * block_size}.")
+    args = dataclasses.replace(args, block_length=block_size, cache=None)
+    validate(args, model)
+    return args
+
+
+def generate_blocks(model, params, prompt, prompt_mask, key, args, ids, block_size, *, cached=True):
+    """Samples up to `args.gen_length` tokens after each (left-padded) prompt with a block-diffusion model
+    (objective=block) whose blocks are `block_size` long: each prompt decoded from position 0 with blocks from
+    there, as in training (so batching prompts of different lengths changes nothing); steps per block = args.steps
+    / (gen_length / block_size); args.block_length, args.cache and args.attend_padding do not apply (the cache is
+    always exact; there is no padding inside a row). Generation stops after the block in which every row has an
+    EOS; undecoded positions stay [MASK]. Returns generate()'s dict (tokens: the left-padded prompt ++ the answer)
+    plus blocks (blocks run); full_passes / window_passes count whole-sequence / cached evaluations (each block's
+    steps and each finished block's keys and values)."""
+    args = validate_blocks(args, model, block_size)
+    prompt = jnp.asarray(prompt, jnp.int32)
+    if prompt_mask is None:
+        prompt_mask = jnp.ones(prompt.shape, bool)
+    static, dyn = split_args(args, ids)
+    static = _Static({**static, "block_length": block_size, "cached": cached})
+    return _generate_blocks_jit(model, params, prompt, jnp.asarray(prompt_mask, bool), key, dyn, static)
+
+
+def sample(model, params, prompt, prompt_mask, key, args, ids, objective="mdm", block_size=None):
     """The one sampling entry point of commands, tasks and sweeps: the reverse process for a diffusion model
-    (`generate`), left-to-right decoding for the autoregressive baseline (only gen_length and temperature apply).
+    (`generate`), block by block with an exact cache for a block-diffusion model (`generate_blocks`, blocks of
+    `block_size`), left-to-right decoding for the autoregressive baseline (only gen_length and temperature apply).
     Returns generate()'s dict."""
     if objective == "mdm":
         return generate(model, params, prompt, prompt_mask, key, args, ids)
+    if objective == "block":
+        return generate_blocks(model, params, prompt, prompt_mask, key, args, ids, block_size)
     if objective != "arm":
-        raise SamplingError(f"objective={objective!r}; expected 'mdm' or 'arm'.")
+        raise SamplingError(f"objective={objective!r}; expected 'mdm', 'block' or 'arm'.")
     if not isinstance(model, model_lib.Model):
         raise SamplingError("the autoregressive decoder needs a model_lib.Model (it runs the causal forward pass).")
     prompt = jnp.asarray(prompt, jnp.int32)

@@ -34,8 +34,20 @@ def validate(cfg, sharder):
         raise TrainError(f"model.d_model={m.d_model} is not divisible by model.n_heads={m.n_heads}; set model.head_dim.")
     if m.n_heads % m.n_kv_heads:
         raise TrainError(f"model.n_heads={m.n_heads} must be a multiple of model.n_kv_heads={m.n_kv_heads} (GQA).")
-    if cfg.objective not in ("mdm", "arm"):
-        raise TrainError(f"objective={cfg.objective!r}; expected 'mdm' (masked diffusion) or 'arm' (autoregressive).")
+    if cfg.objective not in diffusion.OBJECTIVES:
+        raise TrainError(f"objective={cfg.objective!r}; expected 'mdm' (masked diffusion), 'arm' (autoregressive) "
+                         f"or 'block' (block diffusion).")
+    schedule = cfg.diffusion.block_size_schedule
+    if schedule and (cfg.objective != "block" or any(len(e) != 2 for e in schedule)
+                     or [e[0] for e in schedule] != sorted({e[0] for e in schedule})):
+        raise TrainError(f"diffusion.block_size_schedule={schedule!r}: expected [(until_step, block_size), ...] with "
+                         f"increasing until_step, for objective=block (objective is {cfg.objective!r}).")
+    if cfg.objective == "block":
+        for size in diffusion.block_sizes(cfg):
+            if size > tr.seq_len or tr.seq_len % size:
+                raise TrainError(f"train.seq_len={tr.seq_len} must be a multiple of diffusion.block_size={size} "
+                                 f"(objective=block); use a divisor of {tr.seq_len}, or -1 for one block of the "
+                                 f"whole sequence.")
 
 
 class Setup:
@@ -60,7 +72,8 @@ class Setup:
         self.batch_sharding = self.sharder.named(("batch", None))
         # The batch keeps the sharding put_batch gave it (tokens [B, L] and per-row [B] arrays differ in rank).
         self.step_fn = jax.jit(self._train_step, in_shardings=(self.state_sharding, None),
-                               out_shardings=(self.state_sharding, rep), donate_argnums=(0,))
+                               out_shardings=(self.state_sharding, rep), donate_argnums=(0,),
+                               static_argnums=(2,))  # the block size of a block_size_schedule
 
     # -- state -------------------------------------------------------------------------------------------------
     def init_state(self, seed=None):
@@ -93,13 +106,14 @@ class Setup:
             for k, v in local_batch.items()}
 
     # -- the step ----------------------------------------------------------------------------------------------
-    def loss_and_grads(self, params, batch, key):
+    def loss_and_grads(self, params, batch, key, block_size=None):
         """Mean loss and gradients over `train.micro_batches` micro-batches (gradient accumulation). The noise is
-        drawn once for the whole batch, so accumulation changes only the summation order, not the estimate."""
+        drawn once for the whole batch, so accumulation changes only the summation order, not the estimate.
+        block_size: objective=block's (a Python int; default diffusion.block_size)."""
         n = self.cfg.train.micro_batches
-        noise = diffusion.draw_noise(key, batch, self.cfg)
+        noise = diffusion.draw_noise(key, batch, self.cfg, block_size)
         grad_fn = jax.value_and_grad(
-            lambda p, b, z: diffusion.loss_given_noise(self.model, p, b, z, self.cfg), has_aux=True)
+            lambda p, b, z: diffusion.loss_given_noise(self.model, p, b, z, self.cfg, block_size), has_aux=True)
         if n == 1:
             (loss, aux), grads = grad_fn(params, batch, noise)
             return loss, aux, grads
@@ -115,10 +129,17 @@ class Setup:
         ((loss, aux), grads), _ = jax.lax.scan(body, zeros, micro)
         return loss / n, jax.tree.map(lambda a: a / n, aux), jax.tree.map(lambda g: g / n, grads)
 
-    def _train_step(self, state, batch):
+    def step(self, state, batch, step):
+        """step_fn at training step `step` (a Python int): with the block size diffusion.block_size_schedule gives
+        it, so the step compiles once per distinct block size."""
+        if self.cfg.objective == "block" and self.cfg.diffusion.block_size_schedule:
+            return self.step_fn(state, batch, diffusion.block_size(self.cfg, step))
+        return self.step_fn(state, batch)
+
+    def _train_step(self, state, batch, block_size=None):
         step = state["step"]
         key = jax.random.fold_in(jax.random.wrap_key_data(state["rng"]), step)
-        loss, aux, grads = self.loss_and_grads(state["params"], batch, key)
+        loss, aux, grads = self.loss_and_grads(state["params"], batch, key, block_size)
         grad_norm = optax.tree.norm(grads)
         finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
         updates, opt_state = self.tx.update(grads, state["opt_state"], state["params"])
@@ -267,7 +288,7 @@ def train(cfg, workdir, log=print, data=None):
     try:
         while step < tr.steps:
             profiler.before(step)
-            state, metrics = setup.step_fn(state, setup.put_batch(next(data)))
+            state, metrics = setup.step(state, setup.put_batch(next(data)), step)
             step += 1
             pending.append(metrics)
             log_now = step % tr.log_every == 0 or step == tr.steps

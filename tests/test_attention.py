@@ -119,3 +119,93 @@ def test_model_with_splash_equals_model_with_xla(tiny_cfg):
         out[backend] = model_lib.Model(tiny_cfg.model).apply(params, tokens, key_mask=key_mask)
     real = np.asarray(key_mask)[:, :, None]
     np.testing.assert_allclose(np.asarray(out["splash"]) * real, np.asarray(out["xla"]) * real, atol=1e-4)
+
+
+# -- block diffusion -------------------------------------------------------------------------------------------
+
+def _spec_mask(l, block):
+    """BD3-LM's [x_t ; x_0] mask from the words of the paper, by loops."""
+    out = np.zeros((2 * l, 2 * l), bool)
+    for i in range(2 * l):
+        for j in range(2 * l):
+            bq, bk, noisy_q, noisy_k = (i % l) // block, (j % l) // block, i < l, j < l
+            if noisy_q:
+                out[i, j] = (noisy_k and bk == bq) or (not noisy_k and bk < bq)
+            else:
+                out[i, j] = not noisy_k and bk <= bq
+    return out
+
+
+def test_blocks_mask_is_the_bd3lm_mask():
+    for l, block in ((16, 4), (12, 12), (8, 1)):
+        np.testing.assert_array_equal(np.asarray(attention.Blocks(block, pair=True).mask(2 * l, 2 * l)),
+                                      _spec_mask(l, block))
+        np.testing.assert_array_equal(np.asarray(attention.Blocks(block).mask(l, l)),
+                                      np.array([[j // block <= i // block for j in range(l)] for i in range(l)]))
+    window = attention.Blocks(4, q_start=jnp.int32(8)).mask(4, 16)  # queries 8..11 (block 2) of 16 keys
+    np.testing.assert_array_equal(np.asarray(window), np.arange(16)[None].repeat(4, 0) < 12)
+
+
+def _blocks_case(fn, kind, blocks, **kw):
+    q, k, v = _inputs()
+    (key_mask, segments), real = _masks(kind)
+    weights = jax.random.normal(jax.random.key(9), q.shape) * real[:, :, None, None]
+
+    def loss(f):
+        return lambda q, k, v: jnp.sum(f(q, k, v, key_mask=key_mask, segment_ids=segments, blocks=blocks, **kw)
+                                       * weights)
+
+    with jax.default_matmul_precision("highest"):
+        ref, ref_grads = jax.value_and_grad(loss(attention.xla_attention), argnums=(0, 1, 2))(q, k, v)
+        out, grads = jax.jit(jax.value_and_grad(loss(fn), argnums=(0, 1, 2)))(q, k, v)
+    np.testing.assert_allclose(float(out), float(ref), atol=1e-5 * float(jnp.sum(jnp.abs(weights))))
+    for g, r in zip(grads, ref_grads):
+        np.testing.assert_allclose(np.asarray(g), np.asarray(r), atol=2e-4 * float(jnp.abs(r).max()))
+
+
+@pytest.mark.parametrize("kind", ["none", "both"])
+@pytest.mark.parametrize("pair", [True, False])
+def test_splash_blocks_equal_reference(kind, pair):
+    """The block-diffusion mask computed inside the splash kernel (interpret mode) = the XLA reference."""
+    _blocks_case(attention.splash_attention, kind, attention.Blocks(16, pair=pair))
+
+
+@pytest.mark.parametrize("kind", ["none", "both"])
+@pytest.mark.parametrize("pair", [True, False])
+def test_flash_blocks_equal_reference(kind, pair):
+    flash = lambda *a, **kw: attention.flash_attention(*a, block_rows=64, **kw)
+    _blocks_case(flash, kind, attention.Blocks(16, pair=pair))
+
+
+def test_cudnn_gets_the_block_mask(monkeypatch):
+    """cuDNN has no block mask type: cudnn_attention hands jax.nn.dot_product_attention the dense mask. Checked
+    here through the same call with implementation='xla' (no GPU on the CPU)."""
+    real = jax.nn.dot_product_attention
+    monkeypatch.setattr(jax.nn, "dot_product_attention",
+                        lambda *a, implementation=None, **kw: real(*a, implementation="xla", **kw))
+    _blocks_case(attention.cudnn_attention, "both", attention.Blocks(16, pair=True))
+
+
+def test_flash_blocks_window_of_queries():
+    """A cached decoding window (block 3 of 8, offset traced) = those rows of the whole block-causal sequence."""
+    q, k, v = _inputs()
+    key_mask = jnp.arange(128)[None] < jnp.array([[128], [90]])
+    full = attention.xla_attention(q, k, v, key_mask=key_mask, blocks=attention.Blocks(16))
+    f = jax.jit(lambda q, start: attention.flash_attention(q, k, v, key_mask=key_mask,
+                                                           blocks=attention.Blocks(16, q_start=start)))
+    got = f(jax.lax.dynamic_slice_in_dim(q, 48, 16, 1), jnp.int32(48))
+    np.testing.assert_allclose(np.asarray(got), np.asarray(full[:, 48:64]), atol=1e-5)
+
+
+def test_splash_and_flash_blocks_on_a_mesh():
+    cfg = config_lib.default_config()
+    cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor = 2, 2, 2
+    sharder = sharding.Sharder(sharding.make_mesh(cfg.mesh, jax.devices()), cfg.sharding.rules)
+    q, k, v = _inputs(b=4)
+    key_mask = jnp.arange(128)[None] < jnp.array([[128], [60], [128], [100]])
+    blocks = attention.Blocks(16, pair=True)
+    want = attention.xla_attention(q, k, v, key_mask=key_mask, blocks=blocks)
+    real = key_mask[:, :, None, None]
+    for fn in (attention.splash_attention, attention.flash_attention):
+        got = jax.jit(lambda q, k, v: fn(q, k, v, key_mask=key_mask, blocks=blocks, sharder=sharder))(q, k, v)
+        np.testing.assert_allclose(np.asarray(got * real), np.asarray(want * real), atol=1e-4)

@@ -387,3 +387,48 @@ def test_import_without_role_ids_fails_until_they_are_given(exported, tmp_path, 
     assert "bos_id=20 (override), eot_id=30 (tokenizer.json)" in capsys.readouterr().out
     with pytest.raises(SystemExit, match="model.d_model is read from"):
         cli.main(["convert", "from-hf", src, f"--out={out}2", "--config.model.d_model=64"])
+
+
+# -- Llama-architecture checkpoints (adaptation from an autoregressive model) ------------------------------------------
+
+@pytest.mark.parametrize("tied,head_dim", [(False, None), (True, None), (False, 16)],
+                         ids=["untied", "tied", "head_dim16"])
+def test_llama_import_logits_equal_transformers(tmp_path, tied, head_dim):
+    """A tiny random transformers LlamaForCausalLM (GQA, its own RoPE theta, tied or untied head, a head_dim other
+    than d_model / n_heads) imported by from-hf: our causal logits = transformers' float32 logits."""
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    from llada_jax import inference
+    kw = {"head_dim": head_dim} if head_dim else {}
+    config = transformers.LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                                      num_key_value_heads=2, vocab_size=48, rope_theta=123.0, rms_norm_eps=1e-5,
+                                      tie_word_embeddings=tied, bos_token_id=1, eos_token_id=2, **kw)
+    torch.manual_seed(0)
+    llama = transformers.LlamaForCausalLM(config).eval()
+    with torch.no_grad():  # norms away from 1, so that a dropped norm weight would show
+        for name, p in llama.named_parameters():
+            if "norm" in name:
+                p.uniform_(0.5, 1.5)
+    hf_dir, out = str(tmp_path / "llama"), str(tmp_path / "run")
+    llama.save_pretrained(hf_dir, safe_serialization=True)
+    roles = [("tokens.mask_id", "47"), ("tokens.pad_id", "2"), ("tokens.eot_id", "46"),
+             ("tokens.start_header_id", "45"), ("tokens.end_header_id", "44")]
+    hf.from_hf(hf_dir, out, overrides=roles, log=lambda *a: None)
+    run = inference.load_run(out, [("model.attention", "xla")])
+    assert run.cfg.objective == "arm" and run.cfg.model.rope_theta == 123.0 and run.cfg.tokens.bos_id == 1
+    tokens = np.random.default_rng(0).integers(0, 48, (2, 10))
+    with torch.no_grad():
+        want = llama(torch.as_tensor(tokens)).logits.numpy()
+    got = np.asarray(run.model.apply(run.params, jnp.asarray(tokens), causal=True))
+    _close(got, want, 1e-5)
+
+
+def test_llama_import_refuses_what_it_cannot_hold(tmp_path):
+    transformers = pytest.importorskip("transformers")
+    config = transformers.LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4,
+                                      vocab_size=48, attention_bias=True,
+                                      rope_scaling={"rope_type": "linear", "factor": 2.0})
+    hf_dir = str(tmp_path / "llama")
+    transformers.LlamaForCausalLM(config).save_pretrained(hf_dir, safe_serialization=True)
+    with pytest.raises(hf.ConvertError, match="attention_bias=True.*rope type 'linear'"):
+        hf.from_hf(hf_dir, str(tmp_path / "run"), log=lambda *a: None)

@@ -197,3 +197,100 @@ def test_chunked_loss_equals_unchunked_loss_and_gradients(tiny_cfg, one_device, 
         np.testing.assert_allclose(results[chunk][0], results[0][0], rtol=1e-6)
         for g, r in zip(jax.tree.leaves(results[chunk][1]), jax.tree.leaves(results[0][1])):
             np.testing.assert_allclose(g, r, atol=1e-6 * np.abs(r).max())
+
+
+# -- block diffusion (BD3-LM) -----------------------------------------------------------------------------------
+
+def test_block_forward_process_draws_one_t_per_block():
+    tokens = jnp.full((64, 4096), 7, jnp.int32)
+    x_t, masked, p = diffusion.block_forward_process(jax.random.key(0), tokens, 2, 1e-3, 1024)
+    p = np.asarray(p).reshape(64, 4, 1024)
+    np.testing.assert_array_equal(p, np.broadcast_to(p[..., :1], p.shape))  # constant within a block
+    assert np.std(p[:, :, 0]) > 0.2  # ... and its own across blocks and rows
+    frac = np.asarray(masked).reshape(64, 4, 1024).mean(-1)
+    np.testing.assert_allclose(frac, p[..., 0], atol=5 * np.sqrt(0.25 / 1024))
+    np.testing.assert_array_equal(np.asarray(x_t == 2), np.asarray(masked))
+
+
+def _block_cfg(cfg, block_size, chunk):
+    cfg.objective, cfg.diffusion.block_size, cfg.model.loss_chunk = "block", block_size, chunk
+    cfg.data.random_length_prob = 0.0
+    return cfg
+
+
+def _block_reference(params, tokens, masked, p, valid, answer, m, mask_id, block_size, sft):
+    """One float64 forward per block (reference.block_ce); CE / p on the masked positions, normalised."""
+    ce = reference.block_ce(params, tokens, np.where(masked, mask_id, tokens), valid, m, block_size)
+    terms = np.where(masked, ce / p, 0.0)
+    if sft:
+        return np.mean(terms.sum(1) / answer.sum(1))
+    return terms.sum() / valid.sum()
+
+
+@pytest.mark.parametrize("sft", [False, True])
+@pytest.mark.parametrize("chunk", [0, 512])
+def test_block_loss_equals_one_forward_per_block(tiny_cfg, sft, chunk):
+    """The vectorised [x_t ; x_0] loss = a slow float64 reference with one forward per block, to 1e-5; with
+    padding (key mask) and, for SFT, a clean prompt and answer-length normalisation."""
+    cfg = _block_cfg(tiny_cfg, 4, chunk)
+    model = model_lib.Model(cfg.model)
+    params = model.init(jax.random.key(7))
+    rng = np.random.default_rng(7)
+    tokens = rng.integers(6, 48, (3, 16)).astype(np.int32)
+    batch = {"tokens": jnp.asarray(tokens), "lengths": jnp.array([16, 11, 6], jnp.int32)}
+    if sft:
+        batch["prompt_lengths"] = jnp.array([5, 0, 2], jnp.int32)
+    noise = diffusion.draw_noise(jax.random.key(1), batch, cfg)
+    with jax.default_matmul_precision("highest"):
+        got = float(diffusion.loss_given_noise(model, params, batch, noise, cfg)[0])
+    masked, p = np.asarray(noise["masked"]), np.asarray(noise["p"], np.float64)
+    valid = np.arange(16)[None] < np.asarray(batch["lengths"])[:, None]
+    answer = valid & (np.arange(16)[None] >= np.asarray(batch.get("prompt_lengths", np.zeros(3, int)))[:, None])
+    assert masked.any() and not np.any(masked & ~answer)
+    want = _block_reference(jax.device_get(params), tokens, masked, p, valid, answer, cfg.model, cfg.tokens.mask_id,
+                            4, sft)
+    np.testing.assert_allclose(got, want, rtol=1e-5)
+
+
+def test_block_loss_ignores_padding_tokens(tiny_cfg):
+    """Random lengths / key mask under objective=block: what stands after a row's length changes nothing."""
+    cfg = _block_cfg(tiny_cfg, 4, 512)
+    cfg.data.random_length_prob = 1.0  # every row gets a random length (the 1% of pre-training)
+    model = model_lib.Model(cfg.model)
+    params = model.init(jax.random.key(2))
+    tokens = jnp.asarray(np.random.default_rng(2).integers(6, 48, (4, 16)), jnp.int32)
+    noise = diffusion.draw_noise(jax.random.key(4), {"tokens": tokens}, cfg)
+    lengths = np.asarray(noise["lengths"])
+    assert lengths.min() < 16  # some rows cut
+    other = jnp.where(jnp.arange(16)[None] < noise["lengths"][:, None], tokens, 9)
+    loss = lambda t: float(diffusion.loss_given_noise(model, params, {"tokens": t}, noise, cfg)[0])
+    np.testing.assert_allclose(loss(other), loss(tokens), rtol=1e-6)
+
+
+@pytest.mark.parametrize("sft", [False, True])
+def test_block_size_seq_len_is_the_llada_objective(tiny_cfg, sft):
+    """B = L: the same noise draws as objective=mdm and the same loss (the clean copy is invisible to x_t)."""
+    tiny_cfg.data.random_length_prob = 0.3
+    tiny_cfg.model.loss_chunk = 0
+    model = model_lib.Model(tiny_cfg.model)
+    params = model.init(jax.random.key(3))
+    batch = {"tokens": jnp.asarray(np.random.default_rng(3).integers(6, 48, (8, 16)), jnp.int32)}
+    if sft:
+        batch["prompt_lengths"] = jnp.arange(8, dtype=jnp.int32) % 4
+    results = {}
+    for objective in ("mdm", "block"):
+        tiny_cfg.objective, tiny_cfg.diffusion.block_size = objective, 16
+        noise = diffusion.draw_noise(jax.random.key(5), batch, tiny_cfg)
+        results[objective] = noise, float(diffusion.loss_given_noise(model, params, batch, noise, tiny_cfg)[0])
+    (mdm_noise, mdm_loss), (block_noise, block_loss) = results["mdm"], results["block"]
+    np.testing.assert_array_equal(np.asarray(block_noise["masked"]), np.asarray(mdm_noise["masked"]))
+    np.testing.assert_array_equal(np.asarray(block_noise["p"]),
+                                  np.broadcast_to(np.asarray(mdm_noise["p"])[:, None], (8, 16)))
+    np.testing.assert_allclose(block_loss, mdm_loss, rtol=1e-6)
+
+
+def test_block_size_must_divide_seq_len(tiny_cfg):
+    from llada_jax import train
+    tiny_cfg.objective, tiny_cfg.diffusion.block_size = "block", 5
+    with pytest.raises(train.TrainError, match="multiple of diffusion.block_size=5"):
+        train.Setup(tiny_cfg)

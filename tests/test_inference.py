@@ -127,3 +127,30 @@ def test_lm_eval_adapter_answers_loglikelihood_and_generate_until(run_dir):
     text, = lm.generate_until([gen])
     full = run.sample(["7+5="], key=jax.random.fold_in(jax.random.key(0), 2))["texts"][0]
     assert text == full.split("+")[0]
+
+
+@pytest.mark.slow
+def test_block_run_through_sample_eval_and_sharded_sampling(tmp_path, capsys):
+    """A block-diffusion run (objective=block, blocks of 4): `llada sample` = generate_blocks, sharded = one device,
+    and `llada eval` reports the block ELBO bound and the tasks."""
+    cfg = tiny_config()
+    cfg.model.vocab_size = 64
+    cfg.objective, cfg.diffusion.block_size = "block", 4
+    cfg.train.steps, cfg.train.log_every, cfg.checkpoint.every_steps = 3, 3, 3
+    train.train(cfg, str(tmp_path), log=lambda *a: None)
+    overrides = [("sampling.gen_length", "8"), ("sampling.steps", "8"), ("eval.n_examples", "4"),
+                 ("eval.batch", "4")]
+    one = inference.load_run(str(tmp_path), overrides + [("mesh.fsdp", "1")], devices=jax.devices()[:1])
+    key = jax.random.key(3)
+    out = one.sample(["12+34=", "7+5="], key=key)
+    tokens, mask = sampling.left_pad([one.codec.encode(p) for p in ["12+34=", "7+5="]], one.cfg.tokens.pad_id)
+    want = jax.device_get(sampling.generate_blocks(one.model, one.params, tokens, mask, key,
+                                                   sampling.args_from_config(one.cfg.sampling), one.ids, 4))
+    np.testing.assert_array_equal(out["tokens"], want["tokens"])
+    sharded = inference.load_run(str(tmp_path), overrides + [("mesh.fsdp", "4"), ("mesh.tensor", "2")])
+    np.testing.assert_array_equal(sharded.sample(["12+34=", "7+5="], key=key)["tokens"], out["tokens"])
+    assert cli.main(["sample", f"--workdir={tmp_path}", "--prompt=12+34=", "--gen_length=8", "--steps=8"]) == 0
+    assert "blocks until EOS" in capsys.readouterr().out
+    metrics = evaluate.evaluate_run(one, jax.random.key(0), perplexity=4, log=lambda *a: None)
+    assert 0 < metrics["elbo/nll"] < 10 and metrics["elbo/tokens"] == 4 * 16
+    assert "arithmetic/exact_match" in metrics

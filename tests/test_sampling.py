@@ -448,3 +448,78 @@ def test_autoregressive_decoding_equals_a_token_by_token_loop(tiny_cfg):
     assert int(out["full_passes"]) == 6
     with pytest.raises(sampling.SamplingError, match="objective"):
         sampling.sample(model, params, prompt, mask, jax.random.key(0), args, IDS, "gpt")
+
+
+# -- block diffusion: blocks left to right with an exact cache ------------------------------------------------------
+
+def _block_model(seed=0):
+    from conftest import tiny_config
+    cfg = tiny_config()
+    cfg.model.attention = "xla"
+    model = model_lib.Model(cfg.model)
+    return model, model.init(jax.random.key(seed))
+
+
+def _block_prompt():
+    tokens, mask = sampling.left_pad([[7, 8, 9, 10, 11], [12, 13, 14]], 0)
+    return jnp.asarray(tokens), jnp.asarray(mask)
+
+
+@pytest.mark.parametrize("kw", [dict(), pytest.param(dict(remasking="random", temperature=1.0), marks=pytest.mark.slow),
+                                pytest.param(dict(threshold=0.2), marks=pytest.mark.slow),
+                                pytest.param(dict(cfg_scale=1.5, temperature=0.5), marks=pytest.mark.slow)])
+def test_block_cache_equals_recomputing_everything(kw):
+    """Cached (the prompt's and finished blocks' keys and values computed once) = every step recomputing the whole
+    sequence, token for token and step for step; the cached run never evaluates the whole sequence. Prompts of 5
+    and 3 tokens, both from position 0, blocks of 4: blocks 0..4 hold generated positions of some row."""
+    model, params = _block_model()
+    prompt, mask = _block_prompt()
+    args = sampling.SamplingArgs(gen_length=12, steps=9, **kw)
+    ids = sampling.TokenIds(mask_id=2, eos_id=-1, eot_id=3)  # no EOS stop here
+    out = {c: jax.device_get(sampling.generate_blocks(model, params, prompt, mask, jax.random.key(4), args, ids, 4,
+                                                      cached=c)) for c in (True, False)}
+    np.testing.assert_array_equal(out[True]["tokens"], out[False]["tokens"])
+    np.testing.assert_array_equal(out[True]["order"], out[False]["order"])
+    np.testing.assert_array_equal(out[True]["tokens"][:, :5], np.asarray(prompt))
+    gen = out[True]["tokens"][:, 5:]
+    assert int(out[True]["blocks"]) == 5 and len(np.unique(gen)) > 4  # decoded, and not one repeated token
+    assert int(out[True]["full_passes"]) == 0 and int(out[False]["window_passes"]) == 0
+    steps = int(out[True]["steps"])
+    assert int(out[False]["full_passes"]) == steps
+    assert int(out[True]["window_passes"]) == steps + 4  # each step's block, blocks 0..3 done
+    if "threshold" not in kw:
+        assert steps == 1 + 4 * 3  # 3 per block (9 over 12 / 4 blocks); block 0's single [MASK] takes one
+
+
+def test_block_decoding_stops_after_the_block_with_eos():
+    model, params = _block_model(3)  # a seed whose random model varies its tokens
+    prompt, mask = _block_prompt()
+    args = sampling.SamplingArgs(gen_length=16, steps=16)
+    run = lambda eos: jax.device_get(sampling.generate_blocks(
+        model, params, prompt[:1], mask[:1], jax.random.key(0), args, sampling.TokenIds(2, eos, 3), 4))
+    full = run(-1)
+    gen = full["tokens"][0, 5:]  # blocks of positions 4..7 (3 generated), 8..11, ...: ends 3, 7, 11, 15
+    ends = [3, 7, 11, 15]
+    blk, eos = next((k, int(t)) for k in range(1, 4) for t in gen[ends[k - 1]:ends[k]] if t not in gen[:ends[k - 1]])
+    out = run(eos)  # a token first produced in block k (k >= 1): decoding stops after that block
+    assert int(out["blocks"]) == blk + 2 < 5  # block 0 holds only the prompt
+    np.testing.assert_array_equal(out["tokens"][0, 5:5 + ends[blk]], gen[:ends[blk]])
+    assert np.all(out["tokens"][0, 5 + ends[blk]:] == 2) and np.all(out["order"][0, ends[blk]:] == -1)
+
+
+def test_sample_dispatches_block_objective():
+    model, params = _block_model()
+    prompt, mask = _block_prompt()
+    args = sampling.SamplingArgs(gen_length=8, steps=8)
+    ids = sampling.TokenIds(2, 0, 3)
+    got = sampling.sample(model, params, prompt, mask, jax.random.key(1), args, ids, "block", 4)
+    want = sampling.generate_blocks(model, params, prompt, mask, jax.random.key(1), args, ids, 4)
+    np.testing.assert_array_equal(np.asarray(got["tokens"]), np.asarray(want["tokens"]))
+    # each prompt starts at position 0 whatever the batch: a row's answer (argmax) = that prompt's answer alone
+    for row, width in ((0, 5), (1, 3)):
+        alone = sampling.generate_blocks(model, params, prompt[row:row + 1, 5 - width:], None, jax.random.key(1), args,
+                                         ids, 4)
+        np.testing.assert_array_equal(np.asarray(alone["tokens"])[0, width:], np.asarray(got["tokens"])[row, 5:])
+    with pytest.raises(sampling.SamplingError, match="multiple of the model's block size"):
+        sampling.sample(model, params, prompt, mask, jax.random.key(1), sampling.SamplingArgs(gen_length=6), ids,
+                        "block", 4)

@@ -74,7 +74,7 @@ def test_bad_sweep_files_say_what_is_wrong(tmp_path, body, message):
 
 
 def test_missing_sweep_file_and_unknown_key_through_the_command(tmp_path, capsys):
-    with pytest.raises(SystemExit, match=r"sweep file 'nope.py' not found.*built-in: mdm_vs_arm"):
+    with pytest.raises(SystemExit, match=r"sweep file 'nope.py' not found.*built-in: .*mdm_vs_arm"):
         cli.main(["sweep", "--sweep=nope.py", f"--workdir={tmp_path}"])
     bad = write_sweep(tmp_path, "def get_sweep():\n    return 'configs/tiny.py', sweep('model.d_modle', [8])\n")
     with pytest.raises(SystemExit, match=r"sweep point model.d_modle=8: unknown config key --config.model.d_modle"
@@ -89,7 +89,7 @@ def test_missing_sweep_file_and_unknown_key_through_the_command(tmp_path, capsys
     assert not (tmp_path / "w").exists()
 
 
-@pytest.mark.parametrize("name", ["mdm_vs_arm", "remasking", "random_length", "reversal"])
+@pytest.mark.parametrize("name", ["mdm_vs_arm", "remasking", "random_length", "reversal", "block_sizes"])
 def test_builtin_sweeps_build_valid_configs(name):
     base, points = sweep.load_sweep(f"configs/sweeps/{name}.py")
     for p in points:
@@ -105,6 +105,11 @@ def test_builtin_sweeps_build_valid_configs(name):
         assert max(flops) / min(flops) < 1.002
         steps = {(p["objective"], p["model.d_model"]): p["train.steps"] for p in points}
         assert steps[("mdm", 128)] == 600 and 600 < steps[("arm", 128)] < 640
+    if name == "block_sizes":  # equal training FLOPs: block diffusion ([x_t ; x_0]) trains about half the steps
+        rows = sweep.collect(sweep.plan(points, "/nonexistent"), [sweep.build(base, [], p) for p in points])
+        flops = [r["train_flops"] for r in rows]
+        assert max(flops) / min(flops) < 1.002
+        assert [p["train.steps"] for p in points][:3] == [5000, 5051, 2538]
     if name == "remasking":  # one trained model, four evaluations
         assert len({it["run_dir"] for it in sweep.plan(points, "W")}) == 1
 

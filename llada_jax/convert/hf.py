@@ -1,4 +1,6 @@
-"""Conversion between a run directory (orbax checkpoint + config.json) and the released LLaDA Hugging Face layout.
+"""Conversion between a run directory (orbax checkpoint + config.json) and the released LLaDA Hugging Face layout;
+import of Llama-architecture Hugging Face checkpoints (config.json model_type "llama"), the start of an adaptation
+from an autoregressive model (block diffusion, REFERENCE.md section 7).
 
 The HF layout (REFERENCE.md section 2): config.json with the release's keys, safetensors shards with the release's
 tensor names (PyTorch Linear weights are [out, in]) plus model.safetensors.index.json, generation_config.json, and
@@ -67,20 +69,39 @@ class Tensor:
         return x if self.kind == "copy" else x.T.reshape(self.ours)
 
 
-def tensor_table(m):
-    """{our leaf name ("blocks.q_proj"): [Tensor, ...]} in the table's order; stacked leaves list one per layer."""
+# Llama (transformers' LlamaForCausalLM) has the same block and the same rotate-half RoPE, so only the names
+# differ (LLaDA's come from the parameter table); a tied head is the embedding read again.
+LLAMA_NAMES = {"wte": "model.embed_tokens.weight", "ln_f": "model.norm.weight", "lm_head": "lm_head.weight",
+               **{"blocks." + leaf: "model.layers.{layer}." + name + ".weight" for leaf, name in (
+                   ("attn_norm", "input_layernorm"), ("q_proj", "self_attn.q_proj"), ("k_proj", "self_attn.k_proj"),
+                   ("v_proj", "self_attn.v_proj"), ("attn_out", "self_attn.o_proj"),
+                   ("ff_norm", "post_attention_layernorm"), ("ff_proj", "mlp.gate_proj"),
+                   ("up_proj", "mlp.up_proj"), ("ff_out", "mlp.down_proj"))}}
+IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)  # buffers some Llama checkpoints store; RoPE is recomputed
+
+
+def tensor_table(m, layout="llada", tied=False):
+    """{our leaf name ("blocks.q_proj"): [Tensor, ...]} in the table's order; stacked leaves list one per layer.
+    layout: "llada" (the release's names) or "llama"; tied: the output head is the embedding matrix (Llama's
+    tie_word_embeddings)."""
     hd = model_lib.head_dim(m)
-    if hd * m.n_heads != m.d_model:
+    if layout == "llada" and hd * m.n_heads != m.d_model:
         raise ConvertError(f"model.head_dim={m.head_dim} with d_model={m.d_model} and n_heads={m.n_heads}: the "
                            f"LLaDA HF layout needs head_dim = d_model / n_heads = {m.d_model // m.n_heads}.")
     table = {}
     for leaf, p in model_lib.flat_params(m).items():
         kind = "linear" if p.hf_linear else "copy"
+        if layout == "llada":
+            name = PREFIX + p.hf_name
+        elif leaf in LLAMA_NAMES:
+            name = LLAMA_NAMES["wte" if tied and leaf == "lm_head" else leaf]
+        else:
+            raise ConvertError(f"parameter {leaf} has no counterpart in the Llama layout.")
         if p.axes[0] == "layers":
-            table[leaf] = [Tensor(PREFIX + p.hf_name.format(layer=i), leaf, i, kind, p.shape[1:], p.hf_shape)
+            table[leaf] = [Tensor(name.format(layer=i), leaf, i, kind, p.shape[1:], p.hf_shape)
                            for i in range(m.n_layers)]
         else:
-            table[leaf] = [Tensor(PREFIX + p.hf_name, leaf, None, kind, p.shape, p.hf_shape)]
+            table[leaf] = [Tensor(name, leaf, None, kind, p.shape, p.hf_shape)]
     return table
 
 
@@ -128,11 +149,60 @@ _FIXED = {"rope": True, "layer_norm_type": "rms", "block_type": "llama", "activa
           "layer_norm_with_affine": True}
 
 
+# Llama features this architecture does not have: key -> the only value we can represent.
+_LLAMA_FIXED = {"hidden_act": "silu", "attention_bias": False, "mlp_bias": False, "pretraining_tp": 1}
+
+
+def _llama_rope(hc):
+    """(theta, problem or None): transformers 4 writes rope_theta (+ rope_scaling), 5 writes rope_parameters."""
+    rope = hc.get("rope_parameters") or hc.get("rope_scaling") or {}
+    kind = rope.get("rope_type", rope.get("type", "default"))
+    theta = float(hc.get("rope_theta") or rope.get("rope_theta") or 10000.0)
+    return theta, None if kind == "default" else f"rope type {kind!r} (only plain RoPE, 'default', is supported)"
+
+
+def hf_layout(hc):
+    """The tensor layout of an HF config.json dict: "llada" or "llama"."""
+    layout = hc.get("model_type", "llada")
+    if layout not in NAMES:
+        raise ConvertError(f"config.json has model_type={layout!r}; expected 'llada' or 'llama' (a Llama-architecture "
+                           f"checkpoint).")
+    return layout
+
+
+def llama_config_from_hf(hc, base=None):
+    """Our config with the sizes of a Llama config.json: the same Transformer (RMSNorm, rotate-half RoPE with its
+    theta, GQA, SiLU-gated MLP); the model it holds is causal (objective=arm), the start of an adaptation."""
+    bad = [f"{k}={hc[k]!r} (only {v!r} is supported)" for k, v in _LLAMA_FIXED.items() if hc.get(k, v) != v]
+    theta, rope_problem = _llama_rope(hc)
+    if rope_problem:
+        bad.append(rope_problem)
+    missing = [k for k in ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
+                           "vocab_size") if k not in hc]
+    if missing:
+        bad.append(f"missing keys {', '.join(missing)}")
+    if bad:
+        raise ConvertError("config.json describes a Llama this architecture cannot hold: " + "; ".join(bad))
+    cfg = base if base is not None else config_lib.default_config()
+    m = cfg.model
+    m.d_model, m.n_layers, m.n_heads = hc["hidden_size"], hc["num_hidden_layers"], hc["num_attention_heads"]
+    m.n_kv_heads = hc.get("num_key_value_heads") or hc["num_attention_heads"]
+    m.head_dim = hc.get("head_dim") or -1
+    if m.head_dim * m.n_heads == m.d_model:
+        m.head_dim = -1
+    m.ffn_dim, m.vocab_size = hc["intermediate_size"], hc["vocab_size"]
+    m.max_seq_len = hc.get("max_position_embeddings", m.max_seq_len)
+    m.rope_theta = theta
+    m.norm_eps = float(hc.get("rms_norm_eps", 1e-6))
+    cfg.objective = "arm"
+    return cfg
+
+
 def config_from_hf(hc, base=None):
     """Our config with the model sizes of an HF config.json dict `hc`, on top of `base` (ids: token_ids_from_hf)."""
+    if hf_layout(hc) == "llama":
+        return llama_config_from_hf(hc, base)
     bad = [f"{k}={hc[k]!r} (only {v!r} is supported)" for k, v in _FIXED.items() if k in hc and hc[k] != v]
-    if hc.get("model_type", "llada") != "llada":
-        bad.append(f"model_type={hc['model_type']!r} (expected 'llada')")
     missing = [k for k in ("d_model", "n_layers", "n_heads") if k not in hc]
     if missing:
         bad.append(f"missing keys {', '.join(missing)}")
@@ -515,7 +585,7 @@ def read_hf_index(hf_dir):
     return out
 
 
-def check_hf_tensors(index, table):
+def check_hf_tensors(index, table, layout="llada"):
     """Every problem with the HF tensors, one line each: wrong shapes, missing and unknown names, dtypes."""
     expected = {t.name: t for tensors in table.values() for t in tensors}
     problems = []
@@ -527,7 +597,9 @@ def check_hf_tensors(index, table):
         elif index[name][1] not in ST_DTYPES:
             problems.append(f"{name}: dtype {index[name][1]}, expected one of {', '.join(ST_DTYPES)}")
     for name in sorted(set(index) - set(expected)):
-        problems.append(f"{name}: unknown tensor name (shape {list(index[name][2])}); not part of the LLaDA layout")
+        if not name.endswith(IGNORED_SUFFIXES):
+            problems.append(f"{name}: unknown tensor name (shape {list(index[name][2])}); not part of the {layout} "
+                            f"layout")
     return problems
 
 
@@ -582,11 +654,12 @@ def from_hf(hf_dir, out, base_config=None, dtype=None, overwrite=False, log=prin
                            f"parameter dtype) and cannot be overridden on import.")
     cfg = config_from_hf(hc, base_config)
     m = cfg.model
-    table = tensor_table(m)
+    layout = hf_layout(hc)
+    table = tensor_table(m, layout, tied=layout == "llama" and hc.get("tie_word_embeddings", False))
     index = read_hf_index(hf_dir)
-    problems = check_hf_tensors(index, table)
+    problems = check_hf_tensors(index, table, layout)
     if problems:
-        raise ConvertError(f"{hf_dir} does not match the LLaDA layout of its config.json ({m.n_layers} layers, "
+        raise ConvertError(f"{hf_dir} does not match the {layout} layout of its config.json ({m.n_layers} layers, "
                            f"d_model {m.d_model}, {m.n_heads} heads, {m.n_kv_heads} kv heads, ffn {m.ffn_dim}, "
                            f"vocab {m.vocab_size}):\n  " + "\n  ".join(problems))
     codes = {index[t.name][1] for tensors in table.values() for t in tensors}

@@ -1,0 +1,30 @@
+"""Block diffusion's block size (2, 4, and 16: the whole sequence of the task's rows) against LLaDA and the
+autoregressive baseline, at equal training FLOPs, on the addition task (configs/tiny_task.py).
+
+Every point gets the FLOPs of LLaDA's (objective=mdm) 5000 steps by model.flops_per_token: block diffusion runs
+the model on [x_t ; x_0] (twice the tokens), so it trains for about half the steps; the ARM's causal attention
+is half as costly, so it trains a little longer. Evaluated on exact match (a block model decodes whole blocks:
+sampling.gen_length is at least the block size).
+
+    llada sweep --sweep=configs/sweeps/block_sizes.py --workdir=runs/block_sizes
+"""
+from llada_jax import config as config_lib
+from llada_jax import model as model_lib
+
+BASE = "configs/tiny_task.py"
+REFERENCE_STEPS = 5000  # the budget: LLaDA (mdm) on the tiny task trained for this many steps
+
+
+def flops_per_step(objective):
+    c = config_lib.load_config(BASE)
+    tokens = c.train.global_batch * c.train.seq_len
+    return model_lib.flops_per_token(c.model, c.train.seq_len, objective == "arm", objective == "block") * tokens
+
+
+def get_sweep():
+    budget = REFERENCE_STEPS * flops_per_step("mdm")
+    seq_len = config_lib.load_config(BASE).train.seq_len
+    points = [{"objective": "mdm"}, {"objective": "arm"}]
+    points += [{"objective": "block", "diffusion.block_size": b, "sampling.gen_length": max(8, b),
+                "sampling.steps": max(8, b)} for b in (2, 4, seq_len)]
+    return BASE, [{**p, "train.steps": round(budget / flops_per_step(p["objective"]))} for p in points]
