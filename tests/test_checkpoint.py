@@ -137,10 +137,10 @@ class Poisoned:
 def test_nan_guard_skips_counts_and_rolls_back(cfg, tmp_path, monkeypatch):
     real_loss = train.diffusion.loss_given_noise
 
-    def loss_given_noise(model, params, batch, noise, cfg):  # a non-finite loss (and gradients) on poisoned rows
+    def loss_given_noise(model, params, batch, noise, cfg, *rest):  # non-finite loss and gradients if poisoned
         batch = dict(batch)
         poison = batch.pop("poison")
-        loss, aux = real_loss(model, params, batch, noise, cfg)
+        loss, aux = real_loss(model, params, batch, noise, cfg, *rest)
         return loss * jnp.where(jnp.max(poison) > 0, jnp.nan, 1.0), aux
 
     monkeypatch.setattr(train.diffusion, "loss_given_noise", loss_given_noise)
