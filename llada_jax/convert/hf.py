@@ -77,6 +77,7 @@ LLAMA_NAMES = {"wte": "model.embed_tokens.weight", "ln_f": "model.norm.weight", 
                    ("v_proj", "self_attn.v_proj"), ("attn_out", "self_attn.o_proj"),
                    ("ff_norm", "post_attention_layernorm"), ("ff_proj", "mlp.gate_proj"),
                    ("up_proj", "mlp.up_proj"), ("ff_out", "mlp.down_proj"))}}
+LAYOUTS = ("llada", "llama")
 IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)  # buffers some Llama checkpoints store; RoPE is recomputed
 
 
@@ -164,7 +165,7 @@ def _llama_rope(hc):
 def hf_layout(hc):
     """The tensor layout of an HF config.json dict: "llada" or "llama"."""
     layout = hc.get("model_type", "llada")
-    if layout not in NAMES:
+    if layout not in LAYOUTS:
         raise ConvertError(f"config.json has model_type={layout!r}; expected 'llada' or 'llama' (a Llama-architecture "
                            f"checkpoint).")
     return layout
