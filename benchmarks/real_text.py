@@ -30,7 +30,6 @@ generative perplexity is within 10% of the baseline's, else threshold 0.9).
 import argparse
 import dataclasses
 import json
-import math
 import os
 import time
 

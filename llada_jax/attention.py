@@ -120,7 +120,6 @@ def splash_attention(q, k, v, key_mask=None, segment_ids=None, causal=False, sha
     if blocks is not None and (k.shape[1] != t or not isinstance(blocks.q_start, int) or blocks.q_start):
         raise LladaError("splash attention takes block masks of whole sequences only (training, the ELBO); use "
                          "model.attention=flash or xla for cached decoding windows.")
-    kv = k.shape[2]
     seg = jnp.ones((b, t), jnp.int32) if segment_ids is None else segment_ids.astype(jnp.int32) + 1
     if key_mask is not None:
         seg = jnp.where(key_mask, seg, 0)

@@ -1,7 +1,6 @@
 """Checkpoints: exact resume (in-process and after SIGKILL), preemption, resharding, multi-host, NaN rollback."""
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys

@@ -1,7 +1,6 @@
 """SFT data: the chat template's exact token layout, multi-turn splitting, EOS padding, over-long examples, and the
 SFT source in the trainer."""
 import json
-import os
 
 import numpy as np
 import pytest

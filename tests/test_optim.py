@@ -1,5 +1,4 @@
 """The paper's Warmup-Stable-Decay schedule in tokens, cosine, and the weight-decay mask."""
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
