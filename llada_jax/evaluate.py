@@ -83,6 +83,16 @@ def _pad_to(n, bucket):
     return -(-n // bucket) * bucket
 
 
+def _estimator_inputs(prompt, answer, n_samples, batch_size):
+    """prompt, answer as int32 arrays, after the checks every likelihood estimator makes."""
+    prompt, answer = np.asarray(prompt, np.int32), np.asarray(answer, np.int32)
+    if answer.size == 0:
+        raise EvalError("the answer is empty; log p(empty | prompt) = 0 needs no estimate.")
+    if n_samples % batch_size:
+        raise EvalError(f"n_samples={n_samples} must be a multiple of batch_size={batch_size}.")
+    return prompt, answer
+
+
 def log_likelihood(model, params, prompt, answer, key, mask_id, *, n_samples=128, batch_size=16, cfg_scale=0.0,
                    bucket=1):
     """Monte Carlo estimate of log p(answer | prompt) (Algorithm 3; not length-normalised).
@@ -92,11 +102,7 @@ def log_likelihood(model, params, prompt, answer, key, mask_id, *, n_samples=128
     examples of similar lengths share one compilation (exact only for a model that honours key_mask).
     Returns (estimate, standard error): the error from the spread of the mini-batch means (rows of one mini-batch
     are not independent: their mask counts are stratified)."""
-    prompt, answer = np.asarray(prompt, np.int32), np.asarray(answer, np.int32)
-    if answer.size == 0:
-        raise EvalError("the answer is empty; log p(empty | prompt) = 0 needs no estimate.")
-    if n_samples % batch_size:
-        raise EvalError(f"n_samples={n_samples} must be a multiple of batch_size={batch_size}.")
+    prompt, answer = _estimator_inputs(prompt, answer, n_samples, batch_size)
     prompt_full, prompt_mask, answer_full = _padded(prompt, answer, bucket, mask_id)
     rows = _loglik_jit(model, params, prompt_full, prompt_mask, answer_full, jnp.int32(answer.size), key,
                        jnp.float32(cfg_scale), mask_id, n_samples // batch_size, batch_size, cfg_scale > 0)
@@ -149,11 +155,7 @@ def block_log_likelihood(model, params, prompt, answer, key, mask_id, block_size
     estimate of the block ELBO of the answer with the prompt clean (each block draws its own t; a block holding
     the prompt's tail and the answer's start noises only the answer; a lower bound in expectation). Returns
     (estimate, standard error) as log_likelihood does."""
-    prompt, answer = np.asarray(prompt, np.int32), np.asarray(answer, np.int32)
-    if answer.size == 0:
-        raise EvalError("the answer is empty; log p(empty | prompt) = 0 needs no estimate.")
-    if n_samples % batch_size:
-        raise EvalError(f"n_samples={n_samples} must be a multiple of batch_size={batch_size}.")
+    prompt, answer = _estimator_inputs(prompt, answer, n_samples, batch_size)
     seq, key_mask, answer_region = _block_layout(prompt, answer, block_size, mask_id)
     return _estimate(_block_rows_jit(model, params, seq, key_mask, answer_region, key, mask_id, eps, block_size,
                                      n_samples // batch_size, batch_size))

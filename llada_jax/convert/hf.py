@@ -171,6 +171,16 @@ def hf_layout(hc):
     return layout
 
 
+def _base_config(hc, base, bad, required, what):
+    """`base` (default: the default config) once config.json `hc` has every `required` key and no `bad` entry."""
+    missing = [k for k in required if k not in hc]
+    if missing:
+        bad.append(f"missing keys {', '.join(missing)}")
+    if bad:
+        raise ConvertError(f"config.json describes {what} this architecture cannot hold: " + "; ".join(bad))
+    return base if base is not None else config_lib.default_config()
+
+
 def llama_config_from_hf(hc, base=None):
     """Our config with the sizes of a Llama config.json: the same Transformer (RMSNorm, rotate-half RoPE with its
     theta, GQA, SiLU-gated MLP); the model it holds is causal (objective=arm), the start of an adaptation."""
@@ -178,13 +188,8 @@ def llama_config_from_hf(hc, base=None):
     theta, rope_problem = _llama_rope(hc)
     if rope_problem:
         bad.append(rope_problem)
-    missing = [k for k in ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
-                           "vocab_size") if k not in hc]
-    if missing:
-        bad.append(f"missing keys {', '.join(missing)}")
-    if bad:
-        raise ConvertError("config.json describes a Llama this architecture cannot hold: " + "; ".join(bad))
-    cfg = base if base is not None else config_lib.default_config()
+    cfg = _base_config(hc, base, bad, ("hidden_size", "num_hidden_layers", "num_attention_heads",
+                                       "intermediate_size", "vocab_size"), "a Llama")
     m = cfg.model
     m.d_model, m.n_layers, m.n_heads = hc["hidden_size"], hc["num_hidden_layers"], hc["num_attention_heads"]
     m.n_kv_heads = hc.get("num_key_value_heads") or hc["num_attention_heads"]
@@ -204,12 +209,7 @@ def config_from_hf(hc, base=None):
     if hf_layout(hc) == "llama":
         return llama_config_from_hf(hc, base)
     bad = [f"{k}={hc[k]!r} (only {v!r} is supported)" for k, v in _FIXED.items() if k in hc and hc[k] != v]
-    missing = [k for k in ("d_model", "n_layers", "n_heads") if k not in hc]
-    if missing:
-        bad.append(f"missing keys {', '.join(missing)}")
-    if bad:
-        raise ConvertError("config.json describes a model this architecture cannot hold: " + "; ".join(bad))
-    cfg = base if base is not None else config_lib.default_config()
+    cfg = _base_config(hc, base, bad, ("d_model", "n_layers", "n_heads"), "a model")
     m = cfg.model
     m.d_model, m.n_layers, m.n_heads = hc["d_model"], hc["n_layers"], hc["n_heads"]
     m.n_kv_heads = hc.get("n_kv_heads") or hc.get("effective_n_kv_heads") or hc["n_heads"]
