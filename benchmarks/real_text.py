@@ -1,6 +1,6 @@
 """Real text end to end: masked diffusion vs the autoregressive baseline on the Python standard library's source.
 
-    python benchmarks/real_text.py [--out=runs/real_text] [--sizes=s,m] [--budget_steps=1500]   # ~90 CPU min
+    python benchmarks/real_text.py [--out=runs/real_text] [--sizes=s,m] [--budget_steps=400]    # ~90 CPU min
     python benchmarks/real_text.py --quick                                                    # < 10 CPU min
 
 Stages (each resumes or is skipped when its outputs exist in --out):
@@ -40,7 +40,7 @@ from llada_jax import cli, config as config_lib, evaluate, inference, mfu, model
 from llada_jax.data import corpus, store
 
 PRESETS = {
-    "full": dict(max_files=0, vocab_size=8192, sizes="s,m", budget_steps=1500, batch=16, ppl_windows=128,
+    "full": dict(max_files=0, vocab_size=8192, sizes="s,m", budget_steps=400, batch=16, ppl_windows=128,
                  elbo_samples=8, prompts=16, repeats=2, mc=200, mc_samples=64),
     "quick": dict(max_files=300, vocab_size=2048, sizes="s", budget_steps=150, batch=8, ppl_windows=32,
                   elbo_samples=4, prompts=4, repeats=1, mc=40, mc_samples=16),
