@@ -72,16 +72,22 @@ def test_flash_equals_reference_forward_and_backward(kind, causal, block_rows):
     (key_mask, segments), real = _masks(kind)
     weights = jax.random.normal(jax.random.key(9), q.shape) * real[:, :, None, None]
     flash = lambda *a, **kw: attention.flash_attention(*a, block_rows=block_rows, **kw)
+    _assert_equals_reference(flash, q, k, v, weights, 1e-6, 1e-5, key_mask=key_mask, segment_ids=segments,
+                             causal=causal)
 
-    def loss(fn):
-        return lambda q, k, v: jnp.sum(fn(q, k, v, key_mask=key_mask, segment_ids=segments, causal=causal) * weights)
+
+def _assert_equals_reference(fn, q, k, v, weights, out_atol, grad_atol, **kw):
+    """fn(q, k, v, **kw) = the XLA reference: a weighted sum of the outputs and its gradients wrt q, k and v
+    (tolerances relative to the weights' scale and to each reference gradient's largest entry)."""
+    def loss(f):
+        return lambda q, k, v: jnp.sum(f(q, k, v, **kw) * weights)
 
     with jax.default_matmul_precision("highest"):
         ref, ref_grads = jax.value_and_grad(loss(attention.xla_attention), argnums=(0, 1, 2))(q, k, v)
-        out, grads = jax.jit(jax.value_and_grad(loss(flash), argnums=(0, 1, 2)))(q, k, v)
-    np.testing.assert_allclose(float(out), float(ref), atol=1e-6 * float(jnp.sum(jnp.abs(weights))))
+        out, grads = jax.jit(jax.value_and_grad(loss(fn), argnums=(0, 1, 2)))(q, k, v)
+    np.testing.assert_allclose(float(out), float(ref), atol=out_atol * float(jnp.sum(jnp.abs(weights))))
     for g, r in zip(grads, ref_grads):
-        np.testing.assert_allclose(np.asarray(g), np.asarray(r), atol=1e-5 * float(jnp.abs(r).max()))
+        np.testing.assert_allclose(np.asarray(g), np.asarray(r), atol=grad_atol * float(jnp.abs(r).max()))
 
 
 def test_flash_window_of_queries_against_all_keys():
@@ -150,17 +156,8 @@ def _blocks_case(fn, kind, blocks, **kw):
     q, k, v = _inputs()
     (key_mask, segments), real = _masks(kind)
     weights = jax.random.normal(jax.random.key(9), q.shape) * real[:, :, None, None]
-
-    def loss(f):
-        return lambda q, k, v: jnp.sum(f(q, k, v, key_mask=key_mask, segment_ids=segments, blocks=blocks, **kw)
-                                       * weights)
-
-    with jax.default_matmul_precision("highest"):
-        ref, ref_grads = jax.value_and_grad(loss(attention.xla_attention), argnums=(0, 1, 2))(q, k, v)
-        out, grads = jax.jit(jax.value_and_grad(loss(fn), argnums=(0, 1, 2)))(q, k, v)
-    np.testing.assert_allclose(float(out), float(ref), atol=1e-5 * float(jnp.sum(jnp.abs(weights))))
-    for g, r in zip(grads, ref_grads):
-        np.testing.assert_allclose(np.asarray(g), np.asarray(r), atol=2e-4 * float(jnp.abs(r).max()))
+    _assert_equals_reference(fn, q, k, v, weights, 1e-5, 2e-4, key_mask=key_mask, segment_ids=segments,
+                             blocks=blocks, **kw)
 
 
 @pytest.mark.parametrize("kind", ["none", "both"])
