@@ -18,8 +18,9 @@ Stages (each resumes or is skipped when its outputs exist in --out):
      evaluates), with the baseline (one token per step, low confidence), random
      remasking, semi-autoregressive blocks of 32, threshold 0.9 / 0.7 and threshold 0.9 + dual cache (blocks of 32).
      Quality: generative perplexity under the largest arm (the judge) and unigram entropy per sample; speed: model
-     evaluations per generated token and tokens/s (compilation excluded). Prompted samples generate
-     train.seq_len - 64 tokens so that prompt + answer is the length the model was trained at.
+     evaluations per generated token and tokens/s (one timed run after a warm-up that compiles the same program).
+     Unconditional samples are --gen_tokens long (256; 64 with --quick); prompted ones min(--gen_tokens,
+     train.seq_len - 64), so that prompt + answer is the length the model was trained at.
   5. multiple choice (`llada data choices`, test files): which of 4 continuations of a function is real, through
      `llada eval --choices=`: mdm by Algorithm 3 (eval.mc_samples), arm by exact likelihood.
 Writes OUT/results.json, OUT/real_text.md (the tables and one sample of each model) and OUT/ppl_vs_flops.png;
@@ -41,9 +42,9 @@ from llada_jax.data import corpus, store
 
 PRESETS = {
     "full": dict(max_files=0, vocab_size=8192, sizes="s,m", budget_steps=400, batch=16, ppl_windows=128,
-                 elbo_samples=8, prompts=16, repeats=2, mc=200, mc_samples=64),
+                 elbo_samples=8, prompts=8, gen_tokens=256, mc=200, mc_samples=32),
     "quick": dict(max_files=300, vocab_size=2048, sizes="s", budget_steps=150, batch=8, ppl_windows=32,
-                  elbo_samples=4, prompts=4, repeats=1, mc=40, mc_samples=16),
+                  elbo_samples=4, prompts=4, gen_tokens=64, mc=40, mc_samples=16),
 }
 PROMPT_TOKENS = 64
 
@@ -90,23 +91,28 @@ def unigram_entropy(row):
     return float(-(p * np.log(p)).sum())
 
 
-def generate(run, judge, prompt, sargs, repeats):
+def warm_up_args(sargs):
+    """The same compiled program (steps and the threshold are traced values) decoding each block in one step: the
+    warm-up call compiles without paying for a whole generation."""
+    if sargs.threshold is not None:
+        return dataclasses.replace(sargs, threshold=0.0)
+    return dataclasses.replace(sargs, steps=sargs.gen_length // sargs.block_length)
+
+
+def generate(run, judge, prompt, sargs):
     """Samples for one method: generative perplexity (judge = the arm run), entropy, evaluations, tokens/s."""
     ids, key = sampling.token_ids(run.cfg), jax.random.key(0)
-    out = jax.device_get(sampling.generate(run.model, run.params, prompt, None, key, sargs, ids))  # compile
-    best = float("inf")
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        out = jax.device_get(sampling.generate(run.model, run.params, prompt, None, key, sargs, ids))
-        jax.block_until_ready(out["tokens"])
-        best = min(best, time.perf_counter() - t0)
+    jax.device_get(sampling.generate(run.model, run.params, prompt, None, key, warm_up_args(sargs), ids))
+    t0 = time.perf_counter()
+    out = jax.device_get(sampling.generate(run.model, run.params, prompt, None, key, sargs, ids))
+    seconds = time.perf_counter() - t0
     tokens = np.asarray(out["tokens"])
     p, n = prompt.shape[1], tokens.shape[0] * sargs.gen_length
     r = evaluate.ar_perplexity(judge.model, judge.params, tokens, start=p)
     passes = float(out["full_passes"]) + float(out["window_passes"])
     return {"gen_ppl": r["ppl"], "gen_nll_stderr": r["stderr"],
             "entropy": float(np.mean([unigram_entropy(row[p:]) for row in tokens])),
-            "evals_per_token": passes / sargs.gen_length, "steps": int(out["steps"]), "tokens_per_s": n / best,
+            "evals_per_token": passes / sargs.gen_length, "steps": int(out["steps"]), "tokens_per_s": n / seconds,
             "sample": run.codec.decode([int(i) for i in tokens[0, p:]])}
 
 
@@ -180,15 +186,15 @@ def main():
                if len(ids) >= PROMPT_TOKENS][:args.prompts]
     gen = results.setdefault("generation", {})
     for kind, prompt, length, temperature in (
-            ("unconditional", np.full((args.prompts, 1), eos, np.int32), seq_len, 1.0),
-            ("prompted", np.array(prompts, np.int32), seq_len - PROMPT_TOKENS, 0.0)):
+            ("unconditional", np.full((args.prompts, 1), eos, np.int32), args.gen_tokens, 1.0),
+            ("prompted", np.array(prompts, np.int32), min(args.gen_tokens, seq_len - PROMPT_TOKENS), 0.0)):
         for name, sargs in methods(length).items():
             sargs = dataclasses.replace(sargs, temperature=temperature)
             key = f"{kind}: {name}"
             if key not in gen:
                 print(f"  {key} ...", flush=True)
                 gen[key] = {"kind": kind, "method": name, "gen_length": length,
-                            **generate(mdm, judge, prompt, sargs, args.repeats)}
+                            **generate(mdm, judge, prompt, sargs)}
                 save()
 
     print("== 5. multiple choice through `llada eval --choices=`", flush=True)

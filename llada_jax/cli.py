@@ -177,6 +177,9 @@ def cmd_convert(argv):
     a.add_argument("--tokenizer", default=None, help="sentencepiece .model or HF tokenizer directory "
                                                      "(default: the run's data.tokenizer, if any)")
     a.add_argument("--max_shard_size", default="5GB", help="largest safetensors shard, e.g. 5GB, 500MB")
+    a.add_argument("--layout", default="llada", choices=list(hf.LAYOUTS),
+                   help="llada: the release's LLaDAModelLM (remote code included); llama: transformers' "
+                        "LlamaForCausalLM (an objective=arm run's logits there equal ours)")
     b = sub.add_parser("from-hf", help="import an HF LLaDA directory into a run directory")
     b.add_argument("hf_dir", help="directory with config.json and *.safetensors")
     b.add_argument("--out", required=True, help="the new run directory")
@@ -190,7 +193,8 @@ def cmd_convert(argv):
         p.error("to-hf takes no --config.* overrides: it exports the run as it is.")
     try:
         if args.direction == "to-hf":
-            hf.to_hf(args.workdir, args.out, args.step, args.dtype, args.tokenizer, args.max_shard_size)
+            hf.to_hf(args.workdir, args.out, args.step, args.dtype, args.tokenizer, args.max_shard_size,
+                      layout=args.layout)
         else:
             base = config_lib.build_config(args.config) if args.config else None
             hf.from_hf(args.hf_dir, args.out, base, args.dtype, args.overwrite, overrides=overrides)

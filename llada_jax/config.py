@@ -66,6 +66,7 @@ def default_config():
     # diffusion.block_size. E.g. warm up 1 -> 4 -> 32 -> seq_len, hold, decay back to 32: [(1000, 1), (2000, 4),
     # (3000, 32), (90000, 4096)] with block_size 32. The step compiles once per distinct size.
     d.block_size_schedule = []
+    d.block_size_schedule_unit = "steps"  # what until counts: "steps" or "tokens" (training tokens before the step)
 
     c.train = tr = ml_collections.ConfigDict()
     tr.steps = 600

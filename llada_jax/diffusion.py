@@ -9,6 +9,7 @@ import jax.numpy as jnp
 
 from llada_jax import attention
 from llada_jax import model as model_lib
+from llada_jax import optim
 from llada_jax.errors import LladaError
 
 OBJECTIVES = ("mdm", "arm", "block")
@@ -45,19 +46,32 @@ def block_pair(x_t, x_0, *rows):
     return (jnp.concatenate([x_t, x_0], 1),) + tuple(None if r is None else jnp.concatenate([r, r], 1) for r in rows)
 
 
+SCHEDULE_UNITS = ("steps", "tokens")
+
+
+def until_step(cfg, until):
+    """The first training step a diffusion.block_size_schedule entry (until, size) no longer covers: `until` itself
+    (unit "steps"), or the first step that starts at `until` training tokens or later (unit "tokens")."""
+    if cfg.diffusion.get("block_size_schedule_unit", "steps") == "steps":
+        return int(until)
+    return -(-int(until) // optim.tokens_per_step(cfg))
+
+
 def block_size(cfg, step=None):
     """diffusion.block_size, -1 meaning one block of train.seq_len (the LLaDA objective); with `step` (a Python
     int), the size diffusion.block_size_schedule gives that training step."""
     size = cfg.diffusion.block_size
     if step is not None:
-        size = next((int(s) for until, s in cfg.diffusion.block_size_schedule if step < until), size)
+        size = next((int(s) for until, s in cfg.diffusion.block_size_schedule if step < until_step(cfg, until)),
+                    size)
     return size if size > 0 else cfg.train.seq_len
 
 
 def block_sizes(cfg):
     """Every block size a training run uses (the schedule's and the final one)."""
     schedule = cfg.diffusion.block_size_schedule
-    return sorted({block_size(cfg)} | {block_size(cfg, int(until) - 1) for until, _ in schedule})
+    return sorted({block_size(cfg)} | {block_size(cfg, until_step(cfg, until) - 1) for until, _ in schedule
+                                       if until_step(cfg, until) > 0})
 
 
 def random_lengths(key, batch, seq_len, prob):

@@ -38,10 +38,15 @@ def validate(cfg, sharder):
         raise TrainError(f"objective={cfg.objective!r}; expected 'mdm' (masked diffusion), 'arm' (autoregressive) "
                          f"or 'block' (block diffusion).")
     schedule = cfg.diffusion.block_size_schedule
+    unit = cfg.diffusion.get("block_size_schedule_unit", "steps")
+    if unit not in diffusion.SCHEDULE_UNITS:
+        raise TrainError(f"diffusion.block_size_schedule_unit={unit!r}; expected one of "
+                         f"{', '.join(diffusion.SCHEDULE_UNITS)}.")
     if schedule and (cfg.objective != "block" or any(len(e) != 2 for e in schedule)
                      or [e[0] for e in schedule] != sorted({e[0] for e in schedule})):
-        raise TrainError(f"diffusion.block_size_schedule={schedule!r}: expected [(until_step, block_size), ...] with "
-                         f"increasing until_step, for objective=block (objective is {cfg.objective!r}).")
+        raise TrainError(f"diffusion.block_size_schedule={schedule!r}: expected [(until, block_size), ...] with "
+                         f"increasing until (in {unit}: diffusion.block_size_schedule_unit), for objective=block "
+                         f"(objective is {cfg.objective!r}).")
     if cfg.objective == "block":
         for size in diffusion.block_sizes(cfg):
             if size > tr.seq_len or tr.seq_len % size:

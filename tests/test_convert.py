@@ -432,3 +432,24 @@ def test_llama_import_refuses_what_it_cannot_hold(tmp_path):
     transformers.LlamaForCausalLM(config).save_pretrained(hf_dir, safe_serialization=True)
     with pytest.raises(hf.ConvertError, match="attention_bias=True.*rope type 'linear'"):
         hf.from_hf(hf_dir, str(tmp_path / "run"), log=lambda *a: None)
+
+
+def test_llama_export_logits_equal_transformers_and_round_trip(run, tmp_path):
+    """`to-hf --layout=llama` of a run (GQA and MHA): transformers' own LlamaForCausalLM (no remote code) gives our
+    causal logits; importing it back gives the same params bit for bit and every token role."""
+    transformers = pytest.importorskip("transformers")
+    run_dir, cfg, params = run
+    out, back = str(tmp_path / "llama"), str(tmp_path / "back")
+    summary = hf.to_hf(run_dir, out, dtype="float32", layout="llama", log=lambda *a: None)
+    assert summary["layout"] == "llama" and not [n for n in os.listdir(out) if n.endswith(".py")]
+    llama = transformers.LlamaForCausalLM.from_pretrained(out, torch_dtype=torch.float32).eval()
+    tokens = _tokens(cfg)
+    with torch.no_grad():
+        want = llama(torch.as_tensor(tokens)).logits.numpy()
+    got = np.asarray(model_lib.Model(cfg.model).apply(params, jnp.asarray(tokens), causal=True))
+    _close(got, want, 1e-5)
+    hf.from_hf(out, back, log=lambda *a: None)
+    cfg2 = checkpoint.load_run_config(back)
+    assert cfg2.objective == "arm" and {k: cfg2.tokens[k] for k in RUN_TOKENS} == RUN_TOKENS
+    restored, _ = checkpoint.restore_params(back, model_lib.Model(cfg2.model).abstract_params())
+    jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)), restored, params)

@@ -108,7 +108,7 @@ def test_builtin_sweeps_build_valid_configs(name):
         rows = sweep.collect(sweep.plan(points, "/nonexistent"), [sweep.build(base, [], p) for p in points])
         flops = [r["train_flops"] for r in rows]
         assert max(flops) / min(flops) < 1.002
-        assert [p["train.steps"] for p in points][:3] == [5000, 5051, 2538]
+        assert [p["train.steps"] for p in points] == [2400, 2424, 1218, 1218]
     if name == "remasking":  # one trained model, four evaluations
         assert len({it["run_dir"] for it in sweep.plan(points, "W")}) == 1
 

@@ -47,6 +47,11 @@ def test_block_size_schedule_compiles_once_per_size(tiny_cfg, one_device):
     cfg.diffusion.block_size_schedule = [(2, 2), (4, 16), (5, 2)]  # then 8: sizes 2, 16, 2, 8
     want = [2, 2, 16, 16, 2, 8, 8]
     assert [diffusion.block_size(cfg, s) for s in range(7)] == want and diffusion.block_sizes(cfg) == [2, 8, 16]
+    tokens = cfg.copy_and_resolve_references()  # the same schedule in training tokens (a step's tokens before it)
+    tps = cfg.train.global_batch * cfg.train.seq_len
+    tokens.diffusion.block_size_schedule_unit = "tokens"
+    tokens.diffusion.block_size_schedule = [(2 * tps, 2), (3 * tps + 1, 16), (5 * tps - 1, 2)]
+    assert [diffusion.block_size(tokens, s) for s in range(7)] == want and diffusion.block_sizes(tokens) == [2, 8, 16]
     batches = [synthetic.SyntheticCorpus(cfg.train.seq_len, 0).batch(s, cfg.train.global_batch) for s in range(7)]
     setup = train.Setup(cfg, one_device)
     state, losses = setup.init_state(), []
@@ -64,7 +69,7 @@ def test_block_size_schedule_compiles_once_per_size(tiny_cfg, one_device):
     np.testing.assert_allclose(float(loss(ref)), float(loss(setup, 16)), rtol=1e-6)
     assert np.all(np.isfinite(losses))
     cfg.diffusion.block_size_schedule = [(4, 16), (2, 2)]
-    with pytest.raises(train.TrainError, match="increasing until_step"):
+    with pytest.raises(train.TrainError, match="increasing until"):
         train.Setup(cfg, one_device)
     cfg.diffusion.block_size_schedule = [(4, 5)]
     with pytest.raises(train.TrainError, match="multiple of diffusion.block_size=5"):

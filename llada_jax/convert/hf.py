@@ -143,6 +143,22 @@ def hf_config(cfg, dtype_name):
     }
 
 
+def llama_hf_config(cfg, dtype_name):
+    """config.json of transformers' LlamaForCausalLM with this run's sizes (the weights only: a Llama loader runs
+    them causally) and the ids of every token role (unknown keys a Llama config keeps, so an import finds them)."""
+    m, t = cfg.model, cfg.tokens
+    return {
+        "architectures": ["LlamaForCausalLM"], "model_type": "llama",
+        "hidden_size": m.d_model, "num_hidden_layers": m.n_layers, "num_attention_heads": m.n_heads,
+        "num_key_value_heads": m.n_kv_heads, "head_dim": model_lib.head_dim(m), "intermediate_size": m.ffn_dim,
+        "vocab_size": m.vocab_size, "max_position_embeddings": m.max_seq_len, "rope_theta": float(m.rope_theta),
+        "rms_norm_eps": float(m.norm_eps), "tie_word_embeddings": False, "hidden_act": "silu",
+        "attention_bias": False, "mlp_bias": False, "pretraining_tp": 1,
+        **{key: t[role] for role, key in TOKEN_KEYS.items()},
+        "use_cache": True, "torch_dtype": dtype_name,
+    }
+
+
 # Release features this architecture does not have: key -> the only value we can represent.
 _FIXED = {"rope": True, "layer_norm_type": "rms", "block_type": "llama", "activation_type": "silu",
           "include_bias": False, "include_qkv_bias": False, "weight_tying": False, "alibi": False,
@@ -476,13 +492,17 @@ def _write_json(path, obj):
 # ---------------------------------------------------------------------------------------------------------------
 # Export: run directory -> HF directory.
 
-def to_hf(run_dir, out, step=None, dtype=None, tokenizer=None, max_shard_size="5GB", log=print):
+def to_hf(run_dir, out, step=None, dtype=None, tokenizer=None, max_shard_size="5GB", log=print, layout="llada"):
     """Writes the HF layout of checkpoint `step` (default: the latest) of `run_dir` into `out`.
 
-    dtype: "bfloat16" | "float32" | "float16" | None (the checkpoint's own dtype). Returns a summary dict."""
+    dtype: "bfloat16" | "float32" | "float16" | None (the checkpoint's own dtype). layout: "llada" (the release's
+    LLaDAModelLM with its remote code) or "llama" (transformers' own LlamaForCausalLM: the same weights, run causally
+    there; for an objective=arm run the same logits). Returns a summary dict."""
+    if layout not in LAYOUTS:
+        raise ConvertError(f"layout={layout!r}; expected one of {', '.join(LAYOUTS)}.")
     cfg = checkpoint.load_run_config(run_dir)
     m = cfg.model
-    table = tensor_table(m)
+    table = tensor_table(m, layout)
     step, step_dir = find_step_dir(run_dir, step)
     params_dir = os.path.join(step_dir, "params")
     context = ts.Context({"cache_pool": {"total_bytes_limit": 0}})
@@ -521,18 +541,22 @@ def to_hf(run_dir, out, step=None, dtype=None, tokenizer=None, max_shard_size="5
     for stale in os.listdir(out):  # shards of an earlier export with another shard count would confuse loaders
         if stale.endswith(".safetensors") or stale == "model.safetensors.index.json":
             os.remove(os.path.join(out, stale))
-    _write_json(os.path.join(out, "config.json"), hf_config(cfg, dtype))
+    _write_json(os.path.join(out, "config.json"), (hf_config if layout == "llada" else llama_hf_config)(cfg, dtype))
     _write_json(os.path.join(out, "generation_config.json"),
                 {"bos_token_id": cfg.tokens.bos_id, "eos_token_id": cfg.tokens.eos_id,
                  "pad_token_id": cfg.tokens.pad_id})
-    for n in os.listdir(HF_FILES):
+    stale = [n for n in os.listdir(out) if n.endswith(".py")]
+    for n in stale if layout == "llama" else ():  # remote code of an earlier llada export
+        os.remove(os.path.join(out, n))
+    for n in os.listdir(HF_FILES) if layout == "llada" else ():
         if n.endswith(".py"):
             shutil.copy(os.path.join(HF_FILES, n), os.path.join(out, n))
-    shutil.copy(TORCH_MODEL, os.path.join(out, "torch_model.py"))
+    if layout == "llada":
+        shutil.copy(TORCH_MODEL, os.path.join(out, "torch_model.py"))
     tokenizer = tokenizer or (cfg.data.tokenizer if cfg.get("data") and cfg.data.get("tokenizer") else None)
     tok_files = _copy_tokenizer(tokenizer, out, cfg) if tokenizer else []
 
-    log(f"to-hf: step {step} of {run_dir} -> {out}: {len(order)} tensors, {total / 1e6:,.0f} MB {dtype}, "
+    log(f"to-hf: step {step} of {run_dir} -> {out} ({layout} layout): {len(order)} tensors, {total / 1e6:,.0f} MB {dtype}, "
         f"{len(shards)} shard(s)")
     progress = Progress("to-hf", total, log)
     writer = ShardedWriter([os.path.join(out, n) for n in names], [[(t.name, code, t.hf) for t in sh] for sh in shards])
@@ -559,7 +583,7 @@ def to_hf(run_dir, out, step=None, dtype=None, tokenizer=None, max_shard_size="5
     log(f"to-hf: wrote {out} ({total / 1e6:,.0f} MB at {progress.rate():.0f} MB/s"
         f"{', tokenizer: ' + ', '.join(tok_files) if tok_files else ''})")
     return {"step": step, "tensors": len(order), "bytes": total, "shards": names, "dtype": dtype,
-            "mb_per_s": progress.rate()}
+            "mb_per_s": progress.rate(), "layout": layout}
 
 
 # ---------------------------------------------------------------------------------------------------------------
