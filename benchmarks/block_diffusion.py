@@ -8,11 +8,10 @@ Stages (each skipped when its outputs exist in --out; the budget is the sweep fi
      (16 = the whole row: one block), every run at LLaDA's training FLOPs (mfu.flops_per_step: the [x_t ; x_0]
      input doubles a block model's work, so it trains half the steps); exact match of sampled answers on held-out
      operand pairs.
-  2. `llada eval --tasks=none`: held-out perplexity per token (mdm: the ELBO bound; block: the block ELBO; arm: exact).
-  3. Adaptation: the arm run exported with `llada convert to-hf --layout=llama`, imported back with `llada convert
+  2. Adaptation: the arm run exported with `llada convert to-hf --layout=llama`, imported back with `llada convert
      from-hf`, and trained as a block-4 model (`--config.checkpoint.init_from`) for the same steps as the block-4
-     run of stage 1, which started from scratch; exact match and perplexity of both.
-  4. Decoding (benchmarks/block_decoding.py): the block-4 model with its exact cache against LLaDA with
+     run of stage 1, which started from scratch; exact match of both.
+  3. Decoding (benchmarks/block_decoding.py): the block-4 model with its exact cache against LLaDA with
      threshold 0.9 + dual cache, exact match and answers/s on the same held-out prompts.
 Prints the tables (also OUT/block_diffusion.md) and last `block: ...` with the headline figures.
 """
@@ -21,12 +20,10 @@ import json
 import os
 import sys
 
-import numpy as np
-
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import block_decoding  # noqa: E402
 
-from llada_jax import cli, config as config_lib, mfu, sweep  # noqa: E402
+from llada_jax import checkpoint, cli, mfu, sweep  # noqa: E402
 
 SWEEP = "configs/sweeps/block_sizes.py"
 
@@ -36,19 +33,13 @@ def llada(*argv):
     cli.main(list(argv))
 
 
-def evaluate(run_dir, out, examples, tasks=True):
-    """`llada eval` of a run into `out` (kept): perplexity on 64 held-out rows, and exact match when tasks."""
+def exact_match(run_dir, out, examples):
+    """`llada eval` of a run's exact match into `out` (kept). (No perplexity: the task's held-out rows are
+    pre-training documents, which an SFT-trained model never saw, so a bound there says nothing.)"""
     if not os.path.exists(out):
-        llada("eval", f"--workdir={run_dir}", "--perplexity=64", f"--out={out}", "--config.eval.elbo_samples=8",
-              *([f"--config.eval.n_examples={examples}"] if tasks else ["--tasks=none"]))
+        llada("eval", f"--workdir={run_dir}", "--perplexity=0", f"--out={out}", f"--config.eval.n_examples={examples}")
     with open(out) as f:
-        return json.load(f)
-
-
-def nll_of(metrics):
-    """(nll, stderr) per token: the exact value (arm) or the ELBO bound (mdm, block)."""
-    name = "ar" if "ar/nll" in metrics else "elbo"
-    return metrics[f"{name}/nll"], metrics[f"{name}/stderr"]
+        return next(v for k, v in json.load(f).items() if k.endswith("/exact_match"))
 
 
 def main():
@@ -68,16 +59,13 @@ def main():
         cfg = sweep.build(base, [], it["point"])
         with open(it["eval_path"]) as f:
             acc = next(v for k, v in json.load(f).items() if k.endswith("/exact_match"))
-        print(f"== 2. perplexity of {it['name']}", flush=True)
-        metrics = evaluate(it["run_dir"], os.path.join(it["run_dir"], "eval_ppl.json"), args.examples, tasks=False)
-        nll, err = nll_of(metrics)
         block = it["point"].get("diffusion.block_size")
         rows.append({"run": it["point"]["objective"] + (f" (block {block})" if block else ""), "dir": it["run_dir"],
                      "steps": cfg.train.steps, "flops": cfg.train.steps * mfu.flops_per_step(cfg), "acc": acc,
-                     "nll": nll, "err": err, "block": block, "objective": it["point"]["objective"]})
+                     "block": block, "objective": it["point"]["objective"]})
 
     mdm = next(r for r in rows if r["objective"] == "mdm")
-    print("== 3. adaptation: arm -> Llama layout -> block 4", flush=True)
+    print("== 2. adaptation: arm -> Llama layout -> block 4", flush=True)
     arm = next(r for r in rows if r["objective"] == "arm")
     scratch = next(r for r in rows if r["block"] == 4)
     hf_dir, imported = os.path.join(args.out, "arm_llama"), os.path.join(args.out, "arm_imported")
@@ -86,26 +74,22 @@ def main():
         llada("convert", "to-hf", f"--workdir={arm['dir']}", f"--out={hf_dir}", "--layout=llama")
     if not os.path.exists(imported):
         llada("convert", "from-hf", hf_dir, f"--out={imported}", f"--config={base}")
-    scratch_cfg = config_lib.load_config(os.path.join(scratch["dir"], "config.json"))
+    scratch_cfg = checkpoint.load_run_config(scratch["dir"])
     if sweep.finished_step(adapted) != scratch_cfg.train.steps:
         overrides = {"objective": "block", "diffusion.block_size": 4, "train.steps": scratch_cfg.train.steps,
                      "checkpoint.init_from": imported, "sampling.gen_length": scratch_cfg.sampling.gen_length,
                      "sampling.steps": scratch_cfg.sampling.steps}
         llada("train", f"--config={base}", f"--workdir={adapted}",
               *(f"--config.{k}={sweep.value_text(v)}" for k, v in overrides.items()))
-    metrics = evaluate(adapted, os.path.join(adapted, "eval.json"), args.examples)
-    acc = next(v for k, v in metrics.items() if k.endswith("/exact_match"))
-    nll, err = nll_of(metrics)
-    adapt_row = {**scratch, "run": "block (block 4) from the arm run", "dir": adapted, "acc": acc, "nll": nll,
-                 "err": err}
+    adapt_row = {**scratch, "run": "block (block 4) from the arm run", "dir": adapted,
+                 "acc": exact_match(adapted, os.path.join(adapted, "eval.json"), args.examples)}
 
     lines = [f"Addition (configs/tiny_task.py), every run at the FLOPs of LLaDA's {mdm['steps']} steps "
              f"(`python benchmarks/block_diffusion.py`):", "",
-             "| run | steps | training FLOPs | exact match | held-out ppl (nll +- stderr) |", "|---|---|---|---|---|"]
+             "| run | steps | training FLOPs | exact match |", "|---|---|---|---|"]
     for r in rows + [adapt_row]:
-        lines.append(f"| {r['run']} | {r['steps']} | {r['flops']:.3g} | {r['acc']:.3f} | {np.exp(r['nll']):.3f} "
-                     f"({r['nll']:.4f} +- {r['err']:.4f}) |")
-    print("== 4. decoding: block 4 exact cache vs LLaDA threshold 0.9 + dual cache", flush=True)
+        lines.append(f"| {r['run']} | {r['steps']} | {r['flops']:.3g} | {r['acc']:.3f} |")
+    print("== 3. decoding: block 4 exact cache vs LLaDA threshold 0.9 + dual cache", flush=True)
     decoding, ratio = block_decoding.measure(scratch["dir"], mdm["dir"], args.examples, repeats=3)
     text = "\n".join(lines + ["", decoding])
     print(text)

@@ -13,11 +13,12 @@ Stages (each resumes or is skipped when its outputs exist in --out):
   3. perplexity on the test split (windows of train.seq_len tokens, never seen in training) at every checkpoint:
      the ELBO bound for mdm (--elbo_samples draws per window; its standard error shown) and the exact value for arm.
      Table and plot against training FLOPs.
-  4. generation from the largest mdm, unconditional (a one-token EOS prompt: the start of a document; temperature
+  4. generation from the best mdm (lowest final test perplexity: at equal FLOPs a larger model trains fewer
+     steps), unconditional (a one-token EOS prompt: the start of a document; temperature
      1, so that the rows differ) and conditioned on the first 64 tokens of test files (temperature 0, as the paper
      evaluates), with the baseline (one token per step, low confidence), random
      remasking, semi-autoregressive blocks of 32, threshold 0.9 / 0.7 and threshold 0.9 + dual cache (blocks of 32).
-     Quality: generative perplexity under the largest arm (the judge) and unigram entropy per sample; speed: model
+     Quality: generative perplexity under the best arm (the judge) and unigram entropy per sample; speed: model
      evaluations per generated token and tokens/s (one timed run after a warm-up that compiles the same program).
      Unconditional samples are --gen_tokens long (256; 64 with --quick); prompted ones min(--gen_tokens,
      train.seq_len - 64), so that prompt + answer is the length the model was trained at.
@@ -25,7 +26,7 @@ Stages (each resumes or is skipped when its outputs exist in --out):
      `llada eval --choices=`: mdm by Algorithm 3 (eval.mc_samples), arm by exact likelihood.
 Writes OUT/results.json, OUT/real_text.md (the tables and one sample of each model) and OUT/ppl_vs_flops.png;
 prints the tables, and last, `quick: mdm_elbo_ppl=... arm_ppl=... gen_ppl_baseline=... gen_ppl_fast=...
-fast_evals_ratio=...` (the largest models; "fast" = the threshold setting with the fewest evaluations whose
+fast_evals_ratio=...` (the best models; "fast" = the threshold setting with the fewest evaluations whose
 generative perplexity is within 10% of the baseline's, else threshold 0.9).
 """
 import argparse
@@ -116,6 +117,12 @@ def generate(run, judge, prompt, sargs):
             "sample": run.codec.decode([int(i) for i in tokens[0, p:]])}
 
 
+def final_point(curve, objective, size):
+    """The perplexity entry of a run's last checkpoint."""
+    return max((c for c in curve.values() if c["objective"] == objective and c["size"] == size),
+               key=lambda c: c["step"])
+
+
 def table(header, rows):
     return "\n".join(["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
                      + ["| " + " | ".join(str(c) for c in r) + " |" for r in rows])
@@ -177,9 +184,12 @@ def main():
             print(f"  {key}: {'ELBO bound' if objective == 'mdm' else 'exact'} ppl {c['ppl']:.2f} "
                   f"(nll {c['nll']:.4f} +- {c['stderr']:.4f}) at {c['flops'] / 1e12:.2f} TFLOPs", flush=True)
 
-    print("== 4. generation from the largest mdm, judged by the largest arm", flush=True)
-    mdm = inference.load_run(runs["mdm", sizes[-1]][0])
-    judge = inference.load_run(runs["arm", sizes[-1]][0])
+    best = {o: min(sizes, key=lambda size: final_point(curve, o, size)["ppl"]) for o in ("mdm", "arm")}
+    results["best"] = best
+    print(f"== 4. generation from mdm_{best['mdm']}, judged by arm_{best['arm']} (the lowest final test perplexity)",
+          flush=True)
+    mdm = inference.load_run(runs["mdm", best["mdm"]][0])
+    judge = inference.load_run(runs["arm", best["arm"]][0])
     eos = mdm.cfg.tokens.eos_id
     docs = corpus.read_jsonl(os.path.join(args.corpus, "test.jsonl"))
     prompts = [ids[:PROMPT_TOKENS] for ids in (mdm.codec.encode(d["text"][:16 * PROMPT_TOKENS]) for d in docs)
@@ -233,7 +243,8 @@ def report(args, results, sizes, ar_samples, prompt_text, seconds):
     gen_rows = [(g["kind"], g["method"], g["gen_length"], f"{g['gen_ppl']:.2f}", f"{g['entropy']:.2f}",
                  f"{g['evals_per_token']:.3f}", f"{g['tokens_per_s']:.1f}") for g in gen.values()]
     mc_rows = [(k, f"{v['choices/accuracy']:.3f}", v["choices/n"]) for k, v in results["choices"].items()]
-    final = {o: [c for c in curve if c["objective"] == o and c["size"] == sizes[-1]][-1] for o in ("mdm", "arm")}
+    best_size = results["best"]
+    final = {o: final_point(results["perplexity"], o, best_size[o]) for o in ("mdm", "arm")}
     base = gen["prompted: baseline (1 token / step, low confidence)"]
     fast = [g for k, g in gen.items() if k.startswith("prompted: threshold")]
     within = [g for g in fast if g["gen_ppl"] <= 1.1 * base["gen_ppl"]]
@@ -242,13 +253,14 @@ def report(args, results, sizes, ar_samples, prompt_text, seconds):
         f"Real text (`python benchmarks/real_text.py{' --quick' if args.quick else ''}`, {seconds / 60:.1f} min):",
         "", "Perplexity per token on the test split against training FLOPs (mdm: ELBO upper bound; arm: exact):", "",
         table(["objective", "size", "params", "step", "TFLOPs", "ppl", "nll +- stderr"], ppl_rows), "",
-        f"Generation from mdm_{sizes[-1]}, judged by arm_{sizes[-1]}:", "",
+        f"Generation from mdm_{best_size['mdm']}, judged by arm_{best_size['arm']} (the lowest final test "
+        f"perplexities):", "",
         table(["samples", "method", "tokens", "gen. ppl", "unigram entropy (nats)", "evals / token", "tokens/s"],
               gen_rows), "",
         "Multiple choice (4 continuations of a function from held-out files):", "",
         table(["run", "accuracy", "examples"], mc_rows), "",
         f"Prompt (first {PROMPT_TOKENS} tokens of a test file):", "", "```", prompt_text, "```", "",
-        f"mdm_{sizes[-1]} (baseline decoding):", "", "```", base["sample"], "```", ""]
+        f"mdm_{best_size['mdm']} (baseline decoding):", "", "```", base["sample"], "```", ""]
     for size, text in ar_samples.items():
         lines += [f"arm_{size} (temperature 1):", "", "```", text, "```", ""]
     text = "\n".join(lines)

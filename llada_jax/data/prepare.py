@@ -274,7 +274,7 @@ def prepare(inputs, out, tokenizer, text_field="text", workers=None, val_fractio
     _write_atomic(meta_path, lambda tmp: _write_text(tmp, json.dumps(meta, indent=2)))
     if not keep_shards:
         shutil.rmtree(shard_dir, ignore_errors=True)
-    log(f"done: train {counts['train']['documents']:,} docs / {counts['train']['tokens']:,} tokens, val "
+    log(f"done: {out}: train {counts['train']['documents']:,} docs / {counts['train']['tokens']:,} tokens, val "
         f"{counts['val']['documents']:,} docs / {counts['val']['tokens']:,} tokens"
         + (f"; {len(errors)} bad documents skipped" if errors else "")
         + (f"; {empty} empty documents dropped" if empty else ""))
