@@ -545,8 +545,8 @@ def to_hf(run_dir, out, step=None, dtype=None, tokenizer=None, max_shard_size="5
     _write_json(os.path.join(out, "generation_config.json"),
                 {"bos_token_id": cfg.tokens.bos_id, "eos_token_id": cfg.tokens.eos_id,
                  "pad_token_id": cfg.tokens.pad_id})
-    stale = [n for n in os.listdir(out) if n.endswith(".py")]
-    for n in stale if layout == "llama" else ():  # remote code of an earlier llada export
+    old_code = [n for n in os.listdir(out) if n.endswith(".py")]
+    for n in old_code if layout == "llama" else ():  # remote code of an earlier llada export
         os.remove(os.path.join(out, n))
     for n in os.listdir(HF_FILES) if layout == "llada" else ():
         if n.endswith(".py"):
@@ -556,8 +556,8 @@ def to_hf(run_dir, out, step=None, dtype=None, tokenizer=None, max_shard_size="5
     tokenizer = tokenizer or (cfg.data.tokenizer if cfg.get("data") and cfg.data.get("tokenizer") else None)
     tok_files = _copy_tokenizer(tokenizer, out, cfg) if tokenizer else []
 
-    log(f"to-hf: step {step} of {run_dir} -> {out} ({layout} layout): {len(order)} tensors, {total / 1e6:,.0f} MB {dtype}, "
-        f"{len(shards)} shard(s)")
+    log(f"to-hf: step {step} of {run_dir} -> {out} ({layout} layout): {len(order)} tensors, "
+        f"{total / 1e6:,.0f} MB {dtype}, {len(shards)} shard(s)")
     progress = Progress("to-hf", total, log)
     writer = ShardedWriter([os.path.join(out, n) for n in names], [[(t.name, code, t.hf) for t in sh] for sh in shards])
 
