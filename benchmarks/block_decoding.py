@@ -36,7 +36,7 @@ def methods(block_run, mdm_run):
         f"block {diffusion.block_size(block_run.cfg)}, no cache (reference)": (block_run, b, False),
         "LLaDA baseline (1 token / step, low confidence)": (mdm_run, m, None),
         f"LLaDA threshold 0.9 + dual cache, blocks of {half}": (
-            mdm_run, dataclasses.replace(m, block_length=half, steps=m.gen_length, threshold=0.9, cache="dual"), None),
+            mdm_run, dataclasses.replace(m, block_length=half, threshold=0.9, cache="dual"), None),
     }
 
 

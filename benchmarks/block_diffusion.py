@@ -33,13 +33,17 @@ def llada(*argv):
     cli.main(list(argv))
 
 
+def read_exact_match(path):
+    with open(path) as f:
+        return next(v for k, v in json.load(f).items() if k.endswith("/exact_match"))
+
+
 def exact_match(run_dir, out, examples):
     """`llada eval` of a run's exact match into `out` (kept). (No perplexity: the task's held-out rows are
     pre-training documents, which an SFT-trained model never saw, so a bound there says nothing.)"""
     if not os.path.exists(out):
         llada("eval", f"--workdir={run_dir}", "--perplexity=0", f"--out={out}", f"--config.eval.n_examples={examples}")
-    with open(out) as f:
-        return next(v for k, v in json.load(f).items() if k.endswith("/exact_match"))
+    return read_exact_match(out)
 
 
 def main():
@@ -57,8 +61,7 @@ def main():
     rows = []
     for it in items:
         cfg = sweep.build(base, [], it["point"])
-        with open(it["eval_path"]) as f:
-            acc = next(v for k, v in json.load(f).items() if k.endswith("/exact_match"))
+        acc = read_exact_match(it["eval_path"])
         block = it["point"].get("diffusion.block_size")
         rows.append({"run": it["point"]["objective"] + (f" (block {block})" if block else ""), "dir": it["run_dir"],
                      "steps": cfg.train.steps, "flops": cfg.train.steps * mfu.flops_per_step(cfg), "acc": acc,
