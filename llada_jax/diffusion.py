@@ -49,10 +49,16 @@ def block_pair(x_t, x_0, *rows):
 SCHEDULE_UNITS = ("steps", "tokens")
 
 
+def schedule_unit(cfg):
+    """What a diffusion.block_size_schedule entry's `until` counts: "steps" (the default; configs saved before the
+    option have none) or "tokens"."""
+    return cfg.diffusion.get("block_size_schedule_unit", "steps")
+
+
 def until_step(cfg, until):
     """The first training step a diffusion.block_size_schedule entry (until, size) no longer covers: `until` itself
     (unit "steps"), or the first step that starts at `until` training tokens or later (unit "tokens")."""
-    if cfg.diffusion.get("block_size_schedule_unit", "steps") == "steps":
+    if schedule_unit(cfg) == "steps":
         return int(until)
     return -(-int(until) // optim.tokens_per_step(cfg))
 
@@ -69,9 +75,8 @@ def block_size(cfg, step=None):
 
 def block_sizes(cfg):
     """Every block size a training run uses (the schedule's and the final one)."""
-    schedule = cfg.diffusion.block_size_schedule
-    return sorted({block_size(cfg)} | {block_size(cfg, until_step(cfg, until) - 1) for until, _ in schedule
-                                       if until_step(cfg, until) > 0})
+    ends = (until_step(cfg, until) for until, _ in cfg.diffusion.block_size_schedule)
+    return sorted({block_size(cfg)} | {block_size(cfg, end - 1) for end in ends if end > 0})
 
 
 def random_lengths(key, batch, seq_len, prob):

@@ -38,7 +38,7 @@ def validate(cfg, sharder):
         raise TrainError(f"objective={cfg.objective!r}; expected 'mdm' (masked diffusion), 'arm' (autoregressive) "
                          f"or 'block' (block diffusion).")
     schedule = cfg.diffusion.block_size_schedule
-    unit = cfg.diffusion.get("block_size_schedule_unit", "steps")
+    unit = diffusion.schedule_unit(cfg)
     if unit not in diffusion.SCHEDULE_UNITS:
         raise TrainError(f"diffusion.block_size_schedule_unit={unit!r}; expected one of "
                          f"{', '.join(diffusion.SCHEDULE_UNITS)}.")
