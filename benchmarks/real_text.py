@@ -2,6 +2,7 @@
 
     python benchmarks/real_text.py [--out=runs/real_text] [--sizes=s,m] [--budget_steps=400]    # ~90 CPU min
     python benchmarks/real_text.py --quick                                                    # < 10 CPU min
+    python benchmarks/real_text.py --blocks=4,16    # then: block diffusion (block sizes 4 and 16) at the same FLOPs
 
 Stages (each resumes or is skipped when its outputs exist in --out):
   1. corpus: `llada data corpus --name=python_stdlib --vocab_size=N` (train / validation / test by file; the
@@ -9,9 +10,12 @@ Stages (each resumes or is skipped when its outputs exist in --out):
   2. pre-training (configs/text_small.py): for every size, the masked-diffusion model (mdm) and the autoregressive
      baseline (arm) at equal training FLOPs: every run gets the FLOPs of the smallest mdm's --budget_steps steps
      (mfu.flops_per_step: the causal arm has half the attention FLOPs, so it trains slightly more steps; a
-     larger model trains fewer). Checkpoints at 1/4, 1/2, 3/4 and all of each run's steps.
+     larger model trains fewer). Checkpoints at 1/4, 1/2, 3/4 and all of each run's steps. --blocks=4,16: also
+     block-diffusion models (objective=block) of the first size with those block sizes, at the same FLOPs (the
+     [x_t ; x_0] input doubles a step's work: half the steps); the mdm run is the full-length block.
   3. perplexity on the test split (windows of train.seq_len tokens, never seen in training) at every checkpoint:
-     the ELBO bound for mdm (--elbo_samples draws per window; its standard error shown) and the exact value for arm.
+     the ELBO bound for mdm (--elbo_samples draws per window; its standard error shown), the block ELBO for block
+     runs, and the exact value for arm.
      Table and plot against training FLOPs.
   4. generation from the best mdm (lowest final test perplexity: at equal FLOPs a larger model trains fewer
      steps), unconditional (a one-token EOS prompt: the start of a document; temperature
@@ -21,7 +25,9 @@ Stages (each resumes or is skipped when its outputs exist in --out):
      Quality: generative perplexity under the best arm (the judge) and unigram entropy per sample; speed: model
      evaluations per generated token and tokens/s (one timed run after a warm-up that compiles the same program).
      Unconditional samples are --gen_tokens long (256; 64 with --quick); prompted ones min(--gen_tokens,
-     train.seq_len - 64), so that prompt + answer is the length the model was trained at.
+     train.seq_len - 64), so that prompt + answer is the length the model was trained at. Block runs: blocks left
+     to right with the exact cache, one token per step (a row that stops after the block with its EOS is scored
+     on what it decoded).
   5. multiple choice (`llada data choices`, test files): which of 4 continuations of a function is real, through
      `llada eval --choices=`: mdm by Algorithm 3 (eval.mc_samples), arm by exact likelihood.
 Writes OUT/results.json, OUT/real_text.md (the tables and one sample of each model) and OUT/ppl_vs_flops.png;
@@ -38,16 +44,17 @@ import time
 import jax
 import numpy as np
 
-from llada_jax import cli, config as config_lib, evaluate, inference, mfu, model as model_lib, sampling, train
+from llada_jax import cli, config as config_lib, diffusion, evaluate, inference, mfu, model as model_lib, sampling, train
 from llada_jax.data import corpus, store
 
 PRESETS = {
     "full": dict(max_files=0, vocab_size=8192, sizes="s,m", budget_steps=400, batch=16, ppl_windows=128,
-                 elbo_samples=8, prompts=8, gen_tokens=256, mc=200, mc_samples=32),
+                 elbo_samples=8, prompts=4, gen_tokens=256, mc=200, mc_samples=16, blocks=""),
     "quick": dict(max_files=300, vocab_size=2048, sizes="s", budget_steps=150, batch=8, ppl_windows=32,
-                  elbo_samples=4, prompts=4, gen_tokens=64, mc=40, mc_samples=16),
+                  elbo_samples=4, prompts=4, gen_tokens=64, mc=40, mc_samples=16, blocks=""),
 }
 PROMPT_TOKENS = 64
+BOUND = {"mdm": "ELBO bound", "block": "block ELBO bound", "arm": "exact"}
 
 
 def methods(gen_length):
@@ -63,8 +70,10 @@ def methods(gen_length):
     }
 
 
-def run_config(args, objective, size, steps):
+def run_config(args, objective, size, steps, block=None):
     cfg = config_lib.load_config(f"configs/text_small.py:{args.corpus},{objective},{size}")
+    if block:
+        cfg.diffusion.block_size = block
     cfg.train.steps, cfg.train.global_batch = steps, args.batch
     cfg.checkpoint.every_steps, cfg.checkpoint.keep = max(1, steps // 4), 8
     cfg.optim.warmup_steps = min(cfg.optim.warmup_steps, steps // 10)
@@ -82,8 +91,9 @@ def test_windows(args, seq_len, n):
 def perplexity(run, tokens, elbo_samples, key):
     if run.cfg.objective == "arm":
         return evaluate.ar_perplexity(run.model, run.params, tokens)
+    block = diffusion.block_size(run.cfg) if run.cfg.objective == "block" else None
     return evaluate.elbo_perplexity(run.model, run.params, tokens, key, run.cfg.tokens.mask_id,
-                                    n_samples=elbo_samples, eps=run.cfg.diffusion.eps)
+                                    n_samples=elbo_samples, eps=run.cfg.diffusion.eps, block_size=block)
 
 
 def unigram_entropy(row):
@@ -92,29 +102,38 @@ def unigram_entropy(row):
     return float(-(p * np.log(p)).sum())
 
 
-def warm_up_args(sargs):
-    """The same compiled program (steps and the threshold are traced values) decoding each block in one step: the
-    warm-up call compiles without paying for a whole generation."""
+def warm_up_args(sargs, block):
+    """The same compiled program (steps and the threshold are traced values) decoding each block (of `block`
+    tokens) in one step: the warm-up call compiles without paying for a whole generation."""
     if sargs.threshold is not None:
         return dataclasses.replace(sargs, threshold=0.0)
-    return dataclasses.replace(sargs, steps=sargs.gen_length // sargs.block_length)
+    return dataclasses.replace(sargs, steps=sargs.gen_length // block)
 
 
 def generate(run, judge, prompt, sargs):
-    """Samples for one method: generative perplexity (judge = the arm run), entropy, evaluations, tokens/s."""
+    """Samples for one method: generative perplexity (judge = the arm run), entropy, evaluations, tokens/s (of the
+    positions decoded: a block run stops after the block in which every row has its EOS)."""
     ids, key = sampling.token_ids(run.cfg), jax.random.key(0)
-    jax.device_get(sampling.generate(run.model, run.params, prompt, None, key, warm_up_args(sargs), ids))
+    block = diffusion.block_size(run.cfg) if run.cfg.objective == "block" else sargs.block_length
+
+    def decode(a):
+        return jax.device_get(sampling.sample(run.model, run.params, prompt, None, key, a, ids, run.cfg.objective,
+                                              block if run.cfg.objective == "block" else None))
+
+    decode(warm_up_args(sargs, block))
     t0 = time.perf_counter()
-    out = jax.device_get(sampling.generate(run.model, run.params, prompt, None, key, sargs, ids))
+    out = decode(sargs)
     seconds = time.perf_counter() - t0
     tokens = np.asarray(out["tokens"])
-    p, n = prompt.shape[1], tokens.shape[0] * sargs.gen_length
-    r = evaluate.ar_perplexity(judge.model, judge.params, tokens, start=p)
+    p = prompt.shape[1]
+    decoded = (tokens[:, p:] != run.cfg.tokens.mask_id).sum(1)  # undecoded positions are a tail of [MASK]
+    r = evaluate.ar_perplexity(judge.model, judge.params, tokens, start=p, lengths=p + decoded)
     passes = float(out["full_passes"]) + float(out["window_passes"])
     return {"gen_ppl": r["ppl"], "gen_nll_stderr": r["stderr"],
-            "entropy": float(np.mean([unigram_entropy(row[p:]) for row in tokens])),
-            "evals_per_token": passes / sargs.gen_length, "steps": int(out["steps"]), "tokens_per_s": n / seconds,
-            "sample": run.codec.decode([int(i) for i in tokens[0, p:]])}
+            "entropy": float(np.mean([unigram_entropy(row[p:p + d]) for row, d in zip(tokens, decoded)])),
+            "evals_per_token": passes / decoded.mean(), "steps": int(out["steps"]),
+            "tokens_per_s": decoded.sum() / seconds, "decoded": float(decoded.mean()),
+            "sample": run.codec.decode([int(i) for i in tokens[0, p:p + decoded[0]]])}
 
 
 def final_point(curve, objective, size):
@@ -141,6 +160,10 @@ def main():
     args.corpus = os.path.join(args.out, "corpus")
     cli._quiet_libraries()  # what `llada` does: no absl / libtpu start-up noise
     t_start = time.perf_counter()
+
+    def elapsed():
+        return f"{(time.perf_counter() - t_start) / 60:.1f} min in"
+
     results_path = os.path.join(args.out, "results.json")
     results = json.load(open(results_path)) if os.path.exists(results_path) else {}
 
@@ -155,41 +178,44 @@ def main():
 
     sizes = args.sizes.split(",")
     budget = args.budget_steps * mfu.flops_per_step(run_config(args, "mdm", sizes[0], 1))
-    runs = {}
-    for size in sizes:
-        for objective in ("mdm", "arm"):
-            steps = max(4, round(budget / mfu.flops_per_step(run_config(args, objective, size, 1))))
-            cfg = run_config(args, objective, size, steps)
-            workdir = os.path.join(args.out, f"{objective}_{size}")
-            print(f"== 2. train {objective} size {size}: {model_lib.count_params(cfg.model) / 1e6:.1f}M params, "
-                  f"{steps} steps, {budget / 1e12:.2f} TFLOPs -> {workdir}", flush=True)
-            train.train(cfg, workdir)
-            runs[objective, size] = (workdir, cfg)
+    plan = [(f"{objective}_{size}", objective, size, None) for size in sizes for objective in ("mdm", "arm")]
+    plan += [(f"block{b}_{sizes[0]}", "block", sizes[0], int(b)) for b in args.blocks.split(",") if b]
+    runs = {}  # name -> (workdir, cfg)
+    for name, objective, size, block in plan:
+        steps = max(4, round(budget / mfu.flops_per_step(run_config(args, objective, size, 1, block))))
+        cfg = run_config(args, objective, size, steps, block)
+        workdir = os.path.join(args.out, name)
+        print(f"== 2. train {name}: {model_lib.count_params(cfg.model) / 1e6:.1f}M params, {steps} steps, "
+              f"{budget / 1e12:.2f} TFLOPs -> {workdir} ({elapsed()})", flush=True)
+        train.train(cfg, workdir)
+        runs[name] = (workdir, cfg)
 
-    print("== 3. test-split perplexity at every checkpoint", flush=True)
-    seq_len = runs["mdm", sizes[0]][1].train.seq_len
+    print(f"== 3. test-split perplexity at every checkpoint ({elapsed()})", flush=True)
+    seq_len = runs[f"mdm_{sizes[0]}"][1].train.seq_len
     windows = test_windows(args, seq_len, args.ppl_windows)
     curve = results.setdefault("perplexity", {})
-    for (objective, size), (workdir, cfg) in runs.items():
+    for name, objective, size, block in plan:
+        workdir, cfg = runs[name]
         steps = sorted(int(d) for d in os.listdir(os.path.join(workdir, "checkpoints")) if d.isdigit())
         for step in steps:
-            key = f"{objective}_{size}@{step}"
+            key = f"{name}@{step}"
             if key not in curve:
                 r = perplexity(inference.load_run(workdir, step=step), windows, args.elbo_samples,
                                jax.random.key(step))
-                curve[key] = {"objective": objective, "size": size, "step": step,
+                curve[key] = {"objective": objective, "size": size, "step": step, "block": block,
                               "flops": step * mfu.flops_per_step(cfg), "params": model_lib.count_params(cfg.model), **r}
                 save()
             c = curve[key]
-            print(f"  {key}: {'ELBO bound' if objective == 'mdm' else 'exact'} ppl {c['ppl']:.2f} "
+            print(f"  {key}: {BOUND[objective]} ppl {c['ppl']:.2f} "
                   f"(nll {c['nll']:.4f} +- {c['stderr']:.4f}) at {c['flops'] / 1e12:.2f} TFLOPs", flush=True)
 
     best = {o: min(sizes, key=lambda size: final_point(curve, o, size)["ppl"]) for o in ("mdm", "arm")}
     results["best"] = best
-    print(f"== 4. generation from mdm_{best['mdm']}, judged by arm_{best['arm']} (the lowest final test perplexity)",
-          flush=True)
-    mdm = inference.load_run(runs["mdm", best["mdm"]][0])
-    judge = inference.load_run(runs["arm", best["arm"]][0])
+    print(f"== 4. generation from mdm_{best['mdm']}, judged by arm_{best['arm']} (the lowest final test perplexity) "
+          f"({elapsed()})", flush=True)
+    mdm = inference.load_run(runs[f"mdm_{best['mdm']}"][0])
+    judge = inference.load_run(runs[f"arm_{best['arm']}"][0])
+    block_runs = {name: inference.load_run(runs[name][0]) for name, objective, *_ in plan if objective == "block"}
     eos = mdm.cfg.tokens.eos_id
     docs = corpus.read_jsonl(os.path.join(args.corpus, "test.jsonl"))
     prompts = [ids[:PROMPT_TOKENS] for ids in (mdm.codec.encode(d["text"][:16 * PROMPT_TOKENS]) for d in docs)
@@ -198,23 +224,27 @@ def main():
     for kind, prompt, length, temperature in (
             ("unconditional", np.full((args.prompts, 1), eos, np.int32), args.gen_tokens, 1.0),
             ("prompted", np.array(prompts, np.int32), min(args.gen_tokens, seq_len - PROMPT_TOKENS), 0.0)):
-        for name, sargs in methods(length).items():
+        todo = [(name, f"mdm_{best['mdm']}", sargs) for name, sargs in methods(length).items()]
+        todo += [(f"{name}: block {diffusion.block_size(run.cfg)}, exact cache, 1 token / step", name,
+                  sampling.SamplingArgs(gen_length=length, block_length=length, steps=length))
+                 for name, run in block_runs.items()]
+        for name, run_name, sargs in todo:
+            run = block_runs.get(run_name, mdm)
             sargs = dataclasses.replace(sargs, temperature=temperature)
             key = f"{kind}: {name}"
             if key not in gen:
-                print(f"  {key} ...", flush=True)
-                gen[key] = {"kind": kind, "method": name, "gen_length": length,
-                            **generate(mdm, judge, prompt, sargs)}
+                print(f"  {key} ... ({elapsed()})", flush=True)
+                gen[key] = {"kind": kind, "method": name, "run": run_name, "gen_length": length,
+                            **generate(run, judge, prompt, sargs)}
                 save()
 
-    print("== 5. multiple choice through `llada eval --choices=`", flush=True)
+    print(f"== 5. multiple choice through `llada eval --choices=` ({elapsed()})", flush=True)
     mc_path = os.path.join(args.out, "choices.jsonl")
     if not os.path.exists(mc_path):
         cli.main(["data", "choices", f"--corpus={args.corpus}", f"--tokenizer={mdm.cfg.data.tokenizer}",
                   f"--out={mc_path}", f"--n={args.mc}"])
     mc = results.setdefault("choices", {})
-    for (objective, size), (workdir, _) in runs.items():
-        key = f"{objective}_{size}"
+    for key, (workdir, _) in runs.items():
         if key not in mc:
             out = os.path.join(workdir, "eval_choices.json")
             cli.main(["eval", f"--workdir={workdir}", f"--choices={mc_path}", "--perplexity=0", "--tasks=none",
@@ -224,38 +254,44 @@ def main():
 
     ar_samples = {}
     for size in sizes:  # one sample of each arm (temperature 1), for the report
-        run = inference.load_run(runs["arm", size][0])
+        run = inference.load_run(runs[f"arm_{size}"][0])
         out = run.sample(None, jax.random.key(1), sampling.SamplingArgs(gen_length=96, temperature=1.0),
                          prompt_ids=[prompts[0]])
         ar_samples[size] = run.codec.decode([int(i) for i in out["tokens"][0, PROMPT_TOKENS:]])
-    report(args, results, sizes, ar_samples, mdm.codec.decode(prompts[0]), time.perf_counter() - t_start)
+    report(args, results, plan, ar_samples, mdm.codec.decode(prompts[0]), time.perf_counter() - t_start)
 
 
-def report(args, results, sizes, ar_samples, prompt_text, seconds):
+def report(args, results, plan, ar_samples, prompt_text, seconds):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    curve = sorted(results["perplexity"].values(), key=lambda c: (c["objective"], c["size"], c["step"]))
-    ppl_rows = [(c["objective"], c["size"], f"{c['params'] / 1e6:.1f}M", c["step"], f"{c['flops'] / 1e12:.2f}",
+    names = [name for name, *_ in plan]  # what this invocation ran (results.json may hold more)
+    curve = sorted((c for k, c in results["perplexity"].items() if k.split("@")[0] in names),
+                   key=lambda c: (c["objective"], c.get("block") or 0, c["size"], c["step"]))
+    ppl_rows = [(c["objective"] + (f" {c['block']}" if c.get("block") else ""), c["size"],
+                 f"{c['params'] / 1e6:.1f}M", c["step"], f"{c['flops'] / 1e12:.2f}",
                  f"{c['ppl']:.2f}", f"{c['nll']:.4f} +- {c['stderr']:.4f}") for c in curve]
-    gen = results["generation"]
-    gen_rows = [(g["kind"], g["method"], g["gen_length"], f"{g['gen_ppl']:.2f}", f"{g['entropy']:.2f}",
-                 f"{g['evals_per_token']:.3f}", f"{g['tokens_per_s']:.1f}") for g in gen.values()]
-    mc_rows = [(k, f"{v['choices/accuracy']:.3f}", v["choices/n"]) for k, v in results["choices"].items()]
+    gen = {k: g for k, g in results["generation"].items() if g.get("run", f"mdm_{results['best']['mdm']}") in names}
+    gen_rows = [(g["kind"], g["method"], f"{g.get('decoded', g['gen_length']):.0f} / {g['gen_length']}",
+                 f"{g['gen_ppl']:.2f}", f"{g['entropy']:.2f}", f"{g['evals_per_token']:.3f}",
+                 f"{g['tokens_per_s']:.1f}") for g in gen.values()]
+    mc_rows = [(k, f"{v['choices/accuracy']:.3f}", v["choices/n"]) for k, v in results["choices"].items() if k in names]
     best_size = results["best"]
     final = {o: final_point(results["perplexity"], o, best_size[o]) for o in ("mdm", "arm")}
     base = gen["prompted: baseline (1 token / step, low confidence)"]
     fast = [g for k, g in gen.items() if k.startswith("prompted: threshold")]
     within = [g for g in fast if g["gen_ppl"] <= 1.1 * base["gen_ppl"]]
     best = min(within, key=lambda g: g["evals_per_token"]) if within else fast[0]
+    flags = (" --quick" if args.quick else "") + (f" --blocks={args.blocks}" if args.blocks else "")
     lines = [
-        f"Real text (`python benchmarks/real_text.py{' --quick' if args.quick else ''}`, {seconds / 60:.1f} min):",
-        "", "Perplexity per token on the test split against training FLOPs (mdm: ELBO upper bound; arm: exact):", "",
+        f"Real text (`python benchmarks/real_text.py{flags}`, this invocation {seconds / 60:.1f} min):",
+        "", "Perplexity per token on the test split against training FLOPs (mdm: ELBO upper bound; block: the block "
+        "ELBO bound; arm: exact):", "",
         table(["objective", "size", "params", "step", "TFLOPs", "ppl", "nll +- stderr"], ppl_rows), "",
-        f"Generation from mdm_{best_size['mdm']}, judged by arm_{best_size['arm']} (the lowest final test "
-        f"perplexities):", "",
-        table(["samples", "method", "tokens", "gen. ppl", "unigram entropy (nats)", "evals / token", "tokens/s"],
+        f"Generation from mdm_{best_size['mdm']} (and the block runs), judged by arm_{best_size['arm']} (the lowest "
+        f"final test perplexities):", "",
+        table(["samples", "method", "tokens decoded / asked", "gen. ppl", "unigram entropy (nats)", "evals / token", "tokens/s"],
               gen_rows), "",
         "Multiple choice (4 continuations of a function from held-out files):", "",
         table(["run", "accuracy", "examples"], mc_rows), "",
@@ -268,12 +304,10 @@ def report(args, results, sizes, ar_samples, prompt_text, seconds):
         f.write(text)
     print(text)
     fig, ax = plt.subplots(figsize=(6, 4))
-    for o in ("mdm", "arm"):
-        for size in sizes:
-            pts = [c for c in curve if c["objective"] == o and c["size"] == size]
-            ax.errorbar([c["flops"] for c in pts], [c["ppl"] for c in pts],
-                        yerr=[c["ppl"] * c["stderr"] for c in pts], marker="o" if o == "mdm" else "s",
-                        label=f"{o} {size} ({'ELBO bound' if o == 'mdm' else 'exact'})")
+    for name, o, size, block in plan:
+        pts = [c for c in curve if c["objective"] == o and c["size"] == size and c.get("block") == block]
+        ax.errorbar([c["flops"] for c in pts], [c["ppl"] for c in pts], yerr=[c["ppl"] * c["stderr"] for c in pts],
+                    marker={"mdm": "o", "arm": "s", "block": "^"}[o], label=f"{name} ({BOUND[o]})")
     ax.set(xscale="log", yscale="log", xlabel="training FLOPs", ylabel="test perplexity per token")
     ax.legend()
     fig.tight_layout()

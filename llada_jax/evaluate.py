@@ -265,31 +265,42 @@ def elbo_perplexity(model, params, tokens, key, mask_id, *, lengths=None, n_samp
     return {"nll": nll, "ppl": math.exp(nll), "stderr": stderr, "tokens": int(total)}
 
 
-def _ar_nll_rows(model, params, tokens, start):
-    """Per row: the summed -log p(x_i | x_<i) over positions start..L-1 (one causal pass)."""
+def _ar_nll_rows(model, params, tokens, start, lengths):
+    """Per row: the summed -log p(x_i | x_<i) over positions start..length-1 (one causal pass)."""
     logits = model.apply(params, tokens, causal=True)[:, :-1]
     ce = diffusion.cross_entropy(logits, tokens[:, 1:])
-    return jnp.sum(jnp.where(jnp.arange(1, tokens.shape[1]) >= start, ce, 0.0), -1)
+    pos = jnp.arange(1, tokens.shape[1])[None, :]
+    return jnp.sum(jnp.where((pos >= start) & (pos < lengths[:, None]), ce, 0.0), -1)
 
 
 _ar_nll_jit = jax.jit(_ar_nll_rows, static_argnames=("model", "start"))
 
 
-def ar_perplexity(model, params, tokens, *, start=1, batch_size=16):
+def ar_perplexity(model, params, tokens, *, start=1, lengths=None, batch_size=16):
     """The exact per-token perplexity of the autoregressive baseline on rows tokens [N, L], scoring positions
     start..L-1 given everything before them (start=1: every token but the first, which has no context; a prompt
-    length to score only the continuations, e.g. generative perplexity). Returns elbo_perplexity's dict (stderr
-    over rows)."""
+    length to score only the continuations, e.g. generative perplexity). lengths [N]: score row n up to position
+    lengths[n] - 1 only (e.g. a sample that stopped early; default L). Returns elbo_perplexity's dict: nll per
+    scored token, stderr over rows."""
     tokens = np.asarray(tokens, np.int32)
     n, l = tokens.shape
+    lengths = np.full(n, l, np.int32) if lengths is None else np.asarray(lengths, np.int32)
     if not 1 <= start < l:
         raise EvalError(f"start={start} must be in [1, {l - 1}] for rows of {l} tokens.")
-    padded = np.concatenate([tokens, np.zeros((_pad_to(n, batch_size) - n, l), np.int32)])
-    rows = np.concatenate([np.asarray(_ar_nll_jit(model, params, padded[b0:b0 + batch_size], start), np.float64)
-                           for b0 in range(0, len(padded), batch_size)])[:n] / (l - start)
-    nll = float(rows.mean())
+    if lengths.shape != (n,) or lengths.min() <= start or lengths.max() > l:
+        raise EvalError(f"lengths must be {n} values in [{start + 1}, {l}] (more than start={start}); "
+                        f"got {lengths.tolist()}.")
+    pad = _pad_to(n, batch_size) - n
+    padded = np.concatenate([tokens, np.zeros((pad, l), np.int32)])
+    padded_lengths = np.concatenate([lengths, np.full(pad, l, np.int32)])
+    sums = np.concatenate([np.asarray(_ar_nll_jit(model, params, padded[b0:b0 + batch_size], start,
+                                                  padded_lengths[b0:b0 + batch_size]), np.float64)
+                           for b0 in range(0, len(padded), batch_size)])[:n]
+    counts = lengths - start
+    nll = float(sums.sum() / counts.sum())
+    rows = sums / counts
     stderr = rows.std(ddof=1) / math.sqrt(n) if n > 1 else float("nan")
-    return {"nll": nll, "ppl": math.exp(nll), "stderr": stderr, "tokens": n * (l - start)}
+    return {"nll": nll, "ppl": math.exp(nll), "stderr": stderr, "tokens": int(counts.sum())}
 
 
 # -- multiple choice ------------------------------------------------------------------------------------------------

@@ -104,7 +104,7 @@ def test_text_small_trains_on_the_store_and_scores_heldout_text(stdlib_slice, tm
 
 
 def test_ar_perplexity_is_the_exact_causal_nll(tiny_cfg):
-    """ar_perplexity = the mean over rows of the token-by-token -log p(x_i | x_<i) (positions from `start` on),
+    """ar_perplexity = the mean of the token-by-token -log p(x_i | x_<i) (positions from `start` on, up to lengths),
     recomputed from the logits of each prefix separately (float64)."""
     tiny_cfg.objective = "arm"
     model = model_lib.Model(tiny_cfg.model)
@@ -122,5 +122,10 @@ def test_ar_perplexity_is_the_exact_causal_nll(tiny_cfg):
     assert r["tokens"] == 27 and np.isclose(r["ppl"], np.exp(r["nll"]))
     r = evaluate.ar_perplexity(model, params, tokens, start=4, batch_size=2)  # continuations of 4-token prompts
     np.testing.assert_allclose(r["nll"], np.mean([w[4:].sum() / 6 for w in want]), rtol=1e-5)
+    r = evaluate.ar_perplexity(model, params, tokens, start=4, lengths=[10, 7, 5], batch_size=2)  # stopped early
+    np.testing.assert_allclose(r["nll"], sum(w[4:n].sum() for w, n in zip(want, (10, 7, 5))) / 10, rtol=1e-5)
+    assert r["tokens"] == 10
+    with pytest.raises(evaluate.EvalError, match="lengths must be 3 values in"):
+        evaluate.ar_perplexity(model, params, tokens, start=4, lengths=[10, 4, 5])
     with pytest.raises(evaluate.EvalError, match="start=10 must be in"):
         evaluate.ar_perplexity(model, params, tokens, start=10)
