@@ -191,6 +191,13 @@ def _split_masks(hashes, val_fraction):
     return ~val, val
 
 
+def _sizes(counts):
+    """'N documents, M tokens' of a prepared store (its train split), or of each split when val has documents."""
+    def size(split):
+        return f"{counts[split]['documents']:,} documents, {counts[split]['tokens']:,} tokens"
+    return f"train {size('train')}; val {size('val')}" if counts["val"]["documents"] else size("train")
+
+
 def _merge(out, shard_paths, tok, val_fraction, chunk, log):
     """Shards -> `out/train` and `out/val` stores (built under temporary names, then renamed)."""
     totals = {"train": [0, 0], "val": [0, 0]}
@@ -238,8 +245,7 @@ def prepare(inputs, out, tokenizer, text_field="text", workers=None, val_fractio
         with open(meta_path) as f:
             meta = json.load(f)
         if meta.get("fingerprint") == fingerprint:
-            log(f"{out} is complete and up to date ({meta['train']['documents']:,} train docs, "
-                f"{meta['train']['tokens']:,} tokens); nothing to do.")
+            log(f"{out} is complete and up to date ({_sizes(meta)}); nothing to do.")
             shutil.rmtree(os.path.join(out, "shards"), ignore_errors=True)  # left over if stopped before cleanup
             return meta
         raise PrepareError(f"{out} already holds a store prepared from other inputs or options (or the inputs "
@@ -274,8 +280,7 @@ def prepare(inputs, out, tokenizer, text_field="text", workers=None, val_fractio
     _write_atomic(meta_path, lambda tmp: _write_text(tmp, json.dumps(meta, indent=2)))
     if not keep_shards:
         shutil.rmtree(shard_dir, ignore_errors=True)
-    log(f"done: {out}: train {counts['train']['documents']:,} docs / {counts['train']['tokens']:,} tokens, val "
-        f"{counts['val']['documents']:,} docs / {counts['val']['tokens']:,} tokens"
+    log(f"done: {out}: {_sizes(counts)}"
         + (f"; {len(errors)} bad documents skipped" if errors else "")
         + (f"; {empty} empty documents dropped" if empty else ""))
     return meta
