@@ -26,10 +26,11 @@ Stages (each resumes or is skipped when its outputs exist in --out):
      evaluations per generated token and tokens/s (one timed run after a warm-up that compiles the same program).
      Unconditional samples are --gen_tokens long (256; 64 with --quick); prompted ones min(--gen_tokens,
      train.seq_len - 64), so that prompt + answer is the length the model was trained at. Block runs: blocks left
-     to right with the exact cache, one token per step (a row that stops after the block with its EOS is scored
-     on what it decoded).
+     to right with the exact cache, one token per step (decoding stops after the block in which every row has an
+     EOS: the positions decoded are scored).
   5. multiple choice (`llada data choices`, test files): which of 4 continuations of a function is real, through
-     `llada eval --choices=`: mdm by Algorithm 3 (eval.mc_samples), arm by exact likelihood.
+     `llada eval --choices=`: mdm by Algorithm 3 (eval.mc_samples), block runs by the block ELBO, arm by exact
+     likelihood.
 Writes OUT/results.json, OUT/real_text.md (the tables and one sample of each model) and OUT/ppl_vs_flops.png;
 prints the tables, and last, `quick: mdm_elbo_ppl=... arm_ppl=... gen_ppl_baseline=... gen_ppl_fast=...
 fast_evals_ratio=...` (the best models; "fast" = the threshold setting with the fewest evaluations whose
@@ -44,7 +45,8 @@ import time
 import jax
 import numpy as np
 
-from llada_jax import cli, config as config_lib, diffusion, evaluate, inference, mfu, model as model_lib, sampling, train
+from llada_jax import cli, config as config_lib, diffusion, evaluate, inference, mfu, model as model_lib, sampling
+from llada_jax import train
 from llada_jax.data import corpus, store
 
 PRESETS = {
@@ -126,7 +128,8 @@ def generate(run, judge, prompt, sargs):
     seconds = time.perf_counter() - t0
     tokens = np.asarray(out["tokens"])
     p = prompt.shape[1]
-    decoded = (tokens[:, p:] != run.cfg.tokens.mask_id).sum(1)  # undecoded positions are a tail of [MASK]
+    committed = np.asarray(out["order"]) >= 0  # never committed: the blocks after a block run's stop
+    decoded = sargs.gen_length - np.argmax(committed[:, ::-1], 1)  # up to the last committed position
     r = evaluate.ar_perplexity(judge.model, judge.params, tokens, start=p, lengths=p + decoded)
     passes = float(out["full_passes"]) + float(out["window_passes"])
     return {"gen_ppl": r["ppl"], "gen_nll_stderr": r["stderr"],
@@ -180,6 +183,12 @@ def main():
     budget = args.budget_steps * mfu.flops_per_step(run_config(args, "mdm", sizes[0], 1))
     plan = [(f"{objective}_{size}", objective, size, None) for size in sizes for objective in ("mdm", "arm")]
     plan += [(f"block{b}_{sizes[0]}", "block", sizes[0], int(b)) for b in args.blocks.split(",") if b]
+    seq_len = run_config(args, "mdm", sizes[0], 1).train.seq_len
+    lengths = (args.gen_tokens, min(args.gen_tokens, seq_len - PROMPT_TOKENS), PROMPT_TOKENS)
+    bad = [block for *_, block in plan if block and any(n % block for n in lengths)]
+    if bad:
+        raise SystemExit(f"--blocks: {bad} must divide the sequence, prompt and generation lengths {lengths} "
+                         f"(train.seq_len {seq_len}, --gen_tokens); e.g. --blocks=4,16.")
     runs = {}  # name -> (workdir, cfg)
     for name, objective, size, block in plan:
         steps = max(4, round(budget / mfu.flops_per_step(run_config(args, objective, size, 1, block))))
@@ -191,7 +200,6 @@ def main():
         runs[name] = (workdir, cfg)
 
     print(f"== 3. test-split perplexity at every checkpoint ({elapsed()})", flush=True)
-    seq_len = runs[f"mdm_{sizes[0]}"][1].train.seq_len
     windows = test_windows(args, seq_len, args.ppl_windows)
     curve = results.setdefault("perplexity", {})
     for name, objective, size, block in plan:
@@ -232,7 +240,7 @@ def main():
             run = block_runs.get(run_name, mdm)
             sargs = dataclasses.replace(sargs, temperature=temperature)
             key = f"{kind}: {name}"
-            if key not in gen:
+            if gen.get(key, {}).get("run") != run_name:  # new, or made by another mdm (results.json of older runs)
                 print(f"  {key} ... ({elapsed()})", flush=True)
                 gen[key] = {"kind": kind, "method": name, "run": run_name, "gen_length": length,
                             **generate(run, judge, prompt, sargs)}
@@ -272,7 +280,8 @@ def report(args, results, plan, ar_samples, prompt_text, seconds):
     ppl_rows = [(c["objective"] + (f" {c['block']}" if c.get("block") else ""), c["size"],
                  f"{c['params'] / 1e6:.1f}M", c["step"], f"{c['flops'] / 1e12:.2f}",
                  f"{c['ppl']:.2f}", f"{c['nll']:.4f} +- {c['stderr']:.4f}") for c in curve]
-    gen = {k: g for k, g in results["generation"].items() if g.get("run", f"mdm_{results['best']['mdm']}") in names}
+    shown = {f"mdm_{results['best']['mdm']}"} | {name for name, o, *_ in plan if o == "block"}
+    gen = {k: g for k, g in results["generation"].items() if g.get("run") in shown}
     gen_rows = [(g["kind"], g["method"], f"{g.get('decoded', g['gen_length']):.0f} / {g['gen_length']}",
                  f"{g['gen_ppl']:.2f}", f"{g['entropy']:.2f}", f"{g['evals_per_token']:.3f}",
                  f"{g['tokens_per_s']:.1f}") for g in gen.values()]
@@ -291,8 +300,8 @@ def report(args, results, plan, ar_samples, prompt_text, seconds):
         table(["objective", "size", "params", "step", "TFLOPs", "ppl", "nll +- stderr"], ppl_rows), "",
         f"Generation from mdm_{best_size['mdm']} (and the block runs), judged by arm_{best_size['arm']} (the lowest "
         f"final test perplexities):", "",
-        table(["samples", "method", "tokens decoded / asked", "gen. ppl", "unigram entropy (nats)", "evals / token", "tokens/s"],
-              gen_rows), "",
+        table(["samples", "method", "tokens decoded / asked", "gen. ppl", "unigram entropy (nats)", "evals / token",
+               "tokens/s"], gen_rows), "",
         "Multiple choice (4 continuations of a function from held-out files):", "",
         table(["run", "accuracy", "examples"], mc_rows), "",
         f"Prompt (first {PROMPT_TOKENS} tokens of a test file):", "", "```", prompt_text, "```", "",

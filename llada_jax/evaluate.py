@@ -298,8 +298,8 @@ def ar_perplexity(model, params, tokens, *, start=1, lengths=None, batch_size=16
                            for b0 in range(0, len(padded), batch_size)])[:n]
     counts = lengths - start
     nll = float(sums.sum() / counts.sum())
-    rows = sums / counts
-    stderr = rows.std(ddof=1) / math.sqrt(n) if n > 1 else float("nan")
+    resid = sums - nll * counts  # a ratio of means: delta-method standard error over rows (as elbo_perplexity)
+    stderr = resid.std(ddof=1) / (math.sqrt(n) * counts.mean()) if n > 1 else float("nan")
     return {"nll": nll, "ppl": math.exp(nll), "stderr": stderr, "tokens": int(counts.sum())}
 
 
