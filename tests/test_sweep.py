@@ -88,7 +88,7 @@ def test_missing_sweep_file_and_unknown_key_through_the_command(tmp_path, capsys
     assert not (tmp_path / "w").exists()
 
 
-@pytest.mark.parametrize("name", ["mdm_vs_arm", "remasking", "random_length", "reversal", "block_sizes"])
+@pytest.mark.parametrize("name", ["mdm_vs_arm", "remasking", "random_length", "reversal", "block_sizes", "seeds"])
 def test_builtin_sweeps_build_valid_configs(name):
     base, points = sweep.load_sweep(f"configs/sweeps/{name}.py")
     for p in points:
