@@ -312,13 +312,13 @@ def report(args, results, plan, ar_samples, prompt_text, seconds):
     with open(os.path.join(args.out, "real_text.md"), "w") as f:
         f.write(text)
     print(text)
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = plt.subplots(figsize=(8, 4))
     for name, o, size, block in plan:
         pts = [c for c in curve if c["objective"] == o and c["size"] == size and c.get("block") == block]
         ax.errorbar([c["flops"] for c in pts], [c["ppl"] for c in pts], yerr=[c["ppl"] * c["stderr"] for c in pts],
                     marker={"mdm": "o", "arm": "s", "block": "^"}[o], label=f"{name} ({BOUND[o]})")
     ax.set(xscale="log", yscale="log", xlabel="training FLOPs", ylabel="test perplexity per token")
-    ax.legend()
+    ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1), fontsize="small")
     fig.tight_layout()
     fig.savefig(os.path.join(args.out, "ppl_vs_flops.png"), dpi=120)
     print(f"quick: mdm_elbo_ppl={final['mdm']['ppl']:.2f} arm_ppl={final['arm']['ppl']:.2f} "
