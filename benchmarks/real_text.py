@@ -93,9 +93,9 @@ def test_windows(args, seq_len, n):
 def perplexity(run, tokens, elbo_samples, key):
     if run.cfg.objective == "arm":
         return evaluate.ar_perplexity(run.model, run.params, tokens)
-    block = diffusion.block_size(run.cfg) if run.cfg.objective == "block" else None
     return evaluate.elbo_perplexity(run.model, run.params, tokens, key, run.cfg.tokens.mask_id,
-                                    n_samples=elbo_samples, eps=run.cfg.diffusion.eps, block_size=block)
+                                    n_samples=elbo_samples, eps=run.cfg.diffusion.eps,
+                                    block_size=evaluate.block_size_of(run.cfg))
 
 
 def unigram_entropy(row):
@@ -116,13 +116,13 @@ def generate(run, judge, prompt, sargs):
     """Samples for one method: generative perplexity (judge = the arm run), entropy, evaluations, tokens/s (of the
     positions decoded: a block run stops after the block in which every row has its EOS)."""
     ids, key = sampling.token_ids(run.cfg), jax.random.key(0)
-    block = diffusion.block_size(run.cfg) if run.cfg.objective == "block" else sargs.block_length
+    block = evaluate.block_size_of(run.cfg)  # None: not a block-diffusion run
 
     def decode(a):
         return jax.device_get(sampling.sample(run.model, run.params, prompt, None, key, a, ids, run.cfg.objective,
-                                              block if run.cfg.objective == "block" else None))
+                                              block))
 
-    decode(warm_up_args(sargs, block))
+    decode(warm_up_args(sargs, block or sargs.block_length))
     t0 = time.perf_counter()
     out = decode(sargs)
     seconds = time.perf_counter() - t0
@@ -180,11 +180,13 @@ def main():
     corpus.tokenize(args.corpus, args.vocab_size)
 
     sizes = args.sizes.split(",")
-    budget = args.budget_steps * mfu.flops_per_step(run_config(args, "mdm", sizes[0], 1))
+    reference = run_config(args, "mdm", sizes[0], 1)
+    budget = args.budget_steps * mfu.flops_per_step(reference)
     plan = [(f"{objective}_{size}", objective, size, None) for size in sizes for objective in ("mdm", "arm")]
     plan += [(f"block{b}_{sizes[0]}", "block", sizes[0], int(b)) for b in args.blocks.split(",") if b]
-    seq_len = run_config(args, "mdm", sizes[0], 1).train.seq_len
-    lengths = (args.gen_tokens, min(args.gen_tokens, seq_len - PROMPT_TOKENS), PROMPT_TOKENS)
+    seq_len = reference.train.seq_len
+    prompted_length = min(args.gen_tokens, seq_len - PROMPT_TOKENS)  # prompt + answer = the training length
+    lengths = (args.gen_tokens, prompted_length, PROMPT_TOKENS)
     bad = [block for *_, block in plan if block and any(n % block for n in lengths)]
     if bad:
         raise SystemExit(f"--blocks: {bad} must divide the sequence, prompt and generation lengths {lengths} "
@@ -231,7 +233,7 @@ def main():
     gen = results.setdefault("generation", {})
     for kind, prompt, length, temperature in (
             ("unconditional", np.full((args.prompts, 1), eos, np.int32), args.gen_tokens, 1.0),
-            ("prompted", np.array(prompts, np.int32), min(args.gen_tokens, seq_len - PROMPT_TOKENS), 0.0)):
+            ("prompted", np.array(prompts, np.int32), prompted_length, 0.0)):
         todo = [(name, f"mdm_{best['mdm']}", sargs) for name, sargs in methods(length).items()]
         todo += [(f"{name}: block {diffusion.block_size(run.cfg)}, exact cache, 1 token / step", name,
                   sampling.SamplingArgs(gen_length=length, block_length=length, steps=length))

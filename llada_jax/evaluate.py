@@ -257,12 +257,17 @@ def elbo_perplexity(model, params, tokens, key, mask_id, *, lengths=None, n_samp
                                              padded_lengths[b0:b0 + batch_size], k, mask_id, eps, block_size),
                                    np.float64))
         sums[s] = np.concatenate(rows)[:n]
-    total = float(lengths.sum())
-    nll = sums.sum() / (n_samples * total)
-    # a ratio of means (sum of row bounds / tokens): delta-method standard error over the n_samples * N rows
-    resid = (sums - nll * lengths[None, :]).ravel()
-    stderr = resid.std(ddof=1) / (math.sqrt(resid.size) * lengths.mean()) if resid.size > 1 else float("nan")
-    return {"nll": nll, "ppl": math.exp(nll), "stderr": stderr, "tokens": int(total)}
+    nll, stderr = _ratio_of_means(sums, np.broadcast_to(lengths, sums.shape))
+    return {"nll": nll, "ppl": math.exp(nll), "stderr": stderr, "tokens": int(lengths.sum())}
+
+
+def _ratio_of_means(sums, counts):
+    """(sum of sums / sum of counts, its delta-method standard error over the rows): the per-token nll of rows
+    whose summed nll is `sums` over `counts` tokens (arrays of one shape)."""
+    nll = float(sums.sum() / counts.sum())
+    resid = (sums - nll * counts).ravel()
+    stderr = resid.std(ddof=1) / (math.sqrt(resid.size) * counts.mean()) if resid.size > 1 else float("nan")
+    return nll, stderr
 
 
 def _ar_nll_rows(model, params, tokens, start, lengths):
@@ -297,9 +302,7 @@ def ar_perplexity(model, params, tokens, *, start=1, lengths=None, batch_size=16
                                                   padded_lengths[b0:b0 + batch_size]), np.float64)
                            for b0 in range(0, len(padded), batch_size)])[:n]
     counts = lengths - start
-    nll = float(sums.sum() / counts.sum())
-    resid = sums - nll * counts  # a ratio of means: delta-method standard error over rows (as elbo_perplexity)
-    stderr = resid.std(ddof=1) / (math.sqrt(n) * counts.mean()) if n > 1 else float("nan")
+    nll, stderr = _ratio_of_means(sums, counts)
     return {"nll": nll, "ppl": math.exp(nll), "stderr": stderr, "tokens": int(counts.sum())}
 
 
