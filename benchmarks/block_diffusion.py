@@ -23,7 +23,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import block_decoding  # noqa: E402
 
-from llada_jax import checkpoint, cli, mfu, sweep  # noqa: E402
+from llada_jax import cli, mfu, rundir, sweep  # noqa: E402
 
 SWEEP = "configs/sweeps/block_sizes.py"
 
@@ -77,7 +77,7 @@ def main():
         llada("convert", "to-hf", f"--workdir={arm['dir']}", f"--out={hf_dir}", "--layout=llama")
     if not os.path.exists(imported):
         llada("convert", "from-hf", hf_dir, f"--out={imported}", f"--config={base}")
-    scratch_cfg = checkpoint.load_run_config(scratch["dir"])
+    scratch_cfg = rundir.load_config(scratch["dir"])
     if sweep.finished_step(adapted) != scratch_cfg.train.steps:
         overrides = {"objective": "block", "diffusion.block_size": 4, "train.steps": scratch_cfg.train.steps,
                      "checkpoint.init_from": imported, "sampling.gen_length": scratch_cfg.sampling.gen_length,

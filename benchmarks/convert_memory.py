@@ -57,7 +57,7 @@ def measure(op, *args):
 
 def write_random_run(cfg, run_dir, seed=0):
     """A run directory with random params in model.param_dtype, saved by checkpoint.Checkpointer (as training does)."""
-    from llada_jax import checkpoint, model as model_lib
+    from llada_jax import checkpoint, model as model_lib, rundir
     rng = np.random.default_rng(seed)
     dtype = np.dtype(model_lib.Model(cfg.model).param_dtype)
 
@@ -75,7 +75,7 @@ def write_random_run(cfg, run_dir, seed=0):
     ckpt.save(0, {"params": params, "step": np.int32(0)}, {"position": 0}, cfg, force=True)
     ckpt.wait()
     ckpt.close()
-    checkpoint.save_run_config(run_dir, cfg)
+    rundir.save_config(run_dir, cfg)
     arrays = [a for v in params.values() for a in (v.values() if isinstance(v, dict) else [v])]
     return {"name": cfg.name, "params": model_lib.count_params(cfg.model), "size": sum(a.nbytes for a in arrays),
             "largest": max(a.nbytes for a in arrays)}

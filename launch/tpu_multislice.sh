@@ -6,12 +6,13 @@
 #     launch/tpu_multislice.sh --config=configs/llada_8b.py --workdir=gs://BUCKET/runs/8b-ms
 #
 # The script adds --config.mesh.dcn_data=$NUM_SLICES unless you pass a --config.mesh.dcn_* flag yourself.
-# DRY_RUN=1 prints the commands.
+# Each slice's output goes to its own log, $LOG_DIR/$NAME-<slice>.log (LOG_DIR defaults to .).
+# DRY_RUN=1 prints the commands (each in one write, so the slices' lines never interleave).
 set -euo pipefail
 : "${NAME:?set NAME}" "${ZONE:?set ZONE}" "${ACCELERATOR:?set ACCELERATOR}" "${NUM_SLICES:?set NUM_SLICES}"
 RUNTIME="${RUNTIME:-v2-alpha-tpuv5}"
 PROJECT_FLAG=${PROJECT:+--project=$PROJECT}
-run() { if [[ "${DRY_RUN:-0}" == 1 ]]; then printf '%q ' "$@"; echo; else "$@"; fi; }
+run() { if [[ "${DRY_RUN:-0}" == 1 ]]; then printf '%s\n' "$(printf '%q ' "$@")"; else "$@"; fi; }
 here="$(cd "$(dirname "$0")/.." && pwd)"
 
 run gcloud compute tpus queued-resources create "$NAME" --zone="$ZONE" --accelerator-type="$ACCELERATOR" \
@@ -29,8 +30,12 @@ for ((i = 0; i < NUM_SLICES; i++)); do
     "mkdir -p ~/llada-jax && tar -xzf ~/llada-jax.tar.gz -C ~/llada-jax && cd ~/llada-jax && pip install -q -e '.[tpu]'"
 done
 # Launch on every slice at once (MEGASCALE_* variables are set by the queued resource on each worker).
+log_dir="${LOG_DIR:-.}"
+[[ "${DRY_RUN:-0}" == 1 ]] || mkdir -p "$log_dir"
 for ((i = 0; i < NUM_SLICES; i++)); do
+  log=/dev/stdout
+  [[ "${DRY_RUN:-0}" == 1 ]] || { log="$log_dir/$NAME-$i.log"; echo "slice $i: output in $log"; }
   run gcloud compute tpus tpu-vm ssh "$NAME-$i" --worker=all --zone="$ZONE" $PROJECT_FLAG --command \
-    "cd ~/llada-jax && llada train $args 2>&1 | tee -a ~/llada-train.log" &
+    "cd ~/llada-jax && llada train $args 2>&1 | tee -a ~/llada-train.log" >>"$log" 2>&1 &
 done
 wait

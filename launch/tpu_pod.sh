@@ -18,7 +18,7 @@ case "$ACCELERATOR" in
   *) RUNTIME="${RUNTIME:-tpu-ubuntu2204-base}" ;;
 esac
 PROJECT_FLAG=${PROJECT:+--project=$PROJECT}
-run() { if [[ "${DRY_RUN:-0}" == 1 ]]; then printf '%q ' "$@"; echo; else "$@"; fi; }
+run() { if [[ "${DRY_RUN:-0}" == 1 ]]; then printf '%s\n' "$(printf '%q ' "$@")"; else "$@"; fi; }
 here="$(cd "$(dirname "$0")/.." && pwd)"
 
 if [[ "${DRY_RUN:-0}" != 1 ]] && gcloud compute tpus tpu-vm describe "$TPU_NAME" --zone="$ZONE" $PROJECT_FLAG >/dev/null 2>&1; then

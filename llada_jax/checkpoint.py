@@ -5,18 +5,29 @@ A checkpoint step holds four items: `params`, `train` (step, RNG key, optimizer 
 temporary directory and renames it when complete, so a crash during a save leaves the previous step restorable.
 Restoring takes abstract arrays carrying the *current* run's shardings, so a checkpoint saved on one mesh restores
 onto another (8 devices -> 2 -> 1) with identical values.
+
+Every reader goes through `read_newest`: it takes the newest step that reads back completely, says which steps it
+skipped and why, and errors clearly when none is readable. A writer (`llada train`) then sets the skipped steps
+aside (`Checkpointer.set_aside`: renamed `STEP.unreadable.TIME`, never deleted) so that it can save those steps
+again. docs/checkpoints.md lists the faults tested and what each one does.
 """
+import json
 import os
 import signal
+import time
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
+import tensorstore as ts
 from jax.experimental import multihost_utils
 
-from llada_jax import config as config_lib, model as model_lib
+from llada_jax import model as model_lib
 from llada_jax.errors import LladaError
 
 ITEMS = ("params", "train", "data", "config")
+RESUME_ITEMS = ("params", "train", "data")  # what resuming a run reads (`config` is a copy of config.json)
+JSON_ITEMS = ("data", "config")
 CHUNK_BYTES = 64 << 20  # the storage chunk of params that are not stacked per layer
 
 
@@ -90,22 +101,146 @@ def _check_step(step, steps, directory):
         raise CheckpointError(f"no checkpoint step {step} in {directory}; available: {steps}.")
 
 
-def find_step(run_dir, step=None):
-    """(orbax directory, step) of a run directory: `step` if it was saved, by default the latest."""
-    directory = checkpoints_dir(run_dir)
+# -- reading back ------------------------------------------------------------------------------------------------
+
+def _read_json(path):
+    with open(path) as f:
+        return json.load(f)
+
+
+def _kvstore(item_dir, name):
+    base = {"driver": "file", "path": os.path.abspath(item_dir) + "/"}
+    if os.path.exists(os.path.join(item_dir, "manifest.ocdbt")):
+        return {"driver": "ocdbt", "base": base, "path": name + "/"}
+    return {"driver": "file", "path": os.path.join(os.path.abspath(item_dir), name) + "/"}
+
+
+def open_array(item_dir, name, context):
+    """The tensorstore of array `name` ("blocks.q_proj") in an orbax item directory (zarr or zarr3 over ocdbt or
+    plain files); raises tensorstore's error when it cannot be opened."""
+    error = None
+    for driver in ("zarr", "zarr3"):
+        try:
+            return ts.open({"driver": driver, "kvstore": _kvstore(item_dir, name)}, open=True,
+                           context=context).result()
+        except ValueError as e:
+            error = error or e
+    raise error
+
+
+def _array_names(item_dir):
+    """The arrays of an orbax item, from its key-value store's listing (which reads the whole index)."""
+    if os.path.exists(os.path.join(item_dir, "manifest.ocdbt")):
+        spec = {"driver": "ocdbt", "base": {"driver": "file", "path": os.path.abspath(item_dir) + "/"}}
+    else:
+        spec = {"driver": "file", "path": os.path.abspath(item_dir) + "/"}
+    keys = [k.decode() for k in ts.KvStore.open(spec).result().list().result()]
+    return sorted({k.rsplit("/", 1)[0] for k in keys if k.endswith(("/.zarray", "/zarr.json"))})
+
+
+def _reason(e):
+    text = str(e).splitlines()[0] if str(e) else ""
+    return f"{type(e).__name__}: {text[:160]}"
+
+
+def step_problem(step_dir, items=RESUME_ITEMS):
+    """Why the checkpoint step in `step_dir` cannot be read back (one short line), or None when it can: each of
+    `items` is there, its metadata files parse and each of its arrays opens (its index and metadata read). Only
+    metadata is read, so the check is cheap at any size; damage inside an array's chunks surfaces in the restore."""
+    for item in items:
+        item_dir = os.path.join(step_dir, item)
+        if not os.path.isdir(item_dir):
+            return f"its {item} item is missing"
+        try:
+            if item in JSON_ITEMS:
+                _read_json(os.path.join(item_dir, "metadata"))
+                continue
+            meta_files = [os.path.join(item_dir, "_METADATA"), os.path.join(item_dir, "_sharding")]
+            meta_dir = os.path.join(item_dir, "array_metadatas")
+            if os.path.isdir(meta_dir):
+                meta_files += [os.path.join(meta_dir, f) for f in sorted(os.listdir(meta_dir))]
+            for path in meta_files:
+                if os.path.exists(path):
+                    _read_json(path)
+            names = _array_names(item_dir)
+            if not names:
+                return f"{item}: no arrays"
+            context = ts.Context({"cache_pool": {"total_bytes_limit": 0}})
+            for name in names:
+                open_array(item_dir, name, context)
+        except Exception as e:  # any damage: JSON, tensorstore, OS errors
+            return f"{item}: {_reason(e)}"
+    return None
+
+
+def _agreed_problem(step_dir, items):
+    """step_problem as process 0 sees it, the same verdict on every host (each host may see the files differently,
+    and hosts that disagree on the step would restore different states)."""
+    problem = step_problem(step_dir, items) if jax.process_index() == 0 else None
+    if jax.process_count() > 1:
+        bad = multihost_utils.broadcast_one_to_all(np.int32(problem is not None))
+        problem = problem or ("unreadable on process 0" if int(bad) else None)
+    return problem
+
+
+def read_newest(directory, read, step=None, items=RESUME_ITEMS, log=print):
+    """(step, read(step), skipped) for the newest step of an orbax directory that reads back completely: `step`
+    only, when given, else every saved step from the newest down. A step is skipped, with a warning line saying which
+    and why, when step_problem finds damage or when `read` fails with anything but a CheckpointError (on one host;
+    on several, a failure there is fatal, since the hosts could not agree). skipped: [(step, reason)], newest first.
+
+    Returns None when the directory holds no step; raises CheckpointError when no step can be read back."""
     steps = saved_steps(directory)
     if not steps:
+        return None
+    if step is not None:
+        _check_step(step, steps, directory)
+    candidates = [step] if step is not None else steps[::-1]
+    skipped = []
+    for i, s in enumerate(candidates):
+        step_dir = os.path.join(directory, str(s))
+        problem = _agreed_problem(step_dir, items)
+        if problem is None:
+            try:
+                return s, read(s), skipped
+            except CheckpointError:
+                raise
+            except Exception as e:  # damage inside the arrays' chunks
+                if jax.process_count() > 1:
+                    raise CheckpointError(f"checkpoint step {s} in {directory} cannot be read back on process "
+                                          f"{jax.process_index()} ({_reason(e)}); move {step_dir} aside (e.g. to "
+                                          f"{step_dir}.unreadable) and rerun to resume from the previous step.") from e
+                problem = _reason(e)
+        skipped.append((s, problem))
+        if step is None:
+            then = f"trying step {candidates[i + 1]}" if i + 1 < len(candidates) else "no older step"
+            log(f"warning: checkpoint step {s} in {directory} cannot be read back ({problem}); {then}.")
+    if step is not None:
+        raise CheckpointError(f"checkpoint step {step} in {directory} cannot be read back ({skipped[0][1]}); omit "
+                              f"--step to use the newest step that reads back.")
+    raise CheckpointError(f"no checkpoint step in {directory} can be read back (tried {steps[::-1]}; step "
+                          f"{skipped[0][0]}: {skipped[0][1]}). Restore the files from a copy, or move {directory} "
+                          f"away to start the run afresh.")
+
+
+def _found(found, directory):
+    if found is None:
         raise CheckpointError(f"no checkpoint in {directory}; train first, or pass the run directory of a trained "
                               f"model (--workdir).")
-    if step is None:
-        return directory, steps[-1]
-    _check_step(step, steps, directory)
-    return directory, step
+    return found
+
+
+def find_step(run_dir, step=None, items=("params",), log=print):
+    """(orbax directory, step) of a run directory: `step` if it was saved and reads back, by default the newest
+    step that reads back (read_newest)."""
+    directory = checkpoints_dir(run_dir)
+    return directory, _found(read_newest(directory, lambda s: None, step, items, log), directory)[0]
 
 
 class Checkpointer:
     """The run directory's `checkpoints/`: save every `checkpoint.every_steps`, keep the last `checkpoint.keep`
-    (plus every `checkpoint.keep_period`-th step when > 0)."""
+    (plus every `checkpoint.keep_period`-th step when > 0). The writer of a run (it holds rundir.RunLock), so it
+    also removes the temporary directories of saves a crash interrupted (never a committed step)."""
 
     def __init__(self, directory, cfg):
         ck = cfg.checkpoint
@@ -113,9 +248,10 @@ class Checkpointer:
         options = ocp.CheckpointManagerOptions(
             max_to_keep=ck.keep if ck.keep > 0 else None,
             keep_period=ck.keep_period if ck.keep_period > 0 else None,
-            enable_async_checkpointing=ck.async_save, create=True)
+            enable_async_checkpointing=ck.async_save, create=True, cleanup_tmp_directories=True)
         self.directory = os.path.abspath(directory)
         self.manager = ocp.CheckpointManager(self.directory, options=options, item_handlers=_handlers())
+        self.unreadable = []  # [(step, reason)] skipped by the last restore
 
     def all_steps(self):
         return sorted(self.manager.all_steps())
@@ -155,24 +291,32 @@ class Checkpointer:
         return {"params": out["params"], **out["train"]}, out["data"]
 
     def restore(self, abstract_state, step=None, log=print):
-        """(state, data_state) of `step` (default: the latest readable one), or None when there is no checkpoint.
+        """(state, data_state) of `step` (default: the newest step that reads back), or None when there is no
+        checkpoint. The steps skipped as unreadable are kept in `self.unreadable` for set_aside; a shape mismatch is
+        fatal."""
+        found = read_newest(self.directory, lambda s: self._restore_step(s, abstract_state), step, log=log)
+        if found is None:
+            self.unreadable = []
+            return None
+        _, restored, self.unreadable = found
+        return restored
 
-        An unreadable step is reported by number and the previous one is tried; a shape mismatch is fatal."""
-        steps = self.all_steps()
-        if step is not None:
-            _check_step(step, steps, self.directory)
-            steps = [s for s in steps if s <= step]
-        for s in reversed(steps):
-            try:
-                return self._restore_step(s, abstract_state)
-            except CheckpointError:
-                raise
-            except Exception as e:  # corrupt or partial files
-                log(f"warning: checkpoint step {s} in {self.directory} is unreadable ({type(e).__name__}: "
-                    f"{str(e).splitlines()[0][:200] if str(e) else ''}); falling back to the previous step.")
-        if steps:
-            raise CheckpointError(f"no readable checkpoint in {self.directory} (tried steps {steps}).")
-        return None
+    def set_aside(self, log=print):
+        """Renames the steps the last restore skipped as unreadable to STEP.unreadable.TIME (never deletes them), so
+        that this run can save those steps again."""
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        for step, reason in self.unreadable:
+            source = os.path.join(self.directory, str(step))
+            target = f"{source}.unreadable.{stamp}"
+            if jax.process_index() == 0:
+                os.rename(source, target)
+            log(f"set aside the unreadable checkpoint step {step} as {target} ({reason}); it is not deleted: "
+                f"remove it when you no longer need it.")
+        if self.unreadable:
+            if jax.process_count() > 1:
+                multihost_utils.sync_global_devices("llada_set_aside")
+            self.manager.reload()
+        self.unreadable = []
 
     def wait(self):
         self.manager.wait_until_finished()
@@ -181,35 +325,28 @@ class Checkpointer:
         self.manager.close()
 
 
-def restore_params(run_dir, abstract_params, step=None):
-    """Params only (fine-tuning from a pre-trained run with a fresh optimizer, sampling, conversion)."""
-    directory, step = find_step(run_dir, step)
+def restore_params(run_dir, abstract_params, step=None, log=print):
+    """Params only (fine-tuning from a pre-trained run with a fresh optimizer, sampling, conversion): of `step`, by
+    default of the newest step whose params read back. Returns (params, step)."""
+    directory = checkpoints_dir(run_dir)
     manager = ocp.CheckpointManager(os.path.abspath(directory), item_handlers=_handlers(),
                                     options=ocp.CheckpointManagerOptions(read_only=True))
-    meta = manager.item_metadata(step)
-    if meta is not None and meta.get("params") is not None:
-        bad = mismatched_leaves(meta["params"], abstract_params)
-        if bad:
-            lines = "\n".join(f"  params/{k}: {v}" for k, v in bad.items())
-            raise CheckpointError(f"params of step {step} in {directory} do not match the model config:\n{lines}")
-    out = manager.restore(step, args=ocp.args.Composite(params=ocp.args.StandardRestore(abstract_params)))
-    manager.close()
+
+    def read(s):
+        meta = manager.item_metadata(s)
+        if meta is not None and meta.get("params") is not None:
+            bad = mismatched_leaves(meta["params"], abstract_params)
+            if bad:
+                lines = "\n".join(f"  params/{k}: {v}" for k, v in bad.items())
+                raise CheckpointError(f"params of step {s} in {directory} do not match the model config:\n{lines}")
+        return manager.restore(s, args=ocp.args.Composite(params=ocp.args.StandardRestore(abstract_params)))
+
+    try:
+        found = read_newest(directory, read, step, ("params",), log)
+    finally:
+        manager.close()
+    step, out, _ = _found(found, directory)
     return out["params"], step
-
-
-def save_run_config(run_dir, cfg):
-    """A run directory's config.json: the resolved config (what load_run_config reads back)."""
-    with open(os.path.join(run_dir, "config.json"), "w") as f:
-        f.write(config_lib.to_json(cfg))
-
-
-def load_run_config(run_dir):
-    """The resolved config a run was trained with (its config.json)."""
-    path = os.path.join(run_dir, "config.json")
-    if not os.path.exists(path):
-        raise CheckpointError(f"{path} not found: {run_dir} is not a llada run directory.")
-    with open(path) as f:
-        return config_lib.from_json(f.read())
 
 
 class Preemption:

@@ -171,7 +171,7 @@ def cmd_convert(argv):
     sub = p.add_subparsers(dest="direction", required=True)
     a = sub.add_parser("to-hf", help="export a run's checkpoint as safetensors + config.json (+ remote code)")
     a.add_argument("--workdir", required=True, help="the run directory")
-    a.add_argument("--step", type=int, default=None, help="checkpoint step (default: the latest)")
+    a.add_argument("--step", type=int, default=None, help="checkpoint step (default: the newest that reads back)")
     a.add_argument("--out", required=True, help="output directory")
     a.add_argument("--dtype", default=None, choices=list(hf.DTYPES), help="default: the checkpoint's dtype")
     a.add_argument("--tokenizer", default=None, help="sentencepiece .model or HF tokenizer directory "
@@ -222,7 +222,7 @@ def _run_parser(prog, description):
     p = argparse.ArgumentParser(prog=prog, description=description + " --config.sampling.*, --config.eval.* and "
                                 "--config.mesh.* override the run's settings.")
     p.add_argument("--workdir", required=True, help="a run directory (`llada train` or `llada convert from-hf`)")
-    p.add_argument("--step", type=int, default=None, help="checkpoint step (default: the latest)")
+    p.add_argument("--step", type=int, default=None, help="checkpoint step (default: the newest that reads back)")
     p.add_argument("--tokenizer", default=None, help="sentencepiece .model or HF tokenizer dir (default: the run's)")
     p.add_argument("--seed", type=int, default=0, help="sampling / evaluation randomness")
     return p

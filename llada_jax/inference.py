@@ -10,7 +10,7 @@ import os
 import jax
 import numpy as np
 
-from llada_jax import checkpoint, config as config_lib, diffusion, model as model_lib, sampling, sharding
+from llada_jax import checkpoint, config as config_lib, diffusion, model as model_lib, rundir, sampling, sharding
 from llada_jax.data import chat, synthetic, tokenizer
 from llada_jax.errors import LladaError
 
@@ -136,7 +136,7 @@ def load_run(workdir, overrides=(), step=None, tokenizer=None, devices=None):
         raise InferenceError(f"run directory {workdir} does not exist; pass --workdir=DIR of a trained run.")
     try:
         base = config_lib.default_config()
-        loaded = checkpoint.load_run_config(workdir)
+        loaded = rundir.load_config(workdir)
         with base.unlocked():  # a run of an older version may lack newer groups (sampling, eval): use defaults
             base.update_from_flattened_dict(_flatten(loaded))
         cfg = apply_overrides(base, overrides)

@@ -32,7 +32,8 @@ from pathlib import Path
 
 import jax
 
-from llada_jax import checkpoint, config as config_lib, evaluate, inference, mfu, model as model_lib, optim, train
+from llada_jax import (checkpoint, config as config_lib, evaluate, inference, mfu, model as model_lib, optim, rundir,
+                       train)
 from llada_jax.data import tasks
 from llada_jax.errors import LladaError
 
@@ -192,10 +193,10 @@ def launch_commands(base, points, workdir, common=()):
 
 # -- running ----------------------------------------------------------------------------------------------------
 
-def finished_step(run_dir):
-    """The latest checkpoint step of a run directory (None without one)."""
-    steps = checkpoint.saved_steps(os.path.join(run_dir, "checkpoints"))
-    return steps[-1] if steps else None
+def finished_step(run_dir, log=print):
+    """The newest checkpoint step of a run directory that reads back (checkpoint.read_newest; None without one)."""
+    found = checkpoint.read_newest(os.path.join(run_dir, "checkpoints"), lambda s: None, log=log)
+    return found[0] if found else None
 
 
 def _read_json(path):
@@ -245,19 +246,11 @@ def run_sweep(base, points, workdir, common=(), log=print):
 
 # -- results ----------------------------------------------------------------------------------------------------
 
-def read_metrics(run_dir):
-    path = os.path.join(run_dir, "metrics.jsonl")
-    if not os.path.exists(path):
-        return []
-    with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
-
-
 def collect(items, configs):
     """One row per point: its overrides, final and best training metrics, training FLOPs and eval metrics."""
     rows = []
     for it, cfg in zip(items, configs):
-        hist = read_metrics(it["run_dir"])
+        hist = rundir.read_metrics(it["run_dir"])
         losses = [h["loss"] for h in hist if h.get("loss") is not None and math.isfinite(h["loss"])]
         tr = cfg.train
         tokens = tr.steps * optim.tokens_per_step(cfg)
@@ -314,7 +307,7 @@ def plot(rows, items, workdir):
     paths = []
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for run_dir in dict.fromkeys(it["run_dir"] for it in items):
-        hist = read_metrics(run_dir)
+        hist = rundir.read_metrics(run_dir)
         if hist:
             ax.plot([h["step"] for h in hist], [h["loss"] for h in hist], label=os.path.basename(run_dir))
     ax.set_xlabel("step")

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from llada_jax import checkpoint as ckpt_lib, diffusion, mfu, model as model_lib, optim, sharding
+from llada_jax import checkpoint as ckpt_lib, diffusion, mfu, model as model_lib, optim, rundir, sharding
 from llada_jax.data import pipeline, sft, synthetic
 from llada_jax.errors import LladaError
 
@@ -177,12 +177,13 @@ def make_data(cfg):
 
 
 class MetricsWriter:
-    """metrics.jsonl plus TensorBoard events in the run directory; only process 0 writes."""
+    """metrics.jsonl plus TensorBoard events in the run directory; only process 0 writes. metrics.jsonl is opened
+    for each row, so a rewrite of the file (rundir.truncate_metrics after a rollback) is never written past."""
 
     def __init__(self, workdir):
         self.active = jax.process_index() == 0
+        self.path = os.path.join(workdir, "metrics.jsonl")
         if self.active:
-            self.jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")
             try:
                 from tensorboardX import SummaryWriter  # lazily: ~2 s to import; only process 0 writes
                 self.tb = SummaryWriter(workdir)
@@ -192,34 +193,21 @@ class MetricsWriter:
     def write(self, step, metrics):
         if not self.active:
             return
-        self.jsonl.write(json.dumps({"step": step, **metrics}) + "\n")
-        self.jsonl.flush()
+        with open(self.path, "a") as f:
+            f.write(json.dumps({"step": step, **metrics}) + "\n")
         if self.tb:
             for k, v in metrics.items():
                 self.tb.add_scalar(k, v, step)
             self.tb.flush()
 
     def close(self):
-        if self.active:
-            self.jsonl.close()
-            if self.tb:
-                self.tb.close()
+        if self.active and self.tb:
+            self.tb.close()
 
 
 def _fmt_time(seconds):
     seconds = int(seconds)
     return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
-
-
-def _truncate_metrics(workdir, step):
-    """After a resume from `step`, drop logged rows of steps that will be run again."""
-    path = os.path.join(workdir, "metrics.jsonl")
-    if jax.process_index() != 0 or not os.path.exists(path):
-        return
-    with open(path) as f:
-        rows = [line for line in f if line.strip() and json.loads(line)["step"] <= step]
-    with open(path, "w") as f:
-        f.writelines(rows)
 
 
 class Preempted(SystemExit):
@@ -255,12 +243,19 @@ class Profiler:
             self.log(f"profiler: trace of steps {self.start}..{self.stop - 1} written to {self.dir}")
 
 
-def train(cfg, workdir, log=print, data=None):
-    """Trains `cfg` into `workdir`, resuming from its latest checkpoint if there is one. Returns (state, history).
-    `data`: the data source (default: make_data(cfg)), an iterator of host-local batches with get_state / set_state."""
+def train(cfg, workdir, log=print, data=None, devices=None):
+    """Trains `cfg` into `workdir`, resuming from its newest readable checkpoint if there is one (newer unreadable
+    steps are set aside). Holds the run directory's lock (rundir.RunLock) throughout. Returns (state, history).
+    `data`: the data source (default: make_data(cfg)), an iterator of host-local batches with get_state / set_state.
+    `devices`: the mesh's devices (default: all)."""
     log = log if jax.process_index() == 0 else (lambda *a, **k: None)
-    setup = Setup(cfg)
+    setup = Setup(cfg, devices)
     os.makedirs(workdir, exist_ok=True)
+    with rundir.HostsLock(workdir, log):
+        return _train(setup, cfg, workdir, log, data)
+
+
+def _train(setup, cfg, workdir, log, data):
     m, tr = cfg.model, cfg.train
     log(f"model: {model_lib.count_params(m) / 1e6:.2f}M params ({model_lib.count_params(m, False) / 1e6:.2f}M "
         f"non-embedding); mesh {dict(setup.mesh.shape)} on {jax.device_count()} {jax.devices()[0].platform} devices"
@@ -271,16 +266,18 @@ def train(cfg, workdir, log=print, data=None):
     if restored is not None:
         state, data_state = restored
         data.set_state(data_state)
-        _truncate_metrics(workdir, int(state["step"]))
+        ckpt.set_aside(log)
         log(f"resuming from the checkpoint of step {int(state['step'])} in {ckpt.directory}")
     else:
         state = setup.init_state()
         if cfg.checkpoint.init_from:
-            params, from_step = ckpt_lib.restore_params(cfg.checkpoint.init_from, setup.abstract_state()["params"])
+            params, from_step = ckpt_lib.restore_params(cfg.checkpoint.init_from, setup.abstract_state()["params"],
+                                                        log=log)
             state = {**state, "params": params}
             log(f"initialised params from {cfg.checkpoint.init_from} (step {from_step}); fresh optimizer state")
+    rundir.truncate_metrics(workdir, int(state["step"]), log)  # rows of steps that run again, torn lines
     if jax.process_index() == 0:  # after the restore: a config that cannot resume leaves the run untouched
-        ckpt_lib.save_run_config(workdir, cfg)
+        rundir.save_config(workdir, cfg)
     writer = MetricsWriter(workdir)
     preemption = ckpt_lib.Preemption()
     tokens_per_step, flops_per_step = optim.tokens_per_step(cfg), mfu.flops_per_step(cfg)
@@ -355,8 +352,9 @@ def _rollback(setup, ckpt, data, state, cfg, workdir, log):
     new_state["lr_scale"] = jax.device_put(state["lr_scale"] * cfg.train.nan_lr_factor, rep)
     new_state["rollbacks"] = jax.device_put(state["rollbacks"] + 1, rep)
     new_state["nan_streak"] = jax.device_put(jnp.zeros((), jnp.int32), rep)
+    ckpt.set_aside(log)
     step = int(new_state["step"])
-    _truncate_metrics(workdir, step)
+    rundir.truncate_metrics(workdir, step, log)
     log(f"NaN guard: {cfg.train.nan_patience} consecutive non-finite steps up to step {bad_step}; restored the "
         f"checkpoint of step {step} and set the LR multiplier to {float(new_state['lr_scale']):g}")
     return new_state, step

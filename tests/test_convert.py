@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from llada_jax import checkpoint, cli, config as config_lib, model as model_lib, train
+from llada_jax import checkpoint, cli, config as config_lib, model as model_lib, rundir, train
 from llada_jax.convert import hf
 from conftest import tiny_config
 
@@ -48,7 +48,7 @@ def _save_run(run_dir, cfg, params, devices=None, step=7):
     ckpt.save(step, state, {"position": 0}, cfg, force=True)
     ckpt.wait()
     ckpt.close()
-    checkpoint.save_run_config(run_dir, cfg)
+    rundir.save_config(run_dir, cfg)
     return run_dir
 
 
@@ -181,7 +181,7 @@ def test_round_trip_jax_hf_jax_is_bitwise(run, tmp_path):
     hf.to_hf(run_dir, out, dtype="float32", log=lambda *a: None)
     lines = []
     hf.from_hf(out, back, log=lines.append)
-    cfg2 = checkpoint.load_run_config(back)
+    cfg2 = rundir.load_config(back)
     for k in ("vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads", "ffn_dim", "rope_theta", "norm_eps",
               "max_seq_len", "param_dtype"):
         assert cfg2.model[k] == cfg.model[k], k
@@ -197,7 +197,7 @@ def test_round_trip_hf_jax_hf_is_byte_identical(run, tmp_path):
     first, imported, second = (str(tmp_path / n) for n in ("hf1", "run2", "hf2"))
     hf.to_hf(run_dir, first, dtype="bfloat16", log=lambda *a: None)
     hf.from_hf(first, imported, log=lambda *a: None)
-    assert checkpoint.load_run_config(imported).model.param_dtype == "bfloat16"
+    assert rundir.load_config(imported).model.param_dtype == "bfloat16"
     hf.to_hf(imported, second, log=lambda *a: None)  # default dtype: the checkpoint's (bfloat16)
     assert _hf_tensors(first) == _hf_tensors(second)
     for n in ("config.json", "generation_config.json"):
@@ -336,7 +336,7 @@ def test_release_layout_import_takes_every_role_id(tmp_path, capsys):
     src, out = _release_layout(str(tmp_path / "release")), str(tmp_path / "run")
     assert cli.main(["convert", "from-hf", src, f"--out={out}", "--config=configs/llada_8b.py",
                      "--dtype=float32"]) == 0
-    cfg = checkpoint.load_run_config(out)
+    cfg = rundir.load_config(out)
     assert dict(cfg.tokens) == config_lib.RELEASE_TOKENS
     assert cfg.model.param_dtype == cfg.model.dtype == "float32"
     assert ("from-hf: token ids mask_id=126336 (config.json), eos_id=126081 (config.json), pad_id=126081 "
@@ -382,7 +382,7 @@ def test_import_without_role_ids_fails_until_they_are_given(exported, tmp_path, 
         json.dump({"added_tokens": [{"id": 30 + i, "content": p} for i, p in enumerate(
             ["<|eot_id|>", "<|start_header_id|>", "<|end_header_id|>"])], "model": {"vocab": {"a": 7}}}, f)
     assert cli.main(["convert", "from-hf", src, f"--out={out}", "--config.tokens.bos_id=20"]) == 0
-    t = checkpoint.load_run_config(out).tokens
+    t = rundir.load_config(out).tokens
     assert (t.bos_id, t.eot_id, t.start_header_id, t.end_header_id) == (20, 30, 31, 32)
     assert "bos_id=20 (override), eot_id=30 (tokenizer.json)" in capsys.readouterr().out
     with pytest.raises(SystemExit, match="model.d_model is read from"):
@@ -449,7 +449,7 @@ def test_llama_export_logits_equal_transformers_and_round_trip(run, tmp_path):
     got = np.asarray(model_lib.Model(cfg.model).apply(params, jnp.asarray(tokens), causal=True))
     _close(got, want, 1e-5)
     hf.from_hf(out, back, log=lambda *a: None)
-    cfg2 = checkpoint.load_run_config(back)
+    cfg2 = rundir.load_config(back)
     assert cfg2.objective == "arm" and {k: cfg2.tokens[k] for k in RUN_TOKENS} == RUN_TOKENS
     restored, _ = checkpoint.restore_params(back, model_lib.Model(cfg2.model).abstract_params())
     jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)), restored, params)

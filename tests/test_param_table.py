@@ -6,7 +6,7 @@ import jax
 import numpy as np
 import pytest
 
-from llada_jax import checkpoint, model as model_lib, optim
+from llada_jax import checkpoint, model as model_lib, optim, rundir
 from llada_jax.convert import hf
 from llada_jax.model import Param
 
@@ -76,7 +76,7 @@ def test_a_new_parameter_is_exported_and_imported(extended, tmp_path):
     ckpt.save(5, {"params": params, "step": np.int32(5)}, {"position": 0}, cfg, force=True)
     ckpt.wait()
     ckpt.close()
-    checkpoint.save_run_config(run_dir, cfg)
+    rundir.save_config(run_dir, cfg)
     hf.to_hf(run_dir, out, dtype="float32", log=lambda *a: None)
     names = set(hf.read_hf_index(out))
     assert {f"model.transformer.blocks.{i}.q_norm.weight" for i in range(m.n_layers)} <= names

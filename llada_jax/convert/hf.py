@@ -23,7 +23,7 @@ import numpy as np
 import sentencepiece
 import tensorstore as ts
 
-from llada_jax import checkpoint, config as config_lib, model as model_lib
+from llada_jax import checkpoint, config as config_lib, model as model_lib, rundir
 from llada_jax.data.tokenizer import PIECES
 from llada_jax.errors import LladaError
 
@@ -376,22 +376,12 @@ class ShardedWriter:
 # ---------------------------------------------------------------------------------------------------------------
 # Reading and writing the arrays of an orbax `params` item with tensorstore.
 
-def _kvstore(params_dir, name):
-    base = {"driver": "file", "path": os.path.abspath(params_dir) + "/"}
-    if os.path.exists(os.path.join(params_dir, "manifest.ocdbt")):
-        return {"driver": "ocdbt", "base": base, "path": name + "/"}
-    return {"driver": "file", "path": os.path.join(os.path.abspath(params_dir), name) + "/"}
-
-
 def open_leaf(params_dir, name, context):
     """The tensorstore of our leaf `name` ("blocks.q_proj") in an orbax params directory, or None."""
-    for driver in ("zarr", "zarr3"):
-        try:
-            return ts.open({"driver": driver, "kvstore": _kvstore(params_dir, name)}, open=True,
-                           context=context).result()
-        except ValueError:
-            continue
-    return None
+    try:
+        return checkpoint.open_array(params_dir, name, context)
+    except ValueError:
+        return None
 
 
 def _step_blocks(t, axis):
@@ -418,9 +408,10 @@ def copy_plan(table, stores):
                 yield t, tensors, (slice(None), slice(a, b)) if axis else slice(a, b), (a, b)
 
 
-def find_step_dir(run_dir, step=None):
-    """(step, path of that step's directory) of a run directory (or its checkpoints/ directory)."""
-    directory, step = checkpoint.find_step(run_dir, step)
+def find_step_dir(run_dir, step=None, log=print):
+    """(step, path of that step's directory) of a run directory (or its checkpoints/ directory): `step`, by default
+    the newest step whose params read back (checkpoint.read_newest)."""
+    directory, step = checkpoint.find_step(run_dir, step, log=log)
     path = os.path.join(directory, str(step))
     if not os.path.isdir(os.path.join(path, "params")):
         raise ConvertError(f"{path} has no params item; is it a llada checkpoint?")
@@ -500,10 +491,10 @@ def to_hf(run_dir, out, step=None, dtype=None, tokenizer=None, max_shard_size="5
     there; for an objective=arm run the same logits). Returns a summary dict."""
     if layout not in LAYOUTS:
         raise ConvertError(f"layout={layout!r}; expected one of {', '.join(LAYOUTS)}.")
-    cfg = checkpoint.load_run_config(run_dir)
+    cfg = rundir.load_config(run_dir)
     m = cfg.model
     table = tensor_table(m, layout)
-    step, step_dir = find_step_dir(run_dir, step)
+    step, step_dir = find_step_dir(run_dir, step, log)
     params_dir = os.path.join(step_dir, "params")
     context = ts.Context({"cache_pool": {"total_bytes_limit": 0}})
     stores, problems = {}, []
@@ -738,7 +729,7 @@ def from_hf(hf_dir, out, base_config=None, dtype=None, overwrite=False, log=prin
             x = x.T if tensors[0].kind == "linear" else x
         t[ours].write(x).result()
         progress.update(x.nbytes, tensors[0].name)
-    checkpoint.save_run_config(partial, cfg)
+    rundir.save_config(partial, cfg)
     os.replace(partial, out)
     log(f"from-hf: wrote run directory {out} ({total / 1e6:,.0f} MB at {progress.rate():.0f} MB/s); fine-tune it "
         f"with --config.checkpoint.init_from={out}")

@@ -42,7 +42,13 @@ class Tokenizer:
     def __init__(self, model_proto, path="<memory>"):
         self.path = path
         self.model_proto = model_proto
-        self.sp = sentencepiece.SentencePieceProcessor(model_proto=model_proto)
+        try:
+            self.sp = sentencepiece.SentencePieceProcessor(model_proto=model_proto)
+        except (RuntimeError, OSError) as e:
+            raise TokenizerError(f"tokenizer {path} cannot be read ({str(e).splitlines()[0][:120]}): the file is "
+                                 f"damaged or not a sentencepiece model. Restore it (it is the run's data.tokenizer, "
+                                 f"config.json), or pass --tokenizer=PATH of the one the run was trained "
+                                 f"with.") from None
         self.vocab_size = self.sp.vocab_size()
         self.sha256 = hashlib.sha256(model_proto).hexdigest()
         ids = {role: self._find(role) for role in PIECES}
