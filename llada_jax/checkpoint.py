@@ -138,7 +138,7 @@ def _array_names(item_dir):
     return sorted({k.rsplit("/", 1)[0] for k in keys if k.endswith(("/.zarray", "/zarr.json"))})
 
 
-def _reason(e):
+def short_reason(e):
     text = str(e).splitlines()[0] if str(e) else ""
     return f"{type(e).__name__}: {text[:160]}"
 
@@ -169,7 +169,7 @@ def step_problem(step_dir, items=RESUME_ITEMS):
             for name in names:
                 open_array(item_dir, name, context)
         except Exception as e:  # any damage: JSON, tensorstore, OS errors
-            return f"{item}: {_reason(e)}"
+            return f"{item}: {short_reason(e)}"
     return None
 
 
@@ -208,9 +208,9 @@ def read_newest(directory, read, step=None, items=RESUME_ITEMS, log=print):
             except Exception as e:  # damage inside the arrays' chunks
                 if jax.process_count() > 1:
                     raise CheckpointError(f"checkpoint step {s} in {directory} cannot be read back on process "
-                                          f"{jax.process_index()} ({_reason(e)}); move {step_dir} aside (e.g. to "
+                                          f"{jax.process_index()} ({short_reason(e)}); move {step_dir} aside (e.g. to "
                                           f"{step_dir}.unreadable) and rerun to resume from the previous step.") from e
-                problem = _reason(e)
+                problem = short_reason(e)
         skipped.append((s, problem))
         if step is None:
             then = f"trying step {candidates[i + 1]}" if i + 1 < len(candidates) else "no older step"

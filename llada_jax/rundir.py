@@ -211,7 +211,7 @@ def load_config(run_dir, log=print):
         with open(path) as f:
             return config_lib.from_json(f.read())
     except ValueError as e:
-        damage = checkpoint._reason(e)
+        damage = checkpoint.short_reason(e)
     directory = checkpoint.checkpoints_dir(run_dir)
     for step in reversed(checkpoint.saved_steps(directory)):
         copy = os.path.join(directory, str(step), "config", "metadata")

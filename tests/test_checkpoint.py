@@ -201,7 +201,7 @@ def test_sigkill_at_random_steps_then_resume(tmp_path):
 @pytest.mark.slow
 def test_sigkill_during_asynchronous_saves_then_resume(tmp_path):
     """A save every step (asynchronous): a kill at a random moment mostly lands inside a save."""
-    extra = ("--config.train.steps=16", "--config.checkpoint.every_steps=1")
+    extra = ("--config.train.steps=24", "--config.checkpoint.every_steps=1")
     _run(tmp_path / "ref", *extra)
     want = _losses(tmp_path / "ref")
     rng = np.random.default_rng(1)
@@ -209,7 +209,8 @@ def test_sigkill_during_asynchronous_saves_then_resume(tmp_path):
         workdir = tmp_path / f"kill{trial}"
         cmd, env = _cli(workdir, *extra)
         proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        at_rows, delay = int(rng.integers(1, 14)), float(rng.uniform(0, 0.3))
+        # row N is written just before step N's save starts; 12 or more saving steps remain after it
+        at_rows, delay = int(rng.integers(1, 13)), float(rng.uniform(0, 0.05))
         path, deadline = os.path.join(workdir, "metrics.jsonl"), time.time() + 600
         while proc.poll() is None and time.time() < deadline:
             if os.path.exists(path) and sum(1 for _ in open(path)) >= at_rows:

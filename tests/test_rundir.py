@@ -116,7 +116,9 @@ def test_two_trains_on_one_directory_refuse_the_second_then_a_dead_holder_is_tak
                                              rf"steps=100000\)\. Stop that run first"):
             cli.main(["train", f"--workdir={workdir}", *SMALL, "--config.train.steps=100000"])
         rows = len(open(os.path.join(workdir, "metrics.jsonl")).readlines())
-        time.sleep(1.0)
+        deadline = time.time() + 120
+        while len(open(os.path.join(workdir, "metrics.jsonl")).readlines()) == rows and time.time() < deadline:
+            time.sleep(0.1)
         assert first.poll() is None and len(open(os.path.join(workdir, "metrics.jsonl")).readlines()) > rows
     finally:
         first.send_signal(signal.SIGKILL)
