@@ -254,3 +254,23 @@ def test_two_processes_equal_one_process_with_8_devices(tmp_path):
     np.testing.assert_allclose([two[s] for s in one], [one[s] for s in one], rtol=1e-6)
     assert sorted(os.listdir(tmp_path / "two" / "checkpoints")) == sorted(os.listdir(tmp_path / "one" / "checkpoints"))
     assert not os.path.exists(tmp_path / "two" / "llada.lock")  # taken by process 0, released at the end
+
+
+@pytest.mark.slow
+def test_two_processes_agree_on_the_fallback_step(tmp_path):
+    """Process 0 judges the steps and both hosts follow it: a damaged newest step is skipped and set aside by a
+    two-process run, which redoes the steps after the fallback with the losses it logged the first time."""
+    extra = ["--config.train.steps=6", "--config.checkpoint.every_steps=3"]
+    launcher = [sys.executable, os.path.join(ROOT, "launch", "local_multiprocess.py"), "--num_processes=2",
+                "--devices_per_process=2", f"--log_dir={tmp_path}", "--"]
+    cmd, env = _cli(tmp_path / "run", *extra)
+    assert subprocess.run(launcher + cmd, env=env, capture_output=True, timeout=600).returncode == 0
+    first = _losses(tmp_path / "run")
+    os.remove(tmp_path / "run" / "checkpoints" / "6" / "params" / "manifest.ocdbt")
+    out = subprocess.run(launcher + cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "checkpoint step 6" in out.stdout and "cannot be read back" in out.stdout
+    assert "resuming from the checkpoint of step 3" in out.stdout
+    names = os.listdir(tmp_path / "run" / "checkpoints")
+    assert sorted(n for n in names if n.isdigit()) == ["3", "6"] and any(n.startswith("6.unreadable.") for n in names)
+    assert _losses(tmp_path / "run") == first
