@@ -68,7 +68,8 @@ def main(argv=None):
 
         cfg = default_config()
         tokenizer.apply_to_config(tok, cfg)
-        cfg.data.source, cfg.data.path, cfg.data.document_mask = "store", os.path.join(root, "store"), args.document_mask
+        cfg.data.source, cfg.data.path = "store", os.path.join(root, "store")
+        cfg.data.document_mask = args.document_mask
         cfg.data.threads, cfg.data.workers = args.threads, args.workers
         cfg.train.seq_len, cfg.train.global_batch = args.seq_len, args.batch
         src = pipeline.make_pretrain_source(cfg, 0, 1)

@@ -45,8 +45,17 @@ import time
 import jax
 import numpy as np
 
-from llada_jax import cli, config as config_lib, diffusion, evaluate, inference, mfu, model as model_lib, sampling
-from llada_jax import train
+from llada_jax import (
+    cli,
+    config as config_lib,
+    diffusion,
+    evaluate,
+    inference,
+    mfu,
+    model as model_lib,
+    sampling,
+    train,
+)
 from llada_jax.data import corpus, store
 
 PRESETS = {

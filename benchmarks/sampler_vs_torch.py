@@ -20,10 +20,10 @@ import jax
 import numpy as np
 import torch
 import torch.nn.functional as F
+from vs_torch import torch_params
 
 from llada_jax import cli, config as config_lib, model as model_lib, sampling
 from llada_jax.convert import hf, torch_model
-from vs_torch import torch_params
 
 
 @torch.no_grad()

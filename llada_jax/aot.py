@@ -71,7 +71,8 @@ def _quiet_libtpu():
     """Off a TPU VM, libtpu probes cloud metadata for its host and prints warnings: tell it what it would find; and
     let several processes load it (there is no TPU to share)."""
     if not glob.glob("/dev/accel*") and not glob.glob("/dev/vfio/[0-9]*"):
-        for k, v in (("ALLOW_MULTIPLE_LIBTPU_LOAD", "1"), ("TPU_SKIP_MDS_QUERY", "1"), ("TPU_ACCELERATOR_TYPE", "v5litepod-4"),
+        for k, v in (("ALLOW_MULTIPLE_LIBTPU_LOAD", "1"), ("TPU_SKIP_MDS_QUERY", "1"),
+                     ("TPU_ACCELERATOR_TYPE", "v5litepod-4"),
                      ("TPU_WORKER_HOSTNAMES", "localhost"), ("TPU_WORKER_ID", "0")):
             os.environ.setdefault(k, v)
 

@@ -74,7 +74,8 @@ def xla_attention(q, k, v, key_mask=None, segment_ids=None, causal=False, sharde
     b, t, h, d = q.shape
     kv = k.shape[2]
     qg = q.reshape(b, t, kv, h // kv, d)
-    logits = jnp.einsum("btkgd,bskd->bkgts", qg, k, preferred_element_type=jnp.float32) / jnp.sqrt(d).astype(jnp.float32)
+    logits = jnp.einsum("btkgd,bskd->bkgts", qg, k, preferred_element_type=jnp.float32)
+    logits = logits / jnp.sqrt(d).astype(jnp.float32)
     mask = _mask(b, t, k.shape[1], key_mask, segment_ids, causal, blocks)
     if mask is not None:
         logits = jnp.where(mask[:, :, None], logits, jnp.finfo(jnp.float32).min)
@@ -106,15 +107,18 @@ def _splash_blocks_mask(t, blocks):
 def splash_attention(q, k, v, key_mask=None, segment_ids=None, causal=False, sharder=None, blocks=None,
                      interpret=None):
     """TPU splash attention (Pallas), in interpret mode off TPU (interpret=None: decided by the sharder's mesh
-    devices, else the default backend; a TPU mesh compiled ahead of time from a CPU host gets the real kernel). Grouped-query heads share one MQA kernel per KV
-    head. Padding and documents become splash segment ids (real tokens: segment + 1, padding: 0), so real queries
-    see exactly the keys the reference lets them see; outputs at padding positions are unspecified (never used).
+    devices, else the default backend; a TPU mesh compiled ahead of time from a CPU host gets the real kernel).
+    Grouped-query heads share one MQA kernel per KV head. Padding and documents become splash segment ids (real
+    tokens: segment + 1, padding: 0), so real queries see exactly the keys the reference lets them see; outputs at
+    padding positions are unspecified (never used).
     blocks: whole sequences only (q_start 0, as many queries as keys: training and the ELBO), a mask computed in
     the kernel. On a mesh the kernel runs per shard under shard_map: batch over the `batch` axes, heads over
     `tensor`."""
     # Pallas' TPU kernels load lazily: only this backend needs them (0.16 s to import).
-    from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel as sk
-    from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_mask as sm
+    from jax.experimental.pallas.ops.tpu.splash_attention import (
+        splash_attention_kernel as sk,
+        splash_attention_mask as sm,
+    )
 
     b, t, h, d = q.shape
     if blocks is not None and (k.shape[1] != t or not isinstance(blocks.q_start, int) or blocks.q_start):
@@ -277,7 +281,8 @@ def get_attention(name, dtype=None, platform=None):
     (else the XLA reference), flash on the CPU."""
     if name == "auto":
         platform = platform or jax.default_backend()
-        name = {"tpu": "splash", "gpu": "cudnn" if dtype in (jnp.bfloat16, jnp.float16) else "xla"}.get(platform, "flash")
+        gpu = "cudnn" if dtype in (jnp.bfloat16, jnp.float16) else "xla"
+        name = {"tpu": "splash", "gpu": gpu}.get(platform, "flash")
     if name not in BACKENDS:
         raise LladaError(f"unknown attention backend model.attention={name!r}; expected one of auto, "
                          f"{', '.join(BACKENDS)}.")

@@ -12,8 +12,18 @@ from pathlib import Path
 import jax
 from absl import logging as absl_logging
 
-from llada_jax import (aot, config as config_lib, diffusion, distributed, evaluate, inference, picture, sampling, sweep,
-                       train)
+from llada_jax import (
+    aot,
+    config as config_lib,
+    diffusion,
+    distributed,
+    evaluate,
+    inference,
+    picture,
+    sampling,
+    sweep,
+    train,
+)
 from llada_jax.convert import hf
 from llada_jax.data import corpus, documents, prepare, tokenizer
 from llada_jax.errors import LladaError

@@ -43,7 +43,8 @@ def default_config():
     m.scan_layers = False  # True: one lax.scan over stacked layers (fast compiles; the accelerator configs); XLA:CPU
     #                          runs the unrolled loop about 1.2x faster (benchmarks/vs_torch.py)
     m.remat = "none"  # none | full | save_dots | save_dots_no_batch
-    m.attention = "auto"  # auto (splash on TPU, cuDNN on GPU in bf16, flash on CPU, else xla) | xla | flash | cudnn | splash
+    # auto (splash on TPU, cuDNN on GPU in bf16, flash on CPU, else xla) | xla | flash | cudnn | splash
+    m.attention = "auto"
     m.loss_chunk = 512  # > 0: output head + loss this many tokens at a time, skipping positions without loss; 0: off
     m.init_std = -1.0  # -1: the release's "mitchell" init (std 1/sqrt(fan_in)); > 0: a plain truncated normal
 
@@ -123,10 +124,12 @@ def default_config():
     ]
     # The rule set of inference (inference.load_run: `llada sample / chat / eval`, sweeps): params laid out as in
     # training, activations replicated, so that prompt batches of any size fit the mesh.
-    sh.inference_rules = [(name, None if name in ("batch", "act_seq", "act_embed") else axes) for name, axes in sh.rules]
+    sh.inference_rules = [(name, None if name in ("batch", "act_seq", "act_embed") else axes)
+                          for name, axes in sh.rules]
 
     c.data = da = ml_collections.ConfigDict()
-    da.source = "synthetic"  # synthetic (the built-in corpus) | store (token stores, data/pipeline.py) | sft (chat JSONL)
+    # synthetic (the built-in corpus) | store (token stores, data/pipeline.py) | sft (chat JSONL)
+    da.source = "synthetic"
     da.random_length_prob = 0.01  # fraction of sequences cut to a random length in {1..seq_len}
     da.synthetic_task = "arithmetic"
     da.synthetic_format = "packed"  # packed (pre-training) | sft (one prompt/answer per row, EOS-padded; SFT loss)

@@ -7,9 +7,7 @@ from attention and loss) and `prompt_lengths` [B] (SFT: the prompt is never mask
 import jax
 import jax.numpy as jnp
 
-from llada_jax import attention
-from llada_jax import model as model_lib
-from llada_jax import optim
+from llada_jax import attention, model as model_lib, optim
 from llada_jax.errors import LladaError
 
 OBJECTIVES = ("mdm", "arm", "block")

@@ -13,9 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from llada_jax import attention, diffusion
-from llada_jax import model as model_lib
-from llada_jax import sampling
+from llada_jax import attention, diffusion, model as model_lib, sampling
 from llada_jax.data import store, synthetic, tasks as tasks_lib
 from llada_jax.errors import LladaError
 

@@ -17,8 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from llada_jax import attention
-from llada_jax import model as model_lib
+from llada_jax import attention, model as model_lib
 from llada_jax.errors import LladaError
 
 REMASKING = ("low_confidence", "random")
@@ -121,7 +120,8 @@ def gumbel(key, shape):
 def _decide(logits, x_win, eligible, quota, temperature, threshold, noise, st):
     """Steps 4-7 of section 4 on a window of the generated region. logits [B, W, V] float32, x_win [B, W],
     eligible [W] bool (positions before the current block's end: as in the official code, a position of an earlier
-    block that was committed as [MASK] is still a candidate; the dual cache sees only its block), quota [B] (fixed-step decoding), noise = (gumbel key, remasking key, window offset, G).
+    block that was committed as [MASK] is still a candidate; the dual cache sees only its block), quota [B]
+    (fixed-step decoding), noise = (gumbel key, remasking key, window offset, G).
     Returns (commit [B, W] bool, x0 [B, W])."""
     ids = st["ids"]
     b, w, vocab = logits.shape

@@ -32,8 +32,17 @@ from pathlib import Path
 
 import jax
 
-from llada_jax import (checkpoint, config as config_lib, evaluate, inference, mfu, model as model_lib, optim, rundir,
-                       train)
+from llada_jax import (
+    checkpoint,
+    config as config_lib,
+    evaluate,
+    inference,
+    mfu,
+    model as model_lib,
+    optim,
+    rundir,
+    train,
+)
 from llada_jax.data import tasks
 from llada_jax.errors import LladaError
 
@@ -344,7 +353,8 @@ def plot(rows, items, workdir):
             for r in rows:
                 groups.setdefault(",".join(f"{o}={value_text(r.get(o))}" for o in others), []).append(r)
             for label, rs in groups.items():
-                pts = sorted((xs.index(value_text(r.get(axis))), r.get(metric)) for r in rs if r.get(metric) is not None)
+                pts = sorted((xs.index(value_text(r.get(axis))), r.get(metric)) for r in rs
+                             if r.get(metric) is not None)
                 if pts:
                     ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=label or None)
             ax.set_xticks(range(len(xs)), xs, rotation=20, fontsize=8)

@@ -31,7 +31,8 @@ def validate(cfg, sharder):
     if tr.global_batch % jax.process_count():
         raise TrainError(f"train.global_batch={tr.global_batch} must be divisible by the {jax.process_count()} hosts.")
     if m.d_model % m.n_heads and m.head_dim <= 0:
-        raise TrainError(f"model.d_model={m.d_model} is not divisible by model.n_heads={m.n_heads}; set model.head_dim.")
+        raise TrainError(f"model.d_model={m.d_model} is not divisible by model.n_heads={m.n_heads}; "
+                         f"set model.head_dim.")
     if m.n_heads % m.n_kv_heads:
         raise TrainError(f"model.n_heads={m.n_heads} must be a multiple of model.n_kv_heads={m.n_kv_heads} (GQA).")
     if cfg.objective not in diffusion.OBJECTIVES:
@@ -207,7 +208,9 @@ class MetricsWriter:
 
 def _fmt_time(seconds):
     seconds = int(seconds)
-    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
+    if seconds >= 3600:
+        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+    return f"{seconds // 60}m{seconds % 60:02d}s"
 
 
 class Preempted(SystemExit):

@@ -163,4 +163,5 @@ def test_an_unreadable_requested_step_and_no_readable_step_are_one_line_errors(r
                                          r"params: .*\)\. Restore the files from a copy, or move .* away"):
         cli.main(["sample", f"--workdir={workdir}", "--prompt=1+1="])
     with pytest.raises(checkpoint.CheckpointError, match="no checkpoint step in .* can be read back"):
-        train.train(make_cfg(), workdir, log=lambda m: None, devices=jax.devices()[:1])  # never restarts a run from scratch silently
+        # never restarts a run from scratch silently
+        train.train(make_cfg(), workdir, log=lambda m: None, devices=jax.devices()[:1])

@@ -5,9 +5,9 @@ import importlib
 import inspect
 
 import pytest
+from test_imports import PACKAGE, module_names
 
 from llada_jax import cli, errors
-from test_imports import PACKAGE, module_names
 
 
 def test_every_error_class_of_the_package_is_a_llada_error():

@@ -1,4 +1,5 @@
-"""Conversion to and from the LLaDA Hugging Face layout (convert/hf.py) and the PyTorch model (convert/torch_model.py)."""
+"""Conversion to and from the LLaDA Hugging Face layout (convert/hf.py) and the PyTorch model
+(convert/torch_model.py)."""
 import json
 import os
 import shutil
@@ -7,10 +8,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import tiny_config
 
 from llada_jax import checkpoint, cli, config as config_lib, model as model_lib, rundir, train
 from llada_jax.convert import hf
-from conftest import tiny_config
 
 torch = pytest.importorskip("torch")  # CI installs CPU torch; only transformers is optional below
 from llada_jax.convert import torch_model  # noqa: E402

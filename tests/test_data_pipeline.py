@@ -5,8 +5,8 @@ import os
 import jax
 import numpy as np
 import pytest
-
 from data_corpus import train_tokenizer, write_corpus
+
 from llada_jax import diffusion
 from llada_jax.config import default_config
 from llada_jax.data import pipeline, prepare, store, tokenizer

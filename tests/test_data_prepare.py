@@ -5,8 +5,8 @@ import os
 
 import numpy as np
 import pytest
-
 from data_corpus import train_tokenizer
+
 from llada_jax.data import prepare, store
 
 

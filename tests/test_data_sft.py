@@ -4,8 +4,8 @@ import json
 
 import numpy as np
 import pytest
-
 from data_corpus import train_tokenizer
+
 from llada_jax.config import default_config
 from llada_jax.data import sft, tokenizer
 

@@ -3,8 +3,8 @@ import os
 
 import numpy as np
 import pytest
-
 from data_corpus import train_tokenizer
+
 from llada_jax.config import default_config
 from llada_jax.data import tokenizer as tokenizer_lib
 
@@ -32,7 +32,8 @@ def test_special_ids_match_the_default_config_and_are_distinct(trained):
 
 def test_round_trip_of_unseen_text(trained):
     tok, docs = trained
-    texts = ["the fox jumps\n\nover  two spaces", "Zürich ∑ 😀 <|endoftext|> <|mdm_mask|>", "", docs[next(iter(docs))][0]]
+    texts = ["the fox jumps\n\nover  two spaces", "Zürich ∑ 😀 <|endoftext|> <|mdm_mask|>", "",
+             docs[next(iter(docs))][0]]
     ids = tok.encode(texts)
     assert ids[0] == tok.encode(texts[0])  # batched == single
     assert tok.decode(ids) == texts
@@ -55,7 +56,8 @@ def test_model_without_mask_piece_is_a_clear_error(tmp_path, trained):
     plain = [p for p in docs if p.endswith("a.txt")]
     spm.SentencePieceTrainer.train(input=plain, model_prefix=str(tmp_path / "plain"), vocab_size=50, model_type="bpe",
                                    minloglevel=2)
-    with pytest.raises(tokenizer_lib.TokenizerError, match=r"no piece for mask \(<\|mdm_mask\|>\).*llada data tokenizer"):
+    with pytest.raises(tokenizer_lib.TokenizerError,
+                       match=r"no piece for mask \(<\|mdm_mask\|>\).*llada data tokenizer"):
         tokenizer_lib.Tokenizer.load(str(tmp_path / "plain.model"))
     with pytest.raises(tokenizer_lib.TokenizerError, match="does not exist"):
         tokenizer_lib.Tokenizer.load(str(tmp_path / "missing.model"))

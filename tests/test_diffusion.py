@@ -3,9 +3,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import reference
 
 from llada_jax import diffusion, model as model_lib
-import reference
 
 
 def test_forward_process_masks_with_probability_p():

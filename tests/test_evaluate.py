@@ -192,6 +192,7 @@ def test_evaluate_batches_and_scores_against_answers_computed_here(tiny_cfg, mon
 
 def _block_model(zero_blocks=False):
     from conftest import tiny_config
+
     from llada_jax import model as model_lib
     cfg = tiny_config()
     model = model_lib.Model(cfg.model)
@@ -205,6 +206,7 @@ def test_block_elbo_equals_one_forward_per_block():
     """elbo_perplexity(block_size=4): the rows' bound = CE / p summed over masked positions of a float64 forward
     per block, with the noise recomputed from the same key; rows padded to whole blocks."""
     import reference
+
     from llada_jax import diffusion
     cfg, model, params = _block_model()
     tokens = np.random.default_rng(0).integers(6, 48, (2, 14)).astype(np.int32)

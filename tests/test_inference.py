@@ -6,8 +6,8 @@ import re
 import jax
 import numpy as np
 import pytest
-
 from conftest import tiny_config
+
 from llada_jax import cli, evaluate, inference, picture, sampling, train
 
 

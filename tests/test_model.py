@@ -3,10 +3,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-
-from llada_jax import config as config_lib
-from llada_jax import model as model_lib
 import reference
+
+from llada_jax import config as config_lib, model as model_lib
 
 
 def _params(cfg, seed=0):
@@ -50,7 +49,8 @@ def test_forward_equals_float64_numpy(tiny_cfg, n_kv_heads):
 def test_init_follows_the_mitchell_rule(tiny_cfg):
     tiny_cfg.model.d_model, tiny_cfg.model.ffn_dim, tiny_cfg.model.n_layers = 256, 512, 3
     p = jax.device_get(_params(tiny_cfg))
-    assert np.std(p["blocks"]["q_proj"]) == pytest.approx(0.987 / np.sqrt(256), rel=0.05)  # std of N(0,1) cut at +-3: 0.987
+    # std of N(0,1) cut at +-3: 0.987
+    assert np.std(p["blocks"]["q_proj"]) == pytest.approx(0.987 / np.sqrt(256), rel=0.05)
     ff_out = p["blocks"]["ff_out"]
     for layer in range(3):  # further divided by sqrt(2 (layer + 1))
         assert np.std(ff_out[layer]) == pytest.approx(0.987 / np.sqrt(512) / np.sqrt(2 * (layer + 1)), rel=0.05)

@@ -61,7 +61,8 @@ def test_a_new_parameter_is_initialised_counted_and_decayed(extended):
     o.decay_norms = True
     assert optim.decay_mask(params, o, m)["blocks"]["q_norm"]
     args = checkpoint.params_save_args(params, m)
-    assert args["blocks"]["extra_proj"].shard_axes == (0,) and args["emb_norm"].chunk_byte_size == checkpoint.CHUNK_BYTES
+    assert args["blocks"]["extra_proj"].shard_axes == (0,)
+    assert args["emb_norm"].chunk_byte_size == checkpoint.CHUNK_BYTES
 
 
 def test_a_new_parameter_is_exported_and_imported(extended, tmp_path):

@@ -166,7 +166,8 @@ def test_a_damaged_config_json_is_read_from_the_checkpoint_copy(trained, capsys)
     messages = []
     assert rundir.load_config(workdir, log=messages.append).to_dict() == want
     assert len(messages) == 1 and messages[0].startswith(f"warning: {path} is damaged (JSONDecodeError: ")
-    assert f"checkpoint step 8 ({workdir}/checkpoints/8/config/metadata). To repair the run directory: cp" in messages[0]
+    copy = f"{workdir}/checkpoints/8/config/metadata"
+    assert f"checkpoint step 8 ({copy}). To repair the run directory: cp {copy} {path}" in messages[0]
     assert cli.main(["sample", f"--workdir={workdir}", "--prompt=1+1=", "--gen_length=4", "--steps=4",
                      "--block_length=4"]) == 0
     for step in (4, 8):

@@ -8,9 +8,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from llada_jax import config as config_lib
-from llada_jax import model as model_lib
-from llada_jax import sampling
+from llada_jax import config as config_lib, model as model_lib, sampling
 
 V, EOS, MASK, EOT = 12, 0, 2, 3
 IDS = sampling.TokenIds(mask_id=MASK, eos_id=EOS, eot_id=EOT)

@@ -45,7 +45,8 @@ def test_sharded_loss_grads_and_steps_equal_single_device(tiny_cfg, single, mesh
     for g, g1 in zip(jax.tree.leaves(grads), jax.tree.leaves(grads1)):
         np.testing.assert_allclose(g, g1, rtol=1e-5, atol=1e-5 * np.abs(g1).max())
     np.testing.assert_allclose(losses, losses1, rtol=1e-5)
-    for p, p1 in zip(jax.tree.leaves(jax.device_get(state["params"])), jax.tree.leaves(jax.device_get(state1["params"]))):
+    for p, p1 in zip(jax.tree.leaves(jax.device_get(state["params"])),
+                     jax.tree.leaves(jax.device_get(state1["params"]))):
         np.testing.assert_allclose(p, p1, rtol=1e-5, atol=1e-6)
     # params really are sharded: q_proj [layers, embed, heads, head_dim] over (None, fsdp, tensor, None)
     q = state["params"]["blocks"]["q_proj"]

@@ -10,8 +10,7 @@ sampling.gen_length is at least the block size).
     llada sweep --sweep=configs/sweeps/block_sizes.py --workdir=runs/block_sizes
     python benchmarks/block_diffusion.py      # this sweep, perplexities, adaptation from the arm run, decoding
 """
-from llada_jax import config as config_lib
-from llada_jax import model as model_lib
+from llada_jax import config as config_lib, model as model_lib
 
 BASE = "configs/tiny_task.py"
 REFERENCE_STEPS = 2400  # the budget: LLaDA (mdm) on the tiny task trained for this many steps

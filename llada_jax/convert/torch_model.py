@@ -40,7 +40,8 @@ def rope(x, theta):
 
 
 class Block(nn.Module):
-    """x += attn_out(attention(rope(q), rope(k), v)) on attn_norm(x); x += ff_out(silu(ff_proj) * up_proj) on ff_norm(x)."""
+    """x += attn_out(attention(rope(q), rope(k), v)) on attn_norm(x);
+    x += ff_out(silu(ff_proj) * up_proj) on ff_norm(x)."""
 
     def __init__(self, c):
         super().__init__()

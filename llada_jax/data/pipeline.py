@@ -29,8 +29,7 @@ import jax
 import numpy as np
 from absl import flags
 
-from llada_jax.data import store as store_lib
-from llada_jax.data import tokenizer as tokenizer_lib
+from llada_jax.data import store as store_lib, tokenizer as tokenizer_lib
 from llada_jax.errors import LladaError
 
 

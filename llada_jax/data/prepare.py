@@ -27,9 +27,7 @@ import time
 
 import numpy as np
 
-from llada_jax.data import documents
-from llada_jax.data import store as store_lib
-from llada_jax.data import tokenizer as tokenizer_lib
+from llada_jax.data import documents, store as store_lib, tokenizer as tokenizer_lib
 from llada_jax.errors import LladaError
 
 CHUNK_BYTES = 1 << 20  # raw text per work item sent to a worker

@@ -17,9 +17,7 @@ import json
 
 import numpy as np
 
-from llada_jax.data import chat, documents
-from llada_jax.data import pipeline
-from llada_jax.data import tokenizer as tokenizer_lib
+from llada_jax.data import chat, documents, pipeline, tokenizer as tokenizer_lib
 from llada_jax.errors import LladaError
 
 
