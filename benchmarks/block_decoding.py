@@ -21,7 +21,7 @@ import time
 import jax
 import numpy as np
 
-from llada_jax import cli, diffusion, evaluate, inference, sampling
+from llada_jax import cli, diffusion, evaluate, inference, objectives, sampling
 from llada_jax.data import tasks
 
 
@@ -42,7 +42,8 @@ def methods(block_run, mdm_run):
 
 def decode(run, args, cached, tokens, mask):
     if cached is None:
-        out = sampling.sample(run.model, run.params, tokens, mask, jax.random.key(0), args, run.ids, run.cfg.objective)
+        obj = objectives.get(run.cfg)
+        out = obj.decode(run.model, run.params, tokens, mask, jax.random.key(0), args, run.ids, obj.block_size(run.cfg))
     else:
         out = sampling.generate_blocks(run.model, run.params, tokens, mask, jax.random.key(0), args, run.ids,
                                        diffusion.block_size(run.cfg), cached=cached)

@@ -49,10 +49,11 @@ from llada_jax import (
     cli,
     config as config_lib,
     diffusion,
-    evaluate,
     inference,
+    likelihood,
     mfu,
     model as model_lib,
+    objectives,
     sampling,
     train,
 )
@@ -100,11 +101,9 @@ def test_windows(args, seq_len, n):
 
 
 def perplexity(run, tokens, elbo_samples, key):
-    if run.cfg.objective == "arm":
-        return evaluate.ar_perplexity(run.model, run.params, tokens)
-    return evaluate.elbo_perplexity(run.model, run.params, tokens, key, run.cfg.tokens.mask_id,
-                                    n_samples=elbo_samples, eps=run.cfg.diffusion.eps,
-                                    block_size=evaluate.block_size_of(run.cfg))
+    obj = objectives.get(run.cfg)
+    return obj.perplexity(run.model, run.params, tokens, key, run.cfg.tokens.mask_id, n_samples=elbo_samples,
+                          eps=run.cfg.diffusion.eps, block_size=obj.block_size(run.cfg))
 
 
 def unigram_entropy(row):
@@ -125,11 +124,11 @@ def generate(run, judge, prompt, sargs):
     """Samples for one method: generative perplexity (judge = the arm run), entropy, evaluations, tokens/s (of the
     positions decoded: a block run stops after the block in which every row has its EOS)."""
     ids, key = sampling.token_ids(run.cfg), jax.random.key(0)
-    block = evaluate.block_size_of(run.cfg)  # None: not a block-diffusion run
+    obj = objectives.get(run.cfg)
+    block = obj.block_size(run.cfg)  # None: not a block-diffusion run
 
     def decode(a):
-        return jax.device_get(sampling.sample(run.model, run.params, prompt, None, key, a, ids, run.cfg.objective,
-                                              block))
+        return jax.device_get(obj.decode(run.model, run.params, prompt, None, key, a, ids, block))
 
     decode(warm_up_args(sargs, block or sargs.block_length))
     t0 = time.perf_counter()
@@ -139,7 +138,7 @@ def generate(run, judge, prompt, sargs):
     p = prompt.shape[1]
     committed = np.asarray(out["order"]) >= 0  # never committed: the blocks after a block run's stop
     decoded = sargs.gen_length - np.argmax(committed[:, ::-1], 1)  # up to the last committed position
-    r = evaluate.ar_perplexity(judge.model, judge.params, tokens, start=p, lengths=p + decoded)
+    r = likelihood.ar_perplexity(judge.model, judge.params, tokens, start=p, lengths=p + decoded)
     passes = float(out["full_passes"]) + float(out["window_passes"])
     return {"gen_ppl": r["ppl"], "gen_nll_stderr": r["stderr"],
             "entropy": float(np.mean([unigram_entropy(row[p:p + d]) for row, d in zip(tokens, decoded)])),

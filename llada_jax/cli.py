@@ -15,10 +15,10 @@ from absl import logging as absl_logging
 from llada_jax import (
     aot,
     config as config_lib,
-    diffusion,
     distributed,
     evaluate,
     inference,
+    objectives,
     picture,
     sampling,
     sweep,
@@ -250,10 +250,8 @@ def _open_run(args, overrides):
     overrides = list(overrides) + [(f"sampling.{n}", getattr(args, n)) for n in SAMPLING_FLAGS
                                    if getattr(args, n, None) is not None]
     run = inference.load_run(args.workdir, overrides, args.step, args.tokenizer)
-    if run.cfg.objective == "block":
-        sampling.validate_blocks(sampling.args_from_config(run.cfg.sampling), run.model, diffusion.block_size(run.cfg))
-    else:
-        sampling.validate(sampling.args_from_config(run.cfg.sampling), run.model)
+    obj = objectives.get(run.cfg)
+    obj.check_sampling(sampling.args_from_config(run.cfg.sampling), run.model, obj.block_size(run.cfg))
     return run
 
 

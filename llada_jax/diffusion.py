@@ -1,5 +1,6 @@
-"""Training objectives (REFERENCE.md section 3): the forward process, the pre-training and SFT losses, the random
-length, the paper's autoregressive (ARM) baseline, and block diffusion (BD3-LM, section 7).
+"""The math of the training objectives (REFERENCE.md section 3): the forward process, the pre-training and SFT
+losses, the random length, the paper's autoregressive (ARM) baseline, and block diffusion (BD3-LM, section 7).
+Which objective a run trains is objectives.py's table; this module has no notion of `cfg.objective`.
 
 A batch is a dict: `tokens` [B, L] int32, optionally `lengths` [B] (real tokens per row; the rest is padding hidden
 from attention and loss) and `prompt_lengths` [B] (SFT: the prompt is never masked and carries no loss).
@@ -8,9 +9,6 @@ import jax
 import jax.numpy as jnp
 
 from llada_jax import attention, model as model_lib, optim
-from llada_jax.errors import LladaError
-
-OBJECTIVES = ("mdm", "arm", "block")
 
 
 def forward_process(key, tokens, mask_id, eps=1e-3, maskable=None):
@@ -205,9 +203,9 @@ def chunked_cross_entropy(x, w_head, targets, weights, chunk, groups=1, constrai
     return ce(x, w_head, targets, weights)
 
 
-def draw_noise(key, batch, cfg, size=None):
-    """All randomness of one training example batch: random lengths and the forward process's masks (per block
-    for objective=block, blocks of `size`, default block_size(cfg): p is then [B, L])."""
+def draw_noise(key, batch, cfg, block_size=None):
+    """All randomness of one training batch: random lengths and the forward process's masks (per block of
+    `block_size` when given: p is then [B, L]; else one t per row)."""
     tokens = batch["tokens"]
     b, l = tokens.shape
     k_len, k_mask = jax.random.split(key)
@@ -217,46 +215,56 @@ def draw_noise(key, batch, cfg, size=None):
     maskable = pos < lengths[:, None]
     if "prompt_lengths" in batch:
         maskable = maskable & (pos >= batch["prompt_lengths"][:, None])
-    if cfg.objective == "block":
-        _, masked, p = block_forward_process(k_mask, tokens, cfg.tokens.mask_id, cfg.diffusion.eps,
-                                             size or block_size(cfg), maskable)
+    if block_size is not None:
+        _, masked, p = block_forward_process(k_mask, tokens, cfg.tokens.mask_id, cfg.diffusion.eps, block_size,
+                                             maskable)
     else:
         _, masked, p = forward_process(k_mask, tokens, cfg.tokens.mask_id, cfg.diffusion.eps, maskable)
     return {"lengths": lengths, "masked": masked, "p": p}
 
 
-def objective_terms(batch, noise, cfg, size=None):
-    """(model input, targets, weights, attention keyword arguments of the model) of `cfg.objective`: the loss is
-    sum(weights * CE(logits, targets)). Block diffusion's input is [x_t ; x_0] with the loss on x_t's half (blocks
-    of `size`, default block_size(cfg))."""
-    tokens = batch["tokens"]
-    l = tokens.shape[1]
-    valid = jnp.arange(l)[None, :] < noise["lengths"][:, None]
-    if cfg.objective == "arm":
-        return tokens, *arm_targets_weights(tokens, valid), {"key_mask": valid, "causal": True}
-    if cfg.objective not in OBJECTIVES:
-        raise LladaError(f"unknown objective={cfg.objective!r}; expected 'mdm' (masked diffusion), 'arm' or 'block'.")
+# Each objective's terms: (model input, targets, weights, attention keyword arguments of the model); its loss is
+# sum(weights * CE(logits, targets)) (weighted_loss).
+
+def _valid(batch, noise):
+    return jnp.arange(batch["tokens"].shape[1])[None, :] < noise["lengths"][:, None]
+
+
+def arm_terms(batch, noise, cfg, block_size=None):
+    """The autoregressive baseline: next-token prediction under a causal mask (the masks of `noise` are unused)."""
+    tokens, valid = batch["tokens"], _valid(batch, noise)
+    return tokens, *arm_targets_weights(tokens, valid), {"key_mask": valid, "causal": True}
+
+
+def mdm_terms(batch, noise, cfg, block_size=None):
+    """LLaDA: the masked sequence x_t in, the clean tokens as targets; pre-training or SFT weights (an SFT batch
+    has `prompt_lengths`)."""
+    tokens, valid = batch["tokens"], _valid(batch, noise)
     x_t = jnp.where(noise["masked"], cfg.tokens.mask_id, tokens)
     if "prompt_lengths" in batch:
-        answer = valid & (jnp.arange(l)[None, :] >= batch["prompt_lengths"][:, None])
+        answer = valid & (jnp.arange(tokens.shape[1])[None, :] >= batch["prompt_lengths"][:, None])
         weights = sft_weights(noise["masked"], noise["p"], answer)
     else:
         weights = pretrain_weights(noise["masked"], noise["p"], valid)
-    attn = {"key_mask": valid, "segment_ids": batch.get("segment_ids")}
-    if cfg.objective == "mdm":
-        return x_t, tokens, weights, attn
-    inputs, targets, weights, key_mask, segment_ids = block_pair(x_t, tokens, tokens, weights, valid,
+    return x_t, tokens, weights, {"key_mask": valid, "segment_ids": batch.get("segment_ids")}
+
+
+def block_terms(batch, noise, cfg, block_size):
+    """Block diffusion: mdm_terms' inputs as the pair [x_t ; x_0] (blocks of `block_size`; block-causal attention
+    between the halves), the loss on x_t's half only."""
+    x_t, tokens, weights, attn = mdm_terms(batch, noise, cfg)
+    l = tokens.shape[1]
+    inputs, targets, weights, key_mask, segment_ids = block_pair(x_t, tokens, tokens, weights, attn["key_mask"],
                                                                  attn["segment_ids"])
     weights = weights.at[:, l:].set(0.0)  # no loss on the clean copy
     return inputs, targets, weights, {"key_mask": key_mask, "segment_ids": segment_ids,
-                                      "blocks": attention.Blocks(size or block_size(cfg), pair=True)}
+                                      "blocks": attention.Blocks(block_size, pair=True)}
 
 
-def loss_given_noise(model, params, batch, noise, cfg, size=None):
-    """The objective of `cfg.objective` on one batch with its noise fixed; returns (loss, aux metrics).
-    `model.loss_chunk` > 0 computes the output head and the loss chunk by chunk (chunked_cross_entropy). size: the
-    block size of objective=block (default block_size(cfg))."""
-    inputs, targets, weights, attn = objective_terms(batch, noise, cfg, size)
+def weighted_loss(model, params, batch, noise, terms, cfg):
+    """sum(weights * CE(model(inputs), targets)) of an objective's `terms`; returns (loss, aux metrics).
+    `model.loss_chunk` > 0 computes the output head and the loss chunk by chunk (chunked_cross_entropy)."""
+    inputs, targets, weights, attn = terms
     chunk = cfg.model.loss_chunk
     if chunk > 0:
         x, _ = model.forward(params, inputs, head=False, **attn)
@@ -266,7 +274,7 @@ def loss_given_noise(model, params, batch, noise, cfg, size=None):
     else:
         logits = model.apply(params, inputs, **attn)
         loss = jnp.sum(weights * cross_entropy(logits, targets))
-    aux = {"real_tokens": jnp.sum(jnp.arange(batch["tokens"].shape[1])[None, :] < noise["lengths"][:, None])}
+    aux = {"real_tokens": jnp.sum(_valid(batch, noise))}
     if not attn.get("causal"):
         aux["masked_fraction"] = jnp.mean(noise["masked"])
     return loss, aux

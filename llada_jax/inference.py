@@ -10,7 +10,7 @@ import os
 import jax
 import numpy as np
 
-from llada_jax import checkpoint, config as config_lib, diffusion, model as model_lib, rundir, sampling, sharding
+from llada_jax import checkpoint, config as config_lib, model as model_lib, objectives, rundir, sampling, sharding
 from llada_jax.data import chat, synthetic, tokenizer
 from llada_jax.errors import LladaError
 
@@ -58,7 +58,12 @@ class HFCodec:
         except ImportError:
             raise InferenceError(f"--tokenizer={path} is a Hugging Face tokenizer directory, which needs "
                                  f"transformers: pip install 'llada-jax[hf]'.") from None
-        self.tok = AutoTokenizer.from_pretrained(path, trust_remote_code=True)
+        try:
+            self.tok = AutoTokenizer.from_pretrained(path, trust_remote_code=True)
+        except Exception as e:  # a damaged or partial directory: JSON, OS or tokenizers errors
+            raise InferenceError(f"tokenizer directory {path} cannot be read ({checkpoint.short_reason(e)}): it is "
+                                 f"damaged or not a Hugging Face tokenizer. Restore it, or pass --tokenizer=PATH of "
+                                 f"the one the run was trained with.") from None
 
     def encode(self, text):
         return self.tok(text, add_special_tokens=False)["input_ids"]
@@ -109,8 +114,9 @@ class Run:
         tokens, mask = sampling.left_pad(rows, self.cfg.tokens.pad_id, width)
         args = args or sampling.args_from_config(self.cfg.sampling)
         key = jax.random.key(self.cfg.seed) if key is None else key
-        out = jax.device_get(sampling.sample(self.model, self.params, tokens, mask, key, args, self.ids,
-                                             self.cfg.objective, block_size=diffusion.block_size(self.cfg)))
+        obj = objectives.get(self.cfg)
+        out = jax.device_get(obj.decode(self.model, self.params, tokens, mask, key, args, self.ids,
+                                        obj.block_size(self.cfg)))
         out = {k: np.asarray(v) for k, v in out.items()}
         out["prompt_len"] = tokens.shape[1]
         out["texts"] = [self.codec.decode(sampling.answer_ids(row, tokens.shape[1], self.ids.eos_id))

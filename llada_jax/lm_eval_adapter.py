@@ -3,22 +3,24 @@
     python -m llada_jax.lm_eval_adapter --model_args workdir=runs/tiny,mc_samples=32 --tasks arc_easy
     # or, in Python:  lm_eval.simple_evaluate(model=LLaDAEvalLM("runs/tiny"), tasks=[...])
 
-loglikelihood: the Monte Carlo estimator of REFERENCE.md section 5 (Algorithm 3; the exact value for an
-autoregressive-baseline run; the block ELBO's estimate for a block-diffusion run); is_greedy as the official
-evaluation does it (the whole continuation masked, one pass, argmax equals the continuation). generate_until: the
-reverse process with the run's sampling.* settings (overridable in model_args), cut at the first stop string.
-loglikelihood_rolling: minus the ELBO bound of the text (a lower bound on its log-likelihood).
+Every request is answered the way the run's objective defines it (objectives.py):
+- loglikelihood: the Monte Carlo estimator of Algorithm 3 (mdm), the block ELBO's estimate (block), or the exact
+  value (arm); is_greedy: the whole continuation masked in one pass (mdm, as the official evaluation does it), each
+  block's argmax given the true blocks before it (block), or greedy decoding's tokens (arm);
+- loglikelihood_rolling: minus the ELBO bound of the text, a lower bound on its log-likelihood (mdm, block), or the
+  exact log-likelihood (arm; the first token conditioned on EOS);
+- generate_until: the run's decoder with its sampling.* settings (overridable in model_args), requests batched by
+  their stop strings (model_args batch_size, default eval.batch), each answer cut at its first stop string.
 The harness's own tasks download their datasets: run it where that is possible.
 """
 import sys
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from lm_eval.api.model import LM
 from lm_eval.api.registry import register_model
 
-from llada_jax import evaluate, inference
+from llada_jax import inference, objectives, sampling
 
 
 @register_model("llada_jax")
@@ -26,15 +28,19 @@ class LLaDAEvalLM(LM):
     """model_args: workdir (required), tokenizer, mc_samples, mc_batch, seed, and any sampling.* key by its short
     name (gen_length, steps, block_length, temperature, cfg_scale, remasking, threshold, cache)."""
 
-    def __init__(self, workdir, tokenizer=None, mc_samples=None, mc_batch=None, seed=0, **sampling_kwargs):
+    def __init__(self, workdir, tokenizer=None, mc_samples=None, mc_batch=None, seed=0, batch_size=None,
+                 **sampling_kwargs):
         super().__init__()
         overrides = [(f"sampling.{k}", str(v)) for k, v in sampling_kwargs.items()
-                     if k not in ("batch_size", "max_batch_size", "device")]  # harness-wide arguments we ignore
+                     if k not in ("max_batch_size", "device")]  # harness-wide arguments we ignore
         if mc_samples is not None:
             overrides.append(("eval.mc_samples", str(mc_samples)))
         if mc_batch is not None:
             overrides.append(("eval.mc_batch", str(mc_batch)))
         self.run = inference.load_run(workdir, overrides, tokenizer=tokenizer)
+        self.objective = objectives.get(self.run.cfg)
+        self.block_size = self.objective.block_size(self.run.cfg)
+        self.batch_size = int(batch_size) if batch_size not in (None, "auto") else self.run.cfg.eval.batch
         self.key = jax.random.key(int(seed))
         self.calls = 0
 
@@ -42,54 +48,50 @@ class LLaDAEvalLM(LM):
         self.calls += 1
         return jax.random.fold_in(self.key, self.calls)
 
-    def _greedy(self, context, continuation):
-        """The continuation fully masked after the context: does one pass's argmax reproduce it?"""
-        run = self.run
-        if run.cfg.objective == "block":
-            return evaluate.block_greedy(run.model, run.params, context, continuation, run.cfg.tokens.mask_id,
-                                         evaluate.block_size_of(run.cfg))
-        x = np.asarray(context + [run.cfg.tokens.mask_id] * len(continuation), np.int32)[None]
-        logits = run.model.apply(run.params, jnp.asarray(x), causal=run.cfg.objective == "arm")
-        if run.cfg.objective == "arm":  # next-token predictions of the continuation's positions
-            pred = np.asarray(jnp.argmax(logits[0, len(context) - 1:-1], -1))
-        else:
-            pred = np.asarray(jnp.argmax(logits[0, len(context):], -1))
-        return bool(np.array_equal(pred, continuation))
-
     def loglikelihood(self, requests):
         run, ev, out = self.run, self.run.cfg.eval, []
+        obj, mask_id = self.objective, run.cfg.tokens.mask_id
         for req in requests:
             context, continuation = req.args
             ctx, cont = run.codec.encode(context), run.codec.encode(continuation)
             if not ctx:  # an empty context (some tasks score the unconditional continuation): one EOS stands in
                 ctx = [run.cfg.tokens.eos_id]
-            ll = evaluate.objective_log_likelihood(run.cfg.objective, run.model, run.params, ctx, cont,
-                                                   self._next_key(), run.cfg.tokens.mask_id, n_samples=ev.mc_samples,
-                                                   batch_size=ev.mc_batch, cfg_scale=run.cfg.sampling.cfg_scale,
-                                                   bucket=16, block_size=evaluate.block_size_of(run.cfg),
-                                                   eps=run.cfg.diffusion.eps)
-            out.append((ll, self._greedy(ctx, cont)))
+            ll = obj.log_likelihood(run.model, run.params, ctx, cont, self._next_key(), mask_id,
+                                    n_samples=ev.mc_samples, batch_size=ev.mc_batch,
+                                    cfg_scale=run.cfg.sampling.cfg_scale, bucket=16, block_size=self.block_size,
+                                    eps=run.cfg.diffusion.eps)
+            out.append((ll, obj.greedy(run.model, run.params, ctx, cont, mask_id, self.block_size)))
         return out
 
     def loglikelihood_rolling(self, requests):
-        run, out = self.run, []
+        run, obj, out = self.run, self.objective, []
         for req in requests:
-            ids = np.asarray(run.codec.encode(req.args[0]), np.int32)[None]
-            r = evaluate.elbo_perplexity(run.model, run.params, ids, self._next_key(), run.cfg.tokens.mask_id,
-                                         n_samples=max(1, run.cfg.eval.mc_samples // 16), batch_size=1,
-                                         eps=run.cfg.diffusion.eps, block_size=evaluate.block_size_of(run.cfg))
+            ids = run.codec.encode(req.args[0])
+            if obj.causal:  # the first token has no prediction of its own: condition it on EOS
+                ids = [run.cfg.tokens.eos_id] + ids
+            r = obj.perplexity(run.model, run.params, np.asarray(ids, np.int32)[None], self._next_key(),
+                               run.cfg.tokens.mask_id, n_samples=max(1, run.cfg.eval.mc_samples // 16), batch_size=1,
+                               eps=run.cfg.diffusion.eps, block_size=self.block_size)
             out.append(-r["nll"] * r["tokens"])
         return out
 
     def generate_until(self, requests):
-        out = []
-        for req in requests:
+        """Requests with the same stop strings are decoded together, `batch_size` prompts at a time."""
+        out = [None] * len(requests)
+        groups = {}
+        for i, req in enumerate(requests):
             context, gen_kwargs = req.args
             until = gen_kwargs.get("until") or []
-            until = [until] if isinstance(until, str) else list(until)
-            text = self.run.sample([context], key=self._next_key())["texts"][0]
-            cut = min([text.find(s) for s in until if s and s in text] + [len(text)])
-            out.append(text[:cut])
+            until = (until,) if isinstance(until, str) else tuple(until)
+            groups.setdefault(until, []).append((i, context))
+        args = sampling.args_from_config(self.run.cfg.sampling)  # gen_length is the run's (max_gen_toks unused)
+        for until, items in groups.items():
+            for start in range(0, len(items), self.batch_size):
+                chunk = items[start:start + self.batch_size]
+                texts = self.run.sample([c for _, c in chunk], key=self._next_key(), args=args)["texts"]
+                for (i, _), text in zip(chunk, texts):
+                    cut = min([text.find(s) for s in until if s and s in text] + [len(text)])
+                    out[i] = text[:cut]
         return out
 
 

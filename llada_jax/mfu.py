@@ -5,7 +5,7 @@ import time
 import jax
 import jax.numpy as jnp
 
-from llada_jax import model as model_lib, optim
+from llada_jax import model as model_lib, objectives, optim
 
 # Dense bf16 peak per chip (TPU) or per GPU, in FLOP/s, from the vendors' data sheets.
 PEAK_FLOPS = {
@@ -26,8 +26,8 @@ PEAK_FLOPS = {
 def flops_per_step(cfg):
     """Model FLOPs of one training step of `cfg`: model.flops_per_token (the causal count for the ARM objective, the
     [x_t ; x_0] pair for block diffusion) times the tokens of a step."""
-    causal, pair = cfg.objective == "arm", cfg.objective == "block"
-    return model_lib.flops_per_token(cfg.model, cfg.train.seq_len, causal, pair) * optim.tokens_per_step(cfg)
+    obj = objectives.get(cfg)
+    return model_lib.flops_per_token(cfg.model, cfg.train.seq_len, obj.causal, obj.pair) * optim.tokens_per_step(cfg)
 
 
 @functools.lru_cache(maxsize=None)

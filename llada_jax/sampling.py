@@ -475,17 +475,9 @@ def generate_blocks(model, params, prompt, prompt_mask, key, args, ids, block_si
     return _generate_blocks_jit(model, params, prompt, jnp.asarray(prompt_mask, bool), key, dyn, static)
 
 
-def sample(model, params, prompt, prompt_mask, key, args, ids, objective="mdm", block_size=None):
-    """The one sampling entry point of commands, tasks and sweeps: the reverse process for a diffusion model
-    (`generate`), block by block with an exact cache for a block-diffusion model (`generate_blocks`, blocks of
-    `block_size`), left-to-right decoding for the autoregressive baseline (only gen_length and temperature apply).
-    Returns generate()'s dict."""
-    if objective == "mdm":
-        return generate(model, params, prompt, prompt_mask, key, args, ids)
-    if objective == "block":
-        return generate_blocks(model, params, prompt, prompt_mask, key, args, ids, block_size)
-    if objective != "arm":
-        raise SamplingError(f"objective={objective!r}; expected 'mdm', 'block' or 'arm'.")
+def generate_ar(model, params, prompt, prompt_mask, key, args, ids):
+    """Left-to-right decoding of `args.gen_length` tokens with the autoregressive baseline (objective=arm; only
+    gen_length and temperature apply). Returns generate()'s dict."""
     if not isinstance(model, model_lib.Model):
         raise SamplingError("the autoregressive decoder needs a model_lib.Model (it runs the causal forward pass).")
     prompt = jnp.asarray(prompt, jnp.int32)

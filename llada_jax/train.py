@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from llada_jax import checkpoint as ckpt_lib, diffusion, mfu, model as model_lib, optim, rundir, sharding
+from llada_jax import checkpoint as ckpt_lib, diffusion, mfu, model as model_lib, objectives, optim, rundir, sharding
 from llada_jax.data import pipeline, sft, synthetic
 from llada_jax.errors import LladaError
 
@@ -20,6 +20,7 @@ class TrainError(LladaError):
 def validate(cfg, sharder):
     """Checks that would otherwise surface as a traceback deep inside JAX."""
     tr, m = cfg.train, cfg.model
+    obj = objectives.get(cfg)
     if tr.seq_len > m.max_seq_len:
         raise TrainError(f"train.seq_len={tr.seq_len} exceeds model.max_seq_len={m.max_seq_len}; lower "
                          f"--config.train.seq_len or raise --config.model.max_seq_len.")
@@ -35,20 +36,17 @@ def validate(cfg, sharder):
                          f"set model.head_dim.")
     if m.n_heads % m.n_kv_heads:
         raise TrainError(f"model.n_heads={m.n_heads} must be a multiple of model.n_kv_heads={m.n_kv_heads} (GQA).")
-    if cfg.objective not in diffusion.OBJECTIVES:
-        raise TrainError(f"objective={cfg.objective!r}; expected 'mdm' (masked diffusion), 'arm' (autoregressive) "
-                         f"or 'block' (block diffusion).")
     schedule = cfg.diffusion.block_size_schedule
     unit = diffusion.schedule_unit(cfg)
     if unit not in diffusion.SCHEDULE_UNITS:
         raise TrainError(f"diffusion.block_size_schedule_unit={unit!r}; expected one of "
                          f"{', '.join(diffusion.SCHEDULE_UNITS)}.")
-    if schedule and (cfg.objective != "block" or any(len(e) != 2 for e in schedule)
+    if schedule and (not obj.blockwise or any(len(e) != 2 for e in schedule)
                      or [e[0] for e in schedule] != sorted({e[0] for e in schedule})):
         raise TrainError(f"diffusion.block_size_schedule={schedule!r}: expected [(until, block_size), ...] with "
-                         f"increasing until (in {unit}: diffusion.block_size_schedule_unit), for objective=block "
-                         f"(objective is {cfg.objective!r}).")
-    if cfg.objective == "block":
+                         f"increasing until (in {unit}: diffusion.block_size_schedule_unit), for a blockwise "
+                         f"objective (objective=block; objective is {cfg.objective!r}).")
+    if obj.blockwise:
         for size in diffusion.block_sizes(cfg):
             if size > tr.seq_len or tr.seq_len % size:
                 raise TrainError(f"train.seq_len={tr.seq_len} must be a multiple of diffusion.block_size={size} "
@@ -65,6 +63,7 @@ class Setup:
         self.sharder = sharding.Sharder(self.mesh, cfg.sharding.rules)
         validate(cfg, self.sharder)
         self.model = model_lib.Model(cfg.model, sharder=self.sharder)
+        self.objective = objectives.get(cfg)
         self.tx, self.lr = optim.make_optimizer(cfg)
         self.param_sharding = self.sharder.tree(self.model.param_axes())
         abstract_params = self.model.abstract_params()
@@ -117,9 +116,9 @@ class Setup:
         drawn once for the whole batch, so accumulation changes only the summation order, not the estimate.
         block_size: objective=block's (a Python int; default diffusion.block_size)."""
         n = self.cfg.train.micro_batches
-        noise = diffusion.draw_noise(key, batch, self.cfg, block_size)
+        noise = objectives.draw_noise(key, batch, self.cfg, block_size)
         grad_fn = jax.value_and_grad(
-            lambda p, b, z: diffusion.loss_given_noise(self.model, p, b, z, self.cfg, block_size), has_aux=True)
+            lambda p, b, z: objectives.loss_given_noise(self.model, p, b, z, self.cfg, block_size), has_aux=True)
         if n == 1:
             (loss, aux), grads = grad_fn(params, batch, noise)
             return loss, aux, grads
@@ -138,8 +137,8 @@ class Setup:
     def step(self, state, batch, step):
         """step_fn at training step `step` (a Python int): with the block size diffusion.block_size_schedule gives
         it, so the step compiles once per distinct block size."""
-        if self.cfg.objective == "block" and self.cfg.diffusion.block_size_schedule:
-            return self.step_fn(state, batch, diffusion.block_size(self.cfg, step))
+        if self.objective.blockwise and self.cfg.diffusion.block_size_schedule:
+            return self.step_fn(state, batch, self.objective.block_size(self.cfg, step))
         return self.step_fn(state, batch)
 
     def _train_step(self, state, batch, block_size=None):

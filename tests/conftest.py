@@ -1,4 +1,5 @@
 """Every test process sees 8 simulated CPU devices (for the sharding tests); tests that want one device say so."""
+import json
 import os
 
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
@@ -31,3 +32,21 @@ def tiny_cfg():
 @pytest.fixture
 def one_device():
     return jax.devices()[:1]
+
+
+def losses(workdir):
+    """{step: loss} of a run directory's metrics.jsonl."""
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        return {r["step"]: r["loss"] for r in map(json.loads, f)}
+
+
+class Crash(Exception):
+    pass
+
+
+def crash_at(step):
+    """A `log` for train.train that raises Crash when step `step` is logged (after that step ran)."""
+    def log(msg):
+        if msg.startswith(f"step {step}/"):
+            raise Crash(msg)
+    return log

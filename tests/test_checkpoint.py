@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import Crash, crash_at, losses
 
 from llada_jax import checkpoint, config as config_lib, train
 
@@ -19,21 +20,6 @@ SMALL = ["--config.model.d_model=32", "--config.model.n_layers=2", "--config.mod
          "--config.model.n_kv_heads=2", "--config.model.ffn_dim=64", "--config.train.seq_len=16",
          "--config.train.global_batch=8", "--config.train.log_every=1", "--config.checkpoint.every_steps=3",
          "--config.data.random_length_prob=0.2"]
-
-
-def _losses(workdir):
-    return {r["step"]: r["loss"] for r in map(json.loads, open(os.path.join(workdir, "metrics.jsonl")))}
-
-
-class Crash(Exception):
-    pass
-
-
-def _crash_at(step):
-    def log(msg):
-        if msg.startswith(f"step {step}/"):
-            raise Crash(msg)
-    return log
 
 
 @pytest.fixture
@@ -46,12 +32,12 @@ def cfg(tiny_cfg):
 def test_resume_after_a_crash_is_bitwise_identical(cfg, tmp_path):
     train.train(cfg, str(tmp_path / "a"), log=lambda m: None)
     with pytest.raises(Crash):
-        train.train(cfg, str(tmp_path / "b"), log=_crash_at(10))  # crashes after step 10; last save at 8
+        train.train(cfg, str(tmp_path / "b"), log=crash_at(10))  # crashes after step 10; last save at 8
     assert checkpoint.Checkpointer(str(tmp_path / "b" / "checkpoints"), cfg).latest_step() == 8
     messages = []
     train.train(cfg, str(tmp_path / "b"), log=messages.append)
     assert any("resuming from the checkpoint of step 8" in m for m in messages)
-    a, b = _losses(tmp_path / "a"), _losses(tmp_path / "b")
+    a, b = losses(tmp_path / "a"), losses(tmp_path / "b")
     assert sorted(b) == list(range(1, 13))  # logged steps 9 and 10 were dropped and run again, none repeated
     assert a == b  # bit for bit (floats printed with full precision)
 
@@ -134,7 +120,7 @@ class Poisoned:
 
 
 def test_nan_guard_skips_counts_and_rolls_back(cfg, tmp_path, monkeypatch):
-    real_loss = train.diffusion.loss_given_noise
+    real_loss = train.objectives.loss_given_noise
 
     def loss_given_noise(model, params, batch, noise, cfg, *rest):  # non-finite loss and gradients if poisoned
         batch = dict(batch)
@@ -142,7 +128,7 @@ def test_nan_guard_skips_counts_and_rolls_back(cfg, tmp_path, monkeypatch):
         loss, aux = real_loss(model, params, batch, noise, cfg, *rest)
         return loss * jnp.where(jnp.max(poison) > 0, jnp.nan, 1.0), aux
 
-    monkeypatch.setattr(train.diffusion, "loss_given_noise", loss_given_noise)
+    monkeypatch.setattr(train.objectives, "loss_given_noise", loss_given_noise)
     cfg.train.nan_patience, cfg.train.nan_lr_factor = 3, 0.5
     messages = []
     data = Poisoned(train.make_data(cfg), steps=(5, 6, 7))  # steps 6, 7, 8 (1-based) are poisoned
@@ -189,13 +175,13 @@ def _interrupt(workdir, sig, at_rows, *extra):
 @pytest.mark.slow
 def test_sigkill_at_random_steps_then_resume(tmp_path):
     _run(tmp_path / "ref", "--config.train.steps=24")
-    want = _losses(tmp_path / "ref")
+    want = losses(tmp_path / "ref")
     for trial, at in enumerate(np.random.default_rng(0).integers(4, 20, size=2)):
         workdir = tmp_path / f"kill{trial}"
         code, _, _ = _interrupt(str(workdir), signal.SIGKILL, int(at), "--config.train.steps=24")
         assert code == -signal.SIGKILL
         _run(workdir, "--config.train.steps=24")
-        assert _losses(workdir) == want  # no lost or repeated batches, bit for bit
+        assert losses(workdir) == want  # no lost or repeated batches, bit for bit
 
 
 @pytest.mark.slow
@@ -203,7 +189,7 @@ def test_sigkill_during_asynchronous_saves_then_resume(tmp_path):
     """A save every step (asynchronous): a kill at a random moment mostly lands inside a save."""
     extra = ("--config.train.steps=24", "--config.checkpoint.every_steps=1")
     _run(tmp_path / "ref", *extra)
-    want = _losses(tmp_path / "ref")
+    want = losses(tmp_path / "ref")
     rng = np.random.default_rng(1)
     for trial in range(3):
         workdir = tmp_path / f"kill{trial}"
@@ -220,7 +206,7 @@ def test_sigkill_during_asynchronous_saves_then_resume(tmp_path):
             time.sleep(0.01)
         assert proc.wait() == -signal.SIGKILL
         _run(workdir, *extra)
-        assert _losses(workdir) == want
+        assert losses(workdir) == want
         names = os.listdir(workdir / "checkpoints")
         assert not [n for n in names if "tmp" in n], names  # interrupted saves' temporary directories are removed
 
@@ -235,7 +221,7 @@ def test_sigterm_saves_and_exits_then_resumes(tmp_path):
                                             config_lib.default_config()).all_steps()
     out = _run(tmp_path / "p", "--config.train.steps=16")
     assert f"resuming from the checkpoint of step {saved}" in out.stdout
-    assert _losses(tmp_path / "p") == _losses(tmp_path / "ref")
+    assert losses(tmp_path / "p") == losses(tmp_path / "ref")
 
 
 @pytest.mark.slow
@@ -249,7 +235,7 @@ def test_two_processes_equal_one_process_with_8_devices(tmp_path):
     out = subprocess.run(launcher + cmd, env=env, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "in 2 process(es)" in out.stdout and out.stdout.count("done: run directory") == 1
-    one, two = _losses(tmp_path / "one"), _losses(tmp_path / "two")
+    one, two = losses(tmp_path / "one"), losses(tmp_path / "two")
     assert sorted(one) == sorted(two) == list(range(1, 7))
     np.testing.assert_allclose([two[s] for s in one], [one[s] for s in one], rtol=1e-6)
     assert sorted(os.listdir(tmp_path / "two" / "checkpoints")) == sorted(os.listdir(tmp_path / "one" / "checkpoints"))
@@ -265,7 +251,7 @@ def test_two_processes_agree_on_the_fallback_step(tmp_path):
                 "--devices_per_process=2", f"--log_dir={tmp_path}", "--"]
     cmd, env = _cli(tmp_path / "run", *extra)
     assert subprocess.run(launcher + cmd, env=env, capture_output=True, timeout=600).returncode == 0
-    first = _losses(tmp_path / "run")
+    first = losses(tmp_path / "run")
     os.remove(tmp_path / "run" / "checkpoints" / "6" / "params" / "manifest.ocdbt")
     out = subprocess.run(launcher + cmd, env=env, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
@@ -273,4 +259,4 @@ def test_two_processes_agree_on_the_fallback_step(tmp_path):
     assert "resuming from the checkpoint of step 3" in out.stdout
     names = os.listdir(tmp_path / "run" / "checkpoints")
     assert sorted(n for n in names if n.isdigit()) == ["3", "6"] and any(n.startswith("6.unreadable.") for n in names)
-    assert _losses(tmp_path / "run") == first
+    assert losses(tmp_path / "run") == first

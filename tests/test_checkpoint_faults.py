@@ -14,7 +14,7 @@ import shutil
 import jax
 import numpy as np
 import pytest
-from conftest import tiny_config
+from conftest import Crash, crash_at, losses, tiny_config
 
 from llada_jax import checkpoint, cli, inference, train
 from llada_jax.convert import hf
@@ -47,22 +47,6 @@ def damage(step_dir, pattern, mode):
         else:
             with open(f, "r+b") as fh:
                 fh.truncate(0 if mode == "empty" else os.path.getsize(f) // 2)
-
-
-def losses(workdir):
-    with open(os.path.join(workdir, "metrics.jsonl")) as f:
-        return {r["step"]: r["loss"] for r in map(json.loads, f)}
-
-
-class Crash(Exception):
-    pass
-
-
-def crash_at(step):
-    def log(msg):
-        if msg.startswith(f"step {step}/"):
-            raise Crash(msg)
-    return log
 
 
 @pytest.fixture(scope="module")

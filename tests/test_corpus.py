@@ -8,7 +8,7 @@ import jax
 import numpy as np
 import pytest
 
-from llada_jax import cli, config as config_lib, evaluate, model as model_lib, train
+from llada_jax import cli, config as config_lib, evaluate, likelihood, model as model_lib, train
 from llada_jax.data import corpus, store, tokenizer
 
 
@@ -117,15 +117,15 @@ def test_ar_perplexity_is_the_exact_causal_nll(tiny_cfg):
             logits = np.asarray(model.apply(params, row[None, :i], causal=True)[0, -1], np.float64)
             nll[i] = np.log(np.sum(np.exp(logits - logits.max()))) + logits.max() - logits[row[i]]
         want.append(nll)
-    r = evaluate.ar_perplexity(model, params, tokens, batch_size=2)
+    r = likelihood.ar_perplexity(model, params, tokens, batch_size=2)
     np.testing.assert_allclose(r["nll"], np.mean([w[1:].sum() / 9 for w in want]), rtol=1e-5)
     assert r["tokens"] == 27 and np.isclose(r["ppl"], np.exp(r["nll"]))
-    r = evaluate.ar_perplexity(model, params, tokens, start=4, batch_size=2)  # continuations of 4-token prompts
+    r = likelihood.ar_perplexity(model, params, tokens, start=4, batch_size=2)  # continuations of 4-token prompts
     np.testing.assert_allclose(r["nll"], np.mean([w[4:].sum() / 6 for w in want]), rtol=1e-5)
-    r = evaluate.ar_perplexity(model, params, tokens, start=4, lengths=[10, 7, 5], batch_size=2)  # stopped early
+    r = likelihood.ar_perplexity(model, params, tokens, start=4, lengths=[10, 7, 5], batch_size=2)  # stopped early
     np.testing.assert_allclose(r["nll"], sum(w[4:n].sum() for w, n in zip(want, (10, 7, 5))) / 10, rtol=1e-5)
     assert r["tokens"] == 10
     with pytest.raises(evaluate.EvalError, match="lengths must be 3 values in"):
-        evaluate.ar_perplexity(model, params, tokens, start=4, lengths=[10, 4, 5])
+        likelihood.ar_perplexity(model, params, tokens, start=4, lengths=[10, 4, 5])
     with pytest.raises(evaluate.EvalError, match="start=10 must be in"):
-        evaluate.ar_perplexity(model, params, tokens, start=10)
+        likelihood.ar_perplexity(model, params, tokens, start=10)

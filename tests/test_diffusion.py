@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import reference
 
-from llada_jax import diffusion, model as model_lib
+from llada_jax import diffusion, model as model_lib, objectives
 
 
 def test_forward_process_masks_with_probability_p():
@@ -70,7 +70,7 @@ def test_sft_prompt_is_never_masked(tiny_cfg):
     in_prompt = np.arange(l)[None] < np.asarray(prompt_lengths)[:, None]
     seen = np.zeros((b, l), bool)
     for i in range(200):
-        masked = np.asarray(diffusion.draw_noise(jax.random.key(i), batch, tiny_cfg)["masked"])
+        masked = np.asarray(objectives.draw_noise(jax.random.key(i), batch, tiny_cfg)["masked"])
         assert not np.any(masked & in_prompt)
         seen |= masked
     np.testing.assert_array_equal(seen, ~in_prompt)  # every answer position gets masked at some point
@@ -89,7 +89,7 @@ def test_random_lengths_fraction_and_range():
 
 
 def _loss_fn(cfg, params, model):
-    return jax.jit(lambda p, batch, noise: diffusion.loss_given_noise(model, p, batch, noise, cfg)[0])
+    return jax.jit(lambda p, batch, noise: objectives.loss_given_noise(model, p, batch, noise, cfg)[0])
 
 
 def test_random_length_is_one_compilation_and_equals_truncation(tiny_cfg):
@@ -98,7 +98,7 @@ def test_random_length_is_one_compilation_and_equals_truncation(tiny_cfg):
     params = model.init(jax.random.key(0))
     b, l = 4, 16
     tokens = jnp.asarray(np.random.default_rng(0).integers(6, 48, (b, l)), jnp.int32)
-    noise = diffusion.draw_noise(jax.random.key(3), {"tokens": tokens}, tiny_cfg)
+    noise = objectives.draw_noise(jax.random.key(3), {"tokens": tokens}, tiny_cfg)
     loss = _loss_fn(tiny_cfg, params, model)
     for n in (16, 9, 3, 1):
         full = {"tokens": tokens, "lengths": jnp.full((b,), n, jnp.int32)}
@@ -106,7 +106,7 @@ def test_random_length_is_one_compilation_and_equals_truncation(tiny_cfg):
         got = loss(params, full, {**cut_noise, "lengths": full["lengths"]})
         trunc = {"tokens": tokens[:, :n]}
         trunc_noise = {"masked": noise["masked"][:, :n], "p": noise["p"], "lengths": jnp.full((b,), n, jnp.int32)}
-        want = diffusion.loss_given_noise(model, params, trunc, trunc_noise, tiny_cfg)[0]
+        want = objectives.loss_given_noise(model, params, trunc, trunc_noise, tiny_cfg)[0]
         np.testing.assert_allclose(float(got), float(want), rtol=1e-5)
     assert loss._cache_size() == 1  # four lengths, one compilation
 
@@ -135,10 +135,10 @@ def test_arm_objective_is_causal(tiny_cfg):
     model = model_lib.Model(tiny_cfg.model)
     params = model.init(jax.random.key(0))
     tokens = jnp.asarray(np.random.default_rng(1).integers(6, 48, (2, 16)), jnp.int32)
-    noise = diffusion.draw_noise(jax.random.key(0), {"tokens": tokens}, tiny_cfg)
+    noise = objectives.draw_noise(jax.random.key(0), {"tokens": tokens}, tiny_cfg)
     logits = model.apply(params, tokens, causal=True)
     np.testing.assert_allclose(
-        float(diffusion.loss_given_noise(model, params, {"tokens": tokens}, noise, tiny_cfg)[0]),
+        float(objectives.loss_given_noise(model, params, {"tokens": tokens}, noise, tiny_cfg)[0]),
         reference.ce(np.asarray(logits)[:, :-1], np.asarray(tokens)[:, 1:]).mean(), rtol=1e-5)
 
 
@@ -158,7 +158,7 @@ def test_losses_through_the_model_equal_numpy(tiny_cfg, sft):
     if sft:
         batch["prompt_lengths"] = jnp.asarray(prompt)
     noise = {"masked": jnp.asarray(masked), "p": jnp.asarray(p), "lengths": jnp.full((3,), 10, jnp.int32)}
-    got = diffusion.loss_given_noise(model, params, batch, noise, tiny_cfg)[0]
+    got = objectives.loss_given_noise(model, params, batch, noise, tiny_cfg)[0]
     x_t = np.where(masked, tiny_cfg.tokens.mask_id, tokens)
     ce = reference.ce(reference.forward(jax.device_get(params), x_t, tiny_cfg.model), tokens) / p[:, None]
     ce = np.where(masked, ce, 0.0)
@@ -240,9 +240,9 @@ def test_block_loss_equals_one_forward_per_block(tiny_cfg, sft, chunk):
     batch = {"tokens": jnp.asarray(tokens), "lengths": jnp.array([16, 11, 6], jnp.int32)}
     if sft:
         batch["prompt_lengths"] = jnp.array([5, 0, 2], jnp.int32)
-    noise = diffusion.draw_noise(jax.random.key(1), batch, cfg)
+    noise = objectives.draw_noise(jax.random.key(1), batch, cfg)
     with jax.default_matmul_precision("highest"):
-        got = float(diffusion.loss_given_noise(model, params, batch, noise, cfg)[0])
+        got = float(objectives.loss_given_noise(model, params, batch, noise, cfg)[0])
     masked, p = np.asarray(noise["masked"]), np.asarray(noise["p"], np.float64)
     valid = np.arange(16)[None] < np.asarray(batch["lengths"])[:, None]
     answer = valid & (np.arange(16)[None] >= np.asarray(batch.get("prompt_lengths", np.zeros(3, int)))[:, None])
@@ -259,11 +259,11 @@ def test_block_loss_ignores_padding_tokens(tiny_cfg):
     model = model_lib.Model(cfg.model)
     params = model.init(jax.random.key(2))
     tokens = jnp.asarray(np.random.default_rng(2).integers(6, 48, (4, 16)), jnp.int32)
-    noise = diffusion.draw_noise(jax.random.key(4), {"tokens": tokens}, cfg)
+    noise = objectives.draw_noise(jax.random.key(4), {"tokens": tokens}, cfg)
     lengths = np.asarray(noise["lengths"])
     assert lengths.min() < 16  # some rows cut
     other = jnp.where(jnp.arange(16)[None] < noise["lengths"][:, None], tokens, 9)
-    loss = lambda t: float(diffusion.loss_given_noise(model, params, {"tokens": t}, noise, cfg)[0])
+    loss = lambda t: float(objectives.loss_given_noise(model, params, {"tokens": t}, noise, cfg)[0])
     np.testing.assert_allclose(loss(other), loss(tokens), rtol=1e-6)
 
 
@@ -280,8 +280,8 @@ def test_block_size_seq_len_is_the_llada_objective(tiny_cfg, sft):
     results = {}
     for objective in ("mdm", "block"):
         tiny_cfg.objective, tiny_cfg.diffusion.block_size = objective, 16
-        noise = diffusion.draw_noise(jax.random.key(5), batch, tiny_cfg)
-        results[objective] = noise, float(diffusion.loss_given_noise(model, params, batch, noise, tiny_cfg)[0])
+        noise = objectives.draw_noise(jax.random.key(5), batch, tiny_cfg)
+        results[objective] = noise, float(objectives.loss_given_noise(model, params, batch, noise, tiny_cfg)[0])
     (mdm_noise, mdm_loss), (block_noise, block_loss) = results["mdm"], results["block"]
     np.testing.assert_array_equal(np.asarray(block_noise["masked"]), np.asarray(mdm_noise["masked"]))
     np.testing.assert_array_equal(np.asarray(block_noise["p"]),

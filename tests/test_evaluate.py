@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from llada_jax import evaluate, inference, sampling
+from llada_jax import evaluate, inference, likelihood, objectives, sampling
 from llada_jax.data import synthetic, tasks
 
 V, MASK = 12, 2
@@ -32,7 +32,7 @@ def _log_softmax(x):
 @pytest.mark.parametrize("length,n", [(16, 16), (16, 4), (10, 4), (7, 16), (3, 5)])
 def test_mask_counts_are_stratified(length, n):
     seen_offsets = set()
-    draws = jax.vmap(lambda k: evaluate.stratified_counts(k, jnp.int32(length), n))(
+    draws = jax.vmap(lambda k: likelihood.stratified_counts(k, jnp.int32(length), n))(
         jax.random.split(jax.random.key(0), 200))
     for counts in np.asarray(draws):
         assert counts.min() >= 1 and counts.max() <= length
@@ -51,7 +51,7 @@ def test_mask_counts_are_stratified(length, n):
 def test_answer_masks_have_exact_counts_and_uniform_positions():
     width, length, n = 10, 7, 4000
     counts = jnp.asarray(np.random.default_rng(0).integers(1, length + 1, n), jnp.int32)
-    masks = np.asarray(evaluate.answer_masks(jax.random.key(0), jnp.int32(length), counts, width))
+    masks = np.asarray(likelihood.answer_masks(jax.random.key(0), jnp.int32(length), counts, width))
     np.testing.assert_array_equal(masks.sum(1), np.asarray(counts))
     assert not masks[:, length:].any()  # padding is never masked
     # each answer position is masked with probability l / L
@@ -64,17 +64,17 @@ def test_estimator_mean_is_the_exact_log_likelihood():
     prompt, answer = np.array([5, 6, 7, 4]), np.array([8, 1, 9, 0, 11, 5, 3])
     lp = _log_softmax(params["base"])
     exact = sum(lp[len(prompt) + i, a] for i, a in enumerate(answer))
-    est, se = evaluate.log_likelihood(context_free, params, prompt, answer, jax.random.key(0), MASK,
+    est, se = likelihood.log_likelihood(context_free, params, prompt, answer, jax.random.key(0), MASK,
                                       n_samples=256, batch_size=16)
     assert se > 0
     assert abs(est - exact) < 4 * se, (est, exact, se)
     # CFG of a context-free model: conditional = unconditional logits, so guidance changes nothing
-    est_cfg, _ = evaluate.log_likelihood(context_free, params, prompt, answer, jax.random.key(0), MASK,
+    est_cfg, _ = likelihood.log_likelihood(context_free, params, prompt, answer, jax.random.key(0), MASK,
                                          n_samples=256, batch_size=16, cfg_scale=2.0)
     assert est_cfg == pytest.approx(est, rel=1e-6)
     # bucketed: the prompt is left-padded to 8 (this stub is not shift-invariant: the answer now starts at 8), the
     # answer right-padded to 8; the padding is never masked nor scored
-    est_b, se_b = evaluate.log_likelihood(context_free, params, prompt, answer, jax.random.key(1), MASK,
+    est_b, se_b = likelihood.log_likelihood(context_free, params, prompt, answer, jax.random.key(1), MASK,
                                           n_samples=256, batch_size=16, bucket=8)
     exact_b = sum(lp[8 + i, a] for i, a in enumerate(answer))
     assert abs(est_b - exact_b) < 4 * se_b, (est_b, exact_b, se_b)
@@ -82,7 +82,7 @@ def test_estimator_mean_is_the_exact_log_likelihood():
 
 def test_estimator_of_a_one_token_answer_is_exact():
     params = _params()
-    est, _ = evaluate.log_likelihood(context_free, params, [5, 6], [9], jax.random.key(0), MASK,
+    est, _ = likelihood.log_likelihood(context_free, params, [5, 6], [9], jax.random.key(0), MASK,
                                      n_samples=16, batch_size=8)
     assert est == pytest.approx(_log_softmax(params["base"])[2, 9], rel=1e-5)
 
@@ -94,7 +94,7 @@ def test_elbo_bound_of_a_context_free_model():
     lengths = rng.integers(8, 17, 24)
     lp = _log_softmax(params["base"])[:16]
     exact = -sum(lp[np.arange(n), tokens[i, :n]].sum() for i, n in enumerate(lengths)) / lengths.sum()
-    out = evaluate.elbo_perplexity(context_free, params, tokens, jax.random.key(0), MASK, lengths=lengths,
+    out = likelihood.elbo_perplexity(context_free, params, tokens, jax.random.key(0), MASK, lengths=lengths,
                                    n_samples=8, batch_size=16)
     assert out["tokens"] == lengths.sum()
     assert abs(out["nll"] - exact) < 4 * out["stderr"], (out, exact)
@@ -133,12 +133,12 @@ def test_autoregressive_log_likelihood_is_the_sum_of_next_token_log_probs(tiny_c
     logp = logits - np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1, keepdims=True)) - logits.max(
         -1, keepdims=True)
     want = logp[2, 7] + logp[3, 20]
-    got = evaluate.objective_log_likelihood("arm", model, params, prompt, answer, None, MASK)
+    got = objectives.by_name("arm").log_likelihood(model, params, prompt, answer, None, MASK)
     assert got == pytest.approx(want, abs=1e-4)
     mc = evaluate.multiple_choice(model, params, [{"context": "a", "choices": ["b", "c"], "answer": 0}],
                                   lambda t: {"a": prompt, "b": answer, "c": [7, 21]}[t], jax.random.key(0), MASK,
-                                  objective="arm")
-    other = evaluate.ar_log_likelihood(model, params, prompt, [7, 21])
+                                  objective=objectives.by_name("arm"))
+    other = likelihood.ar_log_likelihood(model, params, prompt, [7, 21])
     assert mc["scores"][0] == pytest.approx([want, other], abs=1e-4)
 
 
@@ -163,8 +163,8 @@ def test_evaluate_batches_and_scores_against_answers_computed_here(tiny_cfg, mon
     tok = synthetic.CharTokenizer()
     calls = []
 
-    def fake_sample(model, params, prompt, prompt_mask, key, args, ids, objective, block_size=None):
-        calls.append((np.asarray(prompt).shape, objective, args.gen_length))
+    def fake_sample(model, params, prompt, prompt_mask, key, args, ids):  # the arm objective's decoder
+        calls.append((np.asarray(prompt).shape, args.gen_length))
         rows = []
         for p, m in zip(np.asarray(prompt), np.asarray(prompt_mask)):
             a, b = map(int, tok.decode(p[m])[:-1].split("+"))
@@ -173,7 +173,7 @@ def test_evaluate_batches_and_scores_against_answers_computed_here(tiny_cfg, mon
             rows.append(np.concatenate([p, gen[: args.gen_length]]))
         return {"tokens": np.stack(rows)}
 
-    monkeypatch.setattr(sampling, "sample", fake_sample)
+    monkeypatch.setattr(sampling, "generate_ar", fake_sample)
     cfg = tiny_cfg
     cfg.eval.tasks, cfg.eval.n_examples, cfg.eval.batch = "arithmetic_small", 45, 16
     cfg.sampling.gen_length, cfg.sampling.block_length, cfg.sampling.steps = 8, 8, 8
@@ -185,7 +185,7 @@ def test_evaluate_batches_and_scores_against_answers_computed_here(tiny_cfg, mon
     assert 0.2 < want < 0.8
     assert out == {"arithmetic_small/exact_match": pytest.approx(want)}
     assert len(calls) == 3 and len({c[0] for c in calls}) == 1  # 16 + 16 + 13 (padded to 16): one shape
-    assert calls[0][1:] == ("arm", 8)
+    assert calls[0][1] == 8
 
 
 # -- block diffusion --------------------------------------------------------------------------------------------
@@ -213,7 +213,7 @@ def test_block_elbo_equals_one_forward_per_block():
     lengths = np.array([14, 9])
     key = jax.random.key(3)
     with jax.default_matmul_precision("highest"):
-        got = evaluate.elbo_perplexity(model, params, tokens, key, 2, lengths=lengths, batch_size=2, block_size=4)
+        got = likelihood.elbo_perplexity(model, params, tokens, key, 2, lengths=lengths, batch_size=2, block_size=4)
     padded = np.pad(tokens, ((0, 0), (0, 2)))
     valid = np.arange(16)[None] < lengths[:, None]
     x_t, masked, p = (np.asarray(a) for a in diffusion.block_forward_process(
@@ -232,13 +232,13 @@ def test_block_log_likelihood_of_a_context_free_model_is_exact():
     prompt, answer = [7, 8, 9, 10, 11], [12, 13, 14, 15, 16, 17, 18]
     logits = np.asarray(model.apply(params, jnp.full((1, 1), 2, jnp.int32))[0, 0])  # any masked position's logits
     exact = float(np.sum(_log_softmax(logits)[answer]))
-    est, stderr = evaluate.block_log_likelihood(model, params, prompt, answer, jax.random.key(0), 2, 4,
+    est, stderr = likelihood.block_log_likelihood(model, params, prompt, answer, jax.random.key(0), 2, 4,
                                                 n_samples=256, batch_size=32)
     assert 0 < stderr < 0.1 * abs(exact)
     assert abs(est - exact) < 4 * stderr
-    ll = evaluate.objective_log_likelihood("block", model, params, prompt, answer, jax.random.key(0), 2,
-                                           block_size=4, n_samples=256, batch_size=32, bucket=16)
+    ll = objectives.by_name("block").log_likelihood(model, params, prompt, answer, jax.random.key(0), 2,
+                                                    block_size=4, n_samples=256, batch_size=32, bucket=16)
     assert ll == est  # the dispatch runs the same estimate
     best = int(np.argmax(logits))
-    assert evaluate.block_greedy(model, params, prompt, [best] * 3, 2, 4)
-    assert not evaluate.block_greedy(model, params, prompt, [best, (best + 1) % 48, best], 2, 4)
+    assert likelihood.block_greedy(model, params, prompt, [best] * 3, 2, 4)
+    assert not likelihood.block_greedy(model, params, prompt, [best, (best + 1) % 48, best], 2, 4)

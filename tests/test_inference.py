@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from conftest import tiny_config
 
-from llada_jax import cli, evaluate, inference, picture, sampling, train
+from llada_jax import cli, evaluate, inference, likelihood, picture, sampling, train
 
 
 @pytest.fixture(scope="module")
@@ -104,7 +104,7 @@ def test_eval_command_writes_the_perplexity_bound_and_choices(run_dir, tmp_path)
     got = json.loads(out.read_text())
     run = inference.load_run(run_dir, [("mesh.fsdp", "1")])
     k_ppl, k_mc, _ = jax.random.split(jax.random.key(0), 3)
-    want = evaluate.elbo_perplexity(run.model, run.params, evaluate.heldout_tokens(run.cfg, 8), k_ppl,
+    want = likelihood.elbo_perplexity(run.model, run.params, evaluate.heldout_tokens(run.cfg, 8), k_ppl,
                                     run.cfg.tokens.mask_id, batch_size=16)
     assert got["elbo/nll"] == pytest.approx(want["nll"], rel=1e-5)
     assert got["elbo/tokens"] == 8 * run.cfg.train.seq_len and got["step"] == 3
@@ -119,7 +119,7 @@ def test_lm_eval_adapter_answers_loglikelihood_and_generate_until(run_dir):
     req = Instance("loglikelihood", {}, ("12+34=", "46"), 0)
     (ll, greedy), = lm.loglikelihood([req])
     run = lm.run
-    want, _ = evaluate.log_likelihood(run.model, run.params, run.codec.encode("12+34="), run.codec.encode("46"),
+    want, _ = likelihood.log_likelihood(run.model, run.params, run.codec.encode("12+34="), run.codec.encode("46"),
                                       jax.random.fold_in(jax.random.key(0), 1), run.cfg.tokens.mask_id, n_samples=8,
                                       batch_size=8, bucket=16)
     assert ll == pytest.approx(want, rel=1e-5) and ll < 0 and isinstance(greedy, bool)

@@ -211,6 +211,15 @@ def test_a_damaged_tokenizer_is_one_line(tmp_path):
         tokenizer.Tokenizer.load(str(path))
 
 
+def test_a_damaged_hf_tokenizer_directory_is_one_line(tmp_path):
+    from llada_jax import inference
+    (tmp_path / "tokenizer.json").write_text('{"version": "1.0", "model": {"type": "BPE", "vocab"')
+    (tmp_path / "tokenizer_config.json").write_text("{}")
+    with pytest.raises(inference.InferenceError, match=rf"^tokenizer directory {tmp_path} cannot be read \(.*\): it "
+                                                       r"is damaged or not a Hugging Face tokenizer\. Restore it"):
+        inference.HFCodec(str(tmp_path))
+
+
 def test_a_missing_config_json_is_not_a_run_directory(tmp_path):
     os.makedirs(tmp_path / "x")
     with pytest.raises(SystemExit, match=r"^llada sample: .*x/config.json not found: .* is not a llada run "

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from llada_jax import config as config_lib, model as model_lib, sampling
+from llada_jax import config as config_lib, model as model_lib, objectives, sampling
 
 V, EOS, MASK, EOT = 12, 0, 2, 3
 IDS = sampling.TokenIds(mask_id=MASK, eos_id=EOS, eot_id=EOT)
@@ -428,14 +428,14 @@ def test_dual_cache_approximates_with_two_layers(tiny_cfg):
 
 
 def test_autoregressive_decoding_equals_a_token_by_token_loop(tiny_cfg):
-    """objective=arm: sample() decodes left to right; greedy equals a Python loop of causal passes, left padding
+    """objective=arm: its decoder decodes left to right; greedy equals a Python loop of causal passes, left padding
     included (pads hidden by the key mask)."""
     model = model_lib.Model(tiny_cfg.model)
     params = model.init(jax.random.key(5))
     prompt = np.array([[EOS, 9, 12, 30], [7, 21, 5, 11]])
     mask = np.array([[False, True, True, True], [True] * 4])
     args = sampling.SamplingArgs(gen_length=6, block_length=6, steps=6)
-    out = jax.device_get(sampling.sample(model, params, prompt, mask, jax.random.key(0), args, IDS, "arm"))
+    out = jax.device_get(objectives.by_name("arm").decode(model, params, prompt, mask, jax.random.key(0), args, IDS))
     for row in range(2):
         x, m = list(prompt[row]), list(mask[row])
         for _ in range(6):
@@ -444,8 +444,8 @@ def test_autoregressive_decoding_equals_a_token_by_token_loop(tiny_cfg):
             m.append(True)
         np.testing.assert_array_equal(out["tokens"][row], x)
     assert int(out["full_passes"]) == 6
-    with pytest.raises(sampling.SamplingError, match="objective"):
-        sampling.sample(model, params, prompt, mask, jax.random.key(0), args, IDS, "gpt")
+    with pytest.raises(objectives.ObjectiveError, match=r"objective='gpt'; expected one of: mdm \(masked diffusion"):
+        objectives.by_name("gpt")
 
 
 # -- block diffusion: blocks left to right with an exact cache ------------------------------------------------------
@@ -505,12 +505,12 @@ def test_block_decoding_stops_after_the_block_with_eos():
     assert np.all(out["tokens"][0, 5 + ends[blk]:] == 2) and np.all(out["order"][0, ends[blk]:] == -1)
 
 
-def test_sample_dispatches_block_objective():
+def test_the_block_objective_decodes_with_generate_blocks():
     model, params = _block_model()
     prompt, mask = _block_prompt()
     args = sampling.SamplingArgs(gen_length=8, steps=8)
     ids = sampling.TokenIds(2, 0, 3)
-    got = sampling.sample(model, params, prompt, mask, jax.random.key(1), args, ids, "block", 4)
+    got = objectives.by_name("block").decode(model, params, prompt, mask, jax.random.key(1), args, ids, 4)
     want = sampling.generate_blocks(model, params, prompt, mask, jax.random.key(1), args, ids, 4)
     np.testing.assert_array_equal(np.asarray(got["tokens"]), np.asarray(want["tokens"]))
     # each prompt starts at position 0 whatever the batch: a row's answer (argmax) = that prompt's answer alone
@@ -519,5 +519,4 @@ def test_sample_dispatches_block_objective():
                                          ids, 4)
         np.testing.assert_array_equal(np.asarray(alone["tokens"])[0, width:], np.asarray(got["tokens"])[row, 5:])
     with pytest.raises(sampling.SamplingError, match="multiple of the model's block size"):
-        sampling.sample(model, params, prompt, mask, jax.random.key(1), sampling.SamplingArgs(gen_length=6), ids,
-                        "block", 4)
+        objectives.by_name("block").check_sampling(sampling.SamplingArgs(gen_length=6), model, 4)
