@@ -7,7 +7,8 @@ sweeps). `configs/tiny_task.py:TASK[,FORMAT]` picks the task and the data format
   4000 steps 94.0%, 5000 steps (the default, 9.9 min) 97.5% exact match on 200 held-out pairs (98.3% on 1000).
   Re-run on the code of 2026-12-01 (same loss to 4 digits at step 50; float32 rounding from the speed work then
   moves the trajectory): 2400 steps 27.0%, 5000 steps 46.5%. Held-out accuracy depends on the trajectory: at
-  2400 steps seeds 0-3 give 27.0 / 67.0 / 65.0 / 84.5% (configs/sweeps/seeds.py).
+  2400 steps seeds 0-3 give 27.0 / 67.0 / 65.0 / 84.5% (configs/sweeps/seeds.py); the older code's seeds give
+  92.0 / 8.5 / 6.5 / 83.0%: the spread is the recipe's, not a regression.
 - `reversal` (packed by default): the facts task as pre-training documents joined by EOS, so the diffusion model
   sees both sides of every fact masked (the reversal experiment needs that).
 
