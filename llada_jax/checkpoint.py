@@ -108,11 +108,12 @@ def _read_json(path):
         return json.load(f)
 
 
-def _kvstore(item_dir, name):
+def _kvstore(item_dir, name=""):
+    """The key-value store of an orbax item (ocdbt, or plain files), at array `name` when given."""
     base = {"driver": "file", "path": os.path.abspath(item_dir) + "/"}
     if os.path.exists(os.path.join(item_dir, "manifest.ocdbt")):
-        return {"driver": "ocdbt", "base": base, "path": name + "/"}
-    return {"driver": "file", "path": os.path.join(os.path.abspath(item_dir), name) + "/"}
+        return {"driver": "ocdbt", "base": base, **({"path": name + "/"} if name else {})}
+    return {"driver": "file", "path": os.path.join(os.path.abspath(item_dir), name, "")}
 
 
 def open_array(item_dir, name, context):
@@ -130,11 +131,7 @@ def open_array(item_dir, name, context):
 
 def _array_names(item_dir):
     """The arrays of an orbax item, from its key-value store's listing (which reads the whole index)."""
-    if os.path.exists(os.path.join(item_dir, "manifest.ocdbt")):
-        spec = {"driver": "ocdbt", "base": {"driver": "file", "path": os.path.abspath(item_dir) + "/"}}
-    else:
-        spec = {"driver": "file", "path": os.path.abspath(item_dir) + "/"}
-    keys = [k.decode() for k in ts.KvStore.open(spec).result().list().result()]
+    keys = [k.decode() for k in ts.KvStore.open(_kvstore(item_dir)).result().list().result()]
     return sorted({k.rsplit("/", 1)[0] for k in keys if k.endswith(("/.zarray", "/zarr.json"))})
 
 

@@ -192,12 +192,16 @@ class HostsLock:
 
 # -- config.json -------------------------------------------------------------------------------------------------
 
+def _write_atomically(path, text):
+    """Writes `text` to `path` through a temporary file: a crash mid-write leaves the old file whole."""
+    with open(path + ".tmp", "w") as f:
+        f.write(text)
+    os.replace(path + ".tmp", path)
+
+
 def save_config(run_dir, cfg):
     """A run directory's config.json: the resolved config (what load_config reads back)."""
-    path = os.path.join(run_dir, "config.json")
-    with open(path + ".tmp", "w") as f:
-        f.write(config_lib.to_json(cfg))
-    os.replace(path + ".tmp", path)  # a crash mid-write leaves the old file whole
+    _write_atomically(os.path.join(run_dir, "config.json"), config_lib.to_json(cfg))
 
 
 def load_config(run_dir, log=print):
@@ -260,6 +264,4 @@ def truncate_metrics(run_dir, step, log=print):
     if jax.process_index() != 0 or not os.path.exists(path):
         return
     rows = [r for r in read_metrics(run_dir, log) if r["step"] <= step]
-    with open(path + ".tmp", "w") as f:
-        f.writelines(json.dumps(r) + "\n" for r in rows)
-    os.replace(path + ".tmp", path)
+    _write_atomically(path, "".join(json.dumps(r) + "\n" for r in rows))
