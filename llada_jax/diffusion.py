@@ -1,5 +1,5 @@
-"""The math of the training objectives (REFERENCE.md section 3): the forward process, the pre-training and SFT
-losses, the random length, the paper's autoregressive (ARM) baseline, and block diffusion (BD3-LM, section 7).
+"""The math of the training objectives (docs/objectives.md): the forward process, the pre-training and SFT losses,
+the random length, the paper's autoregressive (ARM) baseline, and block diffusion (BD3-LM).
 Which objective a run trains is objectives.py's table; this module has no notion of `cfg.objective`.
 
 A batch is a dict: `tokens` [B, L] int32, optionally `lengths` [B] (real tokens per row; the rest is padding hidden

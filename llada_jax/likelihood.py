@@ -1,6 +1,6 @@
-"""Likelihood estimators: the conditional log-likelihood estimator (REFERENCE.md section 5, the paper's Algorithm 3),
-the ELBO perplexity bound of held-out text (section 3's objective as a bound), the block-diffusion ELBO (BD3-LM,
-section 7) of both, the autoregressive baseline's exact values, and the greedy checks (is the answer the model's
+"""Likelihood estimators (docs/objectives.md): the conditional log-likelihood estimator (the LLaDA paper's
+Algorithm 3), the ELBO perplexity bound of held-out text (the pre-training objective as a bound), the block-diffusion
+ELBO (BD3-LM) of both, the autoregressive baseline's exact values, and the greedy checks (is the answer the model's
 argmax?) of each objective. objectives.py says which one an objective uses; evaluate.py runs `llada eval`.
 
 Everything is generic over the model: `model` is a model_lib.Model or any apply_fn(params, tokens, key_mask) ->
