@@ -11,7 +11,7 @@ import pytest
 from conftest import tiny_config
 
 from llada_jax import checkpoint, cli, config as config_lib, model as model_lib, rundir, train
-from llada_jax.convert import hf
+from llada_jax.convert import hf, safetensors_io
 
 torch = pytest.importorskip("torch")  # CI installs CPU torch; only transformers is optional below
 from llada_jax.convert import torch_model  # noqa: E402
@@ -255,8 +255,8 @@ def _rewrite(hf_dir, edit):
     for n in os.listdir(hf_dir):
         if n.endswith(".safetensors") or n.endswith(".index.json"):
             os.remove(os.path.join(hf_dir, n))
-    w = hf.SafetensorsWriter(os.path.join(hf_dir, "model.safetensors"),
-                             [(n, "F32", a.shape) for n, a in tensors.items()])
+    w = safetensors_io.SafetensorsWriter(os.path.join(hf_dir, "model.safetensors"),
+                                         [(n, "F32", a.shape) for n, a in tensors.items()])
     for n, a in tensors.items():
         w.write(n, a)
     w.close()
@@ -322,7 +322,7 @@ def _release_layout(path, vocab=126464):
         with open(os.path.join(path, name), "w") as f:
             json.dump(obj, f)
     entries = [(t.name, "BF16", t.hf) for tensors in hf.tensor_table(cfg.model).values() for t in tensors]
-    writer = hf.SafetensorsWriter(os.path.join(path, "model.safetensors"), entries)
+    writer = safetensors_io.SafetensorsWriter(os.path.join(path, "model.safetensors"), entries)
     rng = np.random.default_rng(0)
     for name, _, shape in entries:
         writer.write(name, rng.normal(size=shape).astype(hf.ST_DTYPES["BF16"]))

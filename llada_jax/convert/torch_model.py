@@ -1,4 +1,4 @@
-"""The LLaDA Transformer in PyTorch (REFERENCE.md section 2), with the released Hugging Face parameter names.
+"""The LLaDA Transformer in PyTorch (docs/conversion.md), with the released Hugging Face parameter names.
 
 Depends on torch only. It is shipped unchanged into every exported directory, where `modeling_llada.py` wraps it for
 `transformers` (`trust_remote_code=True`); `load(hf_dir)` builds it from an exported directory without transformers.
