@@ -31,12 +31,15 @@ setup(
         # Tests also exercise conversion (torch, transformers) and TPU AOT compilation (libtpu, CPU-only use);
         # jax[tpu] brings the libtpu this jax pins (a newer libtpu compiles, but jaxlib cannot read its HLO back).
         "test": ["pytest>=8", "safetensors>=0.4", "transformers>=4.46", "jax[tpu]; platform_system == 'Linux'",
-                 "lm_eval>=0.4"],
+                 "lm_eval>=0.4", "gguf>=0.10", "tokenizers>=0.19", "accelerate>=0.26"],
         "torch": ["torch>=2.3", "safetensors>=0.4"],
         "hf": ["torch>=2.3", "safetensors>=0.4", "transformers>=4.46"],
         "tpu": ["jax[tpu]"],
         "gpu": ["jax[cuda12]"],
         "lm_eval": ["lm_eval>=0.4"],  # llada_jax.lm_eval_adapter
+        "gguf": ["gguf>=0.10", "tokenizers>=0.19"],  # `llada convert from-gguf` and the tokenizer.json it writes
     },
-    entry_points={"console_scripts": ["llada=llada_jax.cli:main"]},
+    # llada-lm-eval: lm-evaluation-harness's command line with our model registered (`lm_eval --model llada_jax`
+    # needs that: the harness has no plugin discovery).
+    entry_points={"console_scripts": ["llada=llada_jax.cli:main", "llada-lm-eval=llada_jax.lm_eval_adapter:main"]},
 )

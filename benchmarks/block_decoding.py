@@ -21,15 +21,15 @@ import time
 import jax
 import numpy as np
 
-from llada_jax import cli, diffusion, evaluate, inference, objectives, sampling
+from llada_jax import block_sampling, cli, diffusion, evaluate, inference, objectives, sampling
 from llada_jax.data import tasks
 
 
 def methods(block_run, mdm_run):
-    """{name: (run, SamplingArgs, generate_blocks' cached or None)}."""
-    b = sampling.args_from_config(block_run.cfg.sampling)
-    m = sampling.args_from_config(mdm_run.cfg.sampling)
-    m = dataclasses.replace(m, steps=m.gen_length, threshold=None, cache=None)
+    """{name: (run, SamplingArgs, block_sampling.generate's cached or None)}."""
+    b = sampling.SamplingArgs.from_config(block_run.cfg.sampling)
+    m = sampling.SamplingArgs.from_config(mdm_run.cfg.sampling)
+    m = dataclasses.replace(m, steps=m.gen_length, threshold=0.0, cache="none")
     half = m.block_length if m.block_length < m.gen_length else max(1, m.gen_length // 2)
     return {
         f"block {diffusion.block_size(block_run.cfg)}, exact cache": (block_run, b, True),
@@ -45,7 +45,7 @@ def decode(run, args, cached, tokens, mask):
         obj = objectives.get(run.cfg)
         out = obj.decode(run.model, run.params, tokens, mask, jax.random.key(0), args, run.ids, obj.block_size(run.cfg))
     else:
-        out = sampling.generate_blocks(run.model, run.params, tokens, mask, jax.random.key(0), args, run.ids,
+        out = block_sampling.generate(run.model, run.params, tokens, mask, jax.random.key(0), args, run.ids,
                                        diffusion.block_size(run.cfg), cached=cached)
     return jax.device_get(out)
 

@@ -115,15 +115,15 @@ def unigram_entropy(row):
 def warm_up_args(sargs, block):
     """The same compiled program (steps and the threshold are traced values) decoding each block (of `block`
     tokens) in one step: the warm-up call compiles without paying for a whole generation."""
-    if sargs.threshold is not None:
-        return dataclasses.replace(sargs, threshold=0.0)
+    if sargs.use_threshold:  # still on (the same program), and every position passes it
+        return dataclasses.replace(sargs, threshold=1e-30)
     return dataclasses.replace(sargs, steps=sargs.gen_length // block)
 
 
 def generate(run, judge, prompt, sargs):
     """Samples for one method: generative perplexity (judge = the arm run), entropy, evaluations, tokens/s (of the
     positions decoded: a block run stops after the block in which every row has its EOS)."""
-    ids, key = sampling.token_ids(run.cfg), jax.random.key(0)
+    ids, key = sampling.TokenIds.from_config(run.cfg), jax.random.key(0)
     obj = objectives.get(run.cfg)
     block = obj.block_size(run.cfg)  # None: not a block-diffusion run
 

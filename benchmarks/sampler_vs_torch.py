@@ -1,4 +1,4 @@
-"""`sampling.generate` against the reverse process restated in PyTorch (REFERENCE.md section 4), same weights.
+"""`sampling.generate` against the reverse process restated in PyTorch (docs/sampling.md), same weights.
 
     python benchmarks/sampler_vs_torch.py [--configs=small,tiny] [--gen_length=128] [--prompt_length=32]
                                           [--batch=1] [--repeats=3] [--config.a.b=value ...]
@@ -28,7 +28,7 @@ from llada_jax.convert import hf, torch_model
 
 @torch.no_grad()
 def torch_generate(model, prompt, gen_length, steps, mask_id):
-    """The official generate() for one block, temperature 0, low confidence (REFERENCE.md section 4)."""
+    """The official generate() for one block, temperature 0, low confidence (docs/sampling.md#the-reverse-process)."""
     b, p = prompt.shape
     x = torch.full((b, p + gen_length), mask_id, dtype=torch.long)
     x[:, :p] = prompt
@@ -66,7 +66,7 @@ def compare(cfg, args):
     vocab = np.array([i for i in range(cfg.model.vocab_size) if i not in specials])
     prompt = rng.choice(vocab, (args.batch, args.prompt_length)).astype(np.int32)
     sargs = sampling.SamplingArgs(gen_length=args.gen_length, block_length=args.gen_length, steps=args.gen_length)
-    ids = sampling.token_ids(cfg)
+    ids = sampling.TokenIds.from_config(cfg)
     key = jax.random.key(0)
 
     def run_jax():

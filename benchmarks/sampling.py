@@ -84,7 +84,7 @@ def main(argv=None):
     if prompt.shape[1] + args.gen_length > trained_len:
         raise SystemExit(f"prompt {prompt.shape[1]} + gen_length {args.gen_length} exceeds {trained_len}, the longest "
                          f"sequence the model was trained on (--finetune_seq_len, or train.seq_len without it).")
-    ids = sampling.token_ids(cfg)
+    ids = sampling.TokenIds.from_config(cfg)
     g, bl = args.gen_length, args.block_length
     taus = [float(t) for t in args.thresholds.split(",")]
     tau = taus[0]

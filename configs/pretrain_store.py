@@ -9,7 +9,7 @@ cover its vocabulary (32000 here; the pipeline checks it, and the ids, against t
 import json
 import os
 
-from llada_jax.config import default_config, set_model_size
+from llada_jax.config import ConfigError, default_config, set_model_size
 
 
 def get_config(prepared=None):
@@ -23,6 +23,10 @@ def get_config(prepared=None):
     c.checkpoint.every_steps = 1000
     if prepared:
         c.data.path = prepared
+        if not os.path.exists(os.path.join(prepared, "metadata.json")):
+            raise ConfigError(f"{prepared} is not a prepared token store (no metadata.json); make it with `llada "
+                              f"data prepare --out=DIR` or `llada data corpus --out=CORPUS` (then CORPUS/prepared/"
+                              f"train).")
         with open(os.path.join(prepared, "metadata.json")) as f:
             tok = json.load(f)["tokenizer"]
         for role, i in tok["special_ids"].items():

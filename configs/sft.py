@@ -2,7 +2,7 @@
 
     llada train --config=configs/sft.py --config.data.path=chat.jsonl --config.data.tokenizer=tok.model
 
-Recipe (REFERENCE.md section 3): LR 0 -> 2.5e-5 over 50 iterations, constant, linear to 2.5e-6 over the last 10%,
+Recipe (docs/objectives.md#training-recipes): LR 0 -> 2.5e-5 in 50 steps, constant, linear to 2.5e-6 over the last 10%,
 weight decay 0.1; the paper's global batch is 256 and 3 epochs. Initialise from a pre-trained model (checkpoint
 restore) for real fine-tuning; the model sizes here match configs/pretrain_store.py.
 """

@@ -10,7 +10,7 @@ CORPUS/prepared/validation (eval.heldout; the test split is for the final figure
 CORPUS/tokenizer.model, whose ids and size it takes. Sizes (with an 8192-piece vocabulary, embeddings included):
 s = 4 layers of 256 (7.6M parameters), m = 6 of 384 (17.5M), l = 8 of 512 (31.5M); 256-token sequences.
 """
-from llada_jax.config import load_config
+from llada_jax.config import ConfigError, load_config
 
 SIZES = {  # d_model, n_layers, n_heads, n_kv_heads, ffn_dim
     "s": (256, 4, 4, 4, 704),
@@ -20,7 +20,11 @@ SIZES = {  # d_model, n_layers, n_heads, n_kv_heads, ffn_dim
 
 
 def get_config(arg="data/stdlib"):
-    corpus, objective, size = (arg.split(",") + ["mdm", "s"])[:3]
+    corpus, objective, size = (arg.split(",") + ["", ""])[:3]
+    objective, size = objective or "mdm", size or "s"
+    if size not in SIZES:
+        raise ConfigError(f"size {size!r} in configs/text_small.py:{arg}; expected one of {', '.join(SIZES)} "
+                          f"(ARG = CORPUS[,OBJECTIVE[,SIZE]]).")
     c = load_config(f"configs/pretrain_store.py:{corpus}/prepared/train")
     c.name = f"text_small_{objective}_{size}"
     c.objective = objective

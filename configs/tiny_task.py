@@ -2,13 +2,9 @@
 sweeps). `configs/tiny_task.py:TASK[,FORMAT]` picks the task and the data format:
 
 - default `arithmetic_small,sft`: two-digit addition in the SFT format (one "a+b=" prompt and its answer per row,
-  EOS-padded; the prompt is never masked), evaluated on operand pairs never seen in training. Measured on 2 CPU
-  cores shared with other jobs (BENCHMARKS.md, "Training works end to end"): 1500 steps 86.5%, 2400 steps 92.0%,
-  4000 steps 94.0%, 5000 steps (the default, 9.9 min) 97.5% exact match on 200 held-out pairs (98.3% on 1000).
-  Re-run on the code of 2026-12-01 (same loss to 4 digits at step 50; float32 rounding from the speed work then
-  moves the trajectory): 2400 steps 27.0%, 5000 steps 46.5%. Held-out accuracy depends on the trajectory: at
-  2400 steps seeds 0-3 give 27.0 / 67.0 / 65.0 / 84.5% (configs/sweeps/seeds.py); the older code's seeds give
-  92.0 / 8.5 / 6.5 / 83.0%: the spread is the recipe's, not a regression.
+  EOS-padded; the prompt is never masked), evaluated on operand pairs never seen in training. Sampling runs at the
+  length the model trains on: train.seq_len minus the longest prompt, one token per step (BENCHMARKS.md, "Training
+  works end to end", has the held-out exact match by steps and seeds).
 - `reversal` (packed by default): the facts task as pre-training documents joined by EOS, so the diffusion model
   sees both sides of every fact masked (the reversal experiment needs that).
 
@@ -18,6 +14,7 @@ sweeps). `configs/tiny_task.py:TASK[,FORMAT]` picks the task and the data format
 from llada_jax.config import default_config
 
 DEFAULT_FORMAT = {"arithmetic_small": "sft", "arithmetic": "sft", "reversal": "packed"}
+LONGEST_PROMPT = {"arithmetic_small": len("99+99="), "arithmetic": len("999+999="), "reversal": len("abc<")}
 
 
 def get_config(arg="arithmetic_small"):
@@ -29,10 +26,12 @@ def get_config(arg="arithmetic_small"):
     c.eval.tasks = task
     c.eval.n_examples = 200
     c.eval.batch = 50
-    s = c.sampling  # answers are at most 3 characters plus EOS: pure diffusion over 8 positions, 1 token per step
-    s.gen_length, s.block_length, s.steps = 8, 8, 8
+    gen_length = 8  # answers are at most 3 characters plus EOS (packed: no answer region; this leaves a margin)
     if c.data.synthetic_format == "sft":  # short rows, many of them; random lengths would cut answers
         c.train.seq_len, c.train.global_batch, c.train.steps = 16, 64, 5000
         c.train.log_every, c.checkpoint.every_steps = 200, 800
         c.data.random_length_prob = 0.0
+        gen_length = c.train.seq_len - LONGEST_PROMPT.get(task, 0)  # the answer region of the longest prompt
+    s = c.sampling  # pure diffusion, one token per step
+    s.gen_length, s.block_length, s.steps = gen_length, gen_length, gen_length
     return c

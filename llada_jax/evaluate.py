@@ -132,13 +132,20 @@ def heldout_tokens(cfg, n):
                     f"token store (data.source=store) or the synthetic corpus. Pass --perplexity=0 to skip it.")
 
 
-def evaluate_run(run, key, *, choices=None, perplexity=64, tasks=True, log=print):
-    """`llada eval` on a loaded inference.Run: the ELBO perplexity bound of `perplexity` held-out sequences,
+def evaluate_run(run, key, *, choices=None, perplexity=None, tasks=True, log=print):
+    """`llada eval` on a loaded inference.Run: the perplexity (bound) of `perplexity` held-out sequences (None: 64,
+    or none for a run trained on prompt/answer rows),
     multiple-choice accuracy of a JSONL file `choices`, and the exact match of the built-in tasks of eval.tasks.
     Returns a flat dict of metrics (what `llada eval` writes to eval.json)."""
     cfg, ev, out = run.cfg, run.cfg.eval, {"step": run.step}
     k_ppl, k_mc, k_tasks = jax.random.split(key, 3)
     obj = objectives.get(cfg)
+    if perplexity is None:  # prompt/answer rows (SFT) teach no held-out text: the tasks measure such a run
+        sft = cfg.data.source == "sft" or (cfg.data.source == "synthetic" and cfg.data.synthetic_format == "sft")
+        perplexity = 0 if sft else 64
+        if sft:
+            log("perplexity: skipped (the run was trained on prompt/answer rows; --perplexity=N scores N held-out "
+                "sequences anyway)")
     if perplexity:
         tokens = heldout_tokens(cfg, perplexity)
         r = obj.perplexity(run.model, run.params, tokens, k_ppl, cfg.tokens.mask_id,

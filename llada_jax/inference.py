@@ -72,15 +72,41 @@ class HFCodec:
         return self.tok.decode(ids, skip_special_tokens=True)
 
 
+class TokenizerJsonCodec:
+    """A `tokenizer.json` file, read by the `tokenizers` library alone (`llada convert from-gguf` writes one):
+    encodes without adding special tokens, decodes without them."""
+
+    def __init__(self, path):
+        try:
+            from tokenizers import Tokenizer  # optional: only tokenizer.json files need it
+        except ImportError:
+            raise InferenceError(f"--tokenizer={path} is a tokenizer.json file, which needs the tokenizers library: "
+                                 f"pip install 'llada-jax[gguf]'.") from None
+        try:
+            self.tok = Tokenizer.from_file(path)
+        except Exception as e:  # tokenizers raises its own Exception for a damaged or foreign JSON file
+            raise InferenceError(f"tokenizer file {path} cannot be read ({checkpoint.short_reason(e)}): it is "
+                                 f"damaged or not a tokenizers tokenizer.json. Restore it (`llada convert from-gguf` "
+                                 f"writes it again), or pass --tokenizer=PATH.") from None
+
+    def encode(self, text):
+        return self.tok.encode(text, add_special_tokens=False).ids
+
+    def decode(self, ids):
+        return self.tok.decode([int(i) for i in ids], skip_special_tokens=True)
+
+
 def make_codec(cfg, path=None):
-    """The codec of a run: `path` (a sentencepiece .model or an HF tokenizer directory), else the run's
-    data.tokenizer, else the synthetic character vocabulary for synthetic-corpus runs."""
+    """The codec of a run: `path` (a sentencepiece .model, a tokenizer.json file or an HF tokenizer directory), else
+    the run's data.tokenizer, else the synthetic character vocabulary for synthetic-corpus runs."""
     path = path or cfg.data.get("tokenizer", "")
     if path:
         if not os.path.exists(path):
-            raise InferenceError(f"tokenizer {path} not found; pass --tokenizer=PATH (a sentencepiece .model or a "
-                                 f"Hugging Face tokenizer directory).")
-        return HFCodec(path) if os.path.isdir(path) else SentencePieceCodec(path)
+            raise InferenceError(f"tokenizer {path} not found; pass --tokenizer=PATH (a sentencepiece .model, a "
+                                 f"tokenizer.json file or a Hugging Face tokenizer directory).")
+        if os.path.isdir(path):
+            return HFCodec(path)
+        return TokenizerJsonCodec(path) if path.endswith(".json") else SentencePieceCodec(path)
     if cfg.data.source == "synthetic":
         return CharCodec()
     raise InferenceError(f"the run (data.source={cfg.data.source!r}) names no tokenizer; pass --tokenizer=PATH "
@@ -104,7 +130,12 @@ class Run:
 
     @property
     def ids(self):
-        return sampling.token_ids(self.cfg)
+        return sampling.TokenIds.from_config(self.cfg)
+
+    @property
+    def sampling_args(self):
+        """The run's `sampling` block (with its overrides) as SamplingArgs."""
+        return sampling.SamplingArgs.from_config(self.cfg.sampling)
 
     def sample(self, prompts, key=None, args=None, prompt_ids=None, width=None):
         """Generates an answer for each prompt (texts, or token-id lists as prompt_ids) with the run's sampling.*
@@ -112,7 +143,7 @@ class Run:
         (numpy) plus texts (answers up to the first EOS)."""
         rows = prompt_ids if prompt_ids is not None else [self.codec.encode(p) for p in prompts]
         tokens, mask = sampling.left_pad(rows, self.cfg.tokens.pad_id, width)
-        args = args or sampling.args_from_config(self.cfg.sampling)
+        args = args or self.sampling_args
         key = jax.random.key(self.cfg.seed) if key is None else key
         obj = objectives.get(self.cfg)
         out = jax.device_get(obj.decode(self.model, self.params, tokens, mask, key, args, self.ids,
@@ -141,11 +172,7 @@ def load_run(workdir, overrides=(), step=None, tokenizer=None, devices=None):
     if not os.path.isdir(workdir):
         raise InferenceError(f"run directory {workdir} does not exist; pass --workdir=DIR of a trained run.")
     try:
-        base = config_lib.default_config()
-        loaded = rundir.load_config(workdir)
-        with base.unlocked():  # a run of an older version may lack newer groups (sampling, eval): use defaults
-            base.update_from_flattened_dict(_flatten(loaded))
-        cfg = apply_overrides(base, overrides)
+        cfg = apply_overrides(rundir.load_config(workdir), overrides)
     except config_lib.ConfigError as e:
         raise InferenceError(str(e)) from None
     devices = list(devices or jax.devices())
@@ -162,21 +189,11 @@ def load_run(workdir, overrides=(), step=None, tokenizer=None, devices=None):
     return Run(cfg, model, params, make_codec(cfg, tokenizer), int(step))
 
 
-def _flatten(cfg, prefix=""):
-    out = {}
-    for k, v in cfg.items():
-        if hasattr(v, "items") and not isinstance(v, (list, tuple)):
-            out.update(_flatten(v, prefix + k + "."))
-        else:
-            out[prefix + k] = v
-    return out
-
-
 # -- chat -------------------------------------------------------------------------------------------------------
 
 class Chat:
-    """Multi-turn chat with the official rules (REFERENCE.md sections 1 and 4): the first turn starts with BOS; each
-    user message is `<|start_header_id|>user<|end_header_id|>\\n\\n{text}<|eot_id|>` followed by the assistant
+    """Multi-turn chat with the official rules (docs/architecture.md, "Chat template"): the first turn starts with
+    BOS; each user message is `<|start_header_id|>user<|end_header_id|>\\n\\n{text}<|eot_id|>` followed by the assistant
     header; after each answer the whole sequence so far (prompt + answer) is kept with every EOS removed (EoT kept),
     and the next user turn is appended without a second BOS."""
 

@@ -26,9 +26,7 @@ def _apply_fn(model):
 
 def _logits(model, params, tokens, key_mask, prompt_region, cfg_scale, mask_id, use_cfg):
     run = lambda t, km: (_apply_fn(model)(params, t, km), None)
-    if use_cfg:
-        return sampling.with_cfg(run, tokens, key_mask, prompt_region, cfg_scale, mask_id)[0]
-    return run(tokens, key_mask)[0]
+    return sampling.guided(run, tokens, key_mask, prompt_region, cfg_scale, mask_id, use_cfg)[0]
 
 
 # -- conditional log-likelihood (Algorithm 3) -----------------------------------------------------------------------
@@ -137,7 +135,7 @@ _block_rows_jit = jax.jit(_block_rows, static_argnames=("model", "mask_id", "eps
 
 
 def _block_layout(prompt, answer, block_size, mask_id):
-    """The layout of training and of sampling.generate_blocks: prompt ++ answer from position 0, blocks from
+    """The layout of training and of block_sampling.generate: prompt ++ answer from position 0, blocks from
     there, right-padded (hidden) to whole blocks; returns (sequence, key mask, answer positions)."""
     n = prompt.size + answer.size
     pad = -n % block_size
@@ -241,21 +239,26 @@ def elbo_perplexity(model, params, tokens, key, mask_id, *, lengths=None, n_samp
     lengths = np.full(n, l, np.int32) if lengths is None else np.asarray(lengths, np.int32)
     if block_size is not None and l % block_size:
         tokens = np.pad(tokens, ((0, 0), (0, -l % block_size)))
-        l = tokens.shape[1]
-    pad = _pad_to(n, batch_size) - n
-    tokens = np.concatenate([tokens, np.zeros((pad, l), np.int32)])
-    padded_lengths = np.concatenate([lengths, np.zeros(pad, np.int32)])
-    sums = np.zeros((n_samples, n))
-    for s in range(n_samples):
-        rows = []
-        for b0 in range(0, tokens.shape[0], batch_size):
-            k = jax.random.fold_in(jax.random.fold_in(key, s), b0)
-            rows.append(np.asarray(_elbo_jit(model, params, tokens[b0:b0 + batch_size],
-                                             padded_lengths[b0:b0 + batch_size], k, mask_id, eps, block_size),
-                                   np.float64))
-        sums[s] = np.concatenate(rows)[:n]
+
+    def draw(s):  # the per-row sums of draw s (its key folded with the batch's first row)
+        fn = lambda b0, rows, row_lengths: _elbo_jit(model, params, rows, row_lengths, jax.random.fold_in(
+            jax.random.fold_in(key, s), b0), mask_id, eps, block_size)
+        return _by_batches(fn, tokens, lengths, 0, batch_size)
+
+    sums = np.stack([draw(s) for s in range(n_samples)])
     nll, stderr = _ratio_of_means(sums, np.broadcast_to(lengths, sums.shape))
     return {"nll": nll, "ppl": math.exp(nll), "stderr": stderr, "tokens": int(lengths.sum())}
+
+
+def _by_batches(fn, tokens, lengths, pad_length, batch_size):
+    """fn(first row, tokens [batch_size, L], lengths [batch_size]) -> [batch_size] per-row values, over the rows
+    in batches of batch_size (the last one filled with zero rows of length pad_length); [N] float64."""
+    n, l = tokens.shape
+    pad = _pad_to(n, batch_size) - n
+    tokens = np.concatenate([tokens, np.zeros((pad, l), np.int32)])
+    lengths = np.concatenate([lengths, np.full(pad, pad_length, np.int32)])
+    return np.concatenate([np.asarray(fn(b0, tokens[b0:b0 + batch_size], lengths[b0:b0 + batch_size]), np.float64)
+                           for b0 in range(0, n + pad, batch_size)])[:n]
 
 
 def _ratio_of_means(sums, counts):
@@ -292,12 +295,8 @@ def ar_perplexity(model, params, tokens, *, start=1, lengths=None, batch_size=16
     if lengths.shape != (n,) or lengths.min() <= start or lengths.max() > l:
         raise EvalError(f"lengths must be {n} values in [{start + 1}, {l}] (more than start={start}); "
                         f"got {lengths.tolist()}.")
-    pad = _pad_to(n, batch_size) - n
-    padded = np.concatenate([tokens, np.zeros((pad, l), np.int32)])
-    padded_lengths = np.concatenate([lengths, np.full(pad, l, np.int32)])
-    sums = np.concatenate([np.asarray(_ar_nll_jit(model, params, padded[b0:b0 + batch_size], start,
-                                                  padded_lengths[b0:b0 + batch_size]), np.float64)
-                           for b0 in range(0, len(padded), batch_size)])[:n]
+    sums = _by_batches(lambda b0, rows, row_lengths: _ar_nll_jit(model, params, rows, start, row_lengths), tokens,
+                       lengths, l, batch_size)
     counts = lengths - start
     nll, stderr = _ratio_of_means(sums, counts)
     return {"nll": nll, "ppl": math.exp(nll), "stderr": stderr, "tokens": int(counts.sum())}

@@ -1,6 +1,8 @@
 """lm-evaluation-harness adapter: run its standard tasks against a llada-jax run (`pip install 'llada-jax[lm_eval]'`).
 
-    python -m llada_jax.lm_eval_adapter --model_args workdir=runs/tiny,mc_samples=32 --tasks arc_easy
+    llada-lm-eval --model_args workdir=runs/tiny,mc_samples=32 --tasks arc_easy
+    # the same: python -m llada_jax.lm_eval_adapter ...; the harness's own `lm_eval` cannot find a model that
+    # nothing imported (it has no plugin discovery), so llada-lm-eval is its command line with ours registered
     # or, in Python:  lm_eval.simple_evaluate(model=LLaDAEvalLM("runs/tiny"), tasks=[...])
 
 Every request is answered the way the run's objective defines it (objectives.py):
@@ -20,19 +22,23 @@ import numpy as np
 from lm_eval.api.model import LM
 from lm_eval.api.registry import register_model
 
-from llada_jax import inference, objectives, sampling
+from llada_jax import inference, objectives, sampling_args
 
 
 @register_model("llada_jax")
 class LLaDAEvalLM(LM):
-    """model_args: workdir (required), tokenizer, mc_samples, mc_batch, seed, and any sampling.* key by its short
-    name (gen_length, steps, block_length, temperature, cfg_scale, remasking, threshold, cache)."""
+    """model_args: workdir (required), tokenizer, mc_samples, mc_batch, seed, batch_size, and any field of
+    sampling_args.SamplingArgs by its name (gen_length, steps, block_length, temperature, threshold, ...)."""
 
     def __init__(self, workdir, tokenizer=None, mc_samples=None, mc_batch=None, seed=0, batch_size=None,
                  **sampling_kwargs):
         super().__init__()
-        overrides = [(f"sampling.{k}", str(v)) for k, v in sampling_kwargs.items()
-                     if k not in ("max_batch_size", "device")]  # harness-wide arguments we ignore
+        unknown = set(sampling_kwargs) - set(sampling_args.FIELDS) - {"max_batch_size", "device"}  # harness-wide
+        if unknown:
+            raise inference.InferenceError(f"unknown model_args {', '.join(sorted(unknown))}; expected workdir, "
+                                           f"tokenizer, mc_samples, mc_batch, seed, batch_size or a sampling field "
+                                           f"({', '.join(sampling_args.FIELDS)}).")
+        overrides = [(f"sampling.{k}", str(v)) for k, v in sampling_kwargs.items() if k in sampling_args.FIELDS]
         if mc_samples is not None:
             overrides.append(("eval.mc_samples", str(mc_samples)))
         if mc_batch is not None:
@@ -84,7 +90,7 @@ class LLaDAEvalLM(LM):
             until = gen_kwargs.get("until") or []
             until = (until,) if isinstance(until, str) else tuple(until)
             groups.setdefault(until, []).append((i, context))
-        args = sampling.args_from_config(self.run.cfg.sampling)  # gen_length is the run's (max_gen_toks unused)
+        args = self.run.sampling_args  # gen_length is the run's (max_gen_toks unused)
         for until, items in groups.items():
             for start in range(0, len(items), self.batch_size):
                 chunk = items[start:start + self.batch_size]

@@ -1,4 +1,4 @@
-"""The LLaDA Transformer (REFERENCE.md section 2): Llama-3 blocks with the causal mask removed.
+"""The LLaDA Transformer (docs/architecture.md): Llama-3 blocks with the causal mask removed.
 
 `Model(cfg.model)` holds only static structure; parameters are a plain pytree (nested dict of arrays, layers stacked
 on a leading axis) and `Model.apply(params, tokens, key_mask)` is a pure function returning float32 logits.
@@ -42,7 +42,7 @@ class Param(NamedTuple):
 
 def param_shapes(m):
     """The parameter table: {name: Param}, the blocks' nested under "blocks", in initialisation order. Init, logical
-    axes, abstract params, counts, weight decay (optim), checkpoint chunks and the HF layout (convert/hf.py) derive
+    axes, abstract params, counts, weight decay (optim), checkpoint chunks and the HF layout (convert/layout.py) derive
     from it: a new parameter is one line here."""
     d, hd, L, v, f = m.d_model, head_dim(m), m.n_layers, m.vocab_size, m.ffn_dim
     h, kv = m.n_heads * hd, m.n_kv_heads * hd
@@ -74,8 +74,10 @@ def param_shapes(m):
                              layer_scale=True),  # the block's down projection
         },
         "ln_f": norm((d,), ("norm",), "ln_f.weight"),
-        # The output head: HF calls it `ff_out` too (model.transformer.ff_out, not a block's ff_out).
-        "lm_head": linear((d, v), ("embed", "vocab"), "ff_out.weight", (v, d), d, group="embedding"),
+        # The output head: HF calls it `ff_out` too (model.transformer.ff_out, not a block's ff_out); none when
+        # model.tie_embeddings (the head is wte transposed).
+        **({} if m.tie_embeddings else {
+            "lm_head": linear((d, v), ("embed", "vocab"), "ff_out.weight", (v, d), d, group="embedding")}),
     }
 
 
@@ -107,6 +109,12 @@ def params_like(tree, m):
 def count_params(m, embeddings=True):
     """Exact parameter count from shapes (nothing allocated). Non-embedding excludes wte and the output head."""
     return sum(int(np.prod(p.shape)) for p in flat_params(m).values() if embeddings or p.group != "embedding")
+
+
+def head_weight(params, m):
+    """The output head [d_model, vocab]: lm_head, or the embedding transposed when model.tie_embeddings (a tied
+    head, as in Llama checkpoints with tie_word_embeddings: logits = x @ wte.T)."""
+    return params["wte"].T if m.tie_embeddings else params["lm_head"]
 
 
 def rms_norm(x, weight, eps):
@@ -194,7 +202,7 @@ class Model:
         positions: absolute positions of x's rows (default 0..T-1). cache = (k_cache, v_cache, start, fresh_from)
         [B, T_all, kv_heads, head_dim]: x is the window at positions start..start+W-1 of a longer sequence; keys and
         values of positions < fresh_from come from the cache, the window's are computed now, the rest of the cache
-        is used as is (the approximate caches of REFERENCE.md section 6)."""
+        is used as is (the approximate caches of docs/sampling.md#kv-caches)."""
         m, c = self.m, self.constrain
         h = rms_norm(x, p["attn_norm"], m.norm_eps)
         q = c(dense(h, p["q_proj"]), ("batch", "act_seq", "heads", "head_dim"))
@@ -263,7 +271,7 @@ class Model:
         x = rms_norm(x, p["ln_f"], m.norm_eps)
         if not head:
             return x, new_kv
-        logits = dense(x, p["lm_head"], preferred_element_type=jnp.float32)
+        logits = dense(x, head_weight(p, m), preferred_element_type=jnp.float32)
         return self.constrain(logits, ("batch", "act_seq", "vocab")), new_kv
 
 

@@ -2,7 +2,7 @@
 
 A record owns everything that differs between objectives:
 - the loss terms (diffusion.py);
-- the decoder and its checks (sampling.py);
+- the decoder and its checks (sampling.py, block_sampling.py);
 - the log-likelihood of an answer, the perplexity of held-out rows and the greedy check (likelihood.py: estimates
   and upper bounds, or exact values);
 - the FLOPs flags and the block size.
@@ -15,7 +15,7 @@ No other module compares `cfg.objective` with a name. Adding an objective means 
 import dataclasses
 from typing import Callable
 
-from llada_jax import diffusion, likelihood, sampling
+from llada_jax import block_sampling, diffusion, likelihood, sampling
 from llada_jax.errors import LladaError
 
 
@@ -115,7 +115,7 @@ TABLE = {o.name: o for o in (
               terms=diffusion.arm_terms, decode=_decode_arm, check_sampling=_check_sampling,
               log_likelihood=_arm_log_likelihood, perplexity=_exact, greedy=likelihood.ar_greedy),
     Objective("block", "block diffusion (BD3-LM)", causal=False, pair=True, blockwise=True, exact=False,
-              terms=diffusion.block_terms, decode=sampling.generate_blocks, check_sampling=sampling.validate_blocks,
+              terms=diffusion.block_terms, decode=block_sampling.generate, check_sampling=block_sampling.validate,
               log_likelihood=_no_cfg(_block_log_likelihood), perplexity=_elbo, greedy=likelihood.block_greedy),
 )}
 

@@ -205,8 +205,31 @@ def save_config(run_dir, cfg):
 
 
 def load_config(run_dir, log=print):
-    """The resolved config a run was trained with: its config.json, or when that does not parse, the copy kept by
-    the newest checkpoint step that has one readable (with a warning)."""
+    """The resolved config a run was trained with, merged over the default config (a run written by an older
+    version may lack newer keys; they take their defaults), locked like every config. It is read from config.json,
+    or when that does not parse, from the copy kept by the newest checkpoint step that has one readable (with a
+    warning)."""
+    return _over_defaults(_read_config(run_dir, log))
+
+
+def _over_defaults(loaded):
+    cfg = config_lib.default_config()
+    with cfg.unlocked():
+        cfg.update_from_flattened_dict(_flatten(loaded))
+    return cfg
+
+
+def _flatten(cfg, prefix=""):
+    out = {}
+    for k, v in cfg.items():
+        if hasattr(v, "items") and not isinstance(v, (list, tuple)):
+            out.update(_flatten(v, prefix + k + "."))
+        else:
+            out[prefix + k] = v
+    return out
+
+
+def _read_config(run_dir, log):
     path = os.path.join(run_dir, "config.json")
     if not os.path.exists(path):
         raise RunDirError(f"{path} not found: {run_dir} is not a llada run directory (pass --workdir=DIR of a "

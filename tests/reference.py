@@ -1,4 +1,4 @@
-"""Float64 numpy re-implementations of the model and losses (REFERENCE.md sections 2 and 3), for the tests."""
+"""Float64 numpy re-implementations of the model and losses (docs/architecture.md and objectives.md), for the tests."""
 import numpy as np
 
 

@@ -60,6 +60,7 @@ def test_splash_under_shard_map_on_a_mesh():
 def test_auto_picks_flash_on_cpu():
     assert attention.get_attention("auto", jnp.bfloat16) is attention.flash_attention
     assert attention.get_attention("auto", jnp.float32, "gpu") is attention.xla_attention
+    assert attention.get_attention("auto", jnp.bfloat16, "tpu") is attention.tpu_attention
     with pytest.raises(ValueError, match="expected one of auto"):
         attention.get_attention("flashy")
 

@@ -1,12 +1,10 @@
 """Config files, overrides and the clear errors of bad input."""
 import json
-import os
-import subprocess
-import sys
+import re
 
 import pytest
 
-from llada_jax import config as config_lib
+from llada_jax import cli, config as config_lib
 
 
 def test_override_types_and_values():
@@ -30,8 +28,36 @@ def test_config_files_cannot_invent_keys(tmp_path):
     path = tmp_path / "bad.py"
     path.write_text("from llada_jax.config import default_config\n"
                     "def get_config():\n    c = default_config()\n    c.train.stepz = 3\n    return c\n")
-    with pytest.raises(AttributeError):
+    want = rf"get_config\(\) failed: AttributeError: .*stepz.* \(at {re.escape(str(path))}:4\)"
+    with pytest.raises(config_lib.ConfigError, match=want):
         config_lib.load_config(str(path))
+
+
+@pytest.mark.parametrize("text, message", [
+    ("def get_config(arg):\n    return {'a': 1}[arg]\n", r"get_config\('b'\) failed: KeyError: 'b' \(at {path}:2\)"),
+    ("def get_config(arg):\n    return 1 +\n", r"fails to load: SyntaxError: .* \(at {path}:2\)"),
+    ("def get_config(arg):\n    return 3\n", r"returned a int; it must return an ml_collections.ConfigDict"),
+])
+def test_errors_inside_a_config_file_are_one_line(tmp_path, text, message):
+    path = tmp_path / "bad.py"
+    path.write_text(text)
+    with pytest.raises(SystemExit) as e:
+        cli.main(["train", f"--config={path}:b", "--print_config"])
+    assert re.search(message.format(path=re.escape(str(path))), str(e.value)) and "\n" not in str(e.value)
+
+
+def test_text_small_takes_two_or_three_parts(tmp_path):
+    """CORPUS,OBJECTIVE keeps the default size (it once read the objective's default as the size)."""
+    (tmp_path / "prepared" / "train").mkdir(parents=True)
+    meta = {"tokenizer": {"vocab_size": 300, "special_ids": {"mask_id": 2, "eos_id": 0}}}
+    (tmp_path / "prepared" / "train" / "metadata.json").write_text(json.dumps(meta))
+    arm = config_lib.load_config(f"configs/text_small.py:{tmp_path},arm")
+    assert (arm.objective, arm.name, arm.model.d_model, arm.model.vocab_size) == ("arm", "text_small_arm_s", 256, 300)
+    assert config_lib.load_config(f"configs/text_small.py:{tmp_path},block,m").model.d_model == 384
+    with pytest.raises(config_lib.ConfigError, match="size 'xl'.*expected one of s, m, l"):
+        config_lib.load_config(f"configs/text_small.py:{tmp_path},mdm,xl")
+    with pytest.raises(config_lib.ConfigError, match="is not a prepared token store"):
+        config_lib.load_config(f"configs/text_small.py:{tmp_path / 'nope'}")
 
 
 def test_missing_config_file_lists_the_built_in_ones():
@@ -45,13 +71,6 @@ def test_json_round_trip():
     assert again.model.d_model == 4096 and again.tokens.mask_id == 126336
 
 
-def _llada(*args, env_extra=None):
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8", "JAX_PLATFORMS": "cpu",
-           **(env_extra or {})}
-    return subprocess.run([sys.executable, "-m", "llada_jax.cli", *args], capture_output=True, text=True, env=env,
-                          timeout=300)
-
-
 @pytest.mark.parametrize("args, message", [
     (["--config.train.stepz=3"], "unknown config key --config.train.stepz. Did you mean: --config.train.steps"),
     (["--config.mesh.data=3", "--config.mesh.fsdp=2"], "has 6 devices but 8 are available"),
@@ -60,16 +79,16 @@ def _llada(*args, env_extra=None):
     (["--config.train.seq_len=5000"], "train.seq_len=5000 exceeds model.max_seq_len=4096"),
 ])
 def test_cli_errors_are_one_clear_line(tmp_path, args, message):
-    out = _llada("train", f"--workdir={tmp_path}", *args)
-    assert out.returncode != 0
-    assert message in out.stderr
-    assert "Traceback" not in out.stderr
+    with pytest.raises(SystemExit) as e:
+        cli.main(["train", f"--workdir={tmp_path}", *args])
+    assert message in str(e.value) and str(e.value).startswith("llada train: ")
 
 
-def test_print_config():
-    out = _llada("train", "--config=configs/llada_1b.py", "--config.train.global_batch=64", "--print_config")
-    assert out.returncode == 0, out.stderr
-    cfg = json.loads(out.stdout)
+def test_print_config(capsys):
+    with pytest.raises(SystemExit) as e:
+        cli.main(["train", "--config=configs/llada_1b.py", "--config.train.global_batch=64", "--print_config"])
+    assert e.value.code == 0
+    cfg = json.loads(capsys.readouterr().out)
     assert cfg["model"]["n_kv_heads"] == 4 and cfg["train"]["global_batch"] == 64
 
 

@@ -1,4 +1,4 @@
-"""Conversion to and from the LLaDA Hugging Face layout (convert/hf.py) and the PyTorch model
+"""Conversion to and from the LLaDA Hugging Face layout (convert/) and the PyTorch model
 (convert/torch_model.py)."""
 import json
 import os

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from conftest import tiny_config
 
-from llada_jax import cli, evaluate, inference, likelihood, picture, sampling, train
+from llada_jax import block_sampling, cli, evaluate, inference, likelihood, picture, sampling, train
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +33,7 @@ def test_run_sample_equals_generate_and_sharded_equals_one_device(run_dir):
     prompts = ["12+34=", "7+5="]
     key = jax.random.key(3)
     out = one.sample(prompts, key=key)
-    want = _direct(one, prompts, sampling.args_from_config(one.cfg.sampling), key)
+    want = _direct(one, prompts, sampling.SamplingArgs.from_config(one.cfg.sampling), key)
     np.testing.assert_array_equal(out["tokens"], want["tokens"])
     np.testing.assert_array_equal(out["order"], want["order"])
     assert out["texts"][0] == one.codec.decode(sampling.answer_ids(want["tokens"][0], 6, one.ids.eos_id))
@@ -144,8 +144,8 @@ def test_block_run_through_sample_eval_and_sharded_sampling(tmp_path, capsys):
     key = jax.random.key(3)
     out = one.sample(["12+34=", "7+5="], key=key)
     tokens, mask = sampling.left_pad([one.codec.encode(p) for p in ["12+34=", "7+5="]], one.cfg.tokens.pad_id)
-    want = jax.device_get(sampling.generate_blocks(one.model, one.params, tokens, mask, key,
-                                                   sampling.args_from_config(one.cfg.sampling), one.ids, 4))
+    want = jax.device_get(block_sampling.generate(one.model, one.params, tokens, mask, key,
+                                                   sampling.SamplingArgs.from_config(one.cfg.sampling), one.ids, 4))
     np.testing.assert_array_equal(out["tokens"], want["tokens"])
     sharded = inference.load_run(str(tmp_path), overrides + [("mesh.fsdp", "4"), ("mesh.tensor", "2")])
     np.testing.assert_array_equal(sharded.sample(["12+34=", "7+5="], key=key)["tokens"], out["tokens"])

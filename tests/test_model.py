@@ -143,3 +143,42 @@ def test_forward_with_a_kv_cache_equals_the_full_pass(tiny_cfg, scan):
     bad = (kv[0].at[:, :, :8].multiply(-1.0), kv[1])
     win, _ = model.forward(params, tokens[:, 8:12], key_mask, kv=bad, start=8, fresh_from=8)
     assert np.abs(np.asarray(win) - np.asarray(want[:, 8:12])).max() > 1e-3
+
+
+
+def test_tied_head_is_the_embedding_transposed(tiny_cfg):
+    """model.tie_embeddings: no lm_head leaf; the logits equal an untied model's whose head is wte.T."""
+    untied = _params(tiny_cfg)
+    untied["lm_head"] = untied["wte"].T
+    n_untied = model_lib.count_params(tiny_cfg.model)
+    tiny_cfg.model.tie_embeddings = True
+    model = model_lib.Model(tiny_cfg.model)
+    tied = {k: v for k, v in untied.items() if k != "lm_head"}
+    assert set(model.abstract_params()) == set(model.init(jax.random.key(0))) == set(tied)
+    assert model_lib.count_params(tiny_cfg.model) == n_untied - 48 * 32
+    tokens = jnp.asarray(np.random.default_rng(4).integers(0, 48, (2, 10)))
+    got = model.apply(tied, tokens, causal=True)
+    tiny_cfg.model.tie_embeddings = False
+    want = model_lib.Model(tiny_cfg.model).apply(untied, tokens, causal=True)
+    np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+
+
+def test_tied_head_in_the_chunked_loss(tiny_cfg, one_device):
+    """The chunked loss (model.loss_chunk: the loss applies the head itself) uses the tied head: the same loss and
+    gradients as the plain loss."""
+    from llada_jax import train
+    from llada_jax.data import synthetic
+    tiny_cfg.model.tie_embeddings, tiny_cfg.objective = True, "arm"
+    rows = synthetic.SyntheticCorpus(tiny_cfg.train.seq_len, 0).batch(0, tiny_cfg.train.global_batch)
+    results = []
+    for chunk in (0, 8):
+        tiny_cfg.model.loss_chunk = chunk
+        setup = train.Setup(tiny_cfg, one_device)
+        with jax.default_matmul_precision("highest"):
+            loss, _, grads = jax.jit(setup.loss_and_grads)(setup.init_state()["params"], setup.put_batch(rows),
+                                                           jax.random.key(3))
+        results.append((float(loss), jax.device_get(grads)))
+    assert "lm_head" not in results[0][1]
+    np.testing.assert_allclose(results[1][0], results[0][0], rtol=1e-6)
+    for g, r in zip(jax.tree.leaves(results[1][1]), jax.tree.leaves(results[0][1])):
+        np.testing.assert_allclose(g, r, atol=1e-6 * np.abs(r).max())

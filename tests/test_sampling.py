@@ -1,5 +1,6 @@
-"""The reverse process (REFERENCE.md section 4) against a float64 numpy re-implementation, its invariants, the
-compilation count, Gumbel sampling frequencies, and Fast-dLLM threshold decoding and KV caches (section 6)."""
+"""The reverse process (docs/sampling.md) against a float64 numpy re-implementation, its invariants, the
+compilation count, Gumbel sampling frequencies, and Fast-dLLM threshold decoding and KV caches (docs/sampling.md)."""
+import dataclasses
 import functools
 
 import jax
@@ -8,7 +9,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from llada_jax import config as config_lib, model as model_lib, objectives, sampling
+from llada_jax import block_sampling, config as config_lib, model as model_lib, objectives, sampling
 
 V, EOS, MASK, EOT = 12, 0, 2, 3
 IDS = sampling.TokenIds(mask_id=MASK, eos_id=EOS, eot_id=EOT)
@@ -147,11 +148,11 @@ def test_attend_padding_reproduces_the_release_on_a_left_padded_batch(args):
     np.testing.assert_array_equal(out["tokens"], want_x)
     np.testing.assert_array_equal(out["order"], want_order)
     hidden = jax.device_get(sampling.generate(stub_apply, params, PROMPT, PROMPT_MASK, key,
-                                              sampling.dataclasses.replace(args, attend_padding=False), IDS))
+                                              dataclasses.replace(args, attend_padding=False), IDS))
     np.testing.assert_array_equal(hidden["tokens"][[0, 2]], want_x[[0, 2]])  # rows without pads agree
     assert np.any(hidden["tokens"][1] != want_x[1])
     cfg = config_lib.override(config_lib.default_config(), "sampling.attend_padding", "true")  # `llada sample` etc.
-    assert sampling.args_from_config(cfg.sampling).attend_padding
+    assert sampling.SamplingArgs.from_config(cfg.sampling).attend_padding
 
 
 @pytest.mark.parametrize("m,s", [(0, 3), (1, 4), (4, 4), (5, 2), (7, 3), (32, 5), (31, 32), (128, 128)])
@@ -254,7 +255,7 @@ def test_cfg_scale_zero_equals_no_cfg():
     key = jax.random.key(1)
     plain = jax.device_get(sampling.generate(stub_apply, params, PROMPT, PROMPT_MASK, key, args, IDS))
     static, dyn = sampling.split_args(args, IDS)
-    forced = sampling._Static(static, use_cfg=True)  # the CFG program (doubled batch) at cfg_scale 0
+    forced = sampling.Static(static, use_cfg=True)  # the CFG program (doubled batch) at cfg_scale 0
     cfg = jax.device_get(sampling._generate_jit(stub_apply, params, jnp.asarray(PROMPT, jnp.int32),
                                                 jnp.asarray(PROMPT_MASK, bool), key, dyn, forced))
     np.testing.assert_array_equal(plain["tokens"], cfg["tokens"])
@@ -301,7 +302,7 @@ def _non_top_probability(gap_over_t):
 def test_gumbel_noise_keeps_the_tail_of_the_full_vocabulary():
     """Gaps of 12, 16 and 18 logits: over 10,240 Gumbel-max draws the frequency of non-top tokens is within 4
     standard errors of the exact probability (0.44, 0.014, 0.0019). float32 uniforms cap the noise near 16 and drew
-    half the right frequency at gap 16 and none at 18 (REFERENCE.md section 4)."""
+    half the right frequency at gap 16 and none at 18 (docs/sampling.md#temperature-and-gumbel-noise)."""
     rows, chunks = 8, 1280
     gaps = np.array([12.0, 16.0, 18.0])
     logits = jnp.asarray(np.where(np.arange(FULL_VOCAB) == 0, 0.0, -gaps[:, None]), jnp.float32)
@@ -410,7 +411,7 @@ def test_caches_are_exact_for_a_one_layer_model(tiny_cfg):
         assert not np.any(plain["tokens"] == MASK)
         for cache in caches:
             cached = jax.device_get(sampling.generate(model, params, prompt, mask, key,
-                                                      sampling.dataclasses.replace(args, cache=cache), IDS))
+                                                      dataclasses.replace(args, cache=cache), IDS))
             np.testing.assert_array_equal(cached["tokens"], plain["tokens"])
             np.testing.assert_array_equal(cached["order"], plain["order"])
             assert int(cached["steps"]) == int(plain["steps"]) == int(plain["full_passes"])
@@ -428,22 +429,31 @@ def test_dual_cache_approximates_with_two_layers(tiny_cfg):
 
 
 def test_autoregressive_decoding_equals_a_token_by_token_loop(tiny_cfg):
-    """objective=arm: its decoder decodes left to right; greedy equals a Python loop of causal passes, left padding
-    included (pads hidden by the key mask)."""
+    """objective=arm: its decoder (a KV cache, one pass per token) equals a Python loop of full causal passes, left
+    padding included (pads hidden by the key mask), greedy and sampled (the noise of token i: fold_in(key, i))."""
     model = model_lib.Model(tiny_cfg.model)
     params = model.init(jax.random.key(5))
     prompt = np.array([[EOS, 9, 12, 30], [7, 21, 5, 11]])
     mask = np.array([[False, True, True, True], [True] * 4])
-    args = sampling.SamplingArgs(gen_length=6, block_length=6, steps=6)
-    out = jax.device_get(objectives.by_name("arm").decode(model, params, prompt, mask, jax.random.key(0), args, IDS))
-    for row in range(2):
-        x, m = list(prompt[row]), list(mask[row])
-        for _ in range(6):
-            logits = model.apply(params, jnp.asarray([x]), jnp.asarray([m]), causal=True)
-            x.append(int(jnp.argmax(logits[0, -1])))
-            m.append(True)
-        np.testing.assert_array_equal(out["tokens"][row], x)
-    assert int(out["full_passes"]) == 6
+    key = jax.random.key(0)
+    for temp in (0.0, 0.8):
+        args = sampling.SamplingArgs(gen_length=6, block_length=6, steps=6, temperature=temp)
+        out = jax.device_get(objectives.by_name("arm").decode(model, params, prompt, mask, key, args, IDS))
+        x, m, done, n = jnp.asarray(prompt), jnp.asarray(mask), np.zeros(2, bool), 0
+        for i in range(6):
+            logits = model.apply(params, x, m, causal=True)[:, -1]
+            noise = sampling.gumbel(jax.random.fold_in(key, i), logits.shape)
+            nxt = np.where(done, EOS, np.asarray(jnp.argmax(logits / temp + noise if temp else logits, -1)))
+            x, m = jnp.concatenate([x, nxt[:, None]], 1), jnp.concatenate([m, jnp.ones((2, 1), bool)], 1)
+            done, n = done | (nxt == EOS), n if done.all() else n + 1  # it stops once every row has an EOS
+        np.testing.assert_array_equal(out["tokens"], x)
+        assert (int(out["full_passes"]), int(out["window_passes"]), int(out["steps"])) == (1, n, n)
+    # a row that draws EOS keeps EOS; the loop stops when all have: a model whose every prediction is EOS
+    eos_params = jax.tree.map(jnp.zeros_like, params)
+    eos_params["wte"], eos_params["ln_f"] = eos_params["wte"].at[:, 0].set(1.0), jnp.ones_like(eos_params["ln_f"])
+    eos_params["lm_head"] = eos_params["lm_head"].at[0, EOS].set(1.0)
+    out = objectives.by_name("arm").decode(model, eos_params, prompt, mask, key, args, IDS)
+    assert int(out["steps"]) == 1 and np.all(np.asarray(out["tokens"])[:, 4:] == EOS)
     with pytest.raises(objectives.ObjectiveError, match=r"objective='gpt'; expected one of: mdm \(masked diffusion"):
         objectives.by_name("gpt")
 
@@ -474,7 +484,7 @@ def test_block_cache_equals_recomputing_everything(kw):
     prompt, mask = _block_prompt()
     args = sampling.SamplingArgs(gen_length=12, steps=9, **kw)
     ids = sampling.TokenIds(mask_id=2, eos_id=-1, eot_id=3)  # no EOS stop here
-    out = {c: jax.device_get(sampling.generate_blocks(model, params, prompt, mask, jax.random.key(4), args, ids, 4,
+    out = {c: jax.device_get(block_sampling.generate(model, params, prompt, mask, jax.random.key(4), args, ids, 4,
                                                       cached=c)) for c in (True, False)}
     np.testing.assert_array_equal(out[True]["tokens"], out[False]["tokens"])
     np.testing.assert_array_equal(out[True]["order"], out[False]["order"])
@@ -493,7 +503,7 @@ def test_block_decoding_stops_after_the_block_with_eos():
     model, params = _block_model(3)  # a seed whose random model varies its tokens
     prompt, mask = _block_prompt()
     args = sampling.SamplingArgs(gen_length=16, steps=16)
-    run = lambda eos: jax.device_get(sampling.generate_blocks(
+    run = lambda eos: jax.device_get(block_sampling.generate(
         model, params, prompt[:1], mask[:1], jax.random.key(0), args, sampling.TokenIds(2, eos, 3), 4))
     full = run(-1)
     gen = full["tokens"][0, 5:]  # blocks of positions 4..7 (3 generated), 8..11, ...: ends 3, 7, 11, 15
@@ -511,11 +521,11 @@ def test_the_block_objective_decodes_with_generate_blocks():
     args = sampling.SamplingArgs(gen_length=8, steps=8)
     ids = sampling.TokenIds(2, 0, 3)
     got = objectives.by_name("block").decode(model, params, prompt, mask, jax.random.key(1), args, ids, 4)
-    want = sampling.generate_blocks(model, params, prompt, mask, jax.random.key(1), args, ids, 4)
+    want = block_sampling.generate(model, params, prompt, mask, jax.random.key(1), args, ids, 4)
     np.testing.assert_array_equal(np.asarray(got["tokens"]), np.asarray(want["tokens"]))
     # each prompt starts at position 0 whatever the batch: a row's answer (argmax) = that prompt's answer alone
     for row, width in ((0, 5), (1, 3)):
-        alone = sampling.generate_blocks(model, params, prompt[row:row + 1, 5 - width:], None, jax.random.key(1), args,
+        alone = block_sampling.generate(model, params, prompt[row:row + 1, 5 - width:], None, jax.random.key(1), args,
                                          ids, 4)
         np.testing.assert_array_equal(np.asarray(alone["tokens"])[0, width:], np.asarray(got["tokens"])[row, 5:])
     with pytest.raises(sampling.SamplingError, match="multiple of the model's block size"):

@@ -1,11 +1,10 @@
 """Block diffusion's block size (4, and 16: the whole sequence of the task's rows, one block) against LLaDA and the
 autoregressive baseline, at equal training FLOPs, on the addition task (configs/tiny_task.py).
 
-Every point gets the FLOPs of LLaDA's (objective=mdm) 2400 steps (92% exact match; about 5 CPU minutes a point)
-by model.flops_per_token: block diffusion runs
-the model on [x_t ; x_0] (twice the tokens), so it trains for about half the steps; the ARM's causal attention
-is half as costly, so it trains a little longer. Evaluated on exact match (a block model decodes whole blocks:
-sampling.gen_length is at least the block size).
+Every point gets the FLOPs of LLaDA's (objective=mdm) 2400 steps (a few CPU minutes a point) by
+model.flops_per_token: block diffusion runs the model on [x_t ; x_0] (twice the tokens), so it trains for about
+half the steps; the ARM's causal attention is half as costly, so it trains a little longer. Evaluated on exact
+match (a block model decodes whole blocks: sampling.gen_length is at least the block size).
 
     llada sweep --sweep=configs/sweeps/block_sizes.py --workdir=runs/block_sizes
     python benchmarks/block_diffusion.py      # this sweep, perplexities, adaptation from the arm run, decoding

@@ -1,4 +1,4 @@
-"""Random-length pre-training (REFERENCE.md section 3: 1% of the data cut to a random length) at 0, 1% and 10%,
+"""Random-length pre-training (docs/objectives.md#random-length: 1% of the data at a random length) at 0, 1% and 10%,
 each model evaluated at several answer lengths (sampling.gen_length, one token per step, pure diffusion), so the
 total sequence length at evaluation ranges from far below to about the training length (train.seq_len 64).
 

@@ -220,50 +220,25 @@ def _placeholder(shape, dtype):
 
 # Keys an import takes from the HF directory itself, which --config.* overrides cannot change.
 _FROM_DIRECTORY = ("model.vocab_size", "model.d_model", "model.n_layers", "model.n_heads", "model.n_kv_heads",
-                   "model.head_dim", "model.ffn_dim", "model.param_dtype")
+                   "model.head_dim", "model.ffn_dim", "model.param_dtype", "model.tie_embeddings")
 
 
-def from_hf(hf_dir, out, base_config=None, dtype=None, overwrite=False, log=print, overrides=()):
-    """Imports an HF LLaDA directory into a new run directory `out` (config.json + checkpoints/0 with `params` and
-    `config`), usable by `--config.checkpoint.init_from=OUT`, sampling and `to_hf`. `overrides` [(dotted key, text)]
-    (`--config.a.b=value`) win over the directory and `base_config`; the token ids are chosen by token_ids_from_hf
-    and logged with their sources. Returns a summary dict."""
-    config_path = os.path.join(hf_dir, "config.json")
-    if not os.path.exists(config_path):
-        raise ConvertError(f"{config_path} not found: {hf_dir} is not a Hugging Face model directory.")
-    with open(config_path) as f:
-        hc = json.load(f)
-    gen_path = os.path.join(hf_dir, "generation_config.json")
-    gen = {}
-    if os.path.exists(gen_path):
-        with open(gen_path) as f:
-            gen = json.load(f)
+def refuse_fixed_overrides(overrides, source):
+    """Raises on a --config.* override of a key an import reads from `source` (the sizes and the dtype)."""
     fixed = [k for k, _ in overrides if k in _FROM_DIRECTORY]
     if fixed:
-        raise ConvertError(f"--config.{fixed[0]} is read from {hf_dir} (config.json and the tensors; --dtype for the "
+        raise ConvertError(f"--config.{fixed[0]} is read from {source} (its config and tensors; --dtype for the "
                            f"parameter dtype) and cannot be overridden on import.")
-    cfg = config_from_hf(hc, base_config)
-    m = cfg.model
-    layout = hf_layout(hc)
-    table = tensor_table(m, layout, tied=layout == "llama" and hc.get("tie_word_embeddings", False))
-    index = read_hf_index(hf_dir)
-    problems = check_hf_tensors(index, table, layout)
-    if problems:
-        raise ConvertError(f"{hf_dir} does not match the {layout} layout of its config.json ({m.n_layers} layers, "
-                           f"d_model {m.d_model}, {m.n_heads} heads, {m.n_kv_heads} kv heads, ffn {m.ffn_dim}, "
-                           f"vocab {m.vocab_size}):\n  " + "\n  ".join(problems))
-    codes = {index[t.name][1] for tensors in table.values() for t in tensors}
-    dtype = _choose_dtype(dtype, codes, 0, hf_dir)
-    np_dtype = DTYPES[dtype][1]
-    m.param_dtype = m.dtype = dtype  # computing in another dtype is an explicit --config.model.dtype
-    with cfg.unlocked():
-        cfg.name = os.path.basename(os.path.normpath(hf_dir)) or cfg.name
-    for key, text in overrides:
-        config_lib.override(cfg, key, text)
-    overridden = [k[len("tokens."):] for k, _ in overrides if k.startswith("tokens.")]
-    sources = token_ids_from_hf(hf_dir, hc, gen, cfg.tokens, overridden)
-    log("from-hf: token ids " + ", ".join(f"{role}={cfg.tokens[role]} ({source})" for role, source in sources.items()))
 
+
+def write_run(out, cfg, table, read, source, overwrite=False, log=print, label="from-hf", add_files=None):
+    """Writes the new run directory `out`: config.json (`cfg`) and checkpoints/0 with `params`, each leaf filled
+    from the HF-layout tensors of `table` (layout.tensor_table): `read(tensor, rows)` returns one tensor (rows None)
+    or its rows a..b (rows (a, b)) as a numpy array. The tensors move block by block as stream.copy_plan plans, into
+    `OUT.partial`, renamed to `out` when complete; `add_files(directory)` first adds the caller's own files there.
+    Returns the summary dict of an import."""
+    m = cfg.model
+    np_dtype = DTYPES[m.param_dtype][1]
     if os.path.exists(out) and os.listdir(out):
         if not overwrite:
             raise ConvertError(f"{out} exists and is not empty; choose a new --out or pass --overwrite.")
@@ -289,23 +264,67 @@ def from_hf(hf_dir, out, base_config=None, dtype=None, overwrite=False, log=prin
     params_dir = os.path.join(ckpt_dir, "0", "params")
 
     # 2. Fill the chunks, one HF tensor (or BLOCK_BYTES of one) at a time.
+    n_tensors = sum(len(v) for v in table.values())
     total = sum(int(np.prod(t.hf)) * np_dtype.itemsize for tensors in table.values() for t in tensors)
-    log(f"from-hf: {hf_dir} -> {out}: {sum(len(v) for v in table.values())} tensors, {total / 1e6:,.0f} MB {dtype}")
-    progress = Progress("from-hf", total, log)
+    log(f"{label}: {source} -> {out}: {n_tensors} tensors, {total / 1e6:,.0f} MB {m.param_dtype}")
+    progress = Progress(label, total, log)
     context = ts.Context({"cache_pool": {"total_bytes_limit": 0}})
     stores = {leaf: open_leaf(params_dir, leaf, context) for leaf in table}
     for t, tensors, ours, rows in copy_plan(table, stores):
         if rows is None:  # layers: whole HF tensors
-            x = np.stack([tensor.from_hf(read_rows(index[tensor.name], 0, tensor.hf[0]).astype(np_dtype))
-                          for tensor in tensors])
+            x = np.stack([tensor.from_hf(read(tensor, None).astype(np_dtype)) for tensor in tensors])
         else:
-            x = read_rows(index[tensors[0].name], *rows).astype(np_dtype)
+            x = read(tensors[0], rows).astype(np_dtype)
             x = x.T if tensors[0].kind == "linear" else x
         t[ours].write(x).result()
         progress.update(x.nbytes, tensors[0].name)
+    if add_files:
+        add_files(partial)
     rundir.save_config(partial, cfg)
     os.replace(partial, out)
-    log(f"from-hf: wrote run directory {out} ({total / 1e6:,.0f} MB at {progress.rate():.0f} MB/s); fine-tune it "
+    log(f"{label}: wrote run directory {out} ({total / 1e6:,.0f} MB at {progress.rate():.0f} MB/s); fine-tune it "
         f"with --config.checkpoint.init_from={out}")
-    return {"tensors": sum(len(v) for v in table.values()), "bytes": total, "dtype": dtype,
-            "mb_per_s": progress.rate()}
+    return {"tensors": n_tensors, "bytes": total, "dtype": m.param_dtype, "mb_per_s": progress.rate()}
+
+
+def from_hf(hf_dir, out, base_config=None, dtype=None, overwrite=False, log=print, overrides=()):
+    """Imports an HF LLaDA directory into a new run directory `out` (config.json + checkpoints/0 with `params` and
+    `config`), usable by `--config.checkpoint.init_from=OUT`, sampling and `to_hf`. `overrides` [(dotted key, text)]
+    (`--config.a.b=value`) win over the directory and `base_config`; the token ids are chosen by token_ids_from_hf
+    and logged with their sources. Returns a summary dict."""
+    config_path = os.path.join(hf_dir, "config.json")
+    if not os.path.exists(config_path):
+        raise ConvertError(f"{config_path} not found: {hf_dir} is not a Hugging Face model directory.")
+    with open(config_path) as f:
+        hc = json.load(f)
+    gen_path = os.path.join(hf_dir, "generation_config.json")
+    gen = {}
+    if os.path.exists(gen_path):
+        with open(gen_path) as f:
+            gen = json.load(f)
+    refuse_fixed_overrides(overrides, hf_dir)
+    cfg = config_from_hf(hc, base_config)
+    m = cfg.model
+    layout = hf_layout(hc)
+    table = tensor_table(m, layout, tied=layout == "llama" and hc.get("tie_word_embeddings", False))
+    index = read_hf_index(hf_dir)
+    problems = check_hf_tensors(index, table, layout)
+    if problems:
+        raise ConvertError(f"{hf_dir} does not match the {layout} layout of its config.json ({m.n_layers} layers, "
+                           f"d_model {m.d_model}, {m.n_heads} heads, {m.n_kv_heads} kv heads, ffn {m.ffn_dim}, "
+                           f"vocab {m.vocab_size}):\n  " + "\n  ".join(problems))
+    codes = {index[t.name][1] for tensors in table.values() for t in tensors}
+    dtype = _choose_dtype(dtype, codes, 0, hf_dir)
+    m.param_dtype = m.dtype = dtype  # computing in another dtype is an explicit --config.model.dtype
+    with cfg.unlocked():
+        cfg.name = os.path.basename(os.path.normpath(hf_dir)) or cfg.name
+    for key, text in overrides:
+        config_lib.override(cfg, key, text)
+    overridden = [k[len("tokens."):] for k, _ in overrides if k.startswith("tokens.")]
+    sources = token_ids_from_hf(hf_dir, hc, gen, cfg.tokens, overridden)
+    log("from-hf: token ids " + ", ".join(f"{role}={cfg.tokens[role]} ({source})" for role, source in sources.items()))
+
+    def read(tensor, rows):
+        return read_rows(index[tensor.name], *(rows or (0, tensor.hf[0])))
+
+    return write_run(out, cfg, table, read, hf_dir, overwrite, log)

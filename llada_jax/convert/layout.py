@@ -47,21 +47,26 @@ LAYOUTS = ("llada", "llama")
 IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)  # buffers some Llama checkpoints store; RoPE is recomputed
 
 
-def tensor_table(m, layout="llada", tied=False):
+def tensor_table(m, layout="llada", tied=False, names=None):
     """{our leaf name ("blocks.q_proj"): [Tensor, ...]} in the table's order; stacked leaves list one per layer.
     layout: "llada" (the release's names) or "llama"; tied: the output head is the embedding matrix (Llama's
-    tie_word_embeddings)."""
+    tie_word_embeddings; a model.tie_embeddings model has no head leaf at all); names: {leaf: name} instead of
+    LLAMA_NAMES (the Llama layout under another file format's names, e.g. GGUF's)."""
     hd = model_lib.head_dim(m)
     if layout == "llada" and hd * m.n_heads != m.d_model:
         raise ConvertError(f"model.head_dim={m.head_dim} with d_model={m.d_model} and n_heads={m.n_heads}: the "
                            f"LLaDA HF layout needs head_dim = d_model / n_heads = {m.d_model // m.n_heads}.")
+    if layout == "llada" and m.tie_embeddings:
+        raise ConvertError("model.tie_embeddings=True: the LLaDA HF layout has no tied head (its weight_tying is "
+                           "false); export this run with --layout=llama (tie_word_embeddings).")
+    names = LLAMA_NAMES if names is None else names
     table = {}
     for leaf, p in model_lib.flat_params(m).items():
         kind = "linear" if p.hf_linear else "copy"
         if layout == "llada":
             name = PREFIX + p.hf_name
-        elif leaf in LLAMA_NAMES:
-            name = LLAMA_NAMES["wte" if tied and leaf == "lm_head" else leaf]
+        elif leaf in names:
+            name = names["wte" if tied and leaf == "lm_head" else leaf]
         else:
             raise ConvertError(f"parameter {leaf} has no counterpart in the Llama layout.")
         if p.axes[0] == "layers":
@@ -119,7 +124,7 @@ def llama_hf_config(cfg, dtype_name):
         "hidden_size": m.d_model, "num_hidden_layers": m.n_layers, "num_attention_heads": m.n_heads,
         "num_key_value_heads": m.n_kv_heads, "head_dim": model_lib.head_dim(m), "intermediate_size": m.ffn_dim,
         "vocab_size": m.vocab_size, "max_position_embeddings": m.max_seq_len, "rope_theta": float(m.rope_theta),
-        "rms_norm_eps": float(m.norm_eps), "tie_word_embeddings": False, "hidden_act": "silu",
+        "rms_norm_eps": float(m.norm_eps), "tie_word_embeddings": m.tie_embeddings, "hidden_act": "silu",
         "attention_bias": False, "mlp_bias": False, "pretraining_tp": 1,
         **{key: t[role] for role, key in TOKEN_KEYS.items()},
         "use_cache": True, "torch_dtype": dtype_name,

@@ -1,4 +1,4 @@
-"""The chat template (REFERENCE.md section 1), built here only: SFT examples (data/sft.py) and chat (inference.Chat).
+"""The chat template (docs/architecture.md), built here only: SFT examples (data/sft.py) and chat (inference.Chat).
 
 A conversation is BOS once, then per message `<|start_header_id|>{role}<|end_header_id|>` "\\n\\n" {content stripped}
 `<|eot_id|>`; a prompt for the model ends with the assistant's header. `encode` maps text to ids; `t` has the ids of

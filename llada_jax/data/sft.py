@@ -1,4 +1,4 @@
-"""Supervised fine-tuning data: chat JSONL -> single-turn examples in the chat template (REFERENCE.md section 1).
+"""Supervised fine-tuning data: chat JSONL -> single-turn examples in the chat template (docs/architecture.md).
 
 Input lines: {"messages": [{"role": ..., "content": ...}, ...]} (multi-turn) or {"prompt": ..., "response": ...}.
 Template: data/chat.py (BOS once, then per message its header, its stripped content and `<|eot_id|>`). A dialogue

