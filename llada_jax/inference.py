@@ -96,10 +96,16 @@ class TokenizerJsonCodec:
         return self.tok.decode([int(i) for i in ids], skip_special_tokens=True)
 
 
-def make_codec(cfg, path=None):
+def make_codec(cfg, path=None, run_dir=None):
     """The codec of a run: `path` (a sentencepiece .model, a tokenizer.json file or an HF tokenizer directory), else
-    the run's data.tokenizer, else the synthetic character vocabulary for synthetic-corpus runs."""
-    path = path or cfg.data.get("tokenizer", "")
+    the run's data.tokenizer (a relative path that is not found from here is looked up in `run_dir`: a run that
+    keeps its tokenizer inside, as imports do, can move), else the synthetic character vocabulary for
+    synthetic-corpus runs."""
+    if not path and cfg.data.tokenizer:
+        path = cfg.data.tokenizer
+        inside = os.path.join(run_dir or "", path)
+        if run_dir and not os.path.isabs(path) and not os.path.exists(path) and os.path.exists(inside):
+            path = inside
     if path:
         if not os.path.exists(path):
             raise InferenceError(f"tokenizer {path} not found; pass --tokenizer=PATH (a sentencepiece .model, a "
@@ -186,7 +192,7 @@ def load_run(workdir, overrides=(), step=None, tokenizer=None, devices=None):
     abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), model.abstract_params(),
                             shardings)
     params, step = checkpoint.restore_params(workdir, abstract, step)
-    return Run(cfg, model, params, make_codec(cfg, tokenizer), int(step))
+    return Run(cfg, model, params, make_codec(cfg, tokenizer, workdir), int(step))
 
 
 # -- chat -------------------------------------------------------------------------------------------------------

@@ -70,6 +70,11 @@ def _check_sampling(args, model, block_size):
     return args
 
 
+def _check_ar_sampling(args, model, block_size):
+    sampling.validate_ar(args, model)
+    return args
+
+
 @dataclasses.dataclass(frozen=True)
 class Objective:
     """One row of the table. The callables take plain values (a model, params, token ids, the mask id), so tests
@@ -112,7 +117,7 @@ TABLE = {o.name: o for o in (
               terms=diffusion.mdm_terms, decode=_decode_mdm, check_sampling=_check_sampling,
               log_likelihood=_mdm_log_likelihood, perplexity=_elbo, greedy=likelihood.mdm_greedy),
     Objective("arm", "autoregressive baseline", causal=True, pair=False, blockwise=False, exact=True,
-              terms=diffusion.arm_terms, decode=_decode_arm, check_sampling=_check_sampling,
+              terms=diffusion.arm_terms, decode=_decode_arm, check_sampling=_check_ar_sampling,
               log_likelihood=_arm_log_likelihood, perplexity=_exact, greedy=likelihood.ar_greedy),
     Objective("block", "block diffusion (BD3-LM)", causal=False, pair=True, blockwise=True, exact=False,
               terms=diffusion.block_terms, decode=block_sampling.generate, check_sampling=block_sampling.validate,

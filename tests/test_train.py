@@ -1,4 +1,4 @@
-"""End to end: `llada train` on the tiny config learns, and writes the run directory of the contract."""
+"""End to end: `llada train` on the tiny pre-training config learns, and writes the run directory of the contract."""
 import glob
 import json
 import os
@@ -11,8 +11,8 @@ import pytest
 @pytest.mark.slow
 def test_llada_train_tiny_lowers_the_loss(tmp_path):
     env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": ""}
-    out = subprocess.run([sys.executable, "-m", "llada_jax.cli", "train", f"--workdir={tmp_path}",
-                          "--config.train.steps=250", "--config.train.log_every=25",
+    out = subprocess.run([sys.executable, "-m", "llada_jax.cli", "train", "--config=configs/tiny_pretrain.py",
+                          f"--workdir={tmp_path}", "--config.train.steps=250", "--config.train.log_every=25",
                           "--config.train.profile_steps=5:2"],
                          capture_output=True, text=True, env=env, timeout=900)
     assert out.returncode == 0, out.stderr[-3000:]

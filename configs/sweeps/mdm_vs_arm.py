@@ -1,17 +1,17 @@
 """Masked diffusion vs the autoregressive baseline at three tiny model sizes, at equal training FLOPs.
 
-Every point gets the FLOPs of the tiny MDM's 600 steps (mfu.flops_per_step: 6 N + head + attention per token, with
-half the attention for the causal ARM), so smaller models and the ARM train for proportionally more steps
-(at d_model 128 the ARM gets ~4% more steps than the MDM). Evaluated on arithmetic exact match.
+Every point gets the FLOPs of the tiny pre-training MDM's 600 steps (mfu.flops_per_step: 6 N + head + attention
+per token, with half the attention for the causal ARM), so smaller models and the ARM train for proportionally
+more steps (at d_model 128 the ARM gets ~4% more steps than the MDM). Evaluated on arithmetic exact match.
 
     llada sweep --sweep=configs/sweeps/mdm_vs_arm.py --workdir=runs/mdm_vs_arm
 """
 from llada_jax import config as config_lib, mfu
 from llada_jax.sweep import product, sweep
 
-BASE = "configs/tiny.py"
+BASE = "configs/tiny_pretrain.py"
 SIZES = [(64, 192), (128, 384), (192, 576)]  # (d_model, ffn_dim); 4 layers, 4 heads, 2 KV heads
-REFERENCE_STEPS = 600  # the budget: the tiny config's MDM (d_model 128) trained for this many steps
+REFERENCE_STEPS = 600  # the budget: configs/tiny_pretrain.py's MDM (d_model 128) trained for this many steps
 
 
 def flops_per_step(objective, d_model, ffn_dim):

@@ -198,7 +198,7 @@ def from_gguf(path, out, base_config=None, dtype=None, overwrite=False, log=prin
     m.param_dtype = m.dtype = dtype
     with cfg.unlocked():
         cfg.name = os.path.splitext(os.path.basename(path))[0]
-    cfg.data.tokenizer = os.path.join(os.path.abspath(out), "tokenizer.json")
+    cfg.data.tokenizer = "tokenizer.json"  # inside the run directory (inference.make_codec looks there)
     for key, text in overrides:
         config_lib.override(cfg, key, text)
     overridden = [k[len("tokens."):] for k, _ in overrides if k.startswith("tokens.")]
