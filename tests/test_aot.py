@@ -46,6 +46,7 @@ def _report(**overrides):
     return aot.compile_step(cfg, "v5e:2x2")
 
 
+@pytest.mark.slow
 def test_tiny_compiles_and_memory_moves_the_right_way():
     base = _report(**{"model.dtype": "bfloat16", "train.global_batch": 64, "train.seq_len": 256})
     assert base["devices"] == 4 and base["device_kind"] == "TPU v5 lite" and base["fits"]

@@ -29,6 +29,7 @@ def cfg(tiny_cfg):
     return tiny_cfg
 
 
+@pytest.mark.slow
 def test_resume_after_a_crash_is_bitwise_identical(cfg, tmp_path):
     train.train(cfg, str(tmp_path / "a"), log=lambda m: None)
     with pytest.raises(Crash):
@@ -42,6 +43,7 @@ def test_resume_after_a_crash_is_bitwise_identical(cfg, tmp_path):
     assert a == b  # bit for bit (floats printed with full precision)
 
 
+@pytest.mark.slow
 def test_params_only_restore_for_fine_tuning(cfg, tmp_path):
     state_a, _ = train.train(cfg, str(tmp_path / "a"), log=lambda m: None)
     cfg.checkpoint.init_from = str(tmp_path / "a")
@@ -73,6 +75,7 @@ def test_restore_across_meshes_8_to_2_to_1(cfg, tmp_path):
     ck.close()
 
 
+@pytest.mark.slow
 def test_corrupt_checkpoint_falls_back_to_the_previous_step(cfg, tmp_path):
     train.train(cfg, str(tmp_path), log=lambda m: None)  # saves 4, 8, 12
     params_dir = tmp_path / "checkpoints" / "12" / "params"
@@ -88,6 +91,7 @@ def test_corrupt_checkpoint_falls_back_to_the_previous_step(cfg, tmp_path):
     assert any("checkpoint step 12" in m and "cannot be read back" in m for m in messages)
 
 
+@pytest.mark.slow
 def test_shape_mismatch_lists_the_leaves(cfg, tmp_path):
     train.train(cfg, str(tmp_path), log=lambda m: None)
     cfg.model.d_model = 16
@@ -119,6 +123,7 @@ class Poisoned:
         self.steps = ()
 
 
+@pytest.mark.slow
 def test_nan_guard_skips_counts_and_rolls_back(cfg, tmp_path, monkeypatch):
     real_loss = train.objectives.loss_given_noise
 
