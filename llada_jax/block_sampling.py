@@ -38,6 +38,7 @@ class _Blocks(NamedTuple):
     order: jax.Array  # [B, T] the global step at which each position was committed, -1 if never
     n_step: jax.Array  # denoising steps run
     passes: jax.Array  # model evaluations
+    prev: jax.Array  # [B, V] model.shift_logits, cached: the finished blocks' last logits (model.shift's input)
 
 
 def _guided(ctx, call, x):
@@ -54,10 +55,15 @@ def _window(ctx, x, start, kv):
         return_kv=True, blocks=ctx.blocks), x)
 
 
-def _block_logits(ctx, x, start, kv):
-    """The logits of the block at `start`: a window pass against the cache, or (uncached) a whole-sequence pass."""
+def _block_logits(ctx, x, start, kv, prev):
+    """The logits of the block at `start`: a window pass against the cache, or (uncached) a whole-sequence pass.
+    With model.shift_logits a window's logits are shifted here: its first position takes `prev`, the last logits of
+    the finished blocks (as the whole-sequence pass's shift gives it)."""
     if ctx.st["cached"]:
-        return _window(ctx, x, start, kv)[0]
+        logits = _window(ctx, x, start, kv)[0]
+        if ctx.model.m.shift_logits:
+            logits = jnp.concatenate([prev[:, None].astype(logits.dtype), logits[:, :-1]], 1)
+        return logits
     bl = ctx.st["block_length"]
     logits = _guided(ctx, lambda t, km: (ctx.model.apply(ctx.params, t, km, blocks=ctx.blocks), None), x)[0]
     return jax.lax.dynamic_slice_in_dim(logits, start, bl, 1)
@@ -81,13 +87,14 @@ def _step_open(ctx, start, carry):
     return jnp.any(_in_block(ctx, x, start) == ctx.st["ids"].mask_id) & (i < limit)
 
 
-def _step(ctx, start, masked0, kv, carry):
+def _step(ctx, start, masked0, kv, prev, carry):
     """One denoising step of the block at `start` (which had masked0 [MASK]s per row when it opened); only [MASK]
     positions are candidates, so a prompt tail inside the block is kept."""
     i, x, order, n_step, passes = carry
     bl, ids = ctx.st["block_length"], ctx.st["ids"]
     k_gumbel, k_random = sampling.step_noise_key(ctx.key, n_step)
-    commit, x0 = sampling.decide(_block_logits(ctx, x, start, kv), _in_block(ctx, x, start), jnp.ones((bl,), bool),
+    commit, x0 = sampling.decide(_block_logits(ctx, x, start, kv, prev), _in_block(ctx, x, start),
+                                 jnp.ones((bl,), bool),
                                  sampling.commit_count(masked0, ctx.steps_per_block, i), ctx.dyn["temperature"],
                                  ctx.dyn["threshold"], (k_gumbel, k_random, start, ctx.pos.shape[0]), ctx.st)
     x, order = sampling.apply_commit(x, order, commit, x0, start, start, n_step, ids.mask_id)
@@ -95,9 +102,10 @@ def _step(ctx, start, masked0, kv, carry):
 
 
 def _commit_kv(ctx, x, start, kv):
-    """The cache with the finished block's clean keys and values written at `start`."""
-    new = _window(ctx, x, start, kv)[1]
-    return tuple(jax.lax.dynamic_update_slice_in_dim(c, n.astype(c.dtype), start, 2) for c, n in zip(kv, new))
+    """(The cache with the finished block's clean keys and values written at `start`, the block's last logits)."""
+    logits, new = _window(ctx, x, start, kv)
+    kv = tuple(jax.lax.dynamic_update_slice_in_dim(c, n.astype(c.dtype), start, 2) for c, n in zip(kv, new))
+    return kv, logits[:, -1]
 
 
 def _decode_block(ctx, s):
@@ -105,13 +113,14 @@ def _decode_block(ctx, s):
     start = s.blk * ctx.st["block_length"]
     masked0 = jnp.sum(_in_block(ctx, s.x, start) == ctx.st["ids"].mask_id, -1)
     _, x, order, n_step, passes = jax.lax.while_loop(
-        functools.partial(_step_open, ctx, start), functools.partial(_step, ctx, start, masked0, s.kv),
+        functools.partial(_step_open, ctx, start), functools.partial(_step, ctx, start, masked0, s.kv, s.prev),
         (jnp.int32(0), s.x, s.order, s.n_step, s.passes))
-    kv = s.kv
+    kv, prev = s.kv, s.prev
     if ctx.st["cached"]:
         more = (s.blk + 1 < ctx.pos.shape[0] // ctx.st["block_length"]) & ~jnp.all(_finished(ctx, x, s.blk + 1))
-        kv, passes = jax.lax.cond(more, lambda: (_commit_kv(ctx, x, start, kv), passes + 1), lambda: (kv, passes))
-    return _Blocks(s.blk + 1, x, kv, order, n_step, passes)
+        (kv, prev), passes = jax.lax.cond(more, lambda: (_commit_kv(ctx, x, start, kv), passes + 1),
+                                          lambda: ((kv, prev), passes))
+    return _Blocks(s.blk + 1, x, kv, order, n_step, passes, prev)
 
 
 def _blocks_open(ctx, s):
@@ -140,14 +149,14 @@ def _generate_blocks(model, params, prompt, prompt_mask, key, dyn, st):
     x = jnp.where(prompt_region, x, ids.mask_id)
     ctx = _Context(model, params, key, dyn, st, pos, prompt_region, jnp.ones((b, t_len), bool), attention.Blocks(bl),
                    dyn["steps"] // (gen_length // bl))
-    kv = None
+    kv, prev = None, jnp.zeros((b, model.m.vocab_size), jnp.float32)  # position 0 (a prompt token) takes prev
     if st["cached"]:
         m = model.m
         rows = 2 * b if st["use_cfg"] else b
         kv = (jnp.zeros((m.n_layers, rows, t_len, m.n_kv_heads, model.hd), model.dtype),) * 2
     zero = jnp.zeros((), jnp.int32)
     s = jax.lax.while_loop(functools.partial(_blocks_open, ctx), functools.partial(_decode_block, ctx),
-                           _Blocks(zero, x, kv, jnp.full((b, t_len), -1, jnp.int32), zero, zero))
+                           _Blocks(zero, x, kv, jnp.full((b, t_len), -1, jnp.int32), zero, zero, prev))
     answer = jax.vmap(lambda a, n: jax.lax.dynamic_slice_in_dim(a, n, gen_length))  # gen_length after the prompt
     return {"tokens": jnp.concatenate([prompt, answer(s.x, lens)], 1), "order": answer(s.order, lens),
             "steps": s.n_step, "blocks": s.blk, "full_passes": zero if st["cached"] else s.passes,

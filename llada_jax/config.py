@@ -50,6 +50,8 @@ def default_config():
     m.loss_chunk = 512  # > 0: output head + loss this many tokens at a time, skipping positions without loss; 0: off
     m.init_std = -1.0  # -1: the release's "mitchell" init (std 1/sqrt(fan_in)); > 0: a plain truncated normal
     m.tie_embeddings = False  # True: no lm_head; the output head is wte transposed (GGUF / Llama tied heads)
+    m.shift_logits = False  # True: the logits at position i come from position i - 1, as an AR head's (model.shift;
+    #                         adapting an autoregressive model to diffusion); position 0 is then never masked
 
     # Token ids by role. A model trained with its own vocabulary reserves its own ids; only the 8B layout uses
     # the released tokenizer's ids (docs/architecture.md, "Token ids by role").

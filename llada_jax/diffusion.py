@@ -213,6 +213,8 @@ def draw_noise(key, batch, cfg, block_size=None):
     lengths = jnp.minimum(lengths, random_lengths(k_len, b, l, cfg.data.random_length_prob))
     pos = jnp.arange(l)[None, :]
     maskable = pos < lengths[:, None]
+    if cfg.model.shift_logits:  # nothing predicts position 0 (model.shift)
+        maskable = maskable & (pos >= 1)
     if "prompt_lengths" in batch:
         maskable = maskable & (pos >= batch["prompt_lengths"][:, None])
     if block_size is not None:
@@ -244,8 +246,9 @@ def mdm_terms(batch, noise, cfg, block_size=None):
     if "prompt_lengths" in batch:
         answer = valid & (jnp.arange(tokens.shape[1])[None, :] >= batch["prompt_lengths"][:, None])
         weights = sft_weights(noise["masked"], noise["p"], answer)
-    else:
-        weights = pretrain_weights(noise["masked"], noise["p"], valid)
+    else:  # with model.shift_logits, position 0 is never a target: the loss is per predicted position
+        scored = valid & (jnp.arange(tokens.shape[1])[None, :] >= 1) if cfg.model.shift_logits else valid
+        weights = pretrain_weights(noise["masked"], noise["p"], scored)
     return x_t, tokens, weights, {"key_mask": valid, "segment_ids": batch.get("segment_ids")}
 
 

@@ -216,9 +216,16 @@ def _elbo_rows(model, params, tokens, key_mask, maskable, key, mask_id, eps, blo
     return jnp.sum(jnp.where(masked, ce, 0.0), -1)
 
 
+def _first_scored(model):
+    """1 for a model with model.shift_logits (nothing predicts position 0), else 0."""
+    return int(isinstance(model, model_lib.Model) and model.m.shift_logits)
+
+
 def _elbo_batch(model, params, tokens, lengths, key, mask_id, eps, block_size):
-    valid = jnp.arange(tokens.shape[1])[None, :] < lengths[:, None]
-    return _elbo_rows(model, params, tokens, valid, valid, key, mask_id, eps, block_size)
+    pos = jnp.arange(tokens.shape[1])[None, :]
+    valid = pos < lengths[:, None]
+    return _elbo_rows(model, params, tokens, valid, valid & (pos >= _first_scored(model)), key, mask_id, eps,
+                      block_size)
 
 
 _elbo_jit = jax.jit(_elbo_batch, static_argnames=("model", "mask_id", "eps", "block_size"))
@@ -233,7 +240,8 @@ def elbo_perplexity(model, params, tokens, key, mask_id, *, lengths=None, n_samp
 
     tokens [N, L] int (numpy); lengths [N] real tokens per row (default L; the tail is hidden and unscored).
     n_samples draws of (t, mask) per row. Returns a dict: nll (nats per token, the bound), ppl = exp(nll),
-    stderr (of nll, over rows and draws), tokens (real tokens scored)."""
+    stderr (of nll, over rows and draws), tokens (real tokens scored; all but each row's first under
+    model.shift_logits, as the exact perplexity of a causal model)."""
     tokens = np.asarray(tokens, np.int32)
     n, l = tokens.shape
     lengths = np.full(n, l, np.int32) if lengths is None else np.asarray(lengths, np.int32)
@@ -246,8 +254,9 @@ def elbo_perplexity(model, params, tokens, key, mask_id, *, lengths=None, n_samp
         return _by_batches(fn, tokens, lengths, 0, batch_size)
 
     sums = np.stack([draw(s) for s in range(n_samples)])
-    nll, stderr = _ratio_of_means(sums, np.broadcast_to(lengths, sums.shape))
-    return {"nll": nll, "ppl": math.exp(nll), "stderr": stderr, "tokens": int(lengths.sum())}
+    counts = lengths - _first_scored(model)
+    nll, stderr = _ratio_of_means(sums, np.broadcast_to(counts, sums.shape))
+    return {"nll": nll, "ppl": math.exp(nll), "stderr": stderr, "tokens": int(counts.sum())}
 
 
 def _by_batches(fn, tokens, lengths, pad_length, batch_size):

@@ -117,6 +117,21 @@ def head_weight(params, m):
     return params["wte"].T if m.tie_embeddings else params["lm_head"]
 
 
+def shift(x, blocks=None):
+    """model.shift_logits (the token shift of Dream and Fast-dLLM v2; docs/architecture.md#token-shift): position
+    i's output is position i - 1's, so a masked token at i is predicted where an autoregressive head predicts it.
+    Position 0 keeps its own (nothing predicts it: diffusion never masks it). x [B, T, ...]; under block
+    diffusion's pair [x_t ; x_0] (blocks.pair), the first position of each block of x_t takes the clean copy's
+    previous position instead: in decoding, that position belongs to a finished block (clean context)."""
+    prev = jnp.concatenate([x[:, :1], x[:, :-1]], 1)
+    if blocks is None or not blocks.pair:
+        return prev
+    length = x.shape[1] // 2
+    i = jnp.arange(length)
+    starts = ((i % blocks.size == 0) & (i > 0)).reshape((1, length) + (1,) * (x.ndim - 2))
+    return jnp.concatenate([jnp.where(starts, prev[:, length:], prev[:, :length]), prev[:, length:]], 1)
+
+
 def rms_norm(x, weight, eps):
     """RMSNorm: normalise in float32, cast back to the activation dtype, then scale."""
     x32 = x.astype(jnp.float32)
@@ -237,7 +252,9 @@ class Model:
         start..start+W-1; kv = (k, v) [layers, B, T_all, kv_heads, head_dim] from an earlier call (see block();
         key_mask then covers all T_all positions). Returns (logits [B, W, vocab] float32, (k, v) of the window per
         layer if return_kv else None). head=False returns the final normalised hidden states [B, W, d_model] (compute
-        dtype) instead of logits, for a loss that applies the output head itself (diffusion.chunked_cross_entropy)."""
+        dtype) instead of logits, for a loss that applies the output head itself (diffusion.chunked_cross_entropy).
+        model.shift_logits shifts the outputs (shift()) of whole sequences only: a cached window's (kv given) are
+        its positions' own, and its caller supplies the output before the window (the decoders keep it)."""
         m = self.m
         pair = blocks is not None and blocks.pair
         length = tokens.shape[1] // 2 if pair else tokens.shape[1]
@@ -269,6 +286,8 @@ class Model:
                 outs.append(out)
             new_kv = jax.tree.map(lambda *ws: jnp.stack(ws), *outs) if return_kv else None
         x = rms_norm(x, p["ln_f"], m.norm_eps)
+        if m.shift_logits and kv is None:
+            x = shift(x, blocks)
         if not head:
             return x, new_kv
         logits = dense(x, head_weight(p, m), preferred_element_type=jnp.float32)

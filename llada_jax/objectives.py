@@ -135,8 +135,13 @@ def by_name(name):
 
 
 def get(cfg):
-    """The record of `cfg.objective`."""
-    return by_name(cfg.objective)
+    """The record of `cfg.objective` (refusing model.shift_logits for a causal objective: it predicts the next
+    token with its own position's logits)."""
+    obj = by_name(cfg.objective)
+    if obj.causal and cfg.model.get("shift_logits"):
+        raise ObjectiveError(f"model.shift_logits is for the diffusion objectives (mdm, block); objective="
+                             f"{obj.name} predicts the next token at its own position: set model.shift_logits=False.")
+    return obj
 
 
 # The training step's two calls (train.Setup; tests call them with a config).

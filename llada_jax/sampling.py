@@ -162,6 +162,7 @@ def _generate(fn, params, prompt, prompt_mask, key, dyn, st):
     gpos = jnp.arange(gen_length)
     is_model = isinstance(fn, model_lib.Model)
     apply_fn = fn.apply if is_model else fn
+    shifted = is_model and fn.m.shift_logits
 
     def run(tokens, window=None, kv=None, start=0, fresh_from=0):
         """One model evaluation (CFG: on the doubled batch). window: the positions [start, start + window)."""
@@ -169,9 +170,10 @@ def _generate(fn, params, prompt, prompt_mask, key, dyn, st):
             call = lambda t, km: (apply_fn(params, t, km), None)
         elif window is None:
             call = lambda t, km: fn.forward(params, t, km, return_kv=True)
-        else:
-            call = lambda t, km: fn.forward(params, jax.lax.dynamic_slice_in_dim(t, start, window, 1), km, kv=kv,
-                                            start=start, fresh_from=fresh_from)
+        else:  # model.shift_logits: from one position earlier, whose output is the first position's (start >= 1)
+            first, extra = start - int(shifted), int(shifted)
+            call = lambda t, km: (fn.forward(params, jax.lax.dynamic_slice_in_dim(t, first, window + extra, 1), km,
+                                             kv=kv, start=first, fresh_from=fresh_from)[0][:, :window], None)
         return guided(call, tokens, key_mask, prompt_region, dyn["cfg_scale"], ids.mask_id, st["use_cfg"])
 
     def step(state, logits, offset, width, block, i, masked0):

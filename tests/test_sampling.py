@@ -367,11 +367,13 @@ def test_argument_errors_say_how_to_fix():
 _MODELS = {}
 
 
-def _model(tiny_cfg, layers):
+def _model(tiny_cfg, layers, shift=False):
     """A tiny Transformer that never predicts [MASK] (residual dimension 0 is a constant 1 that no block writes to,
-    and the head reads it as -50 for [MASK]); cached per layer count so compilations are shared between tests."""
-    if layers not in _MODELS:
+    and the head reads it as -50 for [MASK]); cached per layer count (and model.shift_logits) so compilations are
+    shared between tests."""
+    if (layers, shift) not in _MODELS:
         tiny_cfg.model.n_layers = layers
+        tiny_cfg.model.shift_logits = shift
         tiny_cfg.model.rope_theta = 100.0  # large rotations at short lengths: a wrong RoPE offset shows
         model = model_lib.Model(tiny_cfg.model)
         p = jax.tree.map(np.array, jax.device_get(model.init(jax.random.key(0))))
@@ -380,8 +382,8 @@ def _model(tiny_cfg, layers):
         p["blocks"]["ff_out"][..., 0] = 0.0
         p["lm_head"] *= 4.0  # sharper predictions: confidences far apart
         p["lm_head"][0, MASK] = -50.0
-        _MODELS[layers] = model, jax.tree.map(jnp.asarray, p)
-    return _MODELS[layers]
+        _MODELS[layers, shift] = model, jax.tree.map(jnp.asarray, p)
+    return _MODELS[layers, shift]
 
 
 def test_left_padded_prompt_generates_as_the_unpadded_prompt(tiny_cfg):
@@ -397,10 +399,12 @@ def test_left_padded_prompt_generates_as_the_unpadded_prompt(tiny_cfg):
     np.testing.assert_array_equal(out["order"][1], alone_b["order"][0])
 
 
-def test_caches_are_exact_for_a_one_layer_model(tiny_cfg):
+@pytest.mark.parametrize("shift", [False, True])
+def test_caches_are_exact_for_a_one_layer_model(tiny_cfg, shift):
     """With one layer, keys and values depend only on a position's own token; inside a block the prefix and the
-    suffix (all [MASK]) do not change, so both caches are exact and must reproduce uncached decoding."""
-    model, params = _model(tiny_cfg, 1)
+    suffix (all [MASK]) do not change, so both caches are exact and must reproduce uncached decoding. shift: with
+    model.shift_logits (a window then starts one position earlier)."""
+    model, params = _model(tiny_cfg, 1, shift)
     prompt = np.array([[9, 12, 30, 7, 21], [EOS, EOS, 40, 17, 8]])
     mask = np.array([[True] * 5, [False, False, True, True, True]])
     key = jax.random.key(2)
@@ -460,10 +464,11 @@ def test_autoregressive_decoding_equals_a_token_by_token_loop(tiny_cfg):
 
 # -- block diffusion: blocks left to right with an exact cache ------------------------------------------------------
 
-def _block_model(seed=0):
+def _block_model(seed=0, shift=False):
     from conftest import tiny_config
     cfg = tiny_config()
     cfg.model.attention = "xla"
+    cfg.model.shift_logits = shift
     model = model_lib.Model(cfg.model)
     return model, model.init(jax.random.key(seed))
 
@@ -475,12 +480,16 @@ def _block_prompt():
 
 @pytest.mark.parametrize("kw", [dict(), pytest.param(dict(remasking="random", temperature=1.0), marks=pytest.mark.slow),
                                 pytest.param(dict(threshold=0.2), marks=pytest.mark.slow),
-                                pytest.param(dict(cfg_scale=1.5, temperature=0.5), marks=pytest.mark.slow)])
+                                pytest.param(dict(cfg_scale=1.5, temperature=0.5), marks=pytest.mark.slow),
+                                dict(shift=True),
+                                pytest.param(dict(shift=True, cfg_scale=1.5, threshold=0.2), marks=pytest.mark.slow)])
 def test_block_cache_equals_recomputing_everything(kw):
     """Cached (the prompt's and finished blocks' keys and values computed once) = every step recomputing the whole
     sequence, token for token and step for step; the cached run never evaluates the whole sequence. Prompts of 5
-    and 3 tokens, both from position 0, blocks of 4: blocks 0..4 hold generated positions of some row."""
-    model, params = _block_model()
+    and 3 tokens, both from position 0, blocks of 4: blocks 0..4 hold generated positions of some row. shift: with
+    model.shift_logits (a block's first logits come from the finished blocks' last position)."""
+    kw = dict(kw)
+    model, params = _block_model(shift=kw.pop("shift", False))
     prompt, mask = _block_prompt()
     args = sampling.SamplingArgs(gen_length=12, steps=9, **kw)
     ids = sampling.TokenIds(mask_id=2, eos_id=-1, eot_id=3)  # no EOS stop here
