@@ -334,7 +334,9 @@ def cmd_eval(argv):
     p = _run_parser("llada eval", "Evaluate a trained run; writes the metrics to --out (default WORKDIR/eval.json).")
     p.add_argument("--perplexity", type=int, default=None,
                    help="held-out sequences for the perplexity (the ELBO bound, or exact for arm; 0: skip; default "
-                        "64, or 0 for a run trained on prompt/answer rows, which has no held-out pre-training text)")
+                        "64, or 0 with --text or for a run trained on prompt/answer rows)")
+    p.add_argument("--text", default=None, help="a raw text file: its perplexity (exact for arm, else the bound) in "
+                                                "rows of train.seq_len tokens of the run's tokenizer")
     p.add_argument("--choices", default=None, help="a JSONL of {context, choices, answer}: accuracy by likelihood")
     p.add_argument("--tasks", default=None, help="built-in tasks scored by exact match (default: eval.tasks; "
                                                  "'none' to skip)")
@@ -344,7 +346,8 @@ def cmd_eval(argv):
     if args.tasks is not None:
         overrides = list(overrides) + [("eval.tasks", "" if args.tasks == "none" else args.tasks)]
     run = _open_run(args, overrides)
-    metrics = evaluate.evaluate_run(run, jax.random.key(args.seed), choices=args.choices, perplexity=args.perplexity)
+    metrics = evaluate.evaluate_run(run, jax.random.key(args.seed), choices=args.choices, perplexity=args.perplexity,
+                                    text=args.text)
     out = args.out or os.path.join(args.workdir, "eval.json")
     with open(out, "w") as f:
         json.dump(metrics, f, indent=2, sort_keys=True)

@@ -147,6 +147,9 @@ def default_config():
     da.workers = 0  # grain prefetch worker processes (batches do not depend on it)
     da.prefetch = 8  # batches buffered ahead
     da.tokenizer = ""  # sft: the sentencepiece .model
+    # "": the built-in chat template (Llama-3 style, from tokens.*); else a model's own Jinja template (e.g. the ChatML
+    # of a GGUF; data/chat.py), used by SFT data and `llada chat`; relative paths are also looked up in the run dir
+    da.chat_template = ""
     da.sft_overlong = "drop"  # sft: examples longer than train.seq_len are dropped or truncated (answer tail)
 
     # The reverse process: the fields, defaults and "off" values of sampling_args.SamplingArgs.

@@ -132,9 +132,38 @@ def heldout_tokens(cfg, n):
                     f"token store (data.source=store) or the synthetic corpus. Pass --perplexity=0 to skip it.")
 
 
-def evaluate_run(run, key, *, choices=None, perplexity=None, tasks=True, log=print):
+def text_rows(ids, seq_len):
+    """A text's token ids cut into rows of seq_len (the last one shorter): (tokens [N, seq_len] int32 padded with
+    zeros, lengths [N]). A tail of one token is dropped (nothing in it can be scored)."""
+    ids = np.asarray(ids, np.int32)
+    starts = [s for s in range(0, len(ids), seq_len) if len(ids) - s >= 2]
+    if not starts:
+        raise EvalError(f"the text has {len(ids)} tokens; scoring needs at least 2.")
+    tokens = np.zeros((len(starts), seq_len), np.int32)
+    lengths = np.array([min(seq_len, len(ids) - s) for s in starts], np.int32)
+    for row, (s, n) in enumerate(zip(starts, lengths)):
+        tokens[row, :n] = ids[s:s + n]
+    return tokens, lengths
+
+
+def score_rows(run, tokens, key, lengths=None):
+    """The run's objective's perplexity of token rows: exact (arm) or its bound with eval.elbo_samples draws."""
+    cfg, obj = run.cfg, objectives.get(run.cfg)
+    return obj.perplexity(run.model, run.params, tokens, key, cfg.tokens.mask_id, lengths=lengths,
+                          n_samples=cfg.eval.get("elbo_samples", 1), batch_size=cfg.eval.mc_batch,
+                          eps=cfg.diffusion.eps, block_size=obj.block_size(cfg))
+
+
+def _log_perplexity(log, obj, r, what):
+    rel = "=" if obj.exact else "<="
+    log(f"perplexity {'(exact)' if obj.exact else 'bound'} of {what}: nll {rel} {r['nll']:.4f} +- {r['stderr']:.4f} "
+        f"nats/token, ppl {rel} {r['ppl']:.3f} ({r['tokens']} tokens)")
+
+
+def evaluate_run(run, key, *, choices=None, perplexity=None, text=None, tasks=True, log=print):
     """`llada eval` on a loaded inference.Run: the perplexity (bound) of `perplexity` held-out sequences (None: 64,
-    or none for a run trained on prompt/answer rows),
+    or none for a run trained on prompt/answer rows, or when `text` is given), of the raw text file `text` (encoded
+    with the run's codec, in rows of train.seq_len, each scored from its first token),
     multiple-choice accuracy of a JSONL file `choices`, and the exact match of the built-in tasks of eval.tasks.
     Returns a flat dict of metrics (what `llada eval` writes to eval.json)."""
     cfg, ev, out = run.cfg, run.cfg.eval, {"step": run.step}
@@ -142,20 +171,20 @@ def evaluate_run(run, key, *, choices=None, perplexity=None, tasks=True, log=pri
     obj = objectives.get(cfg)
     if perplexity is None:  # prompt/answer rows (SFT) teach no held-out text: the tasks measure such a run
         sft = cfg.data.source == "sft" or (cfg.data.source == "synthetic" and cfg.data.synthetic_format == "sft")
-        perplexity = 0 if sft else 64
-        if sft:
+        perplexity = 0 if sft or text else 64
+        if sft and not text:
             log("perplexity: skipped (the run was trained on prompt/answer rows; --perplexity=N scores N held-out "
                 "sequences anyway)")
     if perplexity:
-        tokens = heldout_tokens(cfg, perplexity)
-        r = obj.perplexity(run.model, run.params, tokens, k_ppl, cfg.tokens.mask_id,
-                           n_samples=ev.get("elbo_samples", 1), batch_size=ev.mc_batch, eps=cfg.diffusion.eps,
-                           block_size=obj.block_size(cfg))
-        name, what = obj.metric, "=" if obj.exact else "<="
-        out.update({f"{name}/nll": r["nll"], f"{name}/ppl": r["ppl"], f"{name}/stderr": r["stderr"],
-                    f"{name}/tokens": r["tokens"]})
-        log(f"perplexity {'(exact)' if obj.exact else 'bound'}: nll {what} {r['nll']:.4f} +- "
-            f"{r['stderr']:.4f} nats/token, ppl {what} {r['ppl']:.3f} ({r['tokens']} held-out tokens)")
+        r = score_rows(run, heldout_tokens(cfg, perplexity), k_ppl)
+        out.update({f"{obj.metric}/{k}": r[k] for k in ("nll", "ppl", "stderr", "tokens")})
+        _log_perplexity(log, obj, r, "held-out data")
+    if text:
+        with open(text, encoding="utf-8") as f:
+            tokens, lengths = text_rows(run.codec.encode(f.read()), cfg.train.seq_len)
+        r = score_rows(run, tokens, jax.random.fold_in(k_ppl, 1), lengths)
+        out.update({f"text/{obj.metric}_{k}": r[k] for k in ("nll", "ppl", "stderr", "tokens")})
+        _log_perplexity(log, obj, r, f"{text} in rows of train.seq_len={cfg.train.seq_len}")
     if choices:
         r = multiple_choice(run.model, run.params, choices, run.codec.encode, k_mc, cfg.tokens.mask_id,
                             n_samples=ev.mc_samples, batch_size=ev.mc_batch, objective=obj,

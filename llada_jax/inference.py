@@ -96,16 +96,21 @@ class TokenizerJsonCodec:
         return self.tok.decode([int(i) for i in ids], skip_special_tokens=True)
 
 
+def run_file(path, run_dir):
+    """A file a run's config names (data.tokenizer, data.chat_template): `path`, or when a relative path is not found
+    from here, the same path in `run_dir` (a run that keeps its files inside, as imports do, can move)."""
+    inside = os.path.join(run_dir or "", path)
+    if path and run_dir and not os.path.isabs(path) and not os.path.exists(path) and os.path.exists(inside):
+        return inside
+    return path
+
+
 def make_codec(cfg, path=None, run_dir=None):
     """The codec of a run: `path` (a sentencepiece .model, a tokenizer.json file or an HF tokenizer directory), else
     the run's data.tokenizer (a relative path that is not found from here is looked up in `run_dir`: a run that
     keeps its tokenizer inside, as imports do, can move), else the synthetic character vocabulary for
     synthetic-corpus runs."""
-    if not path and cfg.data.tokenizer:
-        path = cfg.data.tokenizer
-        inside = os.path.join(run_dir or "", path)
-        if run_dir and not os.path.isabs(path) and not os.path.exists(path) and os.path.exists(inside):
-            path = inside
+    path = path or run_file(cfg.data.tokenizer, run_dir)
     if path:
         if not os.path.exists(path):
             raise InferenceError(f"tokenizer {path} not found; pass --tokenizer=PATH (a sentencepiece .model, a "
@@ -133,6 +138,7 @@ class Run:
     params: dict
     codec: object
     step: int
+    template: object = None  # a model's own chat template (data.chat_template): chat.Template; None: the built-in
 
     @property
     def ids(self):
@@ -192,26 +198,35 @@ def load_run(workdir, overrides=(), step=None, tokenizer=None, devices=None):
     abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), model.abstract_params(),
                             shardings)
     params, step = checkpoint.restore_params(workdir, abstract, step)
-    return Run(cfg, model, params, make_codec(cfg, tokenizer, workdir), int(step))
+    template = chat.Template(run_file(cfg.data.chat_template, workdir)) if cfg.data.chat_template else None
+    return Run(cfg, model, params, make_codec(cfg, tokenizer, workdir), int(step), template)
 
 
 # -- chat -------------------------------------------------------------------------------------------------------
 
 class Chat:
-    """Multi-turn chat with the official rules (docs/architecture.md, "Chat template"): the first turn starts with
-    BOS; each user message is `<|start_header_id|>user<|end_header_id|>\\n\\n{text}<|eot_id|>` followed by the assistant
-    header; after each answer the whole sequence so far (prompt + answer) is kept with every EOS removed (EoT kept),
-    and the next user turn is appended without a second BOS."""
+    """Multi-turn chat. With the built-in template, the official rules (docs/architecture.md, "Chat template"): the
+    first turn starts with BOS; each user message is `<|start_header_id|>user<|end_header_id|>\\n\\n{text}<|eot_id|>`
+    followed by the assistant header; after each answer the whole sequence so far (prompt + answer) is kept with
+    every EOS removed (EoT kept), and the next user turn is appended without a second BOS. With the run's own
+    template (data.chat_template, e.g. ChatML), the conversation's messages are rendered by it each turn, an answer
+    being the generated text up to its first end of turn (tokens.eot_id) or EOS."""
 
     def __init__(self, run):
-        self.run, self.history = run, []
+        self.run, self.history, self.turns = run, [], []
         t = run.cfg.tokens
-        if min(t.bos_id, t.eot_id, t.start_header_id, t.end_header_id) < 0:
+        if run.template is not None:
+            if isinstance(run.codec, (SentencePieceCodec, CharCodec)):
+                raise InferenceError(f"data.chat_template={run.template.path} names special tokens in its text, which "
+                                     f"only a tokenizer.json or Hugging Face tokenizer parses; this run's is not one.")
+        elif min(t.bos_id, t.eot_id, t.start_header_id, t.end_header_id) < 0:
             raise InferenceError("this run's tokens.* has no chat roles (bos, eot, start/end header); chat needs a "
                                  "tokenizer with the chat pieces (`llada data tokenizer` reserves them).")
 
     def prompt_ids(self, message):
         t, encode = self.run.cfg.tokens, self.run.codec.encode
+        if self.run.template is not None:
+            return encode(self.run.template.render(self.turns + [("user", message)], add_generation_prompt=True))
         first = [t.bos_id] if not self.history else []
         head, body = chat.message("user", message, encode, t)
         return self.history + first + head + body + chat.header("assistant", encode, t)
@@ -223,10 +238,18 @@ class Chat:
             raise InferenceError(f"the conversation ({len(prompt)} tokens) plus sampling.gen_length exceeds "
                                  f"model.max_seq_len={self.run.cfg.model.max_seq_len}; start a new chat.")
         out = self.run.sample(None, key=key, prompt_ids=[prompt])
-        row = out["tokens"][0]
-        self.history = [int(i) for i in row if int(i) != self.run.ids.eos_id]
-        answer = [int(i) for i in row[out["prompt_len"]:] if int(i) not in (self.run.ids.eos_id, self.run.ids.eot_id,
-                                                                              self.run.ids.mask_id)]
+        row, ids = out["tokens"][0], self.run.ids
+        if self.run.template is not None:
+            answer = []
+            for i in map(int, row[out["prompt_len"]:]):
+                if i in (ids.eos_id, ids.eot_id):
+                    break
+                answer += [] if i == ids.mask_id else [i]
+            text = self.run.codec.decode(answer)
+            self.turns += [("user", message), ("assistant", text)]
+            return text, out
+        self.history = [int(i) for i in row if int(i) != ids.eos_id]
+        answer = [int(i) for i in row[out["prompt_len"]:] if int(i) not in (ids.eos_id, ids.eot_id, ids.mask_id)]
         return self.run.codec.decode(answer), out
 
 

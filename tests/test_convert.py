@@ -262,6 +262,28 @@ def _rewrite(hf_dir, edit):
     w.close()
 
 
+@pytest.mark.parametrize("edit", [{"objective": "block"}, {"model.shift_logits": True}])
+def test_export_refuses_what_the_layouts_cannot_compute(exported, tmp_path, edit):
+    """A block-diffusion or token-shifted run would compute something else under either HF modeling code."""
+    _, run_dir, _, _ = exported
+    copy = str(tmp_path / "run")
+    shutil.copytree(run_dir, copy)
+    with open(os.path.join(copy, "config.json")) as f:
+        c = json.load(f)
+    for k, v in edit.items():
+        *path, last = k.split(".")
+        d = c
+        for p in path:
+            d = d[p]
+        d[last] = v
+    with open(os.path.join(copy, "config.json"), "w") as f:
+        json.dump(c, f)
+    for layout in hf.LAYOUTS:
+        with pytest.raises(hf.ConvertError, match="neither Hugging Face layout's modeling code"):
+            hf.to_hf(copy, str(tmp_path / "hf"), layout=layout, log=lambda *a: None)
+
+
+
 @pytest.mark.parametrize("edit, expected", [
     (lambda t: t.update({"model.transformer.blocks.1.k_proj.weight": np.zeros((32, 32), np.float32)}),
      ["model.transformer.blocks.1.k_proj.weight: shape [32, 32], expected [16, 32]"]),

@@ -20,8 +20,9 @@ tokenizers = pytest.importorskip("tokenizers")
 Q = gguf.GGMLQuantizationType
 
 L, D, H, K, HD, F = 2, 64, 4, 2, 16, 128  # rows are multiples of 32: the quantization block
-SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
-CHAT_TEMPLATE = "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<empty_output>"]
+CHAT_TEMPLATE = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+                 "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
 # GGUF name pattern -> (HF shape, block type written): a mix of quantized and float tensors.
 TENSORS = {"token_embd.weight": ("V", D, Q.Q8_0), "output_norm.weight": (D, None, Q.F32),
            "blk.{i}.attn_norm.weight": (D, None, Q.F32), "blk.{i}.attn_q.weight": (H * HD, D, Q.Q4_1),
@@ -168,6 +169,37 @@ def test_logits_equal_transformers(imported):
     with torch.no_grad():
         ref = model(torch.tensor(tokens)).logits.numpy()
     np.testing.assert_allclose(ours, ref, rtol=0, atol=1e-4)
+
+
+def test_the_models_chat_template_drives_chat_and_sft(imported, tmp_path, monkeypatch):
+    """ChatML from the GGUF: chat prompts are its renderings (special tokens by id), an answer ends at the first
+    end of turn and joins the history; SFT pairs are (prompt rendering, what the assistant message adds)."""
+    from llada_jax.data import chat, sft, tokenizer
+    path, _, run = imported
+    assert run.cfg.data.chat_template == gguf_file.CHAT_TEMPLATE and run.template is not None
+    encode = run.codec.encode
+    talk = inference.Chat(run)
+    first = talk.prompt_ids("hi there")
+    assert first == [1] + encode("user\nhi there") + [2] + encode("\n") + [1] + encode("assistant\n")
+    answer = encode("Paris")
+    monkeypatch.setattr(run, "sample", lambda _, key=None, prompt_ids=None: {
+        "tokens": np.array([prompt_ids[0] + answer + [2, 300, 2, 0]]), "prompt_len": len(prompt_ids[0])})
+    text, _ = talk.say("hi there")
+    assert text == "Paris" and talk.turns == [("user", "hi there"), ("assistant", "Paris")]
+    assert talk.prompt_ids("and?") == (first[:-len(encode("assistant\n")) - 1] + [1] + encode("assistant\nParis")
+                                       + [2] + encode("\n") + [1] + encode("user\nand?") + [2] + encode("\n")
+                                       + [1] + encode("assistant\n"))
+    run_dir = os.path.join(os.path.dirname(path), "run")
+    tok = tokenizer.Tokenizer.load(os.path.join(run_dir, "tokenizer.json"))
+    assert (tok.eos_id, tok.vocab_size) == (0, run.cfg.model.vocab_size)
+    assert 2 not in tok.encode("a <|im_end|> b") and tok.decode(tok.encode("a <|im_end|> b")) == "a <|im_end|> b"
+    data = tmp_path / "chat.jsonl"
+    data.write_text(json.dumps({"messages": [{"role": "user", "content": "2+2?"},
+                                             {"role": "assistant", "content": "4"}]}) + "\n")
+    ex = sft.load([str(data)], tok, 64, template=chat.Template(os.path.join(run_dir, gguf_file.CHAT_TEMPLATE)))
+    prompt = [1] + encode("user\n2+2?") + [2] + encode("\n") + [1] + encode("assistant\n")
+    assert ex.tokens.tolist() == prompt + encode("4") + [2] + encode("\n")
+    assert ex.prompt_lengths.tolist() == [len(prompt)]
 
 
 @pytest.mark.parametrize("case, expected", [

@@ -199,6 +199,7 @@ def from_gguf(path, out, base_config=None, dtype=None, overwrite=False, log=prin
     with cfg.unlocked():
         cfg.name = os.path.splitext(os.path.basename(path))[0]
     cfg.data.tokenizer = "tokenizer.json"  # inside the run directory (inference.make_codec looks there)
+    cfg.data.chat_template = CHAT_TEMPLATE if meta.get("tokenizer.chat_template") else ""  # ... and beside it
     for key, text in overrides:
         config_lib.override(cfg, key, text)
     overridden = [k[len("tokens."):] for k, _ in overrides if k.startswith("tokens.")]

@@ -117,6 +117,13 @@ def to_hf(run_dir, out, step=None, dtype=None, tokenizer=None, max_shard_size="5
         raise ConvertError(f"layout={layout!r}; expected one of {', '.join(LAYOUTS)}.")
     cfg = rundir.load_config(run_dir)
     m = cfg.model
+    unfaithful = [what for what, on in (("objective=block (block-causal attention over [x_t ; x_0])",
+                                         cfg.objective == "block"),
+                                        ("model.shift_logits (the token shift)", m.shift_logits)) if on]
+    if unfaithful:
+        raise ConvertError(f"{run_dir} computes with {' and '.join(unfaithful)}, which neither Hugging Face layout's "
+                           f"modeling code does: its export would compute something else. Sample and evaluate it "
+                           f"here (llada sample / chat / eval).")
     table = tensor_table(m, layout)
     step, step_dir = find_step_dir(run_dir, step, log)
     params_dir = os.path.join(step_dir, "params")

@@ -46,8 +46,8 @@ def doc_hash(text):
 _WORKER = {}
 
 
-def _init_worker(model_proto):
-    _WORKER["tok"] = tokenizer_lib.Tokenizer(model_proto)
+def _init_worker(cls, model_proto):
+    _WORKER["tok"] = cls(model_proto)
 
 
 def encode_chunk(item):
@@ -139,11 +139,11 @@ def _tokenize(jobs, shard_paths, tok, text_field, workers, on_error, log):
     """Runs the workers over the files in `jobs` and commits one shard per file."""
     items = _work_items(jobs, text_field)
     if workers > 1:
-        pool = multiprocessing.get_context("spawn").Pool(workers, _init_worker, (tok.model_proto,))
+        pool = multiprocessing.get_context("spawn").Pool(workers, _init_worker, (type(tok), tok.model_proto))
         results = pool.imap(_encode_or_end, items)
     else:
         pool = None
-        _init_worker(tok.model_proto)
+        _init_worker(type(tok), tok.model_proto)
         results = map(_encode_or_end, items)
     try:
         shard, t0, done = _Shard(), time.perf_counter(), 0

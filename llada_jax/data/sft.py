@@ -1,7 +1,9 @@
 """Supervised fine-tuning data: chat JSONL -> single-turn examples in the chat template (docs/architecture.md).
 
 Input lines: {"messages": [{"role": ..., "content": ...}, ...]} (multi-turn) or {"prompt": ..., "response": ...}.
-Template: data/chat.py (BOS once, then per message its header, its stripped content and `<|eot_id|>`). A dialogue
+Template: data/chat.py's built-in (BOS once, then per message its header, its stripped content and `<|eot_id|>`), or
+the model's own Jinja template of data.chat_template (e.g. ChatML; the answer is then what the assistant message
+adds to the rendering, its end of turn included). A dialogue
 with n assistant messages becomes n examples: the prompt holds every earlier message and ends with the assistant
 header and "\\n\\n"; the answer is that assistant message followed by `<|eot_id|>`, then EOS
 padding up to seq_len. The padding counts as answer (the SFT loss in diffusion.py masks and trains on it).
@@ -83,9 +85,14 @@ class Examples:
         return len(self.prompt_lengths)
 
 
-def load(paths, tok, seq_len, overlong="drop"):
-    """JSONL files -> Examples; malformed lines raise SFTError with file and line."""
-    tok.require_chat()
+def load(paths, tok, seq_len, overlong="drop", template=None):
+    """JSONL files -> Examples; malformed lines raise SFTError with file and line. template: a model's own
+    chat.Template (its renderings encoded with tok.encode_template), else the built-in template."""
+    if template is None:
+        tok.require_chat()
+    elif not hasattr(tok, "encode_template"):
+        raise SFTError(f"data.chat_template={template.path} writes special tokens by name, which only a tokenizer.json "
+                       f"tokenizer parses; data.tokenizer={tok.path} is not one.")
     pairs = []
     for path in paths:
         for n, raw in documents.iter_raw_documents(path) if documents.is_jsonl(path) else _not_jsonl(path):
@@ -94,7 +101,8 @@ def load(paths, tok, seq_len, overlong="drop"):
                 obj = json.loads(raw[0].decode("utf-8"))
             except (UnicodeDecodeError, json.JSONDecodeError) as e:
                 raise SFTError(f"{where}: not a valid UTF-8 JSON line ({e}).") from None
-            pairs += render(parse_dialogue(obj, where), tok)
+            turns = parse_dialogue(obj, where)
+            pairs += template.pairs(turns, tok.encode_template) if template else render(turns, tok)
     return Examples(pairs, seq_len, overlong)
 
 
@@ -125,7 +133,8 @@ def make_sft_source(cfg, process_index=None, process_count=None, log=print):
     tok = tokenizer_lib.Tokenizer.load(d.tokenizer)
     tokenizer_lib.check_config(tok.special_ids(), tok.vocab_size, cfg, f"the tokenizer {d.tokenizer}")
     paths = documents.expand_inputs(pipeline.parse_list(d.path, "data.path"))
-    ex = load(paths, tok, cfg.train.seq_len, d.sft_overlong)
+    template = chat.Template(d.chat_template) if d.chat_template else None
+    ex = load(paths, tok, cfg.train.seq_len, d.sft_overlong, template)
     if not len(ex):
         raise SFTError(f"no SFT example fits train.seq_len={cfg.train.seq_len} ({ex.dropped} dropped as too long); "
                        f"raise --config.train.seq_len or use --config.data.sft_overlong=truncate.")

@@ -72,11 +72,12 @@ class Tokenizer:
 
     @classmethod
     def load(cls, path):
+        """A sentencepiece `.model`, or a `tokenizer.json` (JsonTokenizer: an imported model's vocabulary)."""
         if not os.path.exists(path):
             raise TokenizerError(f"tokenizer model {path!r} does not exist; train one with "
                                  f"`llada data tokenizer --input=FILES --out=PREFIX --vocab_size=N`.")
         with open(path, "rb") as f:
-            return cls(f.read(), path)
+            return (JsonTokenizer if path.endswith(".json") else cls)(f.read(), path)
 
     def special_ids(self):
         return {role: getattr(self, role) for role in (*PIECES, "pad_id")}
@@ -109,6 +110,57 @@ class Tokenizer:
             else:
                 run.append(i)
         return "".join(out + [self.sp.decode(run)])
+
+
+class JsonTokenizer(Tokenizer):
+    """A Hugging Face `tokenizer.json` read by the `tokenizers` library (`llada convert from-gguf` writes one), with
+    Tokenizer's interface: token stores in an imported model's own vocabulary. Roles from the same piece names
+    (SmolLM2: EOS = <|endoftext|>, its documents' separator); only EOS is required, as documents end with it (the
+    mask token of an adapted model is its config's tokens.mask_id). Special tokens in the text stay text."""
+
+    def __init__(self, model_proto, path="<memory>"):
+        try:
+            from tokenizers import Tokenizer as HFTokenizer  # the `gguf` extra
+        except ImportError:
+            raise TokenizerError(f"{path} is a tokenizer.json file, which needs the tokenizers library: pip install "
+                                 f"'llada-jax[gguf]'.") from None
+        self.path, self.model_proto = path, model_proto
+        try:
+            self.tok = HFTokenizer.from_str(model_proto.decode())
+        except Exception as e:  # tokenizers raises its own Exception for a damaged or foreign JSON file
+            raise TokenizerError(f"tokenizer {path} cannot be read ({str(e).splitlines()[0][:120]}): it is not a "
+                                 f"tokenizers tokenizer.json.") from None
+        self.tok.encode_special_tokens = True  # documents cannot inject special tokens
+        self.vocab_size = self.tok.get_vocab_size(with_added_tokens=True)
+        self.sha256 = hashlib.sha256(model_proto).hexdigest()
+        for role, piece in PIECES.items():
+            i = self.tok.token_to_id(piece)
+            setattr(self, role, -1 if i is None else i)
+        if self.eos_id < 0:
+            raise TokenizerError(f"tokenizer {path} has no {PIECES['eos_id']} piece, which ends every document of a "
+                                 f"token store.")
+        self.pad_id = self.eos_id
+
+    def encode(self, texts):
+        """str -> list of ids; list of str -> list of lists. A special token's spelling in the text is
+        encoded as text (as sentencepiece's control symbols are)."""
+        if isinstance(texts, str):
+            return self.encode([texts])[0]
+        return [e.ids for e in self.tok.encode_batch(texts, add_special_tokens=False)]
+
+    def encode_template(self, text):
+        """The ids of a chat template's rendering: the special tokens it names by text become theirs."""
+        self.tok.encode_special_tokens = False
+        try:
+            return self.tok.encode(text, add_special_tokens=False).ids
+        finally:
+            self.tok.encode_special_tokens = True
+
+    def decode(self, ids, keep_special=False):
+        arr = ids.tolist() if isinstance(ids, np.ndarray) else ids
+        if arr and isinstance(arr[0], (list, tuple, np.ndarray)):
+            return [self.decode(row, keep_special) for row in arr]
+        return self.tok.decode([int(i) for i in arr], skip_special_tokens=not keep_special)
 
 
 def apply_to_config(tokenizer, cfg):
