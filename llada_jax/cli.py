@@ -336,7 +336,8 @@ def cmd_eval(argv):
                    help="held-out sequences for the perplexity (the ELBO bound, or exact for arm; 0: skip; default "
                         "64, or 0 with --text or for a run trained on prompt/answer rows)")
     p.add_argument("--text", default=None, help="a raw text file: its perplexity (exact for arm, else the bound) in "
-                                                "rows of train.seq_len tokens of the run's tokenizer")
+                                                "rows of eval.text_len tokens of the run's tokenizer (default "
+                                                "train.seq_len)")
     p.add_argument("--choices", default=None, help="a JSONL of {context, choices, answer}: accuracy by likelihood")
     p.add_argument("--tasks", default=None, help="built-in tasks scored by exact match (default: eval.tasks; "
                                                  "'none' to skip)")

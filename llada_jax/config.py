@@ -165,6 +165,7 @@ def default_config():
     ev.heldout = ""  # held-out text for the perplexity: "" = the val split of data.path's first store; else a
     #                  prepared dir or store, PATH[:SPLIT] (split default train: a `prepare --val_fraction=0` output)
     ev.elbo_samples = 1  # Monte Carlo draws of (t, mask) per held-out sequence for the ELBO bound
+    ev.text_len = -1  # `llada eval --text`: tokens per scored row (-1: train.seq_len)
 
     c.checkpoint = ck = ml_collections.ConfigDict()
     ck.every_steps = 200

@@ -163,7 +163,7 @@ def _log_perplexity(log, obj, r, what):
 def evaluate_run(run, key, *, choices=None, perplexity=None, text=None, tasks=True, log=print):
     """`llada eval` on a loaded inference.Run: the perplexity (bound) of `perplexity` held-out sequences (None: 64,
     or none for a run trained on prompt/answer rows, or when `text` is given), of the raw text file `text` (encoded
-    with the run's codec, in rows of train.seq_len, each scored from its first token),
+    with the run's codec, in rows of eval.text_len tokens, default train.seq_len, each scored from its first token),
     multiple-choice accuracy of a JSONL file `choices`, and the exact match of the built-in tasks of eval.tasks.
     Returns a flat dict of metrics (what `llada eval` writes to eval.json)."""
     cfg, ev, out = run.cfg, run.cfg.eval, {"step": run.step}
@@ -180,11 +180,12 @@ def evaluate_run(run, key, *, choices=None, perplexity=None, text=None, tasks=Tr
         out.update({f"{obj.metric}/{k}": r[k] for k in ("nll", "ppl", "stderr", "tokens")})
         _log_perplexity(log, obj, r, "held-out data")
     if text:
+        width = ev.text_len if ev.text_len > 0 else cfg.train.seq_len
         with open(text, encoding="utf-8") as f:
-            tokens, lengths = text_rows(run.codec.encode(f.read()), cfg.train.seq_len)
+            tokens, lengths = text_rows(run.codec.encode(f.read()), width)
         r = score_rows(run, tokens, jax.random.fold_in(k_ppl, 1), lengths)
         out.update({f"text/{obj.metric}_{k}": r[k] for k in ("nll", "ppl", "stderr", "tokens")})
-        _log_perplexity(log, obj, r, f"{text} in rows of train.seq_len={cfg.train.seq_len}")
+        _log_perplexity(log, obj, r, f"{text} in rows of {width} tokens")
     if choices:
         r = multiple_choice(run.model, run.params, choices, run.codec.encode, k_mc, cfg.tokens.mask_id,
                             n_samples=ev.mc_samples, batch_size=ev.mc_batch, objective=obj,

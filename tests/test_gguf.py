@@ -202,6 +202,32 @@ def test_the_models_chat_template_drives_chat_and_sft(imported, tmp_path, monkey
     assert ex.prompt_lengths.tolist() == [len(prompt)]
 
 
+def test_eval_text_is_the_exact_perplexity_of_the_file_in_rows(imported, tmp_path, capsys):
+    """`llada eval --text=FILE` on an imported (arm) run: the file encoded with the run's tokenizer, cut into rows
+    of eval.text_len, each scored from its first token: exp of the mean next-token CE, computed directly."""
+    path, _, run = imported
+    run_dir = os.path.join(os.path.dirname(path), "run")
+    text = open(os.path.join(os.path.dirname(json.__file__), "encoder.py")).read()[:1500]
+    (tmp_path / "t.txt").write_text(text)
+    out = tmp_path / "eval.json"
+    cli.main(["eval", f"--workdir={run_dir}", f"--text={tmp_path / 't.txt'}", "--config.eval.text_len=100",
+              "--tasks=none", f"--out={out}"])
+    assert "perplexity (exact) of" in capsys.readouterr().out
+    got = json.loads(out.read_text())
+    ids = np.array(run.codec.encode(text))
+    total, count = 0.0, 0
+    for s in range(0, len(ids), 100):
+        row = ids[s:s + 100]
+        if len(row) < 2:
+            continue
+        logits = np.asarray(run.model.apply(run.params, jnp.asarray(row[None]), causal=True), np.float64)[0, :-1]
+        lse = np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1)) + logits.max(-1)
+        total += float(np.sum(lse - logits[np.arange(len(row) - 1), row[1:]]))
+        count += len(row) - 1
+    assert got["text/ar_tokens"] == count and "ar/ppl" not in got
+    np.testing.assert_allclose(got["text/ar_nll"], total / count, rtol=1e-5)
+
+
 @pytest.mark.parametrize("case, expected", [
     (dict(arch="qwen2"), "general.architecture='qwen2'; only 'llama'"),
     (dict(meta=[("llama.rope.scaling.type", "linear"), ("llama.rope.scaling.factor", 4.0)]),
