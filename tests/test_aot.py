@@ -79,6 +79,7 @@ def test_llada_compile_1b_width_on_v5e_2x2():
     assert 0 <= r["argument_bytes"] - 12 * params / 4 < 0.05 * 12 * params / 4  # tile padding only
 
 
+@pytest.mark.slow
 def test_not_fitting_is_a_clear_non_zero_exit():
     with pytest.raises(SystemExit) as e:
         cli.main(["compile", "--topology=v5e:2x2", "--config.train.seq_len=4096", "--config.train.global_batch=256",

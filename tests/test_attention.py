@@ -23,6 +23,7 @@ def _masks(kind, b=2, t=128):
             "both": (key_mask, segments)}[kind], key_mask if kind in ("key_mask", "both") else jnp.ones((b, t), bool)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["none", "key_mask", "segments", "both"])
 @pytest.mark.parametrize("causal", [False, True])
 def test_splash_equals_reference_forward_and_backward(kind, causal):
@@ -44,6 +45,7 @@ def test_splash_equals_reference_forward_and_backward(kind, causal):
                                atol=1e-4)
 
 
+@pytest.mark.slow
 def test_splash_under_shard_map_on_a_mesh():
     cfg = config_lib.default_config()
     cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor = 2, 2, 2
@@ -65,6 +67,7 @@ def test_auto_picks_flash_on_cpu():
         attention.get_attention("flashy")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["none", "key_mask", "segments", "both"])
 @pytest.mark.parametrize("causal", [False, True])
 @pytest.mark.parametrize("block_rows", [512, 64])  # one query block per item, or 4 blocks of 32 x 2 heads
@@ -101,6 +104,7 @@ def test_flash_window_of_queries_against_all_keys():
     np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=1e-5)
 
 
+@pytest.mark.slow
 def test_flash_under_shard_map_on_a_mesh():
     cfg = config_lib.default_config()
     cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor = 2, 2, 2
@@ -115,6 +119,7 @@ def test_flash_under_shard_map_on_a_mesh():
         np.testing.assert_allclose(np.asarray(g), np.asarray(w), rtol=1e-4, atol=1e-4 * float(jnp.abs(w).max()))
 
 
+@pytest.mark.slow
 def test_model_with_splash_equals_model_with_xla(tiny_cfg):
     from llada_jax import model as model_lib
     tokens = jnp.asarray(np.random.default_rng(0).integers(6, 48, (2, 128)), jnp.int32)
@@ -143,6 +148,7 @@ def _spec_mask(l, block):
     return out
 
 
+@pytest.mark.slow
 def test_blocks_mask_is_the_bd3lm_mask():
     for l, block in ((16, 4), (12, 12), (8, 1)):
         np.testing.assert_array_equal(np.asarray(attention.Blocks(block, pair=True).mask(2 * l, 2 * l)),

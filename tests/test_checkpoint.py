@@ -55,6 +55,7 @@ def test_params_only_restore_for_fine_tuning(cfg, tmp_path):
     assert float(jax.tree.leaves(state_b["opt_state"][1][0].mu)[0].sum()) == 0.0  # fresh optimizer
 
 
+@pytest.mark.slow
 def test_restore_across_meshes_8_to_2_to_1(cfg, tmp_path):
     cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor = 1, 4, 2
     setup8 = train.Setup(cfg, jax.devices())

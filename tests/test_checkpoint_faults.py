@@ -80,6 +80,7 @@ def runs(tmp_path_factory, compile_cache):
     return losses(root / "ref"), str(root / "base"), root
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("kind", list(KINDS))
 @pytest.mark.parametrize("where", ["newest", "older"])
@@ -109,6 +110,7 @@ def test_fault_matrix_resumes_with_the_uninterrupted_losses(runs, kind, mode, wh
     assert checkpoint.saved_steps(ckpt_dir) == [8, 12, 16]
 
 
+@pytest.mark.slow
 def test_readers_use_the_newest_step_whose_params_read_back(runs, tmp_path, capsys):
     _, base, _ = runs
     workdir = str(tmp_path / "run")

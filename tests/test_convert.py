@@ -114,6 +114,7 @@ def exported(tmp_path_factory):
     return out, run_dir, cfg, params
 
 
+@pytest.mark.slow
 def test_export_layout_and_float32_logits(run, tmp_path):
     run_dir, cfg, params = run
     out = str(tmp_path / "hf")
@@ -149,6 +150,7 @@ def test_export_layout_and_float32_logits(run, tmp_path):
             _close(got, _jax_logits(cfg, params, tokens, mask), 1e-5)
 
 
+@pytest.mark.slow
 def test_export_bfloat16_logits(run, tmp_path):
     run_dir, cfg, params = run
     out = str(tmp_path / "hf")
@@ -162,6 +164,7 @@ def test_export_bfloat16_logits(run, tmp_path):
     _close(got, _jax_logits(cfg, params, tokens), 6e-2)
 
 
+@pytest.mark.slow
 def test_transformers_auto_classes(run, tmp_path):
     transformers = pytest.importorskip("transformers")
     run_dir, cfg, params = run
@@ -205,6 +208,7 @@ def test_round_trip_hf_jax_hf_is_byte_identical(run, tmp_path):
         assert open(os.path.join(first, n)).read() == open(os.path.join(second, n)).read()
 
 
+@pytest.mark.slow
 def test_sharded_checkpoint_exports_the_same_files(tiny_cfg, tmp_path, one_device):
     cfg = _cfg(tiny_cfg)
     params = _random_params(cfg)
@@ -225,6 +229,7 @@ def test_sharded_checkpoint_exports_the_same_files(tiny_cfg, tmp_path, one_devic
     assert json.load(open(os.path.join(a, "config.json"))) == json.load(open(os.path.join(b, "config.json")))
 
 
+@pytest.mark.slow
 def test_block_ff_out_and_output_head_are_never_confused(tiny_cfg, tmp_path):
     """vocab == ffn_dim == d_model: both `ff_out` weights (and their transposes) have the same shape [64, 64], so
     only the names tell them apart."""
@@ -416,6 +421,7 @@ def test_import_without_role_ids_fails_until_they_are_given(exported, tmp_path, 
 
 @pytest.mark.parametrize("tied,head_dim", [(False, None), (True, None), (False, 16)],
                          ids=["untied", "tied", "head_dim16"])
+@pytest.mark.slow
 def test_llama_import_logits_equal_transformers(tmp_path, tied, head_dim):
     """A tiny random transformers LlamaForCausalLM (GQA, its own RoPE theta, tied or untied head, a head_dim other
     than d_model / n_heads) imported by from-hf: our causal logits = transformers' float32 logits."""

@@ -88,6 +88,7 @@ def test_choices_are_well_formed_and_from_test_files(stdlib_slice, tmp_path):
         assert all(len(tok.encode(c)) == 8 for c in r["choices"])
 
 
+@pytest.mark.slow
 def test_text_small_trains_on_the_store_and_scores_heldout_text(stdlib_slice, tmp_path):
     cfg = config_lib.build_config(f"configs/text_small.py:{stdlib_slice},mdm,s", [
         ("model.d_model", "64"), ("model.n_layers", "2"), ("model.n_heads", "2"), ("model.n_kv_heads", "2"),
@@ -103,6 +104,7 @@ def test_text_small_trains_on_the_store_and_scores_heldout_text(stdlib_slice, tm
     np.testing.assert_array_equal(held[0], val.read(0, 64))  # eval.heldout: the validation store, from its start
 
 
+@pytest.mark.slow
 def test_ar_perplexity_is_the_exact_causal_nll(tiny_cfg):
     """ar_perplexity = the mean of the token-by-token -log p(x_i | x_<i) (positions from `start` on, up to lengths),
     recomputed from the logits of each prefix separately (float64)."""

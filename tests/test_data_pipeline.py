@@ -113,6 +113,7 @@ def test_two_hosts_read_disjoint_windows_that_cover_the_epoch(prepared):
     assert not mine[0] & mine[1] and len(mine[0]) >= n // 2 - 4
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("threads,workers", [(2, 0), (0, 1), (2, 2)])
 def test_batches_do_not_depend_on_prefetch_threads_or_worker_processes(prepared, threads, workers):
     tok, path, _ = prepared

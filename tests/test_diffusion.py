@@ -92,6 +92,7 @@ def _loss_fn(cfg, params, model):
     return jax.jit(lambda p, batch, noise: objectives.loss_given_noise(model, p, batch, noise, cfg)[0])
 
 
+@pytest.mark.slow
 def test_random_length_is_one_compilation_and_equals_truncation(tiny_cfg):
     tiny_cfg.data.random_length_prob = 0.0
     model = model_lib.Model(tiny_cfg.model)
@@ -129,6 +130,7 @@ def test_arm_loss_equals_numpy_next_token_ce():
     np.testing.assert_allclose(float(got), want, rtol=1e-6)
 
 
+@pytest.mark.slow
 def test_arm_objective_is_causal(tiny_cfg):
     tiny_cfg.objective = "arm"
     tiny_cfg.data.random_length_prob = 0.0
@@ -142,6 +144,7 @@ def test_arm_objective_is_causal(tiny_cfg):
         reference.ce(np.asarray(logits)[:, :-1], np.asarray(tokens)[:, 1:]).mean(), rtol=1e-5)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sft", [False, True])
 def test_losses_through_the_model_equal_numpy(tiny_cfg, sft):
     tiny_cfg.data.random_length_prob = 0.0
@@ -169,6 +172,7 @@ def test_losses_through_the_model_equal_numpy(tiny_cfg, sft):
     np.testing.assert_allclose(float(got), want, rtol=1e-4)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("objective", ["pretrain", "sft", "arm"])
 @pytest.mark.parametrize("mesh", [None, dict(fsdp=4, tensor=2)])
 def test_chunked_loss_equals_unchunked_loss_and_gradients(tiny_cfg, one_device, objective, mesh):
@@ -227,6 +231,7 @@ def _block_reference(params, tokens, masked, p, valid, answer, m, mask_id, block
     return terms.sum() / valid.sum()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sft", [False, True])
 @pytest.mark.parametrize("chunk", [0, 512])
 def test_block_loss_equals_one_forward_per_block(tiny_cfg, sft, chunk):
@@ -252,6 +257,7 @@ def test_block_loss_equals_one_forward_per_block(tiny_cfg, sft, chunk):
     np.testing.assert_allclose(got, want, rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_block_loss_ignores_padding_tokens(tiny_cfg):
     """Random lengths / key mask under objective=block: what stands after a row's length changes nothing."""
     cfg = _block_cfg(tiny_cfg, 4, 512)
@@ -267,6 +273,7 @@ def test_block_loss_ignores_padding_tokens(tiny_cfg):
     np.testing.assert_allclose(loss(other), loss(tokens), rtol=1e-6)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sft", [False, True])
 def test_block_size_seq_len_is_the_llada_objective(tiny_cfg, sft):
     """B = L: the same noise draws as objective=mdm and the same loss (the clean copy is invisible to x_t)."""

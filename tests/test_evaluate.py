@@ -48,6 +48,7 @@ def test_mask_counts_are_stratified(length, n):
     assert seen_offsets == set(range(1, length + 1))  # the offset covers {1..L}
 
 
+@pytest.mark.slow
 def test_answer_masks_have_exact_counts_and_uniform_positions():
     width, length, n = 10, 7, 4000
     counts = jnp.asarray(np.random.default_rng(0).integers(1, length + 1, n), jnp.int32)
@@ -59,6 +60,7 @@ def test_answer_masks_have_exact_counts_and_uniform_positions():
     np.testing.assert_allclose(masks[:, :length].mean(0), want, atol=4 * np.sqrt(0.25 / n))
 
 
+@pytest.mark.slow
 def test_estimator_mean_is_the_exact_log_likelihood():
     params = _params()
     prompt, answer = np.array([5, 6, 7, 4]), np.array([8, 1, 9, 0, 11, 5, 3])
@@ -202,6 +204,7 @@ def _block_model(zero_blocks=False):
     return cfg, model, params
 
 
+@pytest.mark.slow
 def test_block_elbo_equals_one_forward_per_block():
     """elbo_perplexity(block_size=4): the rows' bound = CE / p summed over masked positions of a float64 forward
     per block, with the noise recomputed from the same key; rows padded to whole blocks."""
@@ -225,6 +228,7 @@ def test_block_elbo_equals_one_forward_per_block():
     assert got["tokens"] == 23
 
 
+@pytest.mark.slow
 def test_block_log_likelihood_of_a_context_free_model_is_exact():
     """With context-free predictions the block ELBO is exact in expectation: the mean of many draws = the sum of
     log p of the answer tokens (prompt and answer padded to whole blocks, as the sampler lays them out)."""

@@ -156,6 +156,7 @@ def test_token_ids_tokenizer_and_chat_template(imported):
         assert run.codec.encode(s) == ref(s, add_special_tokens=False)["input_ids"]
 
 
+@pytest.mark.slow
 def test_logits_equal_transformers(imported):
     """The imported causal model's logits equal transformers' LlamaForCausalLM loaded from the same file."""
     transformers = pytest.importorskip("transformers")
@@ -202,6 +203,7 @@ def test_the_models_chat_template_drives_chat_and_sft(imported, tmp_path, monkey
     assert ex.prompt_lengths.tolist() == [len(prompt)]
 
 
+@pytest.mark.slow
 def test_eval_text_is_the_exact_perplexity_of_the_file_in_rows(imported, tmp_path, capsys):
     """`llada eval --text=FILE` on an imported (arm) run: the file encoded with the run's tokenizer, cut into rows
     of eval.text_len, each scored from its first token: exp of the mean next-token CE, computed directly."""

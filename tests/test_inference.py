@@ -27,6 +27,7 @@ def _direct(run, prompts, args, key):
     return jax.device_get(sampling.generate(run.model, run.params, tokens, mask, key, args, run.ids))
 
 
+@pytest.mark.slow
 def test_run_sample_equals_generate_and_sharded_equals_one_device(run_dir):
     overrides = [("sampling.gen_length", "8"), ("sampling.block_length", "4"), ("sampling.steps", "8")]
     one = inference.load_run(run_dir, overrides + [("mesh.fsdp", "1")], devices=jax.devices()[:1])
@@ -52,6 +53,7 @@ def test_only_sampling_eval_and_layout_keys_change_for_a_trained_run(run_dir):
         inference.load_run(run_dir + "-missing")
 
 
+@pytest.mark.slow
 def test_chat_keeps_history_without_eos_and_adds_no_second_bos(run_dir):
     run = inference.load_run(run_dir, [("sampling.gen_length", "8"), ("sampling.block_length", "8"),
                                        ("sampling.steps", "8"), ("mesh.fsdp", "1")], devices=jax.devices()[:1])
@@ -68,6 +70,7 @@ def test_chat_keeps_history_without_eos_and_adds_no_second_bos(run_dir):
     assert second.count(t.bos_id) == 1
 
 
+@pytest.mark.slow
 def test_sample_command_writes_the_denoising_order(run_dir, tmp_path, capsys):
     page = tmp_path / "order.html"
     cli.main(["sample", f"--workdir={run_dir}", "--prompt=12+34=", "--gen_length=8", "--block_length=4",
@@ -95,6 +98,7 @@ def test_picture_shades_by_step_and_writes_png(tmp_path):
         picture.write(rows, str(tmp_path / "o.txt"))
 
 
+@pytest.mark.slow
 def test_eval_command_writes_the_perplexity_bound_and_choices(run_dir, tmp_path):
     mc = tmp_path / "mc.jsonl"
     mc.write_text(json.dumps({"context": "1+1=", "choices": ["2", "7"], "answer": 0}) + "\n")
@@ -111,6 +115,7 @@ def test_eval_command_writes_the_perplexity_bound_and_choices(run_dir, tmp_path)
     assert got["choices/n"] == 1 and got["choices/accuracy"] in (0.0, 1.0)
 
 
+@pytest.mark.slow
 def test_lm_eval_adapter_answers_loglikelihood_and_generate_until(run_dir):
     from lm_eval.api.instance import Instance  # the `lm_eval` extra; the test command installs it
 

@@ -35,6 +35,7 @@ def test_param_axes_match_param_ranks(tiny_cfg):
         assert len(s) == len(a)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("n_kv_heads", [4, 2, 1])
 def test_forward_equals_float64_numpy(tiny_cfg, n_kv_heads):
     tiny_cfg.model.n_kv_heads = n_kv_heads
@@ -46,6 +47,7 @@ def test_forward_equals_float64_numpy(tiny_cfg, n_kv_heads):
     np.testing.assert_allclose(np.asarray(got), want, rtol=2e-4, atol=2e-4)
 
 
+@pytest.mark.slow
 def test_init_follows_the_mitchell_rule(tiny_cfg):
     tiny_cfg.model.d_model, tiny_cfg.model.ffn_dim, tiny_cfg.model.n_layers = 256, 512, 3
     p = jax.device_get(_params(tiny_cfg))
@@ -58,6 +60,7 @@ def test_init_follows_the_mitchell_rule(tiny_cfg):
     np.testing.assert_array_equal(p["ln_f"], 1.0)
 
 
+@pytest.mark.slow
 def test_attention_is_bidirectional(tiny_cfg):
     params = _params(tiny_cfg)
     model = model_lib.Model(tiny_cfg.model)
@@ -69,6 +72,7 @@ def test_attention_is_bidirectional(tiny_cfg):
     np.testing.assert_array_equal(np.asarray(causal(tokens)), np.asarray(causal(changed)))
 
 
+@pytest.mark.slow
 def test_key_mask_equals_truncation(tiny_cfg):
     params = _params(tiny_cfg)
     model = model_lib.Model(tiny_cfg.model)
@@ -87,6 +91,7 @@ def _loss_and_grads(cfg, params, tokens):
 
 @pytest.mark.parametrize("variant", [{"scan_layers": False}, {"remat": "full"}, {"remat": "save_dots"},
                                      {"remat": "full", "scan_layers": False}])
+@pytest.mark.slow
 def test_scan_and_remat_do_not_change_results(tiny_cfg, variant):
     params = _params(tiny_cfg)
     tokens = jnp.asarray(np.random.default_rng(2).integers(0, 48, (2, 10)))
@@ -99,6 +104,7 @@ def test_scan_and_remat_do_not_change_results(tiny_cfg, variant):
         np.testing.assert_allclose(np.asarray(g), np.asarray(b), rtol=1e-5, atol=1e-5 * float(jnp.abs(b).max()))
 
 
+@pytest.mark.slow
 def test_bfloat16_compute_stays_close_to_float32(tiny_cfg):
     params = _params(tiny_cfg)
     tokens = jnp.asarray(np.random.default_rng(3).integers(0, 48, (2, 10)))
@@ -121,6 +127,7 @@ def test_flops_per_token_counts_attention_and_head():
     assert model_lib.flops_per_token(m, 4096) == 6 * n + 6 * 4096 * 126464 + 12 * 32 * 4096 * 32 * 128
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("scan", [True, False])
 def test_forward_with_a_kv_cache_equals_the_full_pass(tiny_cfg, scan):
     """A window fed at its absolute positions with keys/values of everything else from a fresh cache gives the full
@@ -163,6 +170,7 @@ def test_tied_head_is_the_embedding_transposed(tiny_cfg):
     np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
 
 
+@pytest.mark.slow
 def test_tied_head_in_the_chunked_loss(tiny_cfg, one_device):
     """The chunked loss (model.loss_chunk: the loss applies the head itself) uses the tied head: the same loss and
     gradients as the plain loss."""

@@ -40,6 +40,7 @@ def test_shift_takes_the_previous_position_and_the_clean_copy_at_block_starts():
     np.testing.assert_array_equal(np.asarray(model_lib.shift(x)), np.concatenate([x[:, :1], x[:, :-1]], 1))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("chunk", [0, 8])
 def test_block_size_one_with_the_shift_is_exactly_the_autoregressive_loss(chunk):
     """Every position but the first masked (p = 1): block diffusion with blocks of one token and the shift predicts
@@ -76,6 +77,7 @@ def test_the_shift_never_masks_position_zero_and_scores_per_predicted_position()
     np.testing.assert_allclose(np.sum(weights), 1.0, rtol=1e-6)  # an average over the predicted positions
 
 
+@pytest.mark.slow
 def test_the_bound_of_a_shifted_model_scores_all_but_the_first_token():
     """With eps = 1 every scored token is masked with p = 1: the bound is the mean CE of the shifted logits of
     the all-[MASK] input over positions 1.., computed directly."""

@@ -21,7 +21,7 @@ import numpy as np
 import sentencepiece
 import tensorstore as ts
 
-from llada_jax import checkpoint, config as config_lib, rundir
+from llada_jax import checkpoint, config as config_lib, objectives, rundir
 from llada_jax.convert import ConvertError
 from llada_jax.convert.layout import (
     IGNORED_SUFFIXES,
@@ -117,8 +117,8 @@ def to_hf(run_dir, out, step=None, dtype=None, tokenizer=None, max_shard_size="5
         raise ConvertError(f"layout={layout!r}; expected one of {', '.join(LAYOUTS)}.")
     cfg = rundir.load_config(run_dir)
     m = cfg.model
-    unfaithful = [what for what, on in (("objective=block (block-causal attention over [x_t ; x_0])",
-                                         cfg.objective == "block"),
+    unfaithful = [what for what, on in ((f"objective={cfg.objective} (block-causal attention over [x_t ; x_0])",
+                                         objectives.get(cfg).blockwise),
                                         ("model.shift_logits (the token shift)", m.shift_logits)) if on]
     if unfaithful:
         raise ConvertError(f"{run_dir} computes with {' and '.join(unfaithful)}, which neither Hugging Face layout's "
