@@ -32,7 +32,7 @@ import jax
 import numpy as np
 from real_text import generate  # the same decoding and judging as the from-scratch benchmark
 
-from llada_jax import config as config_lib, evaluate, inference, sampling, train
+from llada_jax import cli, config as config_lib, evaluate, inference, sampling, train
 from llada_jax.convert import gguf_file
 from llada_jax.data import corpus, documents, prepare, store, tokenizer
 
@@ -110,6 +110,7 @@ def prompts(args, codec, n_tokens=64):
 
 def main():
     args = parse()
+    cli._quiet_libraries()  # what `llada` does: no absl / libtpu start-up noise
     os.makedirs(args.out, exist_ok=True)
     path = os.path.join(args.out, "results.json")
     results = json.load(open(path)) if os.path.exists(path) else {}

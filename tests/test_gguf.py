@@ -230,6 +230,40 @@ def test_eval_text_is_the_exact_perplexity_of_the_file_in_rows(imported, tmp_pat
     np.testing.assert_allclose(got["text/ar_nll"], total / count, rtol=1e-5)
 
 
+@pytest.mark.slow
+def test_adaptation_config_trains_from_the_import_and_chats(imported, tmp_path):
+    """configs/adapt_smollm2.py on an imported GGUF: the mask token is <empty_output>, documents end with
+    <|endoftext|> and turns with <|im_end|>; the block-size warm-up starts at 1; training starts from the imported
+    weights (the first step's block-size-1 loss is an estimate of the AR loss: the same order as it) and the result
+    chats through the model's own template."""
+    from llada_jax import config as config_lib, train
+    from llada_jax.data import prepare, tokenizer
+    path, _, run = imported
+    run_dir = os.path.join(os.path.dirname(path), "run")
+    docs = tmp_path / "docs.jsonl"
+    src = open(os.path.join(os.path.dirname(json.__file__), "decoder.py")).read()
+    docs.write_text("".join(json.dumps({"text": src[i:i + 2000]}) + "\n" for i in range(0, len(src), 2000)))
+    tok = tokenizer.Tokenizer.load(os.path.join(run_dir, "tokenizer.json"))
+    prepare.prepare(str(docs), str(tmp_path / "store"), tok, workers=1, val_fraction=0.0, log=lambda *a: None)
+    cfg = config_lib.load_config(f"configs/adapt_smollm2.py:{run_dir},{tmp_path / 'store'},block,10")
+    t = cfg.tokens
+    assert (t.mask_id, t.eos_id, t.pad_id, t.eot_id) == (3, 0, 0, 2) and cfg.model.shift_logits
+    assert cfg.diffusion.block_size_schedule[0] == (2048, 1) and cfg.diffusion.block_size == 32
+    cfg.train.steps = 2
+    lines = []
+    train.train(cfg, str(tmp_path / "adapted"), log=lines.append, devices=jax.devices()[:1])
+    first = float(next(x for x in lines if x.startswith("step 1/")).split("loss ")[1].split()[0])
+    tokens = np.asarray(tok.encode([src[:3000]])[0][:256])[None]
+    logits = np.asarray(run.model.apply(run.params, jnp.asarray(tokens), causal=True), np.float64)[0, :-1]
+    ar = float(np.mean(np.log(np.exp(logits).sum(-1)) - logits[np.arange(255), tokens[0, 1:]]))
+    assert 0.5 * ar < first < 2 * ar  # random weights: ~log(vocab) both
+    adapted = inference.load_run(str(tmp_path / "adapted"), overrides=[("sampling.gen_length", "32")],
+                                 devices=jax.devices()[:1])
+    assert adapted.template is not None and adapted.cfg.objective == "block"
+    text, out = inference.Chat(adapted).say("hi")
+    assert isinstance(text, str) and int(out["steps"]) > 0
+
+
 @pytest.mark.parametrize("case, expected", [
     (dict(arch="qwen2"), "general.architecture='qwen2'; only 'llama'"),
     (dict(meta=[("llama.rope.scaling.type", "linear"), ("llama.rope.scaling.factor", 4.0)]),
