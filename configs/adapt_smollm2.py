@@ -73,7 +73,7 @@ def get_config(arg="runs/smollm2,data/stdlib_smollm2"):
     tr = c.train
     tr.seq_len, tr.global_batch, tr.steps, tr.log_every = 256, 8, steps, 1
     o = c.optim
-    o.peak_lr, o.final_lr, o.warmup_steps, o.schedule, o.decay_fraction = 5e-5, 5e-6, max(1, steps // 20), "wsd", 0.2
+    o.peak_lr, o.final_lr, o.warmup_steps, o.schedule, o.decay_fraction = 1e-4, 1e-5, max(1, steps // 20), "wsd", 0.2
     o.weight_decay = 0.0
     d = c.diffusion
     if objective == "block":

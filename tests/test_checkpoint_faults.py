@@ -136,6 +136,7 @@ def test_readers_use_the_newest_step_whose_params_read_back(runs, tmp_path, caps
     assert not glob.glob(os.path.join(workdir, "checkpoints", "*.unreadable.*"))  # readers never move files
 
 
+@pytest.mark.slow
 def test_an_unreadable_requested_step_and_no_readable_step_are_one_line_errors(runs, tmp_path):
     _, base, _ = runs
     workdir = str(tmp_path / "run")

@@ -463,6 +463,7 @@ def test_llama_import_refuses_what_it_cannot_hold(tmp_path):
         hf.from_hf(hf_dir, str(tmp_path / "run"), log=lambda *a: None)
 
 
+@pytest.mark.slow
 def test_llama_export_logits_equal_transformers_and_round_trip(run, tmp_path):
     """`to-hf --layout=llama` of a run (GQA and MHA): transformers' own LlamaForCausalLM (no remote code) gives our
     causal logits; importing it back gives the same params bit for bit and every token role."""

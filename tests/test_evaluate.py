@@ -123,6 +123,7 @@ def test_multiple_choice_accuracy(tmp_path):
         evaluate.load_jsonl(str(bad))
 
 
+@pytest.mark.slow
 def test_autoregressive_log_likelihood_is_the_sum_of_next_token_log_probs(tiny_cfg):
     """objective=arm: log p(answer | prompt) = sum of log softmax of the causal logits at the answer positions
     (numpy, float64), and multiple choice uses it."""

@@ -46,6 +46,7 @@ def test_run_sample_equals_generate_and_sharded_equals_one_device(run_dir):
     np.testing.assert_array_equal(out8["tokens"], out["tokens"])
 
 
+@pytest.mark.slow
 def test_only_sampling_eval_and_layout_keys_change_for_a_trained_run(run_dir):
     with pytest.raises(inference.InferenceError, match="cannot change for a trained run"):
         inference.load_run(run_dir, [("model.d_model", "64")])

@@ -115,6 +115,7 @@ def test_bfloat16_compute_stays_close_to_float32(tiny_cfg):
     np.testing.assert_allclose(np.asarray(bf16), np.asarray(f32), atol=0.1)
 
 
+@pytest.mark.slow
 def test_too_long_sequence_is_a_clear_error(tiny_cfg):
     tiny_cfg.model.max_seq_len = 8
     with pytest.raises(ValueError, match="exceeds model.max_seq_len=8"):

@@ -85,6 +85,7 @@ def _log_softmax(x):
     return x - m - np.log(np.exp(x - m).sum(-1, keepdims=True))
 
 
+@pytest.mark.slow
 def test_loglikelihood_and_is_greedy(lm):
     run = lm.run
     name, mask_id = run.cfg.objective, run.cfg.tokens.mask_id
@@ -123,6 +124,7 @@ def test_loglikelihood_and_is_greedy(lm):
     assert greedy is greedy_want
 
 
+@pytest.mark.slow
 def test_loglikelihood_rolling(lm):
     run = lm.run
     text = "12+34=46"
@@ -137,9 +139,10 @@ def test_loglikelihood_rolling(lm):
         r = likelihood.elbo_perplexity(run.model, run.params, np.asarray([ids], np.int32),
                                        jax.random.fold_in(jax.random.key(0), lm.calls), run.cfg.tokens.mask_id,
                                        n_samples=1, batch_size=1, eps=run.cfg.diffusion.eps, block_size=lm.block_size)
-        assert got == pytest.approx(-r["nll"] * r["tokens"], rel=1e-5) and got < 0
+        assert got == pytest.approx(-r["nll"] * r["tokens"], rel=1e-5) and got <= 0  # 0: the draw masked nothing
 
 
+@pytest.mark.slow
 def test_generate_until_batches_and_stops(lm, monkeypatch):
     run, calls = lm.run, []
     real = run.sample

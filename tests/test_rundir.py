@@ -157,6 +157,7 @@ def trained(tiny_cfg, tmp_path):
     return tiny_cfg, workdir
 
 
+@pytest.mark.slow
 def test_a_damaged_config_json_is_read_from_the_checkpoint_copy(trained, capsys):
     cfg, workdir = trained
     path = os.path.join(workdir, "config.json")
@@ -177,6 +178,7 @@ def test_a_damaged_config_json_is_read_from_the_checkpoint_copy(trained, capsys)
         cli.main(["sample", f"--workdir={workdir}", "--prompt=1+1="])
 
 
+@pytest.mark.slow
 def test_a_torn_metrics_line_is_dropped_on_resume(trained):
     cfg, workdir = trained
     path = os.path.join(workdir, "metrics.jsonl")
@@ -194,6 +196,7 @@ def test_a_torn_metrics_line_is_dropped_on_resume(trained):
     assert [json.dumps(r) for r in got[:7]] == rows[:7]  # the rows kept are unchanged
 
 
+@pytest.mark.slow
 def test_fresh_start_drops_rows_of_a_run_that_never_saved(tiny_cfg, tmp_path):
     with open(tmp_path / "metrics.jsonl", "w") as f:
         f.write(json.dumps({"step": 1, "loss": 9.0}) + "\n")

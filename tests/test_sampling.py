@@ -121,6 +121,7 @@ PROMPT_MASK = np.array([[True] * 5, [False, False, True, True, True], [True] * 5
     sampling.SamplingArgs(gen_length=8, block_length=2, steps=8, temperature=1.0, cfg_scale=0.5,
                           remasking="random", logits_eos_inf=True),
 ], ids=["argmax", "cfg_eos_rules", "gumbel_eos_rule", "random_remasking_cfg"])
+@pytest.mark.slow
 def test_generation_equals_float64_reference(args):
     params = _stub_params()
     key = jax.random.key(3)
@@ -137,6 +138,7 @@ def test_generation_equals_float64_reference(args):
     sampling.SamplingArgs(gen_length=8, block_length=4, steps=8, temperature=0.8, cfg_scale=1.0,
                           attend_padding=True),
 ], ids=["argmax", "gumbel_cfg"])
+@pytest.mark.slow
 def test_attend_padding_reproduces_the_release_on_a_left_padded_batch(args):
     """The released modeling code ignores the attention mask: the official generate() on a left-padded batch lets
     every token attend to the pads. attend_padding=True gives exactly its tokens (the float64 reference with an
@@ -201,6 +203,7 @@ def _replay(params, prompt, prompt_mask, args, out, rule):
     return x
 
 
+@pytest.mark.slow
 def test_argmax_steps_commit_the_k_most_confident_of_the_block():
     params = _stub_params(mask_logit=-30.0)  # a model that (practically) never predicts [MASK]
     args = sampling.SamplingArgs(gen_length=8, block_length=4, steps=6)  # 3 steps per block: 2, 1, 1
@@ -219,6 +222,7 @@ def test_argmax_steps_commit_the_k_most_confident_of_the_block():
     assert np.all(out["tokens"][:, :5] == PROMPT)
 
 
+@pytest.mark.slow
 def test_threshold_commits_the_confident_and_at_least_one():
     params = _stub_params(mask_logit=-30.0, context=2.0)
     tau = 0.3
@@ -236,6 +240,7 @@ def test_threshold_commits_the_confident_and_at_least_one():
     assert int(out["full_passes"]) == int(out["steps"])
 
 
+@pytest.mark.slow
 def test_threshold_above_one_is_one_token_per_step():
     params = _stub_params()
     base = dict(gen_length=8, block_length=4, temperature=0.9)
@@ -249,6 +254,7 @@ def test_threshold_above_one_is_one_token_per_step():
     assert int(b["steps"]) == 8
 
 
+@pytest.mark.slow
 def test_cfg_scale_zero_equals_no_cfg():
     params = _stub_params()
     args = sampling.SamplingArgs(gen_length=8, block_length=4, steps=4, temperature=0.8)
@@ -338,6 +344,7 @@ def test_temperature_draws_from_the_tempered_softmax_of_the_full_vocabulary(temp
     assert abs(got - q) < 4 * np.sqrt(q * (1 - q) / draws.size), (got, q)
 
 
+@pytest.mark.slow
 def test_one_compilation_per_shape():
     fn = functools.partial(stub_apply)  # a fresh static argument: its compilations are counted alone
     params = _stub_params()
@@ -399,6 +406,7 @@ def test_left_padded_prompt_generates_as_the_unpadded_prompt(tiny_cfg):
     np.testing.assert_array_equal(out["order"][1], alone_b["order"][0])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("shift", [False, True])
 def test_caches_are_exact_for_a_one_layer_model(tiny_cfg, shift):
     """With one layer, keys and values depend only on a position's own token; inside a block the prefix and the
@@ -432,6 +440,7 @@ def test_dual_cache_approximates_with_two_layers(tiny_cfg):
     assert np.all(np.sort(out["order"][0]) == np.arange(8))  # one token per step, every position once
 
 
+@pytest.mark.slow
 def test_autoregressive_decoding_equals_a_token_by_token_loop(tiny_cfg):
     """objective=arm: its decoder (a KV cache, one pass per token) equals a Python loop of full causal passes, left
     padding included (pads hidden by the key mask), greedy and sampled (the noise of token i: fold_in(key, i))."""
@@ -524,6 +533,7 @@ def test_block_decoding_stops_after_the_block_with_eos():
     assert np.all(out["tokens"][0, 5 + ends[blk]:] == 2) and np.all(out["order"][0, ends[blk]:] == -1)
 
 
+@pytest.mark.slow
 def test_the_block_objective_decodes_with_generate_blocks():
     model, params = _block_model()
     prompt, mask = _block_prompt()

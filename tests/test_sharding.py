@@ -36,6 +36,7 @@ def single(tiny_cfg, one_device):
     return _run(_cfg(tiny_cfg), one_device)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mesh", [dict(fsdp=4, tensor=2), dict(data=2, fsdp=4)])
 def test_sharded_loss_grads_and_steps_equal_single_device(tiny_cfg, single, mesh):
     _, loss1, grads1, state1, losses1 = single
@@ -59,6 +60,7 @@ def test_sharded_loss_grads_and_steps_equal_single_device(tiny_cfg, single, mesh
     assert mu.sharding.spec == q.sharding.spec
 
 
+@pytest.mark.slow
 def test_gradient_accumulation_is_exact_without_random_length(tiny_cfg):
     cfg = _cfg(tiny_cfg)
     cfg.data.random_length_prob = 0.0

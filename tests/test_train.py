@@ -34,6 +34,7 @@ def test_llada_train_tiny_lowers_the_loss(tmp_path):
     assert glob.glob(str(tmp_path / "profile/**/*.trace.json.gz"), recursive=True)
 
 
+@pytest.mark.slow
 def test_block_size_schedule_compiles_once_per_size(tiny_cfg, one_device):
     """diffusion.block_size_schedule: each step runs with its scheduled block size (the loss of a step = that of a
     run with the size fixed), and the step compiles once per distinct size, not once per change."""
