@@ -445,6 +445,7 @@ def test_llama_import_logits_equal_transformers(tmp_path, tied, head_dim):
     hf.from_hf(hf_dir, out, overrides=roles, log=lambda *a: None)
     run = inference.load_run(out, [("model.attention", "xla")])
     assert run.cfg.objective == "arm" and run.cfg.model.rope_theta == 123.0 and run.cfg.tokens.bos_id == 1
+    assert run.cfg.model.tie_embeddings == tied and ("lm_head" in run.params) != tied  # a tied head stays tied
     tokens = np.random.default_rng(0).integers(0, 48, (2, 10))
     with torch.no_grad():
         want = llama(torch.as_tensor(tokens)).logits.numpy()

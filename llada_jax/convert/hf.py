@@ -313,7 +313,7 @@ def from_hf(hf_dir, out, base_config=None, dtype=None, overwrite=False, log=prin
     cfg = config_from_hf(hc, base_config)
     m = cfg.model
     layout = hf_layout(hc)
-    table = tensor_table(m, layout, tied=layout == "llama" and hc.get("tie_word_embeddings", False))
+    table = tensor_table(m, layout)
     index = read_hf_index(hf_dir)
     problems = check_hf_tensors(index, table, layout)
     if problems:

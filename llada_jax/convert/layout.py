@@ -47,11 +47,11 @@ LAYOUTS = ("llada", "llama")
 IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)  # buffers some Llama checkpoints store; RoPE is recomputed
 
 
-def tensor_table(m, layout="llada", tied=False, names=None):
+def tensor_table(m, layout="llada", names=None):
     """{our leaf name ("blocks.q_proj"): [Tensor, ...]} in the table's order; stacked leaves list one per layer.
-    layout: "llada" (the release's names) or "llama"; tied: the output head is the embedding matrix (Llama's
-    tie_word_embeddings; a model.tie_embeddings model has no head leaf at all); names: {leaf: name} instead of
-    LLAMA_NAMES (the Llama layout under another file format's names, e.g. GGUF's)."""
+    layout: "llada" (the release's names) or "llama" (a model.tie_embeddings model, Llama's tie_word_embeddings, has
+    no head leaf: the embedding is the head); names: {leaf: name} instead of LLAMA_NAMES (the Llama layout under
+    another file format's names, e.g. GGUF's)."""
     hd = model_lib.head_dim(m)
     if layout == "llada" and hd * m.n_heads != m.d_model:
         raise ConvertError(f"model.head_dim={m.head_dim} with d_model={m.d_model} and n_heads={m.n_heads}: the "
@@ -66,7 +66,7 @@ def tensor_table(m, layout="llada", tied=False, names=None):
         if layout == "llada":
             name = PREFIX + p.hf_name
         elif leaf in names:
-            name = names["wte" if tied and leaf == "lm_head" else leaf]
+            name = names[leaf]
         else:
             raise ConvertError(f"parameter {leaf} has no counterpart in the Llama layout.")
         if p.axes[0] == "layers":
@@ -188,6 +188,7 @@ def llama_config_from_hf(hc, base=None):
     m.max_seq_len = hc.get("max_position_embeddings", m.max_seq_len)
     m.rope_theta = theta
     m.norm_eps = float(hc.get("rms_norm_eps", 1e-6))
+    m.tie_embeddings = bool(hc.get("tie_word_embeddings", False))  # one matrix, as the checkpoint trains it
     cfg.objective = "arm"
     return cfg
 
