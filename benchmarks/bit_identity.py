@@ -1,0 +1,75 @@
+"""Same results as an earlier commit: the tiny pre-training config (packed documents, default_config()) trained for
+--steps steps with each objective by the code of --before (a git worktree) and by this checkout, then the logged
+losses and the final parameters compared bit for bit.
+
+    python benchmarks/bit_identity.py --before=d9aef9c [--steps=40] [--out=runs/bit_identity]
+
+At --before, `llada train` with no --config trained default_config(); here that config is configs/tiny_pretrain.py
+(named "tiny" for the comparison). Prints one line per objective and last `bit_identity: mdm=.. arm=.. block=..`.
+"""
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import jax
+import numpy as np
+
+from llada_jax import checkpoint, cli, model as model_lib, rundir
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+OBJECTIVES = {"mdm": [], "arm": [], "block": ["--config.diffusion.block_size=16"]}
+
+
+def train(code, config, workdir, objective, steps):
+    args = [f"--workdir={workdir}", f"--config.objective={objective}", f"--config.train.steps={steps}",
+            "--config.train.log_every=1", f"--config.checkpoint.every_steps={steps}", *OBJECTIVES[objective]]
+    env = {**os.environ, "PYTHONPATH": code, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": ""}
+    subprocess.run([sys.executable, "-m", "llada_jax.cli", "train", *config, *args], cwd=code, env=env, check=True,
+                   capture_output=True)
+
+
+def result(workdir):
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        losses = [(r["step"], r["loss"]) for r in map(json.loads, f) if "loss" in r]
+    cfg = rundir.load_config(workdir, log=lambda *a: None)
+    params, _ = checkpoint.restore_params(workdir, model_lib.Model(cfg.model).abstract_params())
+    return losses, [np.asarray(x) for x in jax.tree.leaves(params)]
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--before", required=True, help="the earlier commit")
+    p.add_argument("--steps", type=int, default=40)
+    p.add_argument("--out", default="runs/bit_identity")
+    args = p.parse_args()
+    cli._quiet_libraries()  # what `llada` does: no absl / libtpu start-up noise
+    old = os.path.abspath(os.path.join(args.out, "before_code"))
+    if os.path.exists(old):
+        subprocess.run(["git", "worktree", "remove", "--force", old], cwd=ROOT)
+        shutil.rmtree(old, ignore_errors=True)
+    subprocess.run(["git", "worktree", "add", "-q", "--detach", old, args.before], cwd=ROOT, check=True)
+    verdict = {}
+    try:
+        for objective in OBJECTIVES:
+            dirs = {side: os.path.abspath(os.path.join(args.out, f"{side}_{objective}")) for side in ("before", "now")}
+            for d in dirs.values():
+                shutil.rmtree(d, ignore_errors=True)
+            train(old, [], dirs["before"], objective, args.steps)
+            train(ROOT, ["--config=configs/tiny_pretrain.py", "--config.name=tiny"], dirs["now"], objective,
+                  args.steps)
+            (l0, p0), (l1, p1) = result(dirs["before"]), result(dirs["now"])
+            same = l0 == l1 and len(p0) == len(p1) and all(np.array_equal(a, b) for a, b in zip(p0, p1))
+            verdict[objective] = "identical" if same else "DIFFERENT"
+            print(f"{objective}: {len(l0)} losses (last {l0[-1][1]!r} before, {l1[-1][1]!r} now), losses "
+                  f"{'equal' if l0 == l1 else 'differ'}, final params {'bit-identical' if same else 'differ'}",
+                  flush=True)
+    finally:
+        subprocess.run(["git", "worktree", "remove", "--force", old], cwd=ROOT)
+    print("bit_identity: " + " ".join(f"{k}={v}" for k, v in verdict.items()))
+
+
+if __name__ == "__main__":
+    main()
