@@ -152,6 +152,8 @@ def main():
     log(f"chat: {QUESTION!r} -> {results['chat']!r}")
     ratio = results["gen_fast"]["evals_per_token"] / results["gen_block"]["evals_per_token"]
     log(f"({time.time() - t0:.0f} s this invocation)")
+    log("unigram entropy of the samples (nats; repetition lowers it, and the generative perplexity with it): "
+        + " ".join(f"{n}={results['gen_' + n]['entropy']:.3f}" for n in ("ar", "block", "fast")))
     log(f"adapt: ar_ppl={results['ar']['ppl']:.3f} block_elbo_ppl={results['block_elbo']['ppl']:.3f} "
         f"mdm_elbo_ppl={results['mdm_elbo']['ppl']:.3f} gen_ppl_ar={results['gen_ar']['gen_ppl']:.3f} "
         f"gen_ppl_block={results['gen_block']['gen_ppl']:.3f} gen_ppl_fast={results['gen_fast']['gen_ppl']:.3f} "
