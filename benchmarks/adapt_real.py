@@ -30,11 +30,11 @@ import time
 
 import jax
 import numpy as np
-from real_text import generate  # the same decoding and judging as the from-scratch benchmark
+from real_text import generate, test_windows  # the same decoding, judging and windows as from scratch
 
 from llada_jax import cli, config as config_lib, evaluate, inference, sampling, train
 from llada_jax.convert import gguf_file
-from llada_jax.data import corpus, documents, prepare, store, tokenizer
+from llada_jax.data import corpus, documents, prepare, tokenizer
 
 CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "configs", "adapt_smollm2.py")
 QUESTION = "What is the capital of France?"
@@ -89,13 +89,6 @@ def stage_train(args, run, train_store, objective, steps):
     return workdir
 
 
-def test_windows(test_store, n, seq_len=256):
-    s = store.TokenStore(test_store)
-    total = s.array.shape[0]
-    n = min(n, total // seq_len)
-    return np.asarray(s.read_many(np.arange(n) * (total // n), seq_len), np.int32)
-
-
 def prompts(args, codec, n_tokens=64):
     """The first n_tokens of --prompts test files (those with enough text), [N, n_tokens]."""
     rows = []
@@ -126,7 +119,7 @@ def main():
     key = jax.random.key(0)
     judge = inference.load_run(run)
     runs = {"block": inference.load_run(block_dir), "mdm": inference.load_run(mdm_dir)}
-    windows = test_windows(stores["test"], args.rows)
+    windows = test_windows(stores["test"], 256, args.rows)
     for name, r in (("ar", judge), ("block_elbo", runs["block"]), ("mdm_elbo", runs["mdm"])):
         if name not in results:
             with r.cfg.unlocked():

@@ -92,9 +92,9 @@ def run_config(args, objective, size, steps, block=None):
     return cfg
 
 
-def test_windows(args, seq_len, n):
-    """n windows of seq_len tokens of the test split, evenly spaced, not overlapping."""
-    s = store.TokenStore(os.path.join(args.corpus, "prepared", "test"))
+def test_windows(path, seq_len, n):
+    """n windows of seq_len tokens of the token store at `path` (a test split), evenly spaced, not overlapping."""
+    s = store.TokenStore(path)
     total = s.array.shape[0]
     n = min(n, total // seq_len)
     return np.asarray(s.read_many(np.arange(n) * (total // n), seq_len), np.int32)
@@ -210,7 +210,7 @@ def main():
         runs[name] = (workdir, cfg)
 
     print(f"== 3. test-split perplexity at every checkpoint ({elapsed()})", flush=True)
-    windows = test_windows(args, seq_len, args.ppl_windows)
+    windows = test_windows(os.path.join(args.corpus, "prepared", "test"), seq_len, args.ppl_windows)
     curve = results.setdefault("perplexity", {})
     for name, objective, size, block in plan:
         workdir, cfg = runs[name]
