@@ -31,7 +31,7 @@ setup(
         # Tests also exercise conversion (torch, transformers) and TPU AOT compilation (libtpu, CPU-only use);
         # jax[tpu] brings the libtpu this jax pins (a newer libtpu compiles, but jaxlib cannot read its HLO back).
         "test": ["pytest>=8", "safetensors>=0.4", "transformers>=4.46", "jax[tpu]; platform_system == 'Linux'",
-                 "lm_eval>=0.4", "gguf>=0.10", "tokenizers>=0.19", "jinja2>=3.1", "accelerate>=0.26"],
+                 "lm_eval>=0.4", "gguf>=0.10", "tokenizers>=0.19", "jinja2>=3.1", "accelerate>=0.26", "wandb>=0.19"],
         "torch": ["torch>=2.3", "safetensors>=0.4"],
         "hf": ["torch>=2.3", "safetensors>=0.4", "transformers>=4.46"],
         "tpu": ["jax[tpu]"],
@@ -39,6 +39,7 @@ setup(
         "lm_eval": ["lm_eval>=0.4"],  # llada_jax.lm_eval_adapter
         # `llada convert from-gguf`, the tokenizer.json it writes and the model's own chat template (jinja2)
         "gguf": ["gguf>=0.10", "tokenizers>=0.19", "jinja2>=3.1"],
+        "wandb": ["wandb>=0.19"],  # logging.wandb: a Weights & Biases run of each training run
     },
     # llada-lm-eval: lm-evaluation-harness's command line with our model registered (`lm_eval --model llada_jax`
     # needs that: the harness has no plugin discovery).

@@ -67,17 +67,17 @@ def mismatched_leaves(saved, wanted):
     return out
 
 
-def params_save_args(params, m):
+def params_save_args(params, m, lora=None):
     """Storage chunks small enough to stream: one per layer for the stacked leaves of the model's table (a leading
     "layers" axis), <= CHUNK_BYTES otherwise, so a reader (conversion) decodes one layer at a time."""
     def args(p):
         stacked = p.axes[0] == "layers"
         return ocp.SaveArgs(shard_axes=(0,)) if stacked else ocp.SaveArgs(chunk_byte_size=CHUNK_BYTES)
-    return jax.tree.map(args, model_lib.params_like(params, m), is_leaf=model_lib.is_param)
+    return jax.tree.map(args, model_lib.params_like(params, m, lora), is_leaf=model_lib.is_param)
 
 
 def _save_params(params, cfg):
-    return ocp.args.StandardSave(params, save_args=params_save_args(params, cfg.model))
+    return ocp.args.StandardSave(params, save_args=params_save_args(params, cfg.model, model_lib.lora_of(cfg)))
 
 
 def checkpoints_dir(run_dir):

@@ -17,6 +17,7 @@ from llada_jax import (
     config as config_lib,
     distributed,
     evaluate,
+    goodput,
     inference,
     objectives,
     picture,
@@ -43,6 +44,7 @@ commands:
   chat      multi-turn chat with a trained run (the official chat rules)
   eval      evaluate a trained run: perplexity bound, multiple choice by likelihood, built-in task accuracy
   sweep     train and evaluate every point of a sweep file; results table and plots (--print_commands)
+  goodput   where a run's wall time went: productive steps, compilation, data, checkpoints, restarts
 
 common options:
   --config=configs/NAME.py[:ARG]   a config file (default configs/tiny.py)
@@ -355,8 +357,21 @@ def cmd_eval(argv):
     print(f"metrics: {out}")
 
 
+def cmd_goodput(argv):
+    """`llada goodput --workdir=DIR [--json]`: the goodput and badput of a run from its events.jsonl."""
+    p = argparse.ArgumentParser(prog="llada goodput", description="Where a run's wall time went, over all the "
+                                "processes that trained it: goodput (productive step time / wall time) and the badput "
+                                "by cause, from WORKDIR/events.jsonl (written by `llada train`).")
+    p.add_argument("--workdir", default="runs/tiny", help="a run directory (default runs/tiny, the default "
+                                                          "training's)")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    args = p.parse_args(argv)
+    summary = goodput.summarize(args.workdir)
+    print(json.dumps(summary, indent=2) if args.json else goodput.format_summary(summary))
+
+
 COMMANDS = {"train": cmd_train, "compile": cmd_compile, "data": cmd_data, "convert": cmd_convert, "sample": cmd_sample,
-            "chat": cmd_chat, "eval": cmd_eval, "sweep": cmd_sweep}
+            "chat": cmd_chat, "eval": cmd_eval, "sweep": cmd_sweep, "goodput": cmd_goodput}
 
 
 def _google_pci_device(path):  # how JAX itself finds TPU chips (PCI vendor 0x1ae0)

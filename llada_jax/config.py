@@ -83,6 +83,8 @@ def default_config():
     tr.profile_steps = ""  # "START:COUNT": a jax.profiler trace of these steps in WORKDIR/profile ("" = off)
     tr.nan_patience = 5  # after this many consecutive non-finite steps, restore the last good checkpoint
     tr.nan_lr_factor = 1.0  # ... and multiply the learning rate by this factor (the paper resumed at a lower LR)
+    tr.lora_rank = 0  # > 0: LoRA adapters of this rank on the blocks' projections train, everything else is frozen
+    tr.lora_alpha = 16.0  # LoRA's scale is lora_alpha / lora_rank (docs/adaptation.md#lora)
 
     c.optim = o = ml_collections.ConfigDict()
     o.peak_lr = 3e-3
@@ -173,6 +175,12 @@ def default_config():
     ck.keep_period = 0  # ... plus every M-th step when > 0
     ck.async_save = True
     ck.init_from = ""  # a run directory: start from its params with a fresh optimizer (fine-tuning, SFT)
+
+    # Where the metrics go besides metrics.jsonl and TensorBoard (always written); docs/operations.md.
+    c.logging = lg = ml_collections.ConfigDict()
+    lg.wandb = "off"  # off | online | offline: a Weights & Biases run (pip install wandb), files in WORKDIR/wandb
+    lg.wandb_project = "llada-jax"
+    lg.wandb_run_name = ""  # "": the run directory's name
     c.lock()  # config files may change values but not invent keys: typos fail loudly
     return c
 

@@ -212,9 +212,7 @@ def draw_noise(key, batch, cfg, block_size=None):
     lengths = batch.get("lengths", jnp.full((b,), l, jnp.int32))
     lengths = jnp.minimum(lengths, random_lengths(k_len, b, l, cfg.data.random_length_prob))
     pos = jnp.arange(l)[None, :]
-    maskable = pos < lengths[:, None]
-    if cfg.model.shift_logits:  # nothing predicts position 0 (model.shift)
-        maskable = maskable & (pos >= 1)
+    maskable = (pos < lengths[:, None]) & (pos >= model_lib.first_predicted(cfg.model))
     if "prompt_lengths" in batch:
         maskable = maskable & (pos >= batch["prompt_lengths"][:, None])
     if block_size is not None:
@@ -246,8 +244,8 @@ def mdm_terms(batch, noise, cfg, block_size=None):
     if "prompt_lengths" in batch:
         answer = valid & (jnp.arange(tokens.shape[1])[None, :] >= batch["prompt_lengths"][:, None])
         weights = sft_weights(noise["masked"], noise["p"], answer)
-    else:  # with model.shift_logits, position 0 is never a target: the loss is per predicted position
-        scored = valid & (jnp.arange(tokens.shape[1])[None, :] >= 1) if cfg.model.shift_logits else valid
+    else:  # the loss is per predicted position (model.first_predicted)
+        scored = valid & (jnp.arange(tokens.shape[1])[None, :] >= model_lib.first_predicted(cfg.model))
         weights = pretrain_weights(noise["masked"], noise["p"], scored)
     return x_t, tokens, weights, {"key_mask": valid, "segment_ids": batch.get("segment_ids")}
 

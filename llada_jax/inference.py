@@ -193,11 +193,16 @@ def load_run(workdir, overrides=(), step=None, tokenizer=None, devices=None):
         devices = devices[:int(np.prod(sizes))]
     mesh = sharding.make_mesh(cfg.mesh, devices)
     sharder = sharding.Sharder(mesh, cfg.sharding.inference_rules)
-    model = model_lib.Model(cfg.model, sharder=sharder)
-    shardings = sharder.tree(model.param_axes())
-    abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), model.abstract_params(),
+    lora = model_lib.lora_of(cfg)  # a LoRA run's adapters are merged into its weights (model.merge_lora)
+    stored = model_lib.Model(cfg.model, sharder=sharder, lora=lora)
+    shardings = sharder.tree(stored.param_axes())
+    abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), stored.abstract_params(),
                             shardings)
     params, step = checkpoint.restore_params(workdir, abstract, step)
+    model = model_lib.Model(cfg.model, sharder=sharder)
+    if lora:
+        merge = jax.jit(lambda p: model_lib.merge_lora(p, lora), out_shardings=sharder.tree(model.param_axes()))
+        params = merge(params)
     template = chat.Template(run_file(cfg.data.chat_template, workdir)) if cfg.data.chat_template else None
     return Run(cfg, model, params, make_codec(cfg, tokenizer, workdir), int(step), template)
 

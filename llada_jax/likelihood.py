@@ -77,11 +77,14 @@ def _pad_to(n, bucket):
     return -(-n // bucket) * bucket
 
 
-def _estimator_inputs(prompt, answer, n_samples, batch_size):
+def _estimator_inputs(prompt, answer, n_samples, batch_size, model=None):
     """prompt, answer as int32 arrays, after the checks every likelihood estimator makes."""
     prompt, answer = np.asarray(prompt, np.int32), np.asarray(answer, np.int32)
     if answer.size == 0:
         raise EvalError("the answer is empty; log p(empty | prompt) = 0 needs no estimate.")
+    if prompt.size < _first_scored(model):
+        raise EvalError("the prompt is empty, and under model.shift_logits nothing predicts a sequence's first "
+                        "token; start the prompt with the run's BOS or document separator (tokens.bos_id / eos_id).")
     if n_samples % batch_size:
         raise EvalError(f"n_samples={n_samples} must be a multiple of batch_size={batch_size}.")
     return prompt, answer
@@ -96,7 +99,7 @@ def log_likelihood(model, params, prompt, answer, key, mask_id, *, n_samples=128
     examples of similar lengths share one compilation (exact only for a model that honours key_mask).
     Returns (estimate, standard error): the error from the spread of the mini-batch means (rows of one mini-batch
     are not independent: their mask counts are stratified)."""
-    prompt, answer = _estimator_inputs(prompt, answer, n_samples, batch_size)
+    prompt, answer = _estimator_inputs(prompt, answer, n_samples, batch_size, model)
     prompt_full, prompt_mask, answer_full = _padded(prompt, answer, bucket, mask_id)
     rows = _loglik_jit(model, params, prompt_full, prompt_mask, answer_full, jnp.int32(answer.size), key,
                        jnp.float32(cfg_scale), mask_id, n_samples // batch_size, batch_size, cfg_scale > 0)
@@ -149,7 +152,7 @@ def block_log_likelihood(model, params, prompt, answer, key, mask_id, block_size
     estimate of the block ELBO of the answer with the prompt clean (each block draws its own t; a block holding
     the prompt's tail and the answer's start noises only the answer; a lower bound in expectation). Returns
     (estimate, standard error) as log_likelihood does."""
-    prompt, answer = _estimator_inputs(prompt, answer, n_samples, batch_size)
+    prompt, answer = _estimator_inputs(prompt, answer, n_samples, batch_size, model)
     seq, key_mask, answer_region = _block_layout(prompt, answer, block_size, mask_id)
     return _estimate(_block_rows_jit(model, params, seq, key_mask, answer_region, key, mask_id, eps, block_size,
                                      n_samples // batch_size, batch_size))
@@ -217,8 +220,8 @@ def _elbo_rows(model, params, tokens, key_mask, maskable, key, mask_id, eps, blo
 
 
 def _first_scored(model):
-    """1 for a model with model.shift_logits (nothing predicts position 0), else 0."""
-    return int(isinstance(model, model_lib.Model) and model.m.shift_logits)
+    """model.first_predicted of our model (1 under model.shift_logits), 0 for any other (a reference model)."""
+    return model_lib.first_predicted(model.m) if isinstance(model, model_lib.Model) else 0
 
 
 def _elbo_batch(model, params, tokens, lengths, key, mask_id, eps, block_size):

@@ -27,7 +27,8 @@ def flops_per_step(cfg):
     """Model FLOPs of one training step of `cfg`: model.flops_per_token (the causal count for the ARM objective, the
     [x_t ; x_0] pair for block diffusion) times the tokens of a step."""
     obj = objectives.get(cfg)
-    return model_lib.flops_per_token(cfg.model, cfg.train.seq_len, obj.causal, obj.pair) * optim.tokens_per_step(cfg)
+    return model_lib.flops_per_token(cfg.model, cfg.train.seq_len, obj.causal, obj.pair,
+                                     model_lib.lora_of(cfg)) * optim.tokens_per_step(cfg)
 
 
 @functools.lru_cache(maxsize=None)

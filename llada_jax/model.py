@@ -31,8 +31,9 @@ class Param(NamedTuple):
     """One parameter of the table (param_shapes)."""
     shape: tuple
     axes: tuple  # logical axes (sharding.py); a leading "layers" axis stacks the blocks' weights
-    init: str  # "normal": truncated normal (+-3 std), std 1/sqrt(fan_in) (or model.init_std) | "ones"
-    group: str  # "matrix" | "norm" | "embedding": weight decay (optim.decay_mask) and the non-embedding count
+    init: str  # "normal": truncated normal (+-3 std), std 1/sqrt(fan_in) (or model.init_std) | "ones" | "zeros"
+    group: str  # "matrix" | "norm" | "embedding" | "adapter" (LoRA): weight decay (optim.decay_mask), the
+    # non-embedding count and, under LoRA, what trains (adapters only)
     hf_name: str  # the Hugging Face tensor after `model.transformer.` ("{layer}": one tensor per layer)
     hf_shape: tuple  # ... and its shape (per layer)
     hf_linear: bool = False  # HF holds the [out, in] transpose of ours reshaped to [in, out] (else the same layout)
@@ -40,10 +41,32 @@ class Param(NamedTuple):
     layer_scale: bool = False  # the residual output projections: std further divided by sqrt(2 (layer + 1))
 
 
-def param_shapes(m):
+class LoRA(NamedTuple):
+    """train.lora_rank / train.lora_alpha (docs/adaptation.md#lora): each projection W of the blocks gains adapters
+    A [in, rank] and B [rank, out] (B starts at zero), the layer computing x W + (alpha / rank) x A B; only the
+    adapters train, and an export merges them (W + (alpha / rank) A B)."""
+    rank: int
+    alpha: float
+
+    @property
+    def scale(self):
+        return self.alpha / self.rank
+
+
+LORA_TARGETS = {"q_proj": 1, "k_proj": 1, "v_proj": 1, "attn_out": 2, "ff_proj": 1, "up_proj": 1, "ff_out": 1}
+# the projections LoRA adapts, with how many leading axes (after "layers") their input spans (dense's n_in)
+
+
+def lora_of(cfg):
+    """The run's LoRA (None when train.lora_rank is 0)."""
+    tr = cfg.train
+    return LoRA(tr.lora_rank, float(tr.lora_alpha)) if tr.get("lora_rank", 0) > 0 else None
+
+
+def param_shapes(m, lora=None):
     """The parameter table: {name: Param}, the blocks' nested under "blocks", in initialisation order. Init, logical
     axes, abstract params, counts, weight decay (optim), checkpoint chunks and the HF layout (convert/layout.py) derive
-    from it: a new parameter is one line here."""
+    from it: a new parameter is one line here. lora (LoRA): the blocks also hold `{target}_lora_a` / `_lora_b`."""
     d, hd, L, v, f = m.d_model, head_dim(m), m.n_layers, m.vocab_size, m.ffn_dim
     h, kv = m.n_heads * hd, m.n_kv_heads * hd
 
@@ -53,26 +76,34 @@ def param_shapes(m):
     def linear(shape, axes, hf_name, hf_shape, fan_in, group="matrix", layer_scale=False):
         return Param(shape, axes, "normal", group, hf_name, hf_shape, True, fan_in, layer_scale)
 
+    blocks = {
+        "attn_norm": norm((L, d), ("layers", "norm"), "blocks.{layer}.attn_norm.weight"),
+        "q_proj": linear((L, d, m.n_heads, hd), ("layers", "embed", "heads", "head_dim"),
+                         "blocks.{layer}.q_proj.weight", (h, d), d),
+        "k_proj": linear((L, d, m.n_kv_heads, hd), ("layers", "embed", "kv_heads", "head_dim"),
+                         "blocks.{layer}.k_proj.weight", (kv, d), d),
+        "v_proj": linear((L, d, m.n_kv_heads, hd), ("layers", "embed", "kv_heads", "head_dim"),
+                         "blocks.{layer}.v_proj.weight", (kv, d), d),
+        "attn_out": linear((L, m.n_heads, hd, d), ("layers", "heads", "head_dim", "embed"),
+                           "blocks.{layer}.attn_out.weight", (d, h), h, layer_scale=True),
+        "ff_norm": norm((L, d), ("layers", "norm"), "blocks.{layer}.ff_norm.weight"),
+        "ff_proj": linear((L, d, f), ("layers", "embed", "mlp"), "blocks.{layer}.ff_proj.weight", (f, d),
+                          d),  # the SiLU-gated branch
+        "up_proj": linear((L, d, f), ("layers", "embed", "mlp"), "blocks.{layer}.up_proj.weight", (f, d),
+                          d),  # the linear branch
+        "ff_out": linear((L, f, d), ("layers", "mlp", "embed"), "blocks.{layer}.ff_out.weight", (d, f), f,
+                         layer_scale=True),  # the block's down projection
+    }
+    for name, n_in in LORA_TARGETS.items() if lora else ():
+        w = blocks[name]
+        r = lora.rank
+        blocks[f"{name}_lora_a"] = Param(w.shape[:1 + n_in] + (r,), w.axes[:1 + n_in] + (None,), "normal", "adapter",
+                                         "", (), fan_in=w.fan_in)
+        blocks[f"{name}_lora_b"] = Param((L, r) + w.shape[1 + n_in:], ("layers", None) + w.axes[1 + n_in:], "zeros",
+                                         "adapter", "", ())
     return {
         "wte": Param((v, d), ("vocab", "embed"), "normal", "embedding", "wte.weight", (v, d), fan_in=d),
-        "blocks": {
-            "attn_norm": norm((L, d), ("layers", "norm"), "blocks.{layer}.attn_norm.weight"),
-            "q_proj": linear((L, d, m.n_heads, hd), ("layers", "embed", "heads", "head_dim"),
-                             "blocks.{layer}.q_proj.weight", (h, d), d),
-            "k_proj": linear((L, d, m.n_kv_heads, hd), ("layers", "embed", "kv_heads", "head_dim"),
-                             "blocks.{layer}.k_proj.weight", (kv, d), d),
-            "v_proj": linear((L, d, m.n_kv_heads, hd), ("layers", "embed", "kv_heads", "head_dim"),
-                             "blocks.{layer}.v_proj.weight", (kv, d), d),
-            "attn_out": linear((L, m.n_heads, hd, d), ("layers", "heads", "head_dim", "embed"),
-                               "blocks.{layer}.attn_out.weight", (d, h), h, layer_scale=True),
-            "ff_norm": norm((L, d), ("layers", "norm"), "blocks.{layer}.ff_norm.weight"),
-            "ff_proj": linear((L, d, f), ("layers", "embed", "mlp"), "blocks.{layer}.ff_proj.weight", (f, d),
-                              d),  # the SiLU-gated branch
-            "up_proj": linear((L, d, f), ("layers", "embed", "mlp"), "blocks.{layer}.up_proj.weight", (f, d),
-                              d),  # the linear branch
-            "ff_out": linear((L, f, d), ("layers", "mlp", "embed"), "blocks.{layer}.ff_out.weight", (d, f), f,
-                             layer_scale=True),  # the block's down projection
-        },
+        "blocks": blocks,
         "ln_f": norm((d,), ("norm",), "ln_f.weight"),
         # The output head: HF calls it `ff_out` too (model.transformer.ff_out, not a block's ff_out); none when
         # model.tie_embeddings (the head is wte transposed).
@@ -85,17 +116,17 @@ def is_param(x):
     return isinstance(x, Param)
 
 
-def flat_params(m):
+def flat_params(m, lora=None):
     """The table flat: {"wte": Param, "blocks.q_proj": Param, ...} in initialisation order."""
     out = {}
-    for k, v in param_shapes(m).items():
+    for k, v in param_shapes(m, lora).items():
         out.update({f"{k}.{kk}": vv for kk, vv in v.items()} if isinstance(v, dict) else {k: v})
     return out
 
 
-def params_like(tree, m):
+def params_like(tree, m, lora=None):
     """The Params of the leaves of `tree` (params, or any part of them), looked up by key path: the same nesting."""
-    table = param_shapes(m)
+    table = param_shapes(m, lora)
 
     def lookup(path, _):
         p = table
@@ -109,6 +140,29 @@ def params_like(tree, m):
 def count_params(m, embeddings=True):
     """Exact parameter count from shapes (nothing allocated). Non-embedding excludes wte and the output head."""
     return sum(int(np.prod(p.shape)) for p in flat_params(m).values() if embeddings or p.group != "embedding")
+
+
+def lora_delta(a, b, scale):
+    """scale * A B of stacked adapters (numpy or jax): a [L, *in, r], b [L, r, *out] -> [L, *in, *out]."""
+    n, r = a.shape[0], a.shape[-1]
+    return (scale * (a.reshape(n, -1, r) @ b.reshape(n, r, -1))).reshape(a.shape[:-1] + b.shape[2:])
+
+
+def merge_lora(params, lora):
+    """params with each adapted projection W replaced by W + scale A B and the adapters removed: the plain model
+    that computes what the LoRA model computes (exports, inference)."""
+    blocks = {k: v for k, v in params["blocks"].items() if "_lora_" not in k}
+    for name in LORA_TARGETS if lora else ():
+        w = blocks[name]
+        delta = lora_delta(params["blocks"][f"{name}_lora_a"].astype(jnp.float32),
+                           params["blocks"][f"{name}_lora_b"].astype(jnp.float32), lora.scale)
+        blocks[name] = (w.astype(jnp.float32) + delta).astype(w.dtype)
+    return {**params, "blocks": blocks}
+
+
+def count_params_lora(m, lora):
+    """The adapters' parameter count."""
+    return sum(int(np.prod(p.shape)) for p in flat_params(m, lora).values() if p.group == "adapter")
 
 
 def head_weight(params, m):
@@ -130,6 +184,12 @@ def shift(x, blocks=None):
     i = jnp.arange(length)
     starts = ((i % blocks.size == 0) & (i > 0)).reshape((1, length) + (1,) * (x.ndim - 2))
     return jnp.concatenate([jnp.where(starts, prev[:, length:], prev[:, :length]), prev[:, length:]], 1)
+
+
+def first_predicted(m):
+    """The first position the model predicts: 1 under model.shift_logits (nothing predicts position 0; diffusion
+    never masks it and bounds do not score it), else 0."""
+    return int(bool(m.shift_logits))
 
 
 def rms_norm(x, weight, eps):
@@ -166,10 +226,10 @@ def dense(x, w, n_in=1, **kw):
 class Model:
     """Static structure of the Transformer; see the module docstring."""
 
-    def __init__(self, m, sharder=None):
+    def __init__(self, m, sharder=None, lora=None):
         """m: the `model` config. sharder (sharding.Sharder): activation sharding constraints and the mesh for
-        kernels that run per shard; None on one device."""
-        self.m = m
+        kernels that run per shard; None on one device. lora (LoRA, lora_of(cfg)): the params hold adapters."""
+        self.m, self.lora = m, lora
         self.hd = head_dim(m)
         self.dtype = jnp.dtype(m.dtype)
         self.param_dtype = jnp.dtype(m.param_dtype)
@@ -181,26 +241,29 @@ class Model:
 
     # -- parameters --------------------------------------------------------------------------------------------
     def param_axes(self):
-        return jax.tree.map(lambda p: p.axes, param_shapes(self.m), is_leaf=is_param)
+        return jax.tree.map(lambda p: p.axes, param_shapes(self.m, self.lora), is_leaf=is_param)
 
     def abstract_params(self):
-        return jax.tree.map(lambda p: jax.ShapeDtypeStruct(p.shape, self.param_dtype), param_shapes(self.m),
-                            is_leaf=is_param)
+        return jax.tree.map(lambda p: jax.ShapeDtypeStruct(p.shape, self.param_dtype),
+                            param_shapes(self.m, self.lora), is_leaf=is_param)
 
     def init(self, key):
         """The release's "mitchell" init from the table: truncated normal (+-3 std), std 1/sqrt(fan_in); the residual
         output projections (attn_out, ff_out) further divided by sqrt(2 (layer + 1)); norms 1. One key per normal
-        parameter, in the table's order."""
+        parameter, in the table's order. LoRA adapters: A as its projection, B zeros (so the model starts as the
+        base model), from keys of their own (the base draws as without LoRA)."""
         m, dt = self.m, self.param_dtype
-        table = param_shapes(m)
+        table = param_shapes(m, self.lora)
         n_random = sum(p.init == "normal" for p in flat_params(m).values())
         keys = iter(jax.random.split(key, max(16, n_random)))
+        adapter_keys = iter(jax.random.split(jax.random.fold_in(key, 1), len(LORA_TARGETS)))
 
         def make(p):
-            if p.init == "ones":
-                return jnp.ones(p.shape, dt)
+            if p.init in ("ones", "zeros"):
+                return (jnp.ones if p.init == "ones" else jnp.zeros)(p.shape, dt)
             std = m.init_std if m.init_std > 0 else 1.0 / math.sqrt(p.fan_in)
-            w = jax.random.truncated_normal(next(keys), -3.0, 3.0, p.shape, jnp.float32) * std
+            k = next(adapter_keys if p.group == "adapter" else keys)
+            w = jax.random.truncated_normal(k, -3.0, 3.0, p.shape, jnp.float32) * std
             if p.layer_scale:  # leading axis is the layer
                 scale = 1.0 / jnp.sqrt(2.0 * (jnp.arange(m.n_layers, dtype=jnp.float32) + 1.0))
                 w = w * scale.reshape((m.n_layers,) + (1,) * (len(p.shape) - 1))
@@ -219,10 +282,18 @@ class Model:
         values of positions < fresh_from come from the cache, the window's are computed now, the rest of the cache
         is used as is (the approximate caches of docs/sampling.md#kv-caches)."""
         m, c = self.m, self.constrain
+
+        def proj(x, name):  # x W (+ scale x A B under LoRA: two thin matmuls, no W-sized product)
+            n_in = LORA_TARGETS[name]
+            y = dense(x, p[name], n_in)
+            if self.lora is None:
+                return y
+            return y + dense(dense(x, p[f"{name}_lora_a"], n_in), p[f"{name}_lora_b"]) * self.lora.scale
+
         h = rms_norm(x, p["attn_norm"], m.norm_eps)
-        q = c(dense(h, p["q_proj"]), ("batch", "act_seq", "heads", "head_dim"))
-        k = c(dense(h, p["k_proj"]), ("batch", "act_seq", "kv_heads", "head_dim"))
-        v = c(dense(h, p["v_proj"]), ("batch", "act_seq", "kv_heads", "head_dim"))
+        q = c(proj(h, "q_proj"), ("batch", "act_seq", "heads", "head_dim"))
+        k = c(proj(h, "k_proj"), ("batch", "act_seq", "kv_heads", "head_dim"))
+        v = c(proj(h, "v_proj"), ("batch", "act_seq", "kv_heads", "head_dim"))
         q, k = rope(q, m.rope_theta, positions), rope(k, m.rope_theta, positions)
         keys, values = k, v
         if cache is not None:
@@ -233,11 +304,11 @@ class Model:
         kw = {} if blocks is None else {"blocks": blocks}
         a = self.attention(q, keys, values, key_mask=key_mask, segment_ids=segment_ids, causal=causal,
                            sharder=self.sharder, **kw)
-        x = x + c(dense(a, p["attn_out"], 2), ("batch", "act_seq", "act_embed"))
+        x = x + c(proj(a, "attn_out"), ("batch", "act_seq", "act_embed"))
         h = rms_norm(x, p["ff_norm"], m.norm_eps)
-        gate, up = dense(h, p["ff_proj"]), dense(h, p["up_proj"])
+        gate, up = proj(h, "ff_proj"), proj(h, "up_proj")
         hidden = c(jax.nn.silu(gate) * up, ("batch", "act_seq", "mlp"))
-        return x + c(dense(hidden, p["ff_out"]), ("batch", "act_seq", "act_embed")), (k, v)
+        return x + c(proj(hidden, "ff_out"), ("batch", "act_seq", "act_embed")), (k, v)
 
     def apply(self, params, tokens, key_mask=None, segment_ids=None, causal=False, blocks=None):
         """tokens [B, T] int -> logits [B, T, vocab] float32. key_mask [B, T] bool (True = real token) hides padding
@@ -294,7 +365,7 @@ class Model:
         return self.constrain(logits, ("batch", "act_seq", "vocab")), new_kv
 
 
-def flops_per_token(m, seq_len, causal=False, pair=False):
+def flops_per_token(m, seq_len, causal=False, pair=False, lora=None):
     """Model FLOPs of one training token (forward + backward): 6 N_non-embedding + the output head + attention.
 
     Attention per layer and token: 2 matmuls (q k^T, p v) of 2 * seq_len * n_heads * head_dim FLOPs forward, times
@@ -302,10 +373,12 @@ def flops_per_token(m, seq_len, causal=False, pair=False):
     diffusion's [x_t ; x_0] input, so every training token is two model tokens (12 N), each attending to about L / 2
     of the 2L keys (as many attention FLOPs as one token under full attention over L; kernels that skip masked
     tiles, splash, do about that much); the output head counts once (the clean half carries no loss, and the
-    chunked loss skips it)."""
+    chunked loss skips it). lora (LoRA): frozen weights get no weight gradient, so 4 N instead of 6 N (and 4 for
+    the head), plus 6 per adapter parameter."""
     attn = 12 * m.n_layers * seq_len * m.n_heads * head_dim(m)
     if causal:
         attn //= 2
-    if pair:
-        return 12 * count_params(m, embeddings=False) + 6 * m.d_model * m.vocab_size + attn
-    return 6 * count_params(m, embeddings=False) + 6 * m.d_model * m.vocab_size + attn
+    per = 4 if lora else 6
+    adapters = 6 * (count_params_lora(m, lora) if lora else 0)
+    n = count_params(m, embeddings=False)
+    return (2 if pair else 1) * (per * n + adapters) + per * m.d_model * m.vocab_size + attn

@@ -53,18 +53,20 @@ def schedule(cfg):
     return wsd
 
 
-def decay_mask(params, o, m):
+def decay_mask(params, o, m, lora=None):
     """True where weight decay applies, by each parameter's group in the model's table (model.param_shapes):
-    matrices always, norms and embeddings when optim.decay_norms / optim.decay_embeddings say so."""
-    decays = {"matrix": True, "norm": o.decay_norms, "embedding": o.decay_embeddings}
-    return jax.tree.map(lambda p: decays[p.group], model_lib.params_like(params, m), is_leaf=model_lib.is_param)
+    matrices (and LoRA adapters) always, norms and embeddings when optim.decay_norms / optim.decay_embeddings say
+    so."""
+    decays = {"matrix": True, "adapter": True, "norm": o.decay_norms, "embedding": o.decay_embeddings}
+    return jax.tree.map(lambda p: decays[p.group], model_lib.params_like(params, m, lora), is_leaf=model_lib.is_param)
 
 
 def make_optimizer(cfg):
+    """(optax transformation, LR schedule). Under LoRA it sees only the trainable params (train.split_trainable)."""
     o = cfg.optim
     lr = schedule(cfg)
     return optax.chain(
         optax.clip_by_global_norm(o.clip_norm) if o.clip_norm > 0 else optax.identity(),
         optax.adamw(lr, b1=o.b1, b2=o.b2, eps=o.adam_eps, weight_decay=o.weight_decay,
-                    mask=lambda p: decay_mask(p, o, cfg.model)),
+                    mask=lambda p: decay_mask(p, o, cfg.model, model_lib.lora_of(cfg))),
     ), lr

@@ -1,4 +1,5 @@
-"""A run directory's own files: the writer's lock, `config.json` and `metrics.jsonl` (checkpoints/ is checkpoint.py's).
+"""A run directory's own files: the writer's lock, `config.json`, `metrics.jsonl` and `wandb_id` (checkpoints/ is
+checkpoint.py's, events.jsonl goodput.py's).
 
 One `llada train` writes a run directory at a time. `RunLock` holds `llada.lock` (JSON: host, pid, start time, the
 command) for as long as the run trains; a second writer is refused with a line naming the holder. A lock whose
@@ -288,3 +289,20 @@ def truncate_metrics(run_dir, step, log=print):
         return
     rows = [r for r in read_metrics(run_dir, log) if r["step"] <= step]
     _write_atomically(path, "".join(json.dumps(r) + "\n" for r in rows))
+
+
+# -- wandb_id ----------------------------------------------------------------------------------------------------
+
+def wandb_id(run_dir):
+    """The Weights & Biases run id of a run directory, kept in its `wandb_id` file (created on first use), so that
+    every process that trains the directory logs to the same W&B run. Process 0 only."""
+    path = os.path.join(run_dir, "wandb_id")
+    try:
+        with open(path) as f:
+            run_id = f.read().strip()
+    except FileNotFoundError:
+        run_id = ""
+    if not run_id:  # new, or emptied by a crash mid-write
+        run_id = uuid.uuid4().hex[:16]
+        _write_atomically(path, run_id)
+    return run_id

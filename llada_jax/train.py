@@ -8,9 +8,21 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from llada_jax import checkpoint as ckpt_lib, diffusion, mfu, model as model_lib, objectives, optim, rundir, sharding
+from llada_jax import (
+    checkpoint as ckpt_lib,
+    diffusion,
+    goodput,
+    mfu,
+    model as model_lib,
+    objectives,
+    optim,
+    rundir,
+    sharding,
+)
 from llada_jax.data import pipeline, sft, synthetic
 from llada_jax.errors import LladaError
+
+WANDB_MODES = ("off", "online", "offline")  # logging.wandb
 
 
 class TrainError(LladaError):
@@ -36,6 +48,9 @@ def validate(cfg, sharder):
                          f"set model.head_dim.")
     if m.n_heads % m.n_kv_heads:
         raise TrainError(f"model.n_heads={m.n_heads} must be a multiple of model.n_kv_heads={m.n_kv_heads} (GQA).")
+    if tr.lora_rank < 0 or (tr.lora_rank and tr.lora_alpha <= 0):
+        raise TrainError(f"train.lora_rank={tr.lora_rank}, train.lora_alpha={tr.lora_alpha}: LoRA needs a rank > 0 "
+                         f"and alpha > 0 (lora_rank=0 trains every weight).")
     schedule = cfg.diffusion.block_size_schedule
     unit = diffusion.schedule_unit(cfg)
     if unit not in diffusion.SCHEDULE_UNITS:
@@ -46,12 +61,28 @@ def validate(cfg, sharder):
         raise TrainError(f"diffusion.block_size_schedule={schedule!r}: expected [(until, block_size), ...] with "
                          f"increasing until (in {unit}: diffusion.block_size_schedule_unit), for a blockwise "
                          f"objective (objective=block; objective is {cfg.objective!r}).")
+    if cfg.logging.wandb not in WANDB_MODES:
+        raise TrainError(f"logging.wandb={cfg.logging.wandb!r}; expected one of {', '.join(WANDB_MODES)}.")
     if obj.blockwise:
         for size in diffusion.block_sizes(cfg):
             if size > tr.seq_len or tr.seq_len % size:
                 raise TrainError(f"train.seq_len={tr.seq_len} must be a multiple of diffusion.block_size={size} "
                                  f"(objective=block); use a divisor of {tr.seq_len}, or -1 for one block of the "
                                  f"whole sequence.")
+
+
+def split_trainable(params, lora):
+    """(trainable, frozen) parts of params: everything trains (frozen {}) unless LoRA, where only the adapters do."""
+    if lora is None:
+        return params, {}
+    blocks = params["blocks"]
+    return ({"blocks": {k: v for k, v in blocks.items() if "_lora_" in k}},
+            {**params, "blocks": {k: v for k, v in blocks.items() if "_lora_" not in k}})
+
+
+def join_trainable(trainable, frozen):
+    """The inverse of split_trainable."""
+    return {**frozen, **trainable, "blocks": {**frozen["blocks"], **trainable["blocks"]}} if frozen else trainable
 
 
 class Setup:
@@ -62,14 +93,15 @@ class Setup:
         self.mesh = sharding.make_mesh(cfg.mesh, devices)
         self.sharder = sharding.Sharder(self.mesh, cfg.sharding.rules)
         validate(cfg, self.sharder)
-        self.model = model_lib.Model(cfg.model, sharder=self.sharder)
+        self.lora = model_lib.lora_of(cfg)
+        self.model = model_lib.Model(cfg.model, sharder=self.sharder, lora=self.lora)
         self.objective = objectives.get(cfg)
         self.tx, self.lr = optim.make_optimizer(cfg)
         self.param_sharding = self.sharder.tree(self.model.param_axes())
-        abstract_params = self.model.abstract_params()
+        abstract_params = split_trainable(self.model.abstract_params(), self.lora)[0]
         abstract_opt = jax.eval_shape(self.tx.init, abstract_params)
         opt_sharding = optax.tree_map_params(
-            self.tx, lambda _, s: s, abstract_opt, self.param_sharding,
+            self.tx, lambda _, s: s, abstract_opt, split_trainable(self.param_sharding, self.lora)[0],
             transform_non_params=lambda _: self.sharder.replicated)
         rep = self.sharder.replicated
         self.state_sharding = {"step": rep, "rng": rep, "params": self.param_sharding, "opt_state": opt_sharding,
@@ -88,7 +120,7 @@ class Setup:
             k_params, k_rng = jax.random.split(key)
             params = self.model.init(k_params)
             return {"step": jnp.zeros((), jnp.int32), "rng": k_rng, "params": params,
-                    "opt_state": self.tx.init(params), **self.guard_init()}
+                    "opt_state": self.tx.init(split_trainable(params, self.lora)[0]), **self.guard_init()}
 
         return jax.jit(init, out_shardings=self.state_sharding)(jax.random.key_data(jax.random.key(seed)))
 
@@ -112,13 +144,16 @@ class Setup:
 
     # -- the step ----------------------------------------------------------------------------------------------
     def loss_and_grads(self, params, batch, key, block_size=None):
-        """Mean loss and gradients over `train.micro_batches` micro-batches (gradient accumulation). The noise is
-        drawn once for the whole batch, so accumulation changes only the summation order, not the estimate.
-        block_size: objective=block's (a Python int; default diffusion.block_size)."""
+        """Mean loss and gradients of the trainable params (split_trainable) over `train.micro_batches`
+        micro-batches (gradient accumulation). The noise is drawn once for the whole batch, so accumulation changes
+        only the summation order, not the estimate. block_size: objective=block's (a Python int; default
+        diffusion.block_size)."""
         n = self.cfg.train.micro_batches
         noise = objectives.draw_noise(key, batch, self.cfg, block_size)
+        params, frozen = split_trainable(params, self.lora)
         grad_fn = jax.value_and_grad(
-            lambda p, b, z: objectives.loss_given_noise(self.model, p, b, z, self.cfg, block_size), has_aux=True)
+            lambda p, b, z: objectives.loss_given_noise(self.model, join_trainable(p, frozen), b, z, self.cfg,
+                                                        block_size), has_aux=True)
         if n == 1:
             (loss, aux), grads = grad_fn(params, batch, noise)
             return loss, aux, grads
@@ -134,12 +169,17 @@ class Setup:
         ((loss, aux), grads), _ = jax.lax.scan(body, zeros, micro)
         return loss / n, jax.tree.map(lambda a: a / n, aux), jax.tree.map(lambda g: g / n, grads)
 
-    def step(self, state, batch, step):
-        """step_fn at training step `step` (a Python int): with the block size diffusion.block_size_schedule gives
-        it, so the step compiles once per distinct block size."""
+    def block_size_at(self, step):
+        """The block size diffusion.block_size_schedule gives training step `step` (a Python int; step_fn compiles
+        once per distinct size), or None without a schedule."""
         if self.objective.blockwise and self.cfg.diffusion.block_size_schedule:
-            return self.step_fn(state, batch, self.objective.block_size(self.cfg, step))
-        return self.step_fn(state, batch)
+            return self.objective.block_size(self.cfg, step)
+        return None
+
+    def step(self, state, batch, step):
+        """step_fn at training step `step`, with its block size (block_size_at)."""
+        size = self.block_size_at(step)
+        return self.step_fn(state, batch) if size is None else self.step_fn(state, batch, size)
 
     def _train_step(self, state, batch, block_size=None):
         step = state["step"]
@@ -147,9 +187,10 @@ class Setup:
         loss, aux, grads = self.loss_and_grads(state["params"], batch, key, block_size)
         grad_norm = optax.tree.norm(grads)
         finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-        updates, opt_state = self.tx.update(grads, state["opt_state"], state["params"])
+        trainable, frozen = split_trainable(state["params"], self.lora)
+        updates, opt_state = self.tx.update(grads, state["opt_state"], trainable)
         updates = jax.tree.map(lambda u: u * state["lr_scale"].astype(u.dtype), updates)  # AdamW is linear in LR
-        params = optax.apply_updates(state["params"], updates)
+        params = join_trainable(optax.apply_updates(trainable, updates), frozen)
         # NaN guard: a non-finite step leaves params and optimizer state untouched and is counted.
         keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
         new_state = {"step": step + 1, "rng": state["rng"], "params": keep(params, state["params"]),
@@ -177,18 +218,22 @@ def make_data(cfg):
 
 
 class MetricsWriter:
-    """metrics.jsonl plus TensorBoard events in the run directory; only process 0 writes. metrics.jsonl is opened
-    for each row, so a rewrite of the file (rundir.truncate_metrics after a rollback) is never written past."""
+    """metrics.jsonl plus TensorBoard events in the run directory, and a Weights & Biases run unless
+    logging.wandb="off"; only process 0 writes. metrics.jsonl is opened for each row, so a rewrite of the file
+    (rundir.truncate_metrics after a rollback) is never written past."""
 
-    def __init__(self, workdir):
+    def __init__(self, workdir, cfg):
         self.active = jax.process_index() == 0
         self.path = os.path.join(workdir, "metrics.jsonl")
+        self.tb = self.wandb = None
         if self.active:
             try:
                 from tensorboardX import SummaryWriter  # lazily: ~2 s to import; only process 0 writes
                 self.tb = SummaryWriter(workdir)
             except ImportError:  # TensorBoard is optional; metrics.jsonl always exists
-                self.tb = None
+                pass
+            if cfg.logging.wandb != "off":
+                self.wandb = _wandb_init(workdir, cfg)
 
     def write(self, step, metrics):
         if not self.active:
@@ -199,10 +244,32 @@ class MetricsWriter:
             for k, v in metrics.items():
                 self.tb.add_scalar(k, v, step)
             self.tb.flush()
+        if self.wandb:
+            self.wandb.log(metrics, step=step)
+
+    def checkpoint_saved(self, step):
+        """Marks step `step` as saved: W&B's `checkpoint_step` metric (its last value in the run summary)."""
+        if self.wandb:
+            self.wandb.log({"checkpoint_step": step}, step=step)
 
     def close(self):
-        if self.active and self.tb:
+        if self.tb:
             self.tb.close()
+        if self.wandb:
+            self.wandb.finish()
+
+
+def _wandb_init(workdir, cfg):
+    """The W&B run of a run directory (logging.wandb = online | offline), its files under WORKDIR/wandb. Its id is
+    kept in the run directory (rundir.wandb_id), so a resumed run continues the same W&B run."""
+    lg = cfg.logging
+    try:
+        import wandb  # lazily: an optional dependency (the `wandb` extra)
+    except ImportError:
+        raise TrainError(f"logging.wandb={lg.wandb!r} needs the wandb package: pip install wandb (or pip install "
+                         f"\"llada-jax[wandb]\"); or pass --config.logging.wandb=off.") from None
+    return wandb.init(project=lg.wandb_project, name=lg.wandb_run_name or os.path.basename(os.path.abspath(workdir)),
+                      dir=workdir, mode=lg.wandb, config=cfg.to_dict(), resume="allow", id=rundir.wandb_id(workdir))
 
 
 def _fmt_time(seconds):
@@ -249,50 +316,70 @@ def train(cfg, workdir, log=print, data=None, devices=None):
     """Trains `cfg` into `workdir`, resuming from its newest readable checkpoint if there is one (newer unreadable
     steps are set aside). Holds the run directory's lock (rundir.RunLock) throughout. Returns (state, history).
     `data`: the data source (default: make_data(cfg)), an iterator of host-local batches with get_state / set_state.
-    `devices`: the mesh's devices (default: all)."""
+    `devices`: the mesh's devices (default: all). The loop's events (goodput.py) go to WORKDIR/events.jsonl."""
+    started = time.time()
     log = log if jax.process_index() == 0 else (lambda *a, **k: None)
     setup = Setup(cfg, devices)
     os.makedirs(workdir, exist_ok=True)
     with rundir.HostsLock(workdir, log):
-        return _train(setup, cfg, workdir, log, data)
+        return _train(setup, cfg, workdir, log, data, started)
 
 
-def _train(setup, cfg, workdir, log, data):
+def _train(setup, cfg, workdir, log, data, started):
     m, tr = cfg.model, cfg.train
     log(f"model: {model_lib.count_params(m) / 1e6:.2f}M params ({model_lib.count_params(m, False) / 1e6:.2f}M "
         f"non-embedding); mesh {dict(setup.mesh.shape)} on {jax.device_count()} {jax.devices()[0].platform} devices"
         f" in {jax.process_count()} process(es)")
     data = make_data(cfg) if data is None else data
     ckpt = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"), cfg)
+    t_restore = time.perf_counter()
     restored = ckpt.restore(setup.abstract_state(), log=log)
     if restored is not None:
         state, data_state = restored
         data.set_state(data_state)
         ckpt.set_aside(log)
+        restore_seconds = time.perf_counter() - t_restore
         log(f"resuming from the checkpoint of step {int(state['step'])} in {ckpt.directory}")
     else:
         state = setup.init_state()
-        if cfg.checkpoint.init_from:
-            params, from_step = ckpt_lib.restore_params(cfg.checkpoint.init_from, setup.abstract_state()["params"],
-                                                        log=log)
+        if cfg.checkpoint.init_from:  # under LoRA: the base weights (the adapters start fresh)
+            abstract = setup.abstract_state()["params"]
+            if setup.lora:
+                abstract = split_trainable(abstract, setup.lora)[1]
+            params, from_step = ckpt_lib.restore_params(cfg.checkpoint.init_from, abstract, log=log)
+            if setup.lora:
+                params = join_trainable(split_trainable(state["params"], setup.lora)[0], params)
             state = {**state, "params": params}
             log(f"initialised params from {cfg.checkpoint.init_from} (step {from_step}); fresh optimizer state")
-    rundir.truncate_metrics(workdir, int(state["step"]), log)  # rows of steps that run again, torn lines
+    step = int(state["step"])
+    events = goodput.EventLog(workdir, jax.process_index() == 0)
+    events.emit("start", at=started, step=step)
+    if restored is not None:
+        events.emit("checkpoint_restore", seconds=restore_seconds, step=step)
+    rundir.truncate_metrics(workdir, step, log)  # rows of steps that run again, torn lines
     if jax.process_index() == 0:  # after the restore: a config that cannot resume leaves the run untouched
         rundir.save_config(workdir, cfg)
-    writer = MetricsWriter(workdir)
+    writer = MetricsWriter(workdir, cfg)
     preemption = ckpt_lib.Preemption()
     tokens_per_step, flops_per_step = optim.tokens_per_step(cfg), mfu.flops_per_step(cfg)
     peak = mfu.device_peak_flops()
     peak_total = peak * jax.device_count() if peak else None
-    history, pending = [], []
-    step = int(state["step"])
+    history, pending, compiled = [], [], set()  # compiled: the block sizes step_fn has run with in this process
     t_last, step_last = time.perf_counter(), step
+    clock = goodput.StepClock(events, step)
     profiler = Profiler(tr.profile_steps, workdir, log)
     try:
         while step < tr.steps:
             profiler.before(step)
-            state, metrics = setup.step(state, setup.put_batch(next(data)), step)
+            batch = setup.put_batch(clock.next_batch(data))
+            size = setup.block_size_at(step)
+            if size in compiled:
+                state, metrics = setup.step(state, batch, step)
+            else:  # compiles: timed alone, once the steps queued before it have finished
+                jax.block_until_ready(state)
+                with clock.timed("compile", step=step + 1, block_size=size):
+                    state, metrics = jax.block_until_ready(setup.step(state, batch, step))
+                compiled.add(size)
             step += 1
             pending.append(metrics)
             log_now = step % tr.log_every == 0 or step == tr.steps
@@ -300,11 +387,17 @@ def _train(setup, cfg, workdir, log, data):
             preempted = preemption.reached(step)
             if log_now or save_now or preempted:
                 if int(state["nan_streak"]) >= tr.nan_patience:
+                    clock.steps_done(step)  # recorded, so that the summary counts them as run again
+                    t_rollback, bad_step = time.perf_counter(), step
                     state, step = _rollback(setup, ckpt, data, state, cfg, workdir, log)
+                    events.emit("rollback", from_step=bad_step, to_step=step,
+                                seconds=time.perf_counter() - t_rollback)
+                    clock.restart(step)
                     pending, t_last, step_last = [], time.perf_counter(), step
                     continue
             if log_now and pending:
                 fetched = jax.device_get(pending)
+                clock.steps_done(step)
                 pending = []
                 now = time.perf_counter()
                 elapsed, steps_done = now - t_last, step - step_last
@@ -323,15 +416,25 @@ def _train(setup, cfg, workdir, log, data):
                     f"{row['grad_norm']:.3f} | {row['tokens_per_sec']:,.0f} tok/s{mfu_txt} | eta {_fmt_time(eta)}"
                     f"{skip_txt}")
                 t_last, step_last = now, step
+                clock.restart(step)  # the logging above is not step time
+            elif preempted:  # the steps since the last log point: saved below, so productive
+                jax.block_until_ready(state)
+                clock.steps_done(step)
             if save_now or preempted:
-                ckpt.save(step, state, data.get_state(), cfg, force=True)
+                with clock.timed("checkpoint_save", step=step):
+                    ckpt.save(step, state, data.get_state(), cfg, force=True)
+                writer.checkpoint_saved(step)
             if preempted:
-                ckpt.wait()
+                with clock.timed("checkpoint_save", step=step):
+                    ckpt.wait()
+                events.emit("end", step=step, reason="preempted")
                 raise Preempted(f"preempted (SIGTERM): saved the checkpoint of step {step} in {ckpt.directory}; "
                                 f"rerun the same command to resume.")
         if profiler.active:
             jax.block_until_ready(state)
-        ckpt.wait()
+        with clock.timed("checkpoint_save", step=step):
+            ckpt.wait()
+        events.emit("end", step=step, reason="done")
     finally:
         profiler.close()
         preemption.close()

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from conftest import Crash, crash_at, losses
 
-from llada_jax import checkpoint, config as config_lib, train
+from llada_jax import checkpoint, config as config_lib, goodput, train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # The tiny test model as command-line overrides (for the subprocess tests).
@@ -150,6 +150,8 @@ def test_nan_guard_skips_counts_and_rolls_back(cfg, tmp_path, monkeypatch):
     lr = train.optim.schedule(cfg)
     np.testing.assert_allclose(rows[-1]["lr"], 0.5 * float(lr(11)), rtol=1e-6)
     assert all(np.isfinite(r["loss"]) for r in rows)
+    g = goodput.summarize(tmp_path)  # steps 5-8 ran again
+    assert (g["rollbacks"], g["recomputed_steps"], g["productive_steps"]) == (1, 4, 12)
 
 
 def _cli(workdir, *extra, env_extra=None):
@@ -228,6 +230,10 @@ def test_sigterm_saves_and_exits_then_resumes(tmp_path):
     out = _run(tmp_path / "p", "--config.train.steps=16")
     assert f"resuming from the checkpoint of step {saved}" in out.stdout
     assert losses(tmp_path / "p") == losses(tmp_path / "ref")
+    ends = [e["reason"] for e in goodput.read_events(tmp_path / "p") if e["event"] == "end"]
+    g = goodput.summarize(tmp_path / "p")  # a preemption saves the step it stops at: nothing runs again
+    assert ends == ["preempted", "done"]
+    assert (g["processes"], g["recomputed_steps"], g["productive_steps"]) == (2, 0, 16)
 
 
 @pytest.mark.slow

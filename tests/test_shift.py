@@ -99,3 +99,17 @@ def test_the_bound_of_a_shifted_model_scores_all_but_the_first_token():
 def test_the_shift_is_for_diffusion_objectives():
     with pytest.raises(objectives.ObjectiveError, match="model.shift_logits"):
         objectives.get(_cfg("arm", True))
+
+
+def test_a_likelihood_without_a_prompt_is_refused_under_the_shift():
+    """Nothing predicts a sequence's first token: an empty prompt has no estimate (without the shift it has)."""
+    for shift in (True, False):
+        model = model_lib.Model(_cfg("mdm", shift).model)
+        params = model.init(jax.random.key(7))
+        run = lambda: likelihood.log_likelihood(model, params, [], [5, 6], jax.random.key(8), 2, n_samples=2,
+                                                batch_size=2)
+        if shift:
+            with pytest.raises(likelihood.EvalError, match="prompt is empty"):
+                run()
+        else:
+            assert run()[0] < 0

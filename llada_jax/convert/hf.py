@@ -21,7 +21,7 @@ import numpy as np
 import sentencepiece
 import tensorstore as ts
 
-from llada_jax import checkpoint, config as config_lib, objectives, rundir
+from llada_jax import checkpoint, config as config_lib, model as model_lib, objectives, rundir
 from llada_jax.convert import ConvertError
 from llada_jax.convert.layout import (
     IGNORED_SUFFIXES,
@@ -129,7 +129,9 @@ def to_hf(run_dir, out, step=None, dtype=None, tokenizer=None, max_shard_size="5
     params_dir = os.path.join(step_dir, "params")
     context = ts.Context({"cache_pool": {"total_bytes_limit": 0}})
     stores, problems = {}, []
-    for leaf, shape in leaf_shapes(m).items():
+    lora = model_lib.lora_of(cfg)  # adapters are merged as their projection streams: W + scale A B
+    expected = {leaf: p.shape for leaf, p in model_lib.flat_params(m, lora).items()}
+    for leaf, shape in expected.items():
         t = open_leaf(params_dir, leaf, context)
         if t is None:
             problems.append(f"params/{leaf}: missing from the checkpoint (expected shape {shape})")
@@ -139,6 +141,8 @@ def to_hf(run_dir, out, step=None, dtype=None, tokenizer=None, max_shard_size="5
     if problems:
         raise ConvertError(f"checkpoint step {step} of {run_dir} does not match its config.json:\n  " +
                            "\n  ".join(problems))
+    adapters = {id(stores[f"blocks.{name}"]): (stores.pop(f"blocks.{name}_lora_a"), stores.pop(f"blocks.{name}_lora_b"))
+                for name in model_lib.LORA_TARGETS if lora}
     stored = {np.dtype(t.dtype.numpy_dtype) for t in stores.values()}
     dtype = _choose_dtype(dtype, stored, 1, "the checkpoint")
     code, np_dtype = DTYPES[dtype]
@@ -175,6 +179,9 @@ def to_hf(run_dir, out, step=None, dtype=None, tokenizer=None, max_shard_size="5
 
     for t, tensors, ours, rows in copy_plan(table, stores):
         x = t[ours].read().result()
+        if id(t) in adapters:  # a LoRA projection (stacked: `ours` selects layers)
+            a, b = (s[ours].read().result().astype(np.float32) for s in adapters[id(t)])
+            x = (x.astype(np.float32) + model_lib.lora_delta(a, b, lora.scale)).astype(x.dtype)
         if rows is None:  # layers
             for tensor, layer in zip(tensors, x):
                 emit(tensor, tensor.to_hf(layer).astype(np_dtype))
