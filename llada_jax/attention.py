@@ -264,8 +264,16 @@ def _flash_local(q, k, v, kmask, seg, block_ids, causal, segmented, blocked, blo
 def cudnn_attention(q, k, v, key_mask=None, segment_ids=None, causal=False, sharder=None, blocks=None):
     """cuDNN flash attention on GPU through jax.nn.dot_product_attention (bf16/fp16 inputs). cuDNN has no
     block-causal mask type: `blocks` reaches it as a dense boolean mask like the key and segment masks (exact,
-    but no tiles are skipped and the mask is [B, 1, T, S])."""
-    mask = _mask(q.shape[0], q.shape[1], k.shape[1], key_mask, segment_ids, False, blocks)
+    but no tiles are skipped and the mask is [B, 1, T, S]). cuDNN takes a mask only with both sequence dimensions
+    whole ("Bias must have same seq length as QKV, got 1 and 1024" for a [B, 1, 1, S] key mask): it is broadcast."""
+    b, t, s = q.shape[0], q.shape[1], k.shape[1]
+    mask = _mask(b, t, s, key_mask, segment_ids, False, blocks)
+    if mask is not None:
+        mask = jnp.broadcast_to(mask, (mask.shape[0], 1, t, s))
+        if sharder is not None and mask.shape[0] == b:
+            # sharded like q's rows: else the propagated sharding of the mask may be one that JAX's partitioner of
+            # the cuDNN call cannot express (AssertionError in explode_superdims with 4 micro-batches on 8 GPUs)
+            mask = sharder.constrain(mask, ("batch", None, None, None))
     return jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=causal, implementation="cudnn")
 
 

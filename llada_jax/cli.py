@@ -35,7 +35,7 @@ USAGE = """usage: llada COMMAND [options]
 
 commands:
   train     train a model (default: the tiny config on the built-in synthetic corpus)
-  compile   compile the train step ahead of time for a TPU topology; memory, FLOPs, collectives
+  compile   compile the train step ahead of time for a TPU or GPU topology; memory, FLOPs, collectives
   data      `data corpus`: collect a real corpus; `data tokenizer`: train a sentencepiece tokenizer;
             `data prepare`: tokenize corpora into a token store; `data choices`: multiple choice from a corpus
   convert   `convert to-hf`: export a run in the LLaDA Hugging Face layout; `convert from-hf`: import one;
@@ -166,16 +166,18 @@ def cmd_data(argv):
 
 def cmd_compile(argv):
     overrides, args = _parse(
-        argv, "llada compile", "Compile the train step ahead of time for a TPU topology (needs libtpu).",
-        ("--topology", dict(required=True, help="e.g. v5e-256, v5p-128 (TensorCores), v6e-64, v5e:4x4")),
+        argv, "llada compile", "Compile the train step ahead of time for a TPU or NVIDIA GPU topology on this machine "
+        "(needs libtpu, or JAX's CUDA plugin: the gpu extra; no TPU, GPU or driver).",
+        ("--topology", dict(required=True, help="TPU: v5e-256, v5p-128 (TensorCores), v6e-64, v5e:4x4; GPU: h100:8, "
+                                                "h200:8, h100:2x8 (hosts x GPUs)")),
         ("--json", dict(action="store_true", help="print the report as JSON")))
     cfg = _load(args, overrides)
     report = aot.compile_step(cfg, args.topology)
     print(json.dumps(report, indent=2) if args.json else aot.format_report(report))
     if not report["fits"]:
         raise aot.DoesNotFit(f"the step does not fit: it needs {report['total_bytes'] / 2**30:.2f} GiB per device but "
-                             f"the chip has {report['hbm_bytes'] / 2**30:.0f} GiB; use more devices, a smaller "
-                             f"per-device batch (train.micro_batches), or model.remat=full.")
+                             f"the device has {report['usable_bytes'] / 2**30:.1f} GiB for it; use more devices, a "
+                             f"smaller per-device batch (train.micro_batches), or model.remat=full.")
 
 
 def cmd_convert(argv):

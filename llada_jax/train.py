@@ -157,7 +157,8 @@ class Setup:
         if n == 1:
             (loss, aux), grads = grad_fn(params, batch, noise)
             return loss, aux, grads
-        split = lambda x: x.reshape((n, x.shape[0] // n) + x.shape[1:])
+        split = lambda x: self.sharder.constrain(x.reshape((n, x.shape[0] // n) + x.shape[1:]),
+                                                 (None, "batch") + (None,) * (x.ndim - 1))  # rows stay sharded
         micro = jax.tree.map(split, (batch, noise))
 
         def body(acc, xs):

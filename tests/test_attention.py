@@ -190,6 +190,26 @@ def test_cudnn_gets_the_block_mask(monkeypatch):
     _blocks_case(attention.cudnn_attention, "both", attention.Blocks(16, pair=True))
 
 
+def test_cudnn_gets_whole_masks(monkeypatch):
+    """cuDNN takes a mask only as [B, 1, T, S] ("Bias must have same seq length as QKV, got 1 and 1024" for the
+    [B, 1, 1, S] of a key mask, found compiling the train step for H100s): cudnn_attention broadcasts it."""
+    real, shapes = jax.nn.dot_product_attention, []
+
+    def spy(*a, mask=None, implementation=None, **kw):
+        shapes.append(None if mask is None else mask.shape)
+        return real(*a, mask=mask, implementation="xla", **kw)
+
+    monkeypatch.setattr(jax.nn, "dot_product_attention", spy)
+    q, k, v = _inputs()
+    (key_mask, _), _ = _masks("key_mask")
+    got = attention.cudnn_attention(q, k, v, key_mask=key_mask)
+    ref = attention.xla_attention(q, k, v, key_mask=key_mask)
+    np.testing.assert_allclose(np.asarray(got), np.asarray(ref), atol=1e-5)
+    assert shapes == [(2, 1, 128, 128)]
+    attention.cudnn_attention(q, k, v)
+    assert shapes[-1] is None  # no mask: none is made
+
+
 def test_flash_blocks_window_of_queries():
     """A cached decoding window (block 3 of 8, offset traced) = those rows of the whole block-causal sequence."""
     q, k, v = _inputs()

@@ -1,0 +1,83 @@
+"""Fit table for NVIDIA GPUs: per-GPU memory of the real train step of the paper's 1B and 8B configs (sequence length
+4096, global batch 1280) on 8 x H100 / 8 x H200, compiled ahead of time on this machine without a GPU (needs JAX's
+CUDA plugin: `pip install "jax[cuda12]==<jax version>"`, the `gpu` extra; no driver).
+
+    python benchmarks/gpu_fit.py [--models=llada_1b,llada_8b] [--topologies=h100:8,h200:8] [--remats=full]
+
+For each (model, topology, remat policy) the global batch is reached with gradient accumulation (train.micro_batches)
+and the fewest micro-batches whose step fits are searched by bisection over the counts that divide the batch over
+the GPUs (memory grows with the per-GPU micro-batch); every compiled candidate is a row, the answer is marked.
+"Fits" means within JAX's GPU allocator, XLA_PYTHON_CLIENT_MEM_FRACTION of the memory (0.75 unless set; the rest is
+cuDNN / cuBLAS workspace, NCCL buffers and the CUDA context): raising it to ~0.9 at run time admits bigger batches.
+"""
+import argparse
+import json
+import time
+from importlib import metadata
+
+from llada_jax import aot, config as config_lib
+
+GIB = 1 << 30
+
+
+def micro_batch_counts(global_batch, devices):
+    """Micro-batch counts whose micro-batch divides over the devices, fewest first (the largest per-GPU batch)."""
+    return [m for m in range(1, global_batch // devices + 1) if global_batch % (m * devices) == 0]
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--models", default="llada_1b,llada_8b")
+    p.add_argument("--topologies", default="h100:8,h200:8")
+    p.add_argument("--remats", default="save_dots_no_batch,full", help="remat policies, each searched on its own")
+    p.add_argument("--global_batch", type=int, default=1280)
+    p.add_argument("--seq_len", type=int, default=4096)
+    p.add_argument("--out", default="", help="also write the rows as JSON lines to this file")
+    args = p.parse_args()
+    print(f"<!-- jax {metadata.version('jax')}, jax-cuda12-plugin {metadata.version('jax-cuda12-plugin')}, "
+          f"cuDNN {metadata.version('nvidia-cudnn-cu12')}; global batch {args.global_batch} x {args.seq_len} -->")
+    print("| model | GPUs | remat | micro-batches | sequences per GPU per micro-batch | arguments | temporaries | "
+          "total per GPU | of HBM | fits |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    rows = []
+    for model in args.models.split(","):
+        for topo in args.topologies.split(","):
+            gpus = aot.parse_topology(topo)[2]
+            for remat in args.remats.split(","):
+                counts = micro_batch_counts(args.global_batch, gpus)
+                lo, hi, best = 0, len(counts) - 1, None  # bisection: the fewest micro-batches that fit
+                while lo <= hi:
+                    mid = (lo + hi) // 2
+                    micro = counts[mid]
+                    cfg = config_lib.load_config(f"configs/{model}.py")
+                    cfg.model.remat, cfg.train.micro_batches = remat, micro
+                    cfg.train.global_batch, cfg.train.seq_len = args.global_batch, args.seq_len
+                    per_gpu = args.global_batch // gpus // micro
+                    t0 = time.perf_counter()
+                    try:
+                        r = aot.compile_step(cfg, topo)
+                    except Exception as e:  # noqa: BLE001  (a candidate that cannot compile counts as not fitting)
+                        print(f"<!-- {model} {topo} {remat} x{micro}: {type(e).__name__}: {str(e)[:300]} -->",
+                              flush=True)
+                        lo = mid + 1
+                        continue
+                    rows.append({"model": model, **r, "seconds": time.perf_counter() - t0})
+                    print(f"| {model} | {r['devices']} x {r['device_kind']} | {remat} | {micro} | {per_gpu} | "
+                          f"{r['argument_bytes'] / GIB:.2f} GiB | {r['temp_bytes'] / GIB:.2f} GiB | "
+                          f"{r['total_bytes'] / GIB:.2f} GiB | {r['total_bytes'] / r['hbm_bytes']:.0%} of "
+                          f"{r['hbm_bytes'] / GIB:.0f} GiB | {'yes' if r['fits'] else 'no'} |", flush=True)
+                    if r["fits"]:
+                        best, hi = micro, mid - 1
+                    else:
+                        lo = mid + 1
+                    if args.out:  # after every row: a long run that is stopped keeps what it measured
+                        with open(args.out, "w") as f:
+                            f.writelines(json.dumps(x) + "\n" for x in rows)
+                print(f"<!-- {model} on {topo}, remat {remat}: "
+                      + (f"fewest micro-batches that fit: {best} ({args.global_batch // gpus // best} sequences per "
+                         f"GPU per micro-batch) -->" if best else "does not fit at any micro-batch count -->"),
+                      flush=True)
+
+
+if __name__ == "__main__":
+    main()
