@@ -13,9 +13,9 @@ from llada_jax.model import Param
 REAL_TABLE = model_lib.param_shapes
 
 
-def table_with_new_params(m):
+def table_with_new_params(m, lora=None):
     """The real table plus a per-layer norm (a QK-norm), a per-layer projection and a whole-model norm."""
-    t = REAL_TABLE(m)
+    t = REAL_TABLE(m, lora)
     d, L = m.d_model, m.n_layers
     t["blocks"]["q_norm"] = Param((L, d), ("layers", "norm"), "ones", "norm", "blocks.{layer}.q_norm.weight", (d,))
     t["blocks"]["extra_proj"] = Param((L, d, 8), ("layers", "embed", "mlp"), "normal", "matrix",
