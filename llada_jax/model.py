@@ -137,15 +137,18 @@ def params_like(tree, m, lora=None):
     return jax.tree_util.tree_map_with_path(lookup, tree)
 
 
-def count_params(m, embeddings=True):
-    """Exact parameter count from shapes (nothing allocated). Non-embedding excludes wte and the output head."""
-    return sum(int(np.prod(p.shape)) for p in flat_params(m).values() if embeddings or p.group != "embedding")
+def count_params(m, embeddings=True, lora=None):
+    """Exact parameter count from shapes (nothing allocated). Non-embedding excludes wte and the output head; lora
+    (LoRA) counts its adapters too."""
+    return sum(int(np.prod(p.shape)) for p in flat_params(m, lora).values() if embeddings or p.group != "embedding")
 
 
-def lora_delta(a, b, scale):
-    """scale * A B of stacked adapters (numpy or jax): a [L, *in, r], b [L, r, *out] -> [L, *in, *out]."""
+def lora_merged(w, a, b, scale):
+    """W + scale A B of stacked weights and their adapters (numpy or jax; any layers of them), computed in float32
+    and returned in W's dtype: w [L, *in, *out], a [L, *in, r], b [L, r, *out]."""
     n, r = a.shape[0], a.shape[-1]
-    return (scale * (a.reshape(n, -1, r) @ b.reshape(n, r, -1))).reshape(a.shape[:-1] + b.shape[2:])
+    a, b = a.astype(np.float32).reshape(n, -1, r), b.astype(np.float32).reshape(n, r, -1)
+    return (w.astype(np.float32) + scale * (a @ b).reshape(w.shape)).astype(w.dtype)
 
 
 def merge_lora(params, lora):
@@ -153,16 +156,9 @@ def merge_lora(params, lora):
     that computes what the LoRA model computes (exports, inference)."""
     blocks = {k: v for k, v in params["blocks"].items() if "_lora_" not in k}
     for name in LORA_TARGETS if lora else ():
-        w = blocks[name]
-        delta = lora_delta(params["blocks"][f"{name}_lora_a"].astype(jnp.float32),
-                           params["blocks"][f"{name}_lora_b"].astype(jnp.float32), lora.scale)
-        blocks[name] = (w.astype(jnp.float32) + delta).astype(w.dtype)
+        blocks[name] = lora_merged(blocks[name], params["blocks"][f"{name}_lora_a"],
+                                   params["blocks"][f"{name}_lora_b"], lora.scale)
     return {**params, "blocks": blocks}
-
-
-def count_params_lora(m, lora):
-    """The adapters' parameter count."""
-    return sum(int(np.prod(p.shape)) for p in flat_params(m, lora).values() if p.group == "adapter")
 
 
 def head_weight(params, m):
@@ -379,6 +375,6 @@ def flops_per_token(m, seq_len, causal=False, pair=False, lora=None):
     if causal:
         attn //= 2
     per = 4 if lora else 6
-    adapters = 6 * (count_params_lora(m, lora) if lora else 0)
     n = count_params(m, embeddings=False)
+    adapters = 6 * (count_params(m, False, lora) - n)
     return (2 if pair else 1) * (per * n + adapters) + per * m.d_model * m.vocab_size + attn

@@ -112,7 +112,7 @@ def test_lora_run_from_a_base_run_exports_and_loads_merged(tmp_path, one_device)
 def test_lora_flops_skip_the_frozen_weight_gradients():
     m = tiny_config().model
     n, head = model_lib.count_params(m, embeddings=False), m.d_model * m.vocab_size
-    adapters = model_lib.count_params_lora(m, LORA)
+    adapters = model_lib.count_params(m, lora=LORA) - model_lib.count_params(m)
     per_layer = sum(LORA.rank * (np.prod(p.shape[1:1 + k]) + np.prod(p.shape[1 + k:]))
                     for name, k in model_lib.LORA_TARGETS.items()
                     for p in [model_lib.param_shapes(m)["blocks"][name]])

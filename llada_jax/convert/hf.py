@@ -180,8 +180,7 @@ def to_hf(run_dir, out, step=None, dtype=None, tokenizer=None, max_shard_size="5
     for t, tensors, ours, rows in copy_plan(table, stores):
         x = t[ours].read().result()
         if id(t) in adapters:  # a LoRA projection (stacked: `ours` selects layers)
-            a, b = (s[ours].read().result().astype(np.float32) for s in adapters[id(t)])
-            x = (x.astype(np.float32) + model_lib.lora_delta(a, b, lora.scale)).astype(x.dtype)
+            x = model_lib.lora_merged(x, *(s[ours].read().result() for s in adapters[id(t)]), lora.scale)
         if rows is None:  # layers
             for tensor, layer in zip(tensors, x):
                 emit(tensor, tensor.to_hf(layer).astype(np_dtype))
