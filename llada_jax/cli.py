@@ -43,7 +43,8 @@ commands:
   sample    generate answers to prompts with a trained run (the reverse process, Fast-dLLM decoding)
   chat      multi-turn chat with a trained run (the official chat rules)
   eval      evaluate a trained run: perplexity bound, multiple choice by likelihood, built-in task accuracy
-  sweep     train and evaluate every point of a sweep file; results table and plots (--print_commands)
+  sweep     train and evaluate every point of a sweep file; results table and plots (--launch=local|slurm|tpu,
+            --collect)
   goodput   where a run's wall time went: productive steps, compilation, data, checkpoints, restarts
 
 common options:
@@ -230,17 +231,34 @@ def cmd_convert(argv):
 
 
 def cmd_sweep(argv):
-    """`llada sweep --sweep=configs/sweeps/NAME.py --workdir=DIR [--config.a.b=v ...] [--print_commands]`."""
+    """`llada sweep --sweep=configs/sweeps/NAME.py --workdir=DIR [--config.a.b=v ...] [--launch=local|slurm|tpu
+    [--parallel=N] [--dry_run] | --collect | --print_commands]`."""
     overrides, args = _parse(
         argv, "llada sweep", "Train and evaluate every point of a sweep; write results.csv/.md and plots.",
         ("--sweep", dict(required=True, help="a sweep file, configs/sweeps/NAME.py, defining get_sweep()")),
+        ("--launch", dict(choices=sweep.LAUNCHERS, default=None,
+                          help="one job per unfinished training run: a local process (waited for, then the results "
+                               "are written), `sbatch launch/gpu_slurm.sbatch`, or `launch/tpu_pod.sh` on TPU VM "
+                               "$TPU_NAME-<run number> (needs TPU_NAME, ZONE)")),
+        ("--parallel", dict(type=int, default=None, help="with --launch=local: training processes at a time "
+                                                         "(default 1)")),
+        ("--dry_run", dict(action="store_true", help="with --launch: print the commands it would start; start "
+                                                     "nothing")),
+        ("--collect", dict(action="store_true", help="train nothing: evaluate the finished runs and write the "
+                                                     "results (unfinished points: empty metrics)")),
         ("--print_commands", dict(action="store_true", help="print one `llada train` command per run and exit")))
+    sweep.check_flags(args.launch, args.parallel, args.dry_run, args.collect, args.print_commands)
     base, points = sweep.load_sweep(args.sweep)
     base, workdir = args.config or base, args.workdir or os.path.join("runs", "sweep_" + Path(args.sweep).stem)
     for warning in sweep.replaced_overrides(overrides, points):
         print(warning, file=sys.stderr)
     if args.print_commands:
         print("\n".join(sweep.launch_commands(base, points, workdir, overrides)))
+    elif args.launch:
+        hint = sweep.collect_command(args.sweep, args.config, overrides, workdir)
+        sweep.launch(base, points, workdir, overrides, args.launch, args.parallel or 1, args.dry_run, hint)
+    elif args.collect:
+        sweep.collect_results(base, points, workdir, overrides)
     else:
         sweep.run_sweep(base, points, workdir, overrides)
 

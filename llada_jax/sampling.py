@@ -78,10 +78,22 @@ def ranks(conf):
     return jnp.argsort(order, axis=-1, stable=True)
 
 
+NOISE_CHUNK = 8  # candidate positions whose Gumbel noise one draw covers
+
+
 def step_noise_key(key, step):
-    """The noise of global step `step` (counted over all blocks): (gumbel key, remasking key). Drawn as
-    gumbel(gumbel key, [B, gen_length, V]) and uniform(remasking key, [B, gen_length]), so tests can recompute it."""
+    """The noise of global step `step` (counted over all blocks): (gumbel key, remasking key). The Gumbel noise of
+    window position q (offset + j) is gumbel(fold_in(gumbel key, q), [B, V]), drawn only where some row has a
+    candidate (sample_candidates); the remasking noise is uniform(remasking key, [B, gen_length])."""
     return jax.random.split(jax.random.fold_in(key, step))
+
+
+def noise_bits(key, shape):
+    """uint32 bits of `shape` for a JAX key from XLA's counter-based ThreeFry generator (RngBitGenerator), about 3x
+    faster on a CPU than jax.random.bits. Like any RngBitGenerator output they are a fixed function of the key on one
+    backend and XLA version, not guaranteed equal across them (jax.random's are)."""
+    state = jax.random.bits(key, (4,), jnp.uint32)
+    return jax.lax.rng_bit_generator(state, shape, jnp.uint32, algorithm=jax.lax.RandomAlgorithm.RNG_THREE_FRY)[1]
 
 
 def gumbel(key, shape):
@@ -92,9 +104,31 @@ def gumbel(key, shape):
     the first bit picks the half of (0, 1) that u lies in, the other 63 give w = min(u, 1 - u) in (0, 1/2] (down
     to 2^-64), and E = -log(w) where u = w, -log1p(-w) where u = 1 - w. Both are accurate to float32 rounding, so
     every token's probability is right to about 1e-7 relative, down to probabilities of about 2^-64."""
-    hi, lo = jax.random.bits(key, (2, *shape), jnp.uint32)
+    hi, lo = noise_bits(key, (2, *shape))
     w = (hi & 0x7FFFFFFF).astype(jnp.float32) * 2.0 ** -32 + (lo.astype(jnp.float32) + 0.5) * 2.0 ** -64
     return -jnp.log(jnp.where(hi >> 31 == 1, -jnp.log(w), -jnp.log1p(-w)))
+
+
+def sample_candidates(logits, candidate, temperature, k_gumbel, offset):
+    """x0 [B, W] ~ softmax(logits / temperature) by Gumbel-max in the window's columns where some row has a candidate
+    (plain argmax in the others: they are never committed), NOISE_CHUNK columns per draw. Column j gets
+    gumbel(fold_in(k_gumbel, offset + j), [B, V]), so a draw depends neither on the window's layout nor on which other
+    columns are drawn."""
+    b, w, vocab = logits.shape
+    chunk = min(w, NOISE_CHUNK)
+    slots_len = -(-w // chunk) * chunk
+    used = jnp.any(candidate, 0)
+    slots = jnp.nonzero(used, size=slots_len, fill_value=w)[0]  # candidate columns first, then w (dropped)
+
+    def draw(i, x0):
+        cols = jax.lax.dynamic_slice_in_dim(slots, i * chunk, chunk)
+        safe = jnp.minimum(cols, w - 1)
+        g = jnp.moveaxis(jax.lax.map(lambda q: gumbel(jax.random.fold_in(k_gumbel, offset + q), (b, vocab)), safe),
+                         0, 1)  # lax.map, not vmap: RngBitGenerator's batching rule draws other bits
+        picks = jnp.argmax(jnp.take(logits, safe, axis=1) / temperature + g, -1).astype(x0.dtype)
+        return x0.at[:, cols].set(picks, mode="drop")
+
+    return jax.lax.fori_loop(0, (jnp.sum(used) + chunk - 1) // chunk, draw, jnp.argmax(logits, -1))
 
 
 # -- one denoising step ---------------------------------------------------------------------------------------------
@@ -110,13 +144,15 @@ def decide(logits, x_win, eligible, quota, temperature, threshold, noise, st):
     if st["logits_eos_inf"]:
         logits = logits.at[..., ids.eos_id].set(-jnp.inf)
     k_gumbel, k_random, offset, gen_length = noise
+    candidate = (x_win == ids.mask_id) & eligible[None, :]
 
-    def sampled(_):
-        g = jax.lax.dynamic_slice_in_dim(gumbel(k_gumbel, (b, gen_length, vocab)), offset, w, 1)
-        return jnp.argmax(logits / temperature + g, -1)
+    def predict(where):  # x0: sampled at T > 0 where it can be used, argmax elsewhere
+        return jax.lax.cond(temperature > 0, lambda: sample_candidates(logits, where, temperature, k_gumbel, offset),
+                            lambda: jnp.argmax(logits, -1)).astype(x_win.dtype)
 
-    x0 = jax.lax.cond(temperature > 0, sampled, lambda _: jnp.argmax(logits, -1), None).astype(x_win.dtype)
+    x0 = None
     if st["remasking"] == "low_confidence":
+        x0 = predict(candidate)
         conf_logits = logits
         if st["confidence_eos_eot_inf"]:  # official: `logits_with_noise[eos] = logits[eot] = -inf`; at T = 0 both
             bias = jnp.zeros((vocab,), jnp.float32).at[ids.eot_id].set(-jnp.inf)  # are the same tensor
@@ -126,13 +162,14 @@ def decide(logits, x_win, eligible, quota, temperature, threshold, noise, st):
         conf = jnp.exp(picked - jax.nn.logsumexp(conf_logits, -1))
     else:
         conf = jax.lax.dynamic_slice_in_dim(jax.random.uniform(k_random, (b, gen_length)), offset, w, 1)
-    candidate = (x_win == ids.mask_id) & eligible[None, :]
     conf = jnp.where(candidate, conf, -jnp.inf)
     rank = ranks(conf)
     if st["use_threshold"]:
         commit = candidate & ((rank == 0) | (conf >= threshold))
     else:
         commit = candidate & (rank < quota[:, None])
+    if x0 is None:  # random remasking: the ranking does not read x0, so only the committed positions need a draw
+        x0 = predict(commit)
     return commit, x0
 
 

@@ -1,4 +1,5 @@
-"""Sweeps: many configs from one base, trained and evaluated locally in turn, then one results table and plots.
+"""Sweeps: many configs from one base, trained (locally in turn, or as one job per run) and evaluated, then one
+results table and plots.
 
 A sweep file (configs/sweeps/NAME.py) is data, in the big_vision style:
 
@@ -12,15 +13,24 @@ A sweep file (configs/sweeps/NAME.py) is data, in the big_vision style:
 A point is a dict {dotted config key: value}. `sweep(key, values)` is an axis (one point per value), `product`
 the Cartesian product of axes, `zipit` their element-wise union (equal lengths); a plain list of dicts is an axis too.
 
-`run_sweep` puts each point's run in DIR/<its overrides>, e.g. DIR/objective=arm,model.d_model=64. Points that
-differ only in `sampling.*` / `eval.*` keys share one trained run and are evaluated into sub-directories of it
-(DIR/<train overrides>/<sampling and eval overrides>/eval.json). Finished runs (last checkpoint step == train.steps)
-are not trained again, unfinished ones resume (train.train), and an eval.json of the final step is not recomputed.
-Results: DIR/results.csv, DIR/results.md, DIR/loss_curves.png, DIR/exact_match_by_point.png and
-DIR/<metric>_vs_<axis>.png.
+Each point's run goes to DIR/<its overrides>, e.g. DIR/objective=arm,model.d_model=64. Points that differ only in
+`sampling.*` / `eval.*` keys share one trained run and are evaluated into sub-directories of it
+(DIR/<train overrides>/<sampling and eval overrides>/eval.json). A run is finished when its newest readable
+checkpoint step is at least its train.steps; finished runs are not trained again, unfinished ones resume
+(train.train), and an eval.json of the final step is not recomputed.
 
-On a cluster: `llada sweep ... --print_commands` prints one `llada train` command per distinct run; launch them,
-then run the same `llada sweep` command locally: it finds the runs finished, evaluates and writes the results.
+Three ways to train (`llada sweep` flags):
+- none: `run_sweep` trains every distinct run in turn in this process;
+- `--launch=local|slurm|tpu`: `launch` starts one job per distinct unfinished run: a local process
+  (`python -m llada_jax.cli train ...`, at most `--parallel` at a time, output in DIR/<run>.log, waited for),
+  `sbatch launch/gpu_slurm.sbatch ...`, or `launch/tpu_pod.sh ...` on a TPU VM of its own ($TPU_NAME-<run number>,
+  started in the background, output in $LOG_DIR/<TPU VM name>.log); `--dry_run` prints the commands instead;
+- `--print_commands`: one plain `llada train` command per distinct run, for any other launcher.
+
+Then `evaluate_and_write` (after `run_sweep` and `--launch=local` by themselves; `--collect` otherwise) evaluates the
+finished runs, lists the unfinished points (their rows keep the point's settings and sizes, with empty metrics) and
+writes DIR/results.csv, DIR/results.md, DIR/loss_curves.png, DIR/exact_match_by_point.png and
+DIR/<metric>_vs_<axis>.png (plots of the finished points only).
 """
 import csv
 import itertools
@@ -28,6 +38,10 @@ import json
 import math
 import os
 import shlex
+import shutil
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import jax
@@ -47,6 +61,8 @@ from llada_jax.data import tasks
 from llada_jax.errors import LladaError
 
 EVAL_ONLY_PREFIXES = ("sampling.", "eval.")  # keys that change evaluation, not training
+LAUNCHERS = ("local", "slurm", "tpu")  # llada sweep --launch=...
+LAUNCH_DIR = Path(__file__).resolve().parent.parent / "launch"  # the checkout's launch scripts
 
 
 class SweepError(LladaError):
@@ -185,28 +201,239 @@ def replaced_overrides(common, points):
     return out
 
 
+# -- launching --------------------------------------------------------------------------------------------------
+
+def distinct_runs(items):
+    """The first plan item of every distinct training run, in plan order."""
+    first = {}
+    for it in items:
+        first.setdefault(it["run_dir"], it)
+    return list(first.values())
+
+
+def train_args(base, common, item):
+    """The `llada train` arguments of an item's run: the base config, the common overrides, the point's training
+    overrides and its run directory."""
+    args = [f"--config={base}"] + [f"--config.{k}={v}" for k, v in common]
+    args += [f"--config.{k}={value_text(v)}" for k, v in item["train"].items()]
+    return args + [f"--workdir={item['run_dir']}"]
+
+
 def launch_commands(base, points, workdir, common=()):
-    """One `llada train` command per distinct training run of the sweep (for cluster launchers)."""
-    lines, seen = [], set()
-    for item in plan(points, workdir):
-        if item["run_dir"] in seen:
-            continue
-        seen.add(item["run_dir"])
-        args = ["llada", "train", f"--config={base}"]
-        args += [f"--config.{k}={v}" for k, v in common]
-        args += [f"--config.{k}={value_text(v)}" for k, v in item["train"].items()]
-        args.append(f"--workdir={item['run_dir']}")
-        lines.append(" ".join(shlex.quote(a) for a in args))
-    return lines
+    """One `llada train` command per distinct training run of the sweep (for any launcher)."""
+    runs = distinct_runs(plan(points, workdir))
+    return [shlex.join(["llada", "train", *train_args(base, common, it)]) for it in runs]
 
 
-# -- running ----------------------------------------------------------------------------------------------------
+def collect_command(sweep_file, config, common, workdir):
+    """The `llada sweep ... --collect` command that writes the results of a launched sweep."""
+    args = ["llada", "sweep", f"--sweep={sweep_file}"] + ([f"--config={config}"] if config else [])
+    args += [f"--config.{k}={v}" for k, v in common] + [f"--workdir={workdir}", "--collect"]
+    return shlex.join(args)
+
+
+def check_flags(launch=None, parallel=None, dry_run=False, collect=False, print_commands=False):
+    """Raises SweepError for `llada sweep` flags that do not go together (parallel: None when not given)."""
+    given = [flag for flag, on in (("--launch", launch), ("--parallel", parallel is not None),
+                                   ("--dry_run", dry_run)) if on]
+    if collect and (given or print_commands):
+        raise SweepError(f"--collect trains and starts nothing (it evaluates the finished runs and writes the "
+                         f"results); drop {', '.join(given + ['--print_commands'] * print_commands)}, or launch "
+                         f"first and run the same command with --collect afterwards.")
+    if print_commands and given:
+        raise SweepError(f"--print_commands prints plain `llada train` commands and starts nothing; drop "
+                         f"{', '.join(given)}, or drop --print_commands and use --launch=local|slurm|tpu --dry_run "
+                         f"to see the launcher's own commands.")
+    if dry_run and not launch:
+        raise SweepError("--dry_run prints the commands that --launch would start; add --launch=local, "
+                         "--launch=slurm or --launch=tpu (or use --print_commands for plain `llada train` commands).")
+    if parallel is not None and launch != "local":
+        raise SweepError(f"--parallel={parallel} sets how many local training processes run at once; it needs "
+                         f"--launch=local (got {'--launch=' + launch if launch else 'no --launch'}).")
+    if parallel is not None and parallel < 1:
+        raise SweepError(f"--parallel must be at least 1 (training processes at a time); got {parallel}.")
+
+
+def check_launcher(launcher, dry_run=False):
+    """Raises SweepError when `launcher` lacks what it needs: TPU_NAME and ZONE for tpu; sbatch (slurm) or gcloud
+    (tpu) on PATH, unless only printing the commands."""
+    if launcher == "tpu":
+        missing = [v for v in ("TPU_NAME", "ZONE") if not os.environ.get(v)]
+        if missing:
+            raise SweepError(f"--launch=tpu needs {' and '.join(missing)} in the environment: each run gets a TPU "
+                             f"VM of its own, $TPU_NAME-<run number>, in $ZONE; e.g. TPU_NAME=llada "
+                             f"ZONE=us-east5-a ACCELERATOR=v5p-128 llada sweep ... --launch=tpu (launch/tpu_pod.sh "
+                             f"lists its other variables).")
+    tool, where = {"slurm": ("sbatch", "a SLURM login node"),
+                   "tpu": ("gcloud", "a machine with the Google Cloud CLI")}.get(launcher, (None, None))
+    if tool and not dry_run and shutil.which(tool) is None:
+        raise SweepError(f"--launch={launcher} needs `{tool}`, which is not on PATH; run llada sweep where it is "
+                         f"({where}), or add --dry_run to print the commands.")
+
+
+def launch_script(name):
+    """The path of launch/NAME in this checkout: relative to the working directory when it lies under it."""
+    path = LAUNCH_DIR / name
+    if not path.exists():
+        raise SweepError(f"{path} not found: the launch scripts come with a checkout of llada-jax, not with an "
+                         f"installed package; install from a checkout (`pip install -e .` in a git clone) and run "
+                         f"llada sweep from it.")
+    rel = os.path.relpath(path)
+    return str(path) if rel.startswith("..") else rel
+
+
+# -- training ---------------------------------------------------------------------------------------------------
 
 def finished_step(run_dir, log=print):
     """The newest checkpoint step of a run directory that reads back (checkpoint.read_newest; None without one)."""
     found = checkpoint.read_newest(os.path.join(run_dir, "checkpoints"), lambda s: None, log=log)
     return found[0] if found else None
 
+
+def finished(run_dir, steps):
+    """The run's newest readable checkpoint step when it is at least `steps` (the run is finished), else None."""
+    done = finished_step(run_dir)
+    return done if done is not None and done >= steps else None
+
+
+def checked_plan(base, points, workdir, common=()):
+    """(plan items, their configs): every point's config is built first, so a bad point stops the sweep before
+    anything trains."""
+    items = plan(points, workdir)
+    return items, [build(base, common, it["point"]) for it in items]
+
+
+def run_sweep(base, points, workdir, common=(), log=print):
+    """Trains (or skips / resumes) every distinct run in turn in this process, then evaluate_and_write.
+    Returns the result rows."""
+    items, configs = checked_plan(base, points, workdir, common)
+    runs = distinct_runs(items)
+    for i, it in enumerate(runs):
+        log(f"[{i + 1}/{len(runs)}] train {point_name(it['train'])}")
+        cfg = build(base, common, it["train"])
+        done = finished(it["run_dir"], cfg.train.steps)
+        if done is not None:
+            log(f"  skip training: {it['run_dir']} is finished (step {done})")
+        else:
+            train.train(cfg, it["run_dir"], log=lambda s: log("  " + s))
+    return evaluate_and_write(items, configs, workdir, log)
+
+
+def launch(base, points, workdir, common=(), launcher="local", parallel=1, dry_run=False, collect_hint="",
+           log=print):
+    """One job per distinct unfinished run, started through `launcher` (LAUNCHERS); finished runs are skipped with
+    a line. local: waits for the jobs (SweepError if any failed), then evaluate_and_write and returns its rows;
+    slurm / tpu: returns once the jobs are started, printing `collect_hint` (the --collect command). dry_run: prints
+    the commands, one a line, shell-quoted (other lines as `#` comments), and starts nothing."""
+    check_launcher(launcher, dry_run)
+    items, configs = checked_plan(base, points, workdir, common)
+    if dry_run:
+        log = lambda s: print("# " + s)
+    jobs = pending_jobs(base, common, items, configs, launcher, log)
+    if dry_run:
+        for job in jobs:
+            print(job_text(job))
+        return None
+    if not jobs:
+        log(f"nothing to launch: all {len(distinct_runs(items))} runs are finished")
+    if launcher == "local":
+        run_local(jobs, parallel, log)
+        return evaluate_and_write(items, configs, workdir, log)
+    for job in jobs:
+        START[launcher](job, log)
+    log(f"when the runs have finished, write the results with:\n  {collect_hint}")
+    return None
+
+
+def pending_jobs(base, common, items, configs, launcher, log=print):
+    """The jobs (make_job) of the distinct runs that are not finished, in plan order; a line for each finished one."""
+    steps = {it["run_dir"]: cfg.train.steps for it, cfg in zip(items, configs)}  # equal for a run's points
+    jobs = []
+    for index, it in enumerate(distinct_runs(items)):
+        done = finished(it["run_dir"], steps[it["run_dir"]])
+        if done is None:
+            jobs.append(make_job(launcher, it, train_args(base, common, it), index))
+        else:
+            log(f"skip {point_name(it['train'])}: {it['run_dir']} is finished (step {done})")
+    return jobs
+
+
+def make_job(launcher, item, args, index):
+    """{name, argv, env (added to the environment), log (its output file; None: the launcher's own)} of the run of
+    `item`, the index-th distinct run of the sweep, with `llada train` arguments `args`."""
+    name = point_name(item["train"])
+    if launcher == "local":
+        return {"name": name, "argv": [sys.executable, "-m", "llada_jax.cli", "train", *args], "env": {},
+                "log": item["run_dir"] + ".log"}
+    if launcher == "slurm":  # the job's output: the script's #SBATCH --output, llada-<job id>.out
+        return {"name": name, "argv": ["sbatch", launch_script("gpu_slurm.sbatch"), *args], "env": {}, "log": None}
+    tpu = f"{os.environ['TPU_NAME']}-{index}"
+    return {"name": name, "argv": [launch_script("tpu_pod.sh"), *args], "env": {"TPU_NAME": tpu},
+            "log": os.path.join(os.environ.get("LOG_DIR", "."), tpu + ".log")}
+
+
+def job_text(job):
+    """A job as one shell command line: its environment assignments, then its arguments, shell-quoted."""
+    return " ".join([f"{k}={shlex.quote(v)}" for k, v in job["env"].items()] + [shlex.join(job["argv"])])
+
+
+def _popen(job, **kwargs):
+    """Starts a job's process with its output (stdout and stderr) appended to job["log"]."""
+    os.makedirs(os.path.dirname(job["log"]) or ".", exist_ok=True)
+    with open(job["log"], "a") as out:
+        return subprocess.Popen(job["argv"], stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                env={**os.environ, **job["env"]}, **kwargs)
+
+
+def run_local(jobs, parallel, log=print, poll_seconds=0.2):
+    """Runs the jobs as processes on this machine, at most `parallel` at a time, and waits for them all; raises
+    SweepError naming each failed one (exit code, log). On an interrupt the running ones get SIGTERM (a training
+    run saves a checkpoint and can resume)."""
+    waiting, running, failed = list(jobs), {}, []
+    try:
+        while waiting or running:
+            while waiting and len(running) < parallel:
+                job = waiting.pop(0)
+                running[_popen(job)] = job
+                log(f"started {job['name']} (output in {job['log']})")
+            for proc in [p for p in running if p.poll() is not None]:
+                job = running.pop(proc)
+                log(f"{'finished' if proc.returncode == 0 else 'FAILED'} {job['name']} (exit code {proc.returncode})")
+                if proc.returncode:
+                    failed.append(f"{job['name']} (exit code {proc.returncode}, log {job['log']})")
+            time.sleep(poll_seconds if running else 0)
+    finally:
+        for proc in running:
+            proc.terminate()
+        for proc in running:
+            proc.wait()
+    if failed:
+        raise SweepError(f"{len(failed)} of {len(jobs)} training runs failed: {'; '.join(failed)}. Read the logs, "
+                         f"fix the cause and run the same command again: finished runs are skipped, the others "
+                         f"resume; --collect writes the results of the finished ones meanwhile.")
+
+
+def submit_slurm(job, log=print):
+    """Submits a job with sbatch (which returns at once)."""
+    out = subprocess.run(job["argv"], capture_output=True, text=True, env={**os.environ, **job["env"]})
+    if out.returncode:
+        raise SweepError(f"sbatch failed for {job['name']} (exit code {out.returncode}): "
+                         f"{(out.stderr or out.stdout).strip()[-500:]}. Fix the cause and run the same command again "
+                         f"(it submits every unfinished run again: cancel the ones already queued first).")
+    log(f"{job['name']}: {out.stdout.strip()}")
+
+
+def start_background(job, log=print):
+    """Starts a job's process detached from this one (it goes on when llada sweep exits)."""
+    proc = _popen(job, start_new_session=True)
+    log(f"{job['name']}: started {' '.join(f'{k}={v}' for k, v in job['env'].items())} {job['argv'][0]} in the "
+        f"background (pid {proc.pid}, output in {job['log']})")
+
+
+START = {"slurm": submit_slurm, "tpu": start_background}  # launchers that return before the runs finish
+
+
+# -- evaluating and results ---------------------------------------------------------------------------------------
 
 def _read_json(path):
     with open(path) as f:
@@ -221,45 +448,63 @@ def evaluate_point(cfg, run_dir, seed=0):
     return run.step, evaluate.evaluate_tasks(run, jax.random.key(seed))
 
 
-def run_sweep(base, points, workdir, common=(), log=print):
-    """Trains (or skips / resumes) every distinct run, evaluates every point, then writes the results.
+def evaluate_once(item, cfg, step, log=print):
+    """Writes the point's eval.json of its run's final `step`, unless it is there already (nothing without
+    eval.tasks)."""
+    if os.path.exists(item["eval_path"]) and _read_json(item["eval_path"]).get("step") == step:
+        log(f"  skip evaluation: {item['eval_path']} is of step {step}")
+        return
+    if not cfg.eval.tasks.strip():
+        return
+    step, metrics = evaluate_point(cfg, item["run_dir"])
+    os.makedirs(os.path.dirname(item["eval_path"]), exist_ok=True)
+    with open(item["eval_path"], "w") as f:
+        json.dump({"step": step, **metrics}, f, indent=1, sort_keys=True)
+    log("  " + ", ".join(f"{k} {v:.3f}" for k, v in metrics.items()))
+
+
+def finished_runs(items, configs):
+    """{run directory: final step} of the finished runs among the items'."""
+    steps = {}
+    for it, cfg in zip(items, configs):
+        if it["run_dir"] not in steps:
+            steps[it["run_dir"]] = finished(it["run_dir"], cfg.train.steps)
+    return {run_dir: step for run_dir, step in steps.items() if step is not None}
+
+
+def evaluate_and_write(items, configs, workdir, log=print):
+    """Evaluates every point of a finished run (evaluate_once), lists the points whose run is not finished, then
+    writes results.csv / results.md (those points with empty metrics) and the plots of the finished points.
     Returns the result rows."""
-    items = plan(points, workdir)
-    configs = [build(base, common, it["point"]) for it in items]  # every point's config is checked before training
-    trained = set()
+    done = finished_runs(items, configs)
     for i, (it, cfg) in enumerate(zip(items, configs)):
-        log(f"[{i + 1}/{len(items)}] {it['name']}")
-        if it["run_dir"] not in trained:
-            trained.add(it["run_dir"])
-            done = finished_step(it["run_dir"])
-            if done is not None and done >= cfg.train.steps:
-                log(f"  skip training: {it['run_dir']} is finished (step {done})")
-            else:
-                train.train(build(base, common, it["train"]), it["run_dir"], log=lambda s: log("  " + s))
-        final = finished_step(it["run_dir"])
-        if os.path.exists(it["eval_path"]) and _read_json(it["eval_path"]).get("step") == final:
-            log(f"  skip evaluation: {it['eval_path']} is of step {final}")
-            continue
-        if not cfg.eval.tasks.strip():
-            continue
-        step, metrics = evaluate_point(cfg, it["run_dir"])
-        os.makedirs(os.path.dirname(it["eval_path"]), exist_ok=True)
-        with open(it["eval_path"], "w") as f:
-            json.dump({"step": step, **metrics}, f, indent=1, sort_keys=True)
-        log("  " + ", ".join(f"{k} {v:.3f}" for k, v in metrics.items()))
-    rows = collect(items, configs)
-    write_results(rows, list(points[0]) if points else [], items, workdir)
+        if it["run_dir"] in done:
+            log(f"[{i + 1}/{len(items)}] evaluate {it['name']}")
+            evaluate_once(it, cfg, done[it["run_dir"]], log)
+    missing = [it["name"] for it in items if it["run_dir"] not in done]
+    if missing:
+        log(f"not finished ({len(missing)} of {len(items)} points; empty metrics in the table): "
+            f"{', '.join(missing)}")
+    rows = collect(items, configs, done)
+    write_tables(rows, workdir)
+    kept = [i for i, it in enumerate(items) if it["run_dir"] in done]
+    plot([rows[i] for i in kept], [items[i] for i in kept], workdir)
     log(f"results: {os.path.join(workdir, 'results.md')} (and results.csv, *.png)")
     return rows
 
 
-# -- results ----------------------------------------------------------------------------------------------------
+def collect_results(base, points, workdir, common=(), log=print):
+    """`llada sweep --collect`: trains nothing; evaluate_and_write on whatever has finished."""
+    return evaluate_and_write(*checked_plan(base, points, workdir, common), workdir, log)
 
-def collect(items, configs):
-    """One row per point: its overrides, final and best training metrics, training FLOPs and eval metrics."""
+
+def collect(items, configs, finished_dirs=None):
+    """One row per point: its overrides, final and best training metrics, training FLOPs and eval metrics. Points
+    whose run is not among `finished_dirs` (run directories; default all) keep their overrides and sizes only."""
     rows = []
     for it, cfg in zip(items, configs):
-        hist = rundir.read_metrics(it["run_dir"])
+        done = finished_dirs is None or it["run_dir"] in finished_dirs
+        hist = rundir.read_metrics(it["run_dir"]) if done else []
         losses = [h["loss"] for h in hist if h.get("loss") is not None and math.isfinite(h["loss"])]
         tr = cfg.train
         tokens = tr.steps * optim.tokens_per_step(cfg)
@@ -271,7 +516,7 @@ def collect(items, configs):
                "params": model_lib.count_params(cfg.model)}
         if hist and hist[-1].get("tokens_per_sec"):
             row["final_tokens_per_sec"] = hist[-1]["tokens_per_sec"]
-        if os.path.exists(it["eval_path"]):
+        if done and os.path.exists(it["eval_path"]):
             row.update({k: v for k, v in _read_json(it["eval_path"]).items() if k != "step"})
         rows.append(row)
     return rows
@@ -283,7 +528,8 @@ def _fmt(v):
     return "" if v is None else str(v)
 
 
-def write_results(rows, axes, items, workdir):
+def write_tables(rows, workdir):
+    """results.csv and results.md: one row per point, the union of the rows' keys as columns."""
     os.makedirs(workdir, exist_ok=True)
     columns = []
     for r in rows:
@@ -296,7 +542,6 @@ def write_results(rows, axes, items, workdir):
         f.write("| " + " | ".join(columns) + " |\n|" + "---|" * len(columns) + "\n")
         for r in rows:
             f.write("| " + " | ".join(_fmt(r.get(c)) for c in columns) + " |\n")
-    plot(rows, items, workdir)
 
 
 def axis_keys(rows):
@@ -322,7 +567,8 @@ def plot(rows, items, workdir):
     ax.set_xlabel("step")
     ax.set_ylabel("training loss")
     ax.set_yscale("log")
-    ax.legend(fontsize=7)
+    if ax.lines:  # no finished run: an empty plot
+        ax.legend(fontsize=7)
     fig.tight_layout()
     paths.append(os.path.join(workdir, "loss_curves.png"))
     fig.savefig(paths[-1], dpi=100)

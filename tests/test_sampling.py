@@ -50,7 +50,7 @@ def official_counts(m, s):
 def gumbel_uniform(key, shape):
     """The uniform u behind sampling.gumbel, in float64 from the same 64 bits: the first bit says whether u is below
     1/2, the other 63 are the fixed-point digits of w = min(u, 1 - u) (plus half a unit of the last place)."""
-    hi, lo = (np.asarray(a, np.uint64) for a in jax.random.bits(key, (2, *shape), jnp.uint32))
+    hi, lo = (np.asarray(a, np.uint64) for a in sampling.noise_bits(key, (2, *shape)))
     w = (((hi & 0x7FFFFFFF) << 32) + lo).astype(np.float64) * 2.0 ** -64 + 2.0 ** -65
     return np.where(hi >> 31 == 1, w, 1.0 - w)
 
@@ -84,7 +84,7 @@ def reference_generate(params, prompt, prompt_mask, args, key):
             k_gumbel, k_random = sampling.step_noise_key(key, n)
             if args.temperature > 0:  # the official float64 form exp(logits) / (-log u)^T, u from the same bits
                 noisy = logits.copy()
-                e = -np.log(gumbel_uniform(k_gumbel, (b, g, V)))
+                e = -np.log(np.stack([gumbel_uniform(jax.random.fold_in(k_gumbel, q), (b, V)) for q in range(g)], 1))
                 noisy[:, p:] = np.exp(logits[:, p:]) / e ** args.temperature
             else:
                 noisy = logits  # the same array, as in the official code
@@ -302,6 +302,31 @@ def _non_top_probability(gap_over_t):
     drawn from softmax(logits / T) (float64)."""
     mass = (FULL_VOCAB - 1) * np.exp(-np.asarray(gap_over_t, np.float64))
     return mass / (1 + mass)
+
+
+def test_noise_is_drawn_per_candidate_position_whatever_the_window():
+    """sample_candidates: in a column j where some row has a candidate, x0 = argmax(logits / T + gumbel(fold_in(key,
+    offset + j), [B, V])); in the other columns the plain argmax. A window that starts later (the dual cache's
+    block) draws the same noise for the same positions, and columns without a candidate in any row draw none
+    (turning them on changes nothing else)."""
+    b, w, v, temp, offset = 3, 21, 40, 0.7, 5
+    k_logits, k_cand, k_gumbel = jax.random.split(jax.random.key(4), 3)
+    logits = 3 * jax.random.normal(k_logits, (b, w, v))
+    cand = np.array(jax.random.bernoulli(k_cand, 0.4, (b, w)))
+    cand[:, 2] = cand[:, 11] = False  # columns with no candidate
+    got = np.asarray(sampling.sample_candidates(logits, jnp.asarray(cand), temp, k_gumbel, offset))
+    want = np.array(jnp.argmax(logits, -1))
+    for j in range(w):
+        g = sampling.gumbel(jax.random.fold_in(k_gumbel, offset + j), (b, v))
+        if cand[:, j].any():  # every row of a column that some row needs (the draw is per column)
+            want[:, j] = np.asarray(jnp.argmax(logits[:, j] / temp + g, -1))
+    np.testing.assert_array_equal(got, want)
+    later = sampling.sample_candidates(logits[:, 9:], jnp.asarray(cand[:, 9:]), temp, k_gumbel, offset + 9)
+    np.testing.assert_array_equal(np.asarray(later), got[:, 9:])
+    more = cand.copy()
+    more[:, 11] = True
+    again = np.asarray(sampling.sample_candidates(logits, jnp.asarray(more), temp, k_gumbel, offset))
+    np.testing.assert_array_equal(np.delete(again, 11, 1), np.delete(got, 11, 1))
 
 
 @pytest.mark.slow

@@ -1,8 +1,13 @@
-"""Sweeps: expansion of axes, sweep-file errors, run sharing, launch commands, and one tiny sweep end to end
-(trained, evaluated, skipped when rerun, results table and plots)."""
+"""Sweeps: expansion of axes, sweep-file errors, run sharing, launch commands, one tiny sweep end to end (trained,
+evaluated, skipped when rerun, results table and plots), and the same sweep launched as local jobs and collected."""
+import contextlib
 import csv
+import io
 import json
+import math
 import os
+import shutil
+import sys
 from pathlib import Path
 
 import pytest
@@ -187,3 +192,182 @@ def test_tiny_sweep_end_to_end_and_skipped_when_rerun(tmp_path, capsys):
     assert pngs == ["arithmetic_small_exact_match_vs_sampling.remasking.png", "exact_match_by_point.png",
                     "final_loss_vs_sampling.remasking.png", "loss_curves.png"]
     assert all((out / p).read_bytes()[:4] == b"\x89PNG" for p in pngs)
+
+
+# -- launching as jobs and collecting ----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("flags, message", [
+    (["--collect", "--launch=local"], r"--collect trains and starts nothing .*; drop --launch, or launch first"),
+    (["--collect", "--print_commands"], r"--collect trains .*; drop --print_commands,"),
+    (["--print_commands", "--launch=slurm", "--dry_run"], r"--print_commands prints plain .*; drop --launch, "
+                                                          r"--dry_run, or drop --print_commands"),
+    (["--dry_run"], r"--dry_run prints the commands that --launch would start; add --launch=local"),
+    (["--parallel=2"], r"--parallel=2 sets how many local training processes .* needs --launch=local \(got no "
+                       r"--launch\)"),
+    (["--parallel=2", "--launch=slurm"], r"needs --launch=local \(got --launch=slurm\)"),
+    (["--parallel=0", "--launch=local"], r"--parallel must be at least 1 .*; got 0"),
+])
+def test_flags_that_do_not_go_together_say_what_to_do(tmp_path, flags, message):
+    with pytest.raises(SystemExit, match=message):
+        cli.main(["sweep", "--sweep=configs/sweeps/reversal.py", f"--workdir={tmp_path}"] + flags)
+    assert not any(tmp_path.iterdir())
+
+
+def test_launchers_need_their_environment(tmp_path, monkeypatch):
+    monkeypatch.delenv("TPU_NAME", raising=False)
+    monkeypatch.setenv("ZONE", "us-east5-a")
+    argv = ["sweep", "--sweep=configs/sweeps/reversal.py", f"--workdir={tmp_path}"]
+    with pytest.raises(SystemExit, match=r"--launch=tpu needs TPU_NAME in the environment: each run gets a TPU VM "
+                                         r"of its own, \$TPU_NAME-<run number>"):
+        cli.main(argv + ["--launch=tpu", "--dry_run"])
+    monkeypatch.setenv("PATH", str(tmp_path))  # no sbatch
+    with pytest.raises(SystemExit, match=r"--launch=slurm needs `sbatch`, which is not on PATH; .* add --dry_run"):
+        cli.main(argv + ["--launch=slurm"])
+
+
+def no_process(*args, **kwargs):
+    raise AssertionError(f"a process was started: {args}")
+
+
+def test_dry_run_prints_the_slurm_and_tpu_commands_and_starts_nothing(capsys, monkeypatch):
+    monkeypatch.chdir(REPO)
+    monkeypatch.setattr(sweep.subprocess, "Popen", no_process)
+    monkeypatch.setattr(sweep.subprocess, "run", no_process)
+    monkeypatch.setenv("TPU_NAME", "llada-v5p")
+    monkeypatch.setenv("ZONE", "us-east5-a")
+    argv = ["sweep", "--sweep=configs/sweeps/reversal.py", "--workdir=/nonexistent/w", "--config.train.steps=10"]
+    cli.main(argv + ["--launch=slurm", "--dry_run"])
+    assert capsys.readouterr().out.splitlines() == [
+        "sbatch launch/gpu_slurm.sbatch --config=configs/tiny_task.py:reversal --config.train.steps=10 "
+        "--config.objective=mdm --workdir=/nonexistent/w/objective=mdm",
+        "sbatch launch/gpu_slurm.sbatch --config=configs/tiny_task.py:reversal --config.train.steps=10 "
+        "--config.objective=arm --workdir=/nonexistent/w/objective=arm"]
+    cli.main(argv + ["--launch=tpu", "--dry_run"])
+    assert capsys.readouterr().out.splitlines() == [
+        "TPU_NAME=llada-v5p-0 launch/tpu_pod.sh --config=configs/tiny_task.py:reversal --config.train.steps=10 "
+        "--config.objective=mdm --workdir=/nonexistent/w/objective=mdm",
+        "TPU_NAME=llada-v5p-1 launch/tpu_pod.sh --config=configs/tiny_task.py:reversal --config.train.steps=10 "
+        "--config.objective=arm --workdir=/nonexistent/w/objective=arm"]
+    cli.main(["sweep", "--sweep=configs/sweeps/remasking.py", "--workdir=w", "--launch=local", "--dry_run"])
+    assert capsys.readouterr().out.splitlines() == [  # one run for the four eval-only points; quoted for the shell
+        f"{sys.executable} -m llada_jax.cli train --config=configs/tiny_task.py --workdir=w/base"]
+    assert not Path("w").exists()
+
+
+def test_slurm_submits_one_job_per_run_and_says_how_to_collect(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(REPO)
+    fake = tmp_path / "bin" / "sbatch"  # records its arguments, answers as sbatch does
+    fake.parent.mkdir()
+    fake.write_text(f"#!/bin/sh\necho \"$@\" >> {tmp_path}/calls\necho Submitted batch job 7\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake.parent}{os.pathsep}{os.environ['PATH']}")
+    w = tmp_path / "w"
+    cli.main(["sweep", "--sweep=configs/sweeps/reversal.py", f"--workdir={w}", "--config.seed=3", "--launch=slurm"])
+    assert (tmp_path / "calls").read_text().splitlines() == [
+        f"launch/gpu_slurm.sbatch --config=configs/tiny_task.py:reversal --config.seed=3 --config.objective={o} "
+        f"--workdir={w}/objective={o}" for o in ("mdm", "arm")]
+    assert capsys.readouterr().out.splitlines() == [
+        "objective=mdm: Submitted batch job 7", "objective=arm: Submitted batch job 7",
+        "when the runs have finished, write the results with:",
+        f"  llada sweep --sweep=configs/sweeps/reversal.py --config.seed=3 --workdir={w} --collect"]
+
+
+def test_local_jobs_run_side_by_side_and_failures_are_reported(tmp_path):
+    """With parallel=2 the first job (which waits for the second's file) can finish; the third fails: its exit code
+    and log are named, and the others' outcomes are kept."""
+    py = [sys.executable, "-c"]
+    wait = ("import os, sys, time\nfor _ in range(400):\n    if os.path.exists(sys.argv[1]): print('saw it'); "
+            "sys.exit(0)\n    time.sleep(0.05)\nsys.exit(9)")
+    jobs = [{"name": "a", "argv": py + [wait, str(tmp_path / "b_ran")], "env": {}, "log": str(tmp_path / "a.log")},
+            {"name": "b", "argv": py + ["import sys; open(sys.argv[1], 'w').close()", str(tmp_path / "b_ran")],
+             "env": {}, "log": str(tmp_path / "b.log")},
+            {"name": "c", "argv": py + ["import sys; print('bad'); sys.exit(3)"], "env": {},
+             "log": str(tmp_path / "logs" / "c.log")}]
+    lines = []
+    with pytest.raises(sweep.SweepError, match=r"^1 of 3 training runs failed: c \(exit code 3, log "
+                                               + str(tmp_path / "logs" / "c.log") + r"\)\. Read the logs"):
+        sweep.run_local(jobs, 2, lines.append, poll_seconds=0.01)
+    assert lines[:2] == [f"started a (output in {tmp_path / 'a.log'})", f"started b (output in {tmp_path / 'b.log'})"]
+    assert "finished a (exit code 0)" in lines and "FAILED c (exit code 3)" in lines
+    assert (tmp_path / "a.log").read_text() == "saw it\n" and (tmp_path / "logs" / "c.log").read_text() == "bad\n"
+
+
+def read_rows(path):
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+def same_number(a, b):
+    return a == b or math.isclose(float(a), float(b), rel_tol=1e-6)
+
+
+@pytest.fixture(scope="module")
+def launched(tmp_path_factory):
+    """A two-point sweep (seeds 0 and 1) trained in turn in this process (seq/) and as two local processes side by
+    side (jobs/): {"seq", "jobs", "argv", "out"} with the launch's output."""
+    tmp = tmp_path_factory.mktemp("launched")
+    path = write_sweep(tmp, "def get_sweep():\n    return 'configs/tiny_task.py', sweep('seed', [0, 1])\n")
+    argv = ["sweep", f"--sweep={path}"] + TINY
+    cli.main(argv + [f"--workdir={tmp / 'seq'}"])
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        cli.main(argv + [f"--workdir={tmp / 'jobs'}", "--launch=local", "--parallel=2"])
+    return {"seq": tmp / "seq", "jobs": tmp / "jobs", "argv": argv, "out": out.getvalue().splitlines()}
+
+
+@pytest.mark.slow
+def test_two_local_jobs_give_the_sequential_sweeps_results(launched):
+    jobs, out = launched["jobs"], launched["out"]
+    assert out[:2] == [f"started seed={s} (output in {jobs / f'seed={s}.log'})" for s in (0, 1)]  # side by side
+    assert sorted(line for line in out if line.startswith("finished")) == [
+        "finished seed=0 (exit code 0)", "finished seed=1 (exit code 0)"]
+    assert all("step 4/4" in (jobs / f"seed={s}.log").read_text() for s in (0, 1))
+    seq, par = read_rows(launched["seq"] / "results.csv"), read_rows(jobs / "results.csv")
+    assert list(seq[0]) == list(par[0]) and [r["point"] for r in par] == ["seed=0", "seed=1"]
+    assert list(seq[0])[:9] == ["point", "seed", "steps", "final_loss", "best_loss", "tokens", "train_flops",
+                                "params", "final_tokens_per_sec"] and "arithmetic_small/exact_match" in seq[0]
+    for s, p in zip(seq, par):
+        for column in s:
+            if column != "final_tokens_per_sec":  # a speed, not a result
+                assert same_number(s[column], p[column]) if column != "point" else s[column] == p[column], column
+    assert seq[0]["final_loss"] != seq[1]["final_loss"]  # the seeds differ, so the comparison means something
+    assert sorted(p.name for p in jobs.glob("*.png")) == sorted(p.name for p in launched["seq"].glob("*.png"))
+
+
+@pytest.mark.slow
+def test_a_rerun_of_the_launch_skips_the_finished_runs(launched, capsys, monkeypatch):
+    jobs = launched["jobs"]
+    monkeypatch.setattr(sweep.subprocess, "Popen", no_process)
+    cli.main(launched["argv"] + [f"--workdir={jobs}", "--launch=local", "--parallel=2"])
+    out = capsys.readouterr().out.splitlines()
+    assert out[:3] == [f"skip seed=0: {jobs / 'seed=0'} is finished (step 4)",
+                       f"skip seed=1: {jobs / 'seed=1'} is finished (step 4)",
+                       "nothing to launch: all 2 runs are finished"]
+    assert sum(line.startswith("  skip evaluation: ") for line in out) == 2
+    cli.main(launched["argv"] + [f"--workdir={jobs}", "--launch=local", "--dry_run"])
+    assert capsys.readouterr().out.splitlines() == [f"# skip seed={s}: {jobs / f'seed={s}'} is finished (step 4)"
+                                                    for s in (0, 1)]
+
+
+@pytest.mark.slow
+def test_collect_tabulates_the_finished_point_and_names_the_missing_one(launched, tmp_path, capsys):
+    """seed=0 finished (copied from the launch, its eval.json removed: collect evaluates it again), seed=1 never
+    ran: its row keeps the point's settings and sizes with empty metrics."""
+    shutil.copytree(launched["jobs"] / "seed=0", tmp_path / "seed=0")
+    (tmp_path / "seed=0" / "eval.json").unlink()
+    cli.main(launched["argv"] + [f"--workdir={tmp_path}", "--collect"])
+    out = capsys.readouterr().out
+    assert "not finished (1 of 2 points; empty metrics in the table): seed=1\n" in out
+    assert not (tmp_path / "seed=1").exists()  # nothing trained
+    rows, want = read_rows(tmp_path / "results.csv"), read_rows(launched["jobs"] / "results.csv")
+    assert [r["point"] for r in rows] == ["seed=0", "seed=1"]
+    for column in ("steps", "final_loss", "best_loss", "tokens", "train_flops", "params",
+                   "arithmetic_small/exact_match"):
+        assert same_number(rows[0][column], want[0][column]), column
+    assert json.loads((tmp_path / "seed=0" / "eval.json").read_text())["step"] == 4
+    missing = rows[1]
+    assert [missing[c] for c in ("steps", "final_loss", "best_loss", "arithmetic_small/exact_match")] == [""] * 4
+    assert missing["tokens"] == want[1]["tokens"] and missing["params"] == want[1]["params"]
+    md = (tmp_path / "results.md").read_text().splitlines()
+    assert len(md) == 4 and md[-1].startswith("| seed=1 | 1 |  |  |  | 512 |")
+    assert sorted(p.name for p in tmp_path.glob("*.png")) == ["exact_match_by_point.png", "loss_curves.png"]
