@@ -21,7 +21,7 @@ import time
 import jax
 import numpy as np
 
-from llada_jax import block_sampling, cli, diffusion, evaluate, inference, objectives, sampling
+from llada_jax import block_sampling, cli, diffusion, inference, objectives, rewards, sampling
 from llada_jax.data import tasks
 
 
@@ -74,7 +74,7 @@ def measure(block_dir, mdm_dir, n_examples=200, repeats=3):
     for name, (run, sargs, cached) in table.items():
         out = results[name]
         texts = [run.codec.decode(sampling.answer_ids(r, tokens.shape[1], run.ids.eos_id)) for r in out["tokens"]]
-        acc = np.mean([evaluate.exact_match(t, e.answer) for t, e in zip(texts, examples)])
+        acc = np.mean([rewards.exact_match(t, e.answer) for t, e in zip(texts, examples)])
         full, window = (float(out[k]) / sargs.gen_length for k in ("full_passes", "window_passes"))
         speed[name] = len(examples) / best[name]
         lines.append(f"| {name} | {acc:.3f} | {int(out['steps'])} | {full:.3f} + {window:.3f} = {full + window:.3f} | "

@@ -26,7 +26,7 @@ import time
 import jax
 import numpy as np
 
-from llada_jax import cli, config as config_lib, evaluate, inference, sampling, train
+from llada_jax import cli, config as config_lib, inference, rewards, sampling, train
 from llada_jax.data import tasks
 
 
@@ -115,7 +115,7 @@ def main(argv=None):
         gen = out["tokens"][:, prompt.shape[1]:]
         evals = int(out["full_passes"]) + int(out["window_passes"])
         answers = [codec.decode(sampling.answer_ids(r, prompt.shape[1], ids.eos_id)) for r in out["tokens"]]
-        acc = np.mean([evaluate.exact_match(p, e.answer) for p, e in zip(answers, examples)])
+        acc = np.mean([rewards.exact_match(p, e.answer) for p, e in zip(answers, examples)])
         if ref is None:
             ref = {"seconds": seconds, "gen": gen, "evals": evals}
         print(f"{name:<32} {int(out['steps']):>6} {int(out['full_passes']) / g:>9.3f} "

@@ -180,14 +180,15 @@ def _agreed_problem(step_dir, items):
     return problem
 
 
-def read_newest(directory, read, step=None, items=RESUME_ITEMS, log=print):
+def read_newest(directory, read, step=None, items=RESUME_ITEMS, log=print, above=None):
     """(step, read(step), skipped) for the newest step of an orbax directory that reads back completely: `step`
     only, when given, else every saved step from the newest down. A step is skipped, with a warning line saying which
     and why, when step_problem finds damage or when `read` fails with anything but a CheckpointError (on one host;
     on several, a failure there is fatal, since the hosts could not agree). skipped: [(step, reason)], newest first.
+    above: only steps newer than it are tried (the local tier against the persistent tier's newest step).
 
     Returns None when the directory holds no step; raises CheckpointError when no step can be read back."""
-    steps = saved_steps(directory)
+    steps = [s for s in saved_steps(directory) if above is None or s > above]
     if not steps:
         return None
     if step is not None:
@@ -235,16 +236,18 @@ def find_step(run_dir, step=None, items=("params",), log=print):
 
 
 class Checkpointer:
-    """The run directory's `checkpoints/`: save every `checkpoint.every_steps`, keep the last `checkpoint.keep`
-    (plus every `checkpoint.keep_period`-th step when > 0). The writer of a run (it holds rundir.RunLock), so it
-    also removes the temporary directories of saves a crash interrupted (never a committed step)."""
+    """One orbax directory of a run: the persistent tier (the run directory's `checkpoints/`: save every
+    `checkpoint.every_steps`, keep the last `checkpoint.keep`, plus every `checkpoint.keep_period`-th step when > 0)
+    or the local tier (`checkpoint.local_dir`: every `checkpoint.local_every_steps`, keep `checkpoint.local_keep`).
+    The writer of a run (it holds rundir.RunLock), so it also removes the temporary directories of saves a crash
+    interrupted (never a committed step)."""
 
-    def __init__(self, directory, cfg):
+    def __init__(self, directory, cfg, local=False):
         ck = cfg.checkpoint
-        self.every = ck.every_steps
+        self.every = ck.local_every_steps if local else ck.every_steps
+        keep, period = (ck.local_keep, 0) if local else (ck.keep, ck.keep_period)
         options = ocp.CheckpointManagerOptions(
-            max_to_keep=ck.keep if ck.keep > 0 else None,
-            keep_period=ck.keep_period if ck.keep_period > 0 else None,
+            max_to_keep=keep if keep > 0 else None, keep_period=period if period > 0 else None,
             enable_async_checkpointing=ck.async_save, create=True, cleanup_tmp_directories=True)
         self.directory = os.path.abspath(directory)
         self.manager = ocp.CheckpointManager(self.directory, options=options, item_handlers=_handlers())
@@ -287,11 +290,12 @@ class Checkpointer:
             data=ocp.args.JsonRestore()))
         return {"params": out["params"], **out["train"]}, out["data"]
 
-    def restore(self, abstract_state, step=None, log=print):
-        """(state, data_state) of `step` (default: the newest step that reads back), or None when there is no
-        checkpoint. The steps skipped as unreadable are kept in `self.unreadable` for set_aside; a shape mismatch is
-        fatal."""
-        found = read_newest(self.directory, lambda s: self._restore_step(s, abstract_state), step, log=log)
+    def restore(self, abstract_state, step=None, log=print, above=None):
+        """(state, data_state) of `step` (default: the newest step, above `above` if given, that reads back), or
+        None when there is no checkpoint. The steps skipped as unreadable are kept in `self.unreadable` for
+        set_aside; a shape mismatch is fatal."""
+        found = read_newest(self.directory, lambda s: self._restore_step(s, abstract_state), step, log=log,
+                            above=above)
         if found is None:
             self.unreadable = []
             return None
@@ -320,6 +324,88 @@ class Checkpointer:
 
     def close(self):
         self.manager.close()
+
+
+class Tiers:
+    """A run's checkpoints: the persistent tier (WORKDIR/checkpoints) and, with `checkpoint.local_dir`, a local tier
+    on fast storage of this host (RAM disk, local SSD), saved more often (docs/checkpoints.md#the-local-tier).
+    A step that is due in both goes to the persistent tier only. On restart the newest step of either tier that
+    reads back wins: a local step newer than the persistent tier's newest, else the persistent tier's newest."""
+
+    def __init__(self, workdir, cfg):
+        self.persistent = Checkpointer(os.path.join(workdir, "checkpoints"), cfg)
+        self.local = None
+        if cfg.checkpoint.local_dir:
+            if jax.process_count() > 1:
+                raise CheckpointError("checkpoint.local_dir is supported on one process (host) only: on several "
+                                      "hosts each would hold a part of the state on its own disk; leave it empty "
+                                      "there (docs/checkpoints.md#the-local-tier).")
+            if cfg.checkpoint.local_every_steps <= 0:
+                raise CheckpointError(f"checkpoint.local_every_steps={cfg.checkpoint.local_every_steps}: with "
+                                      f"checkpoint.local_dir set it must be a positive number of steps, e.g. 50.")
+            self.local = Checkpointer(_claim_local_dir(cfg.checkpoint.local_dir, workdir), cfg, local=True)
+        self.directory = self.persistent.directory
+        self.restored_from = None  # the tier of the last restore: "persistent" | "local"
+
+    def due(self, step, final):
+        """The tiers to save at `step`: persistent at its cadence and at the final step, else local at its own."""
+        if step % self.persistent.every == 0 or final:
+            return (self.persistent,)
+        if self.local is not None and step % self.local.every == 0:
+            return (self.local,)
+        return ()
+
+    def restore(self, abstract_state, log=print):
+        """(state, data_state) of the newest step of either tier that reads back, or None without any; says which
+        tier it came from in `restored_from` and a line."""
+        if self.local is not None:
+            persistent = saved_steps(self.persistent.directory)
+            above = persistent[-1] if persistent else None
+            try:
+                found = self.local.restore(abstract_state, log=log, above=above)
+            except CheckpointError as e:  # every newer local step is damaged: the persistent tier decides
+                log(f"warning: no local checkpoint step newer than the persistent tier's reads back; using the "
+                    f"persistent tier ({e})")
+                newer = [s for s in saved_steps(self.local.directory) if above is None or s > above]
+                self.local.unreadable, found = [(s, "unreadable") for s in newer[::-1]], None
+            if found is not None:
+                self.restored_from = "local"
+                return found
+        self.restored_from = "persistent"
+        return self.persistent.restore(abstract_state, log=log)
+
+    def set_aside(self, log=print):
+        for tier in self._tiers():
+            tier.set_aside(log)
+
+    def wait(self):
+        for tier in self._tiers():
+            tier.wait()
+
+    def close(self):
+        for tier in self._tiers():
+            tier.close()
+
+    def _tiers(self):
+        return [t for t in (self.persistent, self.local) if t is not None]
+
+
+def _claim_local_dir(local_dir, workdir):
+    """checkpoint.local_dir as the orbax directory of this run's local tier: a RUN file inside names the run
+    directory, so that two runs never share one local directory (an error says so)."""
+    os.makedirs(local_dir, exist_ok=True)
+    marker, run = os.path.join(local_dir, "RUN"), os.path.abspath(workdir)
+    if os.path.exists(marker):
+        with open(marker) as f:
+            owner = f.read().strip()
+        if owner != run:
+            raise CheckpointError(f"checkpoint.local_dir={local_dir} holds the local checkpoints of the run {owner}; "
+                                  f"give each run its own local directory (e.g. /dev/shm/llada/<run name>), or "
+                                  f"remove {local_dir} if that run is over.")
+    else:
+        with open(marker, "w") as f:
+            f.write(run + "\n")
+    return local_dir
 
 
 def restore_params(run_dir, abstract_params, step=None, log=print):

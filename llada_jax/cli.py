@@ -361,8 +361,8 @@ def cmd_eval(argv):
                                                 "rows of eval.text_len tokens of the run's tokenizer (default "
                                                 "train.seq_len)")
     p.add_argument("--choices", default=None, help="a JSONL of {context, choices, answer}: accuracy by likelihood")
-    p.add_argument("--tasks", default=None, help="built-in tasks scored by exact match (default: eval.tasks; "
-                                                 "'none' to skip)")
+    p.add_argument("--tasks", default=None, help="built-in tasks scored by their reward, exact match or success "
+                                                 "(default: eval.tasks; 'none' to skip)")
     p.add_argument("--out", default=None, help="where to write the metrics (JSON)")
     _sampling_flags(p)
     args = p.parse_args(rest)

@@ -63,12 +63,7 @@ def multiple_choice(model, params, examples, encode, key, mask_id, *, n_samples=
     return {"accuracy": right / n if n else float("nan"), "n": n, "predictions": predictions, "scores": scores}
 
 
-# -- built-in tasks: exact match of sampled answers ---------------------------------------------------------------
-
-def exact_match(prediction, answer):
-    """The generated answer text (already cut at the first EOS) equals the reference, ignoring outer spaces."""
-    return prediction.strip() == answer.strip()
-
+# -- built-in tasks: the reward of sampled answers ------------------------------------------------------------------
 
 def generate_answers(run, key, prompts):
     """Answer texts (up to the first EOS) of a loaded inference.Run for prompt texts, sampled in batches of
@@ -88,19 +83,20 @@ def generate_answers(run, key, prompts):
 
 
 def evaluate_tasks(run, key, log=None):
-    """Exact match of a loaded inference.Run's sampled answers on eval.n_examples examples of every task in
-    eval.tasks: {"<eval set>/exact_match": fraction}. `log`, if given, receives one line per evaluation set."""
+    """The reward (task.reward: exact match, or Countdown's success) of a loaded inference.Run's sampled answers on
+    eval.n_examples examples of every task in eval.tasks: {"<eval set>/<task.metric>": fraction}. `log`, if given,
+    receives one line per evaluation set."""
     cfg, out = run.cfg, {}
     for t_index, name in enumerate(tasks_lib.task_names(cfg.eval.tasks)):
         task = tasks_lib.get(name)
         for s_index, (set_name, examples) in enumerate(task.eval_sets(cfg.eval.n_examples).items()):
             k = jax.random.fold_in(jax.random.fold_in(key, t_index), s_index)
             preds = generate_answers(run, k, [e.prompt for e in examples])
-            right = [exact_match(p, e.answer) for p, e in zip(preds, examples)]
-            out[f"{set_name}/exact_match"] = float(np.mean(right))
+            right = [task.reward(e, p) for p, e in zip(preds, examples)]
+            out[f"{set_name}/{task.metric}"] = float(np.mean(right))
             if log:
-                log(f"{set_name}: exact match {np.mean(right):.3f} on {len(examples)} examples (e.g. "
-                    f"{examples[0].prompt!r} -> {preds[0]!r}, want {examples[0].answer!r})")
+                log(f"{set_name}: {task.metric.replace('_', ' ')} {np.mean(right):.3f} on {len(examples)} examples "
+                    f"(e.g. {examples[0].prompt!r} -> {preds[0]!r}, want {examples[0].answer!r})")
     return out
 
 

@@ -8,6 +8,7 @@ One JSON object per line: `time` (time.time()), `event` and its fields.
     steps               productive step time from one log point to the next: first_step, last_step, seconds
     data_wait           time spent waiting for batches over the same steps: seconds
     checkpoint_save     time a save, or waiting for one to finish, blocked the loop: seconds, step
+    checkpoint_save_local  the same for a save to the local tier (checkpoint.local_dir)
     checkpoint_restore  time resuming from a checkpoint took: seconds, step
     rollback            the NaN guard restored an older checkpoint: from_step, to_step, seconds (of the restore)
     end                 a clean finish or a preemption: step, reason
@@ -24,7 +25,8 @@ from contextlib import contextmanager
 from llada_jax.errors import LladaError
 
 EVENTS = "events.jsonl"
-TIMED = ("compile", "data_wait", "checkpoint_save", "checkpoint_restore")  # causes timed by events of that name
+# causes timed by events of that name
+TIMED = ("compile", "data_wait", "checkpoint_save", "checkpoint_save_local", "checkpoint_restore")
 CAUSES = TIMED + ("recomputed_steps", "other")  # other: start-up, logging, steps a crash lost, idle
 
 
@@ -163,5 +165,5 @@ def format_summary(s):
     lines = [f"goodput: {s['goodput']:.1%} ({s['productive_seconds']:.1f} s of productive steps in "
              f"{s['total_seconds']:.1f} s of wall time; {s['productive_steps']} steps kept, {s['recomputed_steps']} "
              f"recomputed; {s['processes']} process(es), {s['rollbacks']} rollback(s))"]
-    lines += [f"  {cause:<20} {seconds:10.1f} s {share(seconds):7.1%}" for cause, seconds in s["badput"].items()]
+    lines += [f"  {cause:<22} {seconds:10.1f} s {share(seconds):7.1%}" for cause, seconds in s["badput"].items()]
     return "\n".join(lines)

@@ -574,7 +574,7 @@ def plot(rows, items, workdir):
     fig.savefig(paths[-1], dpi=100)
     plt.close(fig)
     axes = axis_keys(rows)
-    metrics = [k for k in rows[0] if k.endswith("/exact_match")] if rows else []
+    metrics = [k for k in rows[0] if k.endswith(("/exact_match", "/success"))] if rows else []
     if metrics:  # every eval metric of every point side by side
         fig, ax = plt.subplots(figsize=(max(6, 0.9 * len(rows) * len(metrics)), 4.5))
         width = 0.8 / len(metrics)
@@ -583,7 +583,7 @@ def plot(rows, items, workdir):
                    label=metric)
         ax.set_xticks([i + 0.4 - width / 2 for i in range(len(rows))], [r["point"] for r in rows], rotation=20,
                       ha="right", fontsize=7)
-        ax.set_ylabel("exact match")
+        ax.set_ylabel("exact match (Countdown: success)")
         ax.set_ylim(0, 1)
         ax.legend(fontsize=7)
         fig.tight_layout()

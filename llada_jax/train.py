@@ -248,6 +248,22 @@ class MetricsWriter:
         if self.wandb:
             self.wandb.log(metrics, step=step)
 
+    def goodput(self, step, workdir):
+        """The run's goodput so far (goodput.summarize of its events.jsonl) as `goodput/*` series: goodput (a
+        fraction of the wall time) and badput_<cause> (fractions); written at persistent saves and at the end."""
+        if not (self.active and (self.tb or self.wandb)):
+            return
+        s = goodput.summarize(workdir)
+        total = s["total_seconds"] or 1.0
+        series = {"goodput/goodput": s["goodput"],
+                  **{f"goodput/badput_{cause}": seconds / total for cause, seconds in s["badput"].items()}}
+        if self.tb:
+            for k, v in series.items():
+                self.tb.add_scalar(k, v, step)
+            self.tb.flush()
+        if self.wandb:
+            self.wandb.log(series, step=step)
+
     def checkpoint_saved(self, step):
         """Marks step `step` as saved: W&B's `checkpoint_step` metric (its last value in the run summary)."""
         if self.wandb:
@@ -332,7 +348,7 @@ def _train(setup, cfg, workdir, log, data, started):
         f"non-embedding); mesh {dict(setup.mesh.shape)} on {jax.device_count()} {jax.devices()[0].platform} devices"
         f" in {jax.process_count()} process(es)")
     data = make_data(cfg) if data is None else data
-    ckpt = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"), cfg)
+    ckpt = ckpt_lib.Tiers(workdir, cfg)
     t_restore = time.perf_counter()
     restored = ckpt.restore(setup.abstract_state(), log=log)
     if restored is not None:
@@ -340,7 +356,9 @@ def _train(setup, cfg, workdir, log, data, started):
         data.set_state(data_state)
         ckpt.set_aside(log)
         restore_seconds = time.perf_counter() - t_restore
-        log(f"resuming from the checkpoint of step {int(state['step'])} in {ckpt.directory}")
+        tier = getattr(ckpt, ckpt.restored_from)
+        log(f"resuming from the checkpoint of step {int(state['step'])} in {tier.directory} ({ckpt.restored_from} "
+            f"tier)")
     else:
         state = setup.init_state()
         if cfg.checkpoint.init_from:  # under LoRA: the base weights (the adapters start fresh)
@@ -384,9 +402,10 @@ def _train(setup, cfg, workdir, log, data, started):
             step += 1
             pending.append(metrics)
             log_now = step % tr.log_every == 0 or step == tr.steps
-            save_now = step % ckpt.every == 0 or step == tr.steps
+            save_to = ckpt.due(step, step == tr.steps)
+            save_now = ckpt.persistent in save_to
             preempted = preemption.reached(step)
-            if log_now or save_now or preempted:
+            if log_now or save_to or preempted:
                 if int(state["nan_streak"]) >= tr.nan_patience:
                     clock.steps_done(step)  # recorded, so that the summary counts them as run again
                     t_rollback, bad_step = time.perf_counter(), step
@@ -421,10 +440,14 @@ def _train(setup, cfg, workdir, log, data, started):
             elif preempted:  # the steps since the last log point: saved below, so productive
                 jax.block_until_ready(state)
                 clock.steps_done(step)
-            if save_now or preempted:
-                with clock.timed("checkpoint_save", step=step):
-                    ckpt.save(step, state, data.get_state(), cfg, force=True)
+            if preempted and not save_now:
+                save_to = (ckpt.persistent,)
+            for tier in save_to:
+                with clock.timed("checkpoint_save_local" if tier is ckpt.local else "checkpoint_save", step=step):
+                    tier.save(step, state, data.get_state(), cfg, force=True)
                 writer.checkpoint_saved(step)
+            if save_now:
+                writer.goodput(step, workdir)
             if preempted:
                 with clock.timed("checkpoint_save", step=step):
                     ckpt.wait()
@@ -436,6 +459,7 @@ def _train(setup, cfg, workdir, log, data, started):
         with clock.timed("checkpoint_save", step=step):
             ckpt.wait()
         events.emit("end", step=step, reason="done")
+        writer.goodput(step, workdir)
     finally:
         profiler.close()
         preemption.close()

@@ -78,18 +78,50 @@ def test_unknown_task_error_names_the_choices():
         synthetic.SyntheticCorpus(16, 0, "nope")
 
 
-@pytest.mark.parametrize("name,marks", [("arithmetic_small", "="), ("reversal", "<>")])
-def test_sft_format_rows_are_one_prompt_and_answer_padded_with_eos(name, marks):
+def test_countdown_documents_are_solved_and_its_evaluation_problems_never_trained():
+    task = tasks.get("countdown")
+    trained = set()
+    for doc in docs(task, 3000):
+        m = re.fullmatch(r"(\d),(\d),(\d):(\d+)=([0-9+*()-]+)", doc)
+        numbers, target, expr = sorted(map(int, m.group(1, 2, 3))), int(m.group(4)), m.group(5)
+        assert eval(expr) == target and 0 <= target <= 99  # our own generated text: eval is the reference here
+        assert sorted(int(d) for d in re.findall(r"\d+", expr)) == numbers
+        trained.add((tuple(numbers), target))
+    examples = task.eval_sets(200)["countdown"]
+    assert len(examples) == 200
+    for ex in examples:
+        numbers, target = task.parse(ex.prompt)
+        assert (tuple(sorted(numbers)), target) not in trained
+        assert task.reward(ex, ex.answer) == 1.0 and task.reward(ex, ex.answer + "+0") == 0.0
+    held = np.mean([task.held(*task.problem(np.random.default_rng(i))[:2]) for i in range(4000)])
+    assert abs(held - 0.1) < 0.02  # the held-out fraction of problems
+
+
+@pytest.mark.parametrize("answer, right", [
+    ("3*5+7", True), ("7+5*3", True), ("(7+5)*3", False), ("5*3+7 ", True), ("3*(5)+7", True),
+    ("3*5*7", False), ("3*5+7+0", False), ("3*5+7-7+7", False), ("15+7", False), ("3*7+5-4", False),
+    ("-3+5*7", False), ("3*5+7.0", False), ("x+3*5+7", False), ("3*5+", False), ("", False), ("3 * 5 + 7", True),
+    ("(" * 40 + "3*5+7" + ")" * 40, False), ("3//5+7", False),
+])
+def test_countdown_reward_on_hand_written_answers(answer, right):
+    """Numbers 3, 5, 7 and target 22: each number exactly once, only +, - and *, value 22."""
+    from llada_jax import rewards
+    assert rewards.countdown(answer, [7, 3, 5], 22) is right
+
+
+@pytest.mark.parametrize("name,marks,width", [("arithmetic_small", "=", 12), ("reversal", "<>", 12),
+                                              ("countdown", "=", 24)])
+def test_sft_format_rows_are_one_prompt_and_answer_padded_with_eos(name, marks, width):
     """data.synthetic_format=sft: row i is document i of the same seed, split after its first mark, EOS-padded."""
     tok, task = synthetic.CharTokenizer(), tasks.get(name)
-    corpus = synthetic.SyntheticCorpus(12, 5, name, "sft")
+    corpus = synthetic.SyntheticCorpus(width, 5, name, "sft")
     batch = corpus.batch(step=1, global_batch=4)
     for i, (row, p_len) in enumerate(zip(batch["tokens"], batch["prompt_lengths"])):
         doc = task.document(np.random.default_rng([5, 4 + i]))
         cut = min(doc.index(m) for m in marks if m in doc) + 1
         assert tok.decode(row[:p_len]) == doc[:cut] and doc[cut - 1] in marks
         assert tok.decode(row[p_len:len(doc)]) == doc[cut:]
-        assert (row[len(doc):] == tok.eos_id).all() and len(row) == 12
+        assert (row[len(doc):] == tok.eos_id).all() and len(row) == width
     with pytest.raises(ValueError, match="raise --config.train.seq_len"):
         synthetic.SyntheticCorpus(5, 0, name, "sft").sequence(0)
     with pytest.raises(ValueError, match="synthetic_format"):

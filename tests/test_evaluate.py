@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from llada_jax import evaluate, inference, likelihood, objectives, sampling
+from llada_jax import evaluate, inference, likelihood, objectives, rewards, sampling
 from llada_jax.data import synthetic, tasks
 
 V, MASK = 12, 2
@@ -150,7 +150,7 @@ def test_autoregressive_log_likelihood_is_the_sum_of_next_token_log_probs(tiny_c
     ("12", "127", False), ("1270", "127", False), ("", "127", False), ("127+1", "127", False), ("ABC", "abc", False),
 ])
 def test_exact_match_on_hand_written_cases(prediction, answer, right):
-    assert evaluate.exact_match(prediction, answer) is right  # every built-in task scores by exact match
+    assert rewards.exact_match(prediction, answer) is right  # every built-in task scores by exact match
 
 
 def test_left_pad_with_a_key_mask():

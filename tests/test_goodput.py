@@ -1,6 +1,9 @@
 """Goodput accounting (llada_jax/goodput.py): the summary of hand-written events, worked out by hand, and the events of
 a real run that crashes and resumes."""
+import glob
 import json
+import os
+import struct
 
 import pytest
 from conftest import Crash, crash_at, tiny_config
@@ -41,7 +44,8 @@ def test_summary_of_known_events(tmp_path, capsys):
     assert s["recomputed_steps"] == 9 and s["productive_steps"] == 20
     assert s["productive_seconds"] == pytest.approx(16.8)
     assert s["goodput"] == pytest.approx(16.8 / 62)
-    want = {"compile": 16, "data_wait": 2.5, "checkpoint_save": 3, "checkpoint_restore": 3, "recomputed_steps": 8.2}
+    want = {"compile": 16, "data_wait": 2.5, "checkpoint_save": 3, "checkpoint_save_local": 0, "checkpoint_restore": 3,
+            "recomputed_steps": 8.2}
     want["other"] = 62 - 16.8 - sum(want.values())  # 12.5: start-up, logging, the steps lost with the crash
     assert s["badput"] == pytest.approx(want) and list(s["badput"]) == list(goodput.CAUSES)
     assert cli.main(["goodput", f"--workdir={tmp_path}"]) == 0
@@ -86,3 +90,24 @@ def test_a_crash_and_resume_recompute_the_steps_after_the_last_checkpoint(tmp_pa
     assert s["recomputed_steps"] == 1 and s["productive_steps"] == 6 and s["processes"] == 2
     assert 0 < s["goodput"] <= 1 and s["badput"]["compile"] > 0 and s["badput"]["checkpoint_restore"] > 0
     assert sum(s["badput"].values()) + s["productive_seconds"] == pytest.approx(s["total_seconds"])
+    series = tensorboard_scalars(tmp_path)  # written at each persistent save and at the end
+    assert [step for step, _ in series["goodput/goodput"]] == [2, 4, 6, 6]
+    assert series["goodput/goodput"][-1][1] == pytest.approx(s["goodput"], rel=1e-6)
+    assert series["goodput/badput_compile"][-1][1] == pytest.approx(s["badput"]["compile"] / s["total_seconds"],
+                                                                     rel=1e-6)
+
+
+def tensorboard_scalars(workdir):
+    """{tag: [(step, value)]} of the scalars in a directory's TensorBoard event files, in file and write order
+    (TFRecord framing: length u64, its CRC, the Event proto, its CRC)."""
+    from tensorboardX.proto import event_pb2
+    out = {}
+    for path in sorted(glob.glob(os.path.join(workdir, "events.out.tfevents.*"))):
+        data, at = open(path, "rb").read(), 0
+        while at < len(data):
+            (n,) = struct.unpack("<Q", data[at:at + 8])
+            event = event_pb2.Event.FromString(data[at + 12:at + 12 + n])
+            at += 16 + n
+            for v in event.summary.value:
+                out.setdefault(v.tag, []).append((event.step, v.simple_value))
+    return out

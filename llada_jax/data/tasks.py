@@ -14,13 +14,20 @@ Tasks:
   `reversal_forward` "A>" -> B (recall) and `reversal_reverse` "B<" -> A (the paper's reversal experiment,
   section 4 / Table 4: a bidirectional model should not suffer the autoregressive "reversal curse").
 
-`evaluate.evaluate_tasks` scores a model on them by exact match.
+- `countdown`: numbers and a target, "3,7,5:22=" -> an expression that uses every number once with +, - and *
+  (and parentheses) and evaluates to the target, e.g. "3*5+7"; a fixed 10% of the problems (by numbers and
+  target) never appears in training and is the evaluation set. Any right expression counts (rewards.countdown),
+  so its metric is `success`, not exact match.
+
+Each task scores an answer with `reward(example, prediction)` (1.0 or 0.0, llada_jax/rewards.py) under the name
+`metric`; `evaluate.evaluate_tasks` reports "<eval set>/<metric>", and reinforcement learning uses the same reward.
 """
 import dataclasses
 import string
 
 import numpy as np
 
+from llada_jax import rewards
 from llada_jax.errors import LladaError
 
 EVAL_SEED = 20250214  # evaluation examples come from their own stream, never the training corpus's
@@ -42,7 +49,16 @@ def split_after(document, marks):
     return document[:cut], document[cut:]
 
 
-class Arithmetic:
+class ExactMatch:
+    """Tasks with one right answer per query."""
+    metric = "exact_match"
+
+    @staticmethod
+    def reward(example, prediction):
+        return float(rewards.exact_match(prediction, example.answer))
+
+
+class Arithmetic(ExactMatch):
     """Addition facts "a+b=c" with operands in 0..max_operand; `holdout` > 0 keeps that fraction of operand pairs
     (a fixed random subset) out of training and evaluates on it."""
 
@@ -71,7 +87,7 @@ class Arithmetic:
         return split_after(document, "=")
 
 
-class Reversal:
+class Reversal(ExactMatch):
     """Random facts A -> B; training states all forward ("A>B") and the first half also reversed ("B<A");
     evaluation queries the second half forward ("A>" -> B) and reversed ("B<" -> A)."""
 
@@ -109,10 +125,72 @@ class Reversal:
         return split_after(document, "<>")
 
 
+class Countdown:
+    """Countdown problems: `n_numbers` numbers in 1..max_number and the value of one expression over them (each used
+    once, operators +, - and *, left to right with parentheses where needed), kept when it lies in
+    0..max_target. Training documents "NUMBERS:TARGET=EXPRESSION" list the numbers shuffled; `holdout` of the
+    problems (a fixed pseudo-random subset of (sorted numbers, target)) never appears in training and is the
+    evaluation set."""
+    metric = "success"
+
+    def __init__(self, name, n_numbers=3, max_number=9, max_target=99, holdout=0.1):
+        self.name, self.n_numbers, self.max_number, self.max_target = name, n_numbers, max_number, max_target
+        self.holdout = holdout
+
+    def held(self, numbers, target):
+        """Whether a problem belongs to the evaluation set (a fixed hash of its sorted numbers and target)."""
+        key = [EVAL_SEED, target, *sorted(int(n) for n in numbers)]
+        return np.random.default_rng(key).random() < self.holdout
+
+    def problem(self, rng):
+        """(numbers in the order written, target, one solution)."""
+        while True:
+            numbers = rng.integers(1, self.max_number + 1, size=self.n_numbers)
+            ops = rng.choice(list("+-*"), size=self.n_numbers - 1)
+            order = rng.permutation(self.n_numbers)
+            expr, value, additive = str(numbers[order[0]]), int(numbers[order[0]]), False
+            for op, i in zip(ops, order[1:]):
+                x = int(numbers[i])
+                if op == "*":
+                    expr, value = (f"({expr})*{x}" if additive else f"{expr}*{x}"), value * x
+                else:
+                    expr, value, additive = f"{expr}{op}{x}", value + x if op == "+" else value - x, True
+            if 0 <= value <= self.max_target:
+                return [int(n) for n in numbers], value, expr
+
+    def document(self, rng):
+        while True:
+            numbers, target, expr = self.problem(rng)
+            if not self.held(numbers, target):
+                return f"{','.join(map(str, numbers))}:{target}={expr}"
+
+    def eval_sets(self, n, seed=EVAL_SEED):
+        rng, out = np.random.default_rng([seed, self.n_numbers, self.max_number]), []
+        while len(out) < n:
+            numbers, target, expr = self.problem(rng)
+            if self.held(numbers, target):
+                out.append(Example(f"{','.join(map(str, numbers))}:{target}=", expr))
+        return {self.name: out}
+
+    @staticmethod
+    def parse(prompt):
+        """(numbers, target) of a prompt "3,7,5:22="."""
+        numbers, target = prompt.rstrip("=").split(":")
+        return [int(n) for n in numbers.split(",")], int(target)
+
+    def reward(self, example, prediction):
+        return float(rewards.countdown(prediction, *self.parse(example.prompt)))
+
+    @staticmethod
+    def split(document):
+        return split_after(document, "=")
+
+
 TASKS = {
     "arithmetic": Arithmetic("arithmetic", max_operand=999),
     "arithmetic_small": Arithmetic("arithmetic_small", max_operand=99, holdout=0.1),
     "reversal": Reversal("reversal", n_facts=64),
+    "countdown": Countdown("countdown"),
 }
 
 
