@@ -9,6 +9,7 @@ import dataclasses
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.sharding import PartitionSpec as P
 
 from llada_jax.errors import LladaError
@@ -69,8 +70,21 @@ def _mask(batch, q_len, k_len, key_mask, segment_ids, causal, blocks=None):
     return mask
 
 
+def context_axes(sharder):
+    """The mesh axes that split the sequence of activations (the `act_seq` rule: `context` in training), or None."""
+    return sharder.spec(("act_seq",))[0] if sharder is not None else None
+
+
+def _axes_size(sharder, axes):
+    names = axes if isinstance(axes, tuple) else (axes,)
+    return int(np.prod([sharder.mesh.shape[n] for n in names]))
+
+
 def xla_attention(q, k, v, key_mask=None, segment_ids=None, causal=False, sharder=None, blocks=None):
-    """The reference: softmax(q k^T / sqrt(D)) v with float32 logits and softmax."""
+    """The reference: softmax(q k^T / sqrt(D)) v with float32 logits and softmax. Under context parallelism the
+    keys and values are gathered whole and the queries stay split (all-gather context parallelism)."""
+    if context_axes(sharder) is not None:
+        k, v = (sharder.constrain(x, ("batch", None, "kv_heads", "head_dim")) for x in (k, v))
     b, t, h, d = q.shape
     kv = k.shape[2]
     qg = q.reshape(b, t, kv, h // kv, d)
@@ -127,43 +141,54 @@ def splash_attention(q, k, v, key_mask=None, segment_ids=None, causal=False, sha
     seg = jnp.ones((b, t), jnp.int32) if segment_ids is None else segment_ids.astype(jnp.int32) + 1
     if key_mask is not None:
         seg = jnp.where(key_mask, seg, 0)
+    # Context parallelism: with the full mask the local queries attend to all keys through the same kernel (keys,
+    # values and their segment ids gathered whole); causal and block masks would need the shard's offset in the
+    # kernel's static mask, so their sequences are gathered whole instead.
+    # The kernel tiles the local queries in multiples of 128 too.
+    split = context_axes(sharder) is not None and not causal and blocks is None
+    split = split and (t // _axes_size(sharder, context_axes(sharder))) % 128 == 0
     if interpret is None:
         interpret = platform_of(sharder) != "tpu"
     if not interpret and (t % 128 or k.shape[1] % 128):  # (interpret mode, for tests, takes any length)
         raise LladaError(f"splash attention tiles sequences in multiples of 128 tokens on TPU; got {t} queries and "
                          f"{k.shape[1]} keys. Use model.attention=auto (splash where it fits, else xla) or xla.")
 
-    def local(q, k, v, seg):
-        kv_local, groups = k.shape[2], q.shape[2] // k.shape[2]
-        blk = min(512, t)
-        sizes = sk.BlockSizes(block_q=blk, block_kv=blk, block_kv_compute=blk, block_q_dkv=blk, block_kv_dkv=blk,
-                              block_kv_dkv_compute=blk, block_q_dq=blk, block_kv_dq=blk)
+    def local(q, k, v, seg, q_seg=None):
+        q_seg = seg if q_seg is None else q_seg
+        tq, kv_local, groups = q.shape[1], k.shape[2], q.shape[2] // k.shape[2]
+        bq, bk = min(512, tq), min(512, t)
+        sizes = sk.BlockSizes(block_q=bq, block_kv=bk, block_kv_compute=bk, block_q_dkv=bq, block_kv_dkv=bk,
+                              block_kv_dkv_compute=bk, block_q_dq=bq, block_kv_dq=bk)
         if blocks is not None:
             base = _splash_blocks_mask(t, blocks)
         else:
-            base = sm.CausalMask((t, t)) if causal else sm.FullMask((t, t))
+            base = sm.CausalMask((t, t)) if causal else sm.FullMask((tq, t))
         mask = sm.MultiHeadMask([base] * groups)
         kernel = sk.make_splash_mqa_single_device(mask, block_sizes=sizes, interpret=interpret)
-        qh = (q * (1.0 / d ** 0.5)).astype(q.dtype).reshape(q.shape[0], t, kv_local, groups, d)
+        qh = (q * (1.0 / d ** 0.5)).astype(q.dtype).reshape(q.shape[0], tq, kv_local, groups, d)
         qh = qh.transpose(0, 2, 3, 1, 4)  # [B, KV, G, T, D]
         kh, vh = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)  # [B, KV, T, D]
-        per_head = lambda q1, k1, v1, s1: kernel(q1, k1, v1, segment_ids=sk.SegmentIds(s1, s1))
-        out = jax.vmap(jax.vmap(per_head, in_axes=(0, 0, 0, None)))(qh, kh, vh, seg)
+        per_head = lambda q1, k1, v1, s1, sq: kernel(q1, k1, v1, segment_ids=sk.SegmentIds(sq, s1))
+        out = jax.vmap(jax.vmap(per_head, in_axes=(0, 0, 0, None, None)))(qh, kh, vh, seg, q_seg)
         return out.transpose(0, 3, 1, 2, 4).reshape(q.shape)
 
-    return _per_shard(local, sharder, q, k, v, seg)
+    return _per_shard(local, sharder, q, k, v, seg, q_rows=(seg,) if split else ())
 
 
-def _per_shard(local, sharder, q, k, v, *rows):
-    """local(q, k, v, *rows) on each shard of a mesh (batch over the `batch` axes, heads over `tensor`; rows are
-    [B, ...] per-sequence arrays), or directly on one device."""
+def _per_shard(local, sharder, q, k, v, *rows, q_rows=()):
+    """local(q, k, v, *rows, *q_rows) on each shard of a mesh (batch over the `batch` axes, heads over `tensor`;
+    rows are [B, S] per-key arrays, q_rows [B, T] per-query ones), or directly on one device. With q_rows given,
+    the queries (and q_rows) stay split over the context axes and every shard gets the whole keys and values
+    (all-gather context parallelism); without, a sequence split over them is gathered whole."""
     if sharder is None or sharder.mesh.size == 1:
-        return local(q, k, v, *rows)
+        return local(q, k, v, *rows, *q_rows)
     batch = sharder.spec(("batch",))[0]
     heads = sharder.spec(("heads",))[0]
-    qkv = P(batch, None, heads, None)
-    return jax.shard_map(local, mesh=sharder.mesh, in_specs=(qkv, qkv, qkv) + (P(batch, None),) * len(rows),
-                         out_specs=qkv, check_vma=False)(q, k, v, *rows)
+    ctx = context_axes(sharder) if q_rows else None
+    qs, kvs = P(batch, ctx, heads, None), P(batch, None, heads, None)
+    return jax.shard_map(local, mesh=sharder.mesh,
+                         in_specs=(qs, kvs, kvs) + (P(batch, None),) * len(rows) + (P(batch, ctx),) * len(q_rows),
+                         out_specs=qs, check_vma=False)(q, k, v, *rows, *q_rows)
 
 
 def flash_attention(q, k, v, key_mask=None, segment_ids=None, causal=False, sharder=None, blocks=None,
@@ -175,18 +200,21 @@ def flash_attention(q, k, v, key_mask=None, segment_ids=None, causal=False, shar
     b, t = q.shape[:2]
     s = k.shape[1]
     q_id, k_id = blocks.ids(t, s) if blocks is not None else (jnp.zeros((t,), jnp.int32), jnp.ones((s,), jnp.int32))
-    rows = (jnp.ones((b, s), bool) if key_mask is None else key_mask,
-            jnp.zeros((b, t), jnp.int32) if segment_ids is None else segment_ids.astype(jnp.int32),
-            jnp.broadcast_to(q_id, (b, t)), jnp.broadcast_to(k_id, (b, s)))  # per row, so shard_map splits them
+    seg = jnp.zeros((b, t), jnp.int32) if segment_ids is None else segment_ids.astype(jnp.int32)
+    # per row, so that shard_map splits them: keys' rows whole, queries' rows split like the queries
+    k_rows = (jnp.ones((b, s), bool) if key_mask is None else key_mask,
+              seg if segment_ids is not None else jnp.zeros((b, s), jnp.int32), jnp.broadcast_to(k_id, (b, s)))
+    q_rows = (seg, jnp.broadcast_to(q_id, (b, t)), jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t)))
 
-    def local(q, k, v, kmask, seg, q_id, k_id):
-        return _flash_local(q, k, v, kmask, seg, (q_id, k_id), causal, segment_ids is not None, blocks is not None,
-                            block_rows)
+    def local(q, k, v, *rows):
+        return _flash_local(q, k, v, rows, causal, segment_ids is not None, blocks is not None, block_rows)
 
-    return _per_shard(local, sharder, q, k, v, *rows)
+    return _per_shard(local, sharder, q, k, v, *k_rows, q_rows=q_rows)
 
 
-def _flash_local(q, k, v, kmask, seg, block_ids, causal, segmented, blocked, block_rows):
+def _flash_local(q, k, v, rows, causal, segmented, blocked, block_rows):
+    """rows: (key mask, key segments, key block ids) [B, S], (query segments, query block ids, query positions)
+    [B, T] of the (local) queries."""
     b, t, h, d = q.shape
     s, kv = k.shape[1], k.shape[2]
     g = h // kv
@@ -198,13 +226,13 @@ def _flash_local(q, k, v, kmask, seg, block_ids, causal, segmented, blocked, blo
     # Items: (sequence, KV head, query block), each with the g query heads of its KV head: g * bq rows.
     qi = q.reshape(b, nq, bq, kv, g, d).transpose(0, 3, 1, 4, 2, 5).reshape(b * kv * nq, g * bq, d)
     ki, vi = (x.transpose(0, 2, 1, 3).reshape(b * kv, s, d) for x in (k, v))
-    masks = (kmask, seg.reshape(b, nq, bq), seg if segmented else jnp.zeros((b, s), jnp.int32),
-             block_ids[0].reshape(b, nq, bq), block_ids[1])
+    kmask, kseg, k_id, qseg, q_id, q_pos = rows
+    masks = (kmask, kseg, k_id) + tuple(r.reshape(b, nq, bq) for r in (qseg, q_id, q_pos))
     n_items = qi.shape[0]
 
     def item_inputs(i, ki, vi, masks):
         """Keys, values and the [rows, S] allowed-key mask of item i."""
-        kmask, qseg, kseg, q_id, k_id = masks
+        kmask, kseg, k_id, qseg, q_id, q_pos = masks
         bi, blk = i // (kv * nq), i % nq
         ok = kmask[bi][None, :]
         if segmented:
@@ -212,7 +240,7 @@ def _flash_local(q, k, v, kmask, seg, block_ids, causal, segmented, blocked, blo
         if blocked:
             ok = ok & Blocks.allowed(jnp.tile(q_id[bi, blk], g)[:, None], k_id[bi][None, :])
         if causal:
-            ok = ok & (jnp.arange(s)[None, :] <= jnp.tile(blk * bq + jnp.arange(bq), g)[:, None])
+            ok = ok & (jnp.arange(s)[None, :] <= jnp.tile(q_pos[bi, blk], g)[:, None])
         return ki[i // nq], vi[i // nq], ok
 
     def scores(qx, kx, ok):

@@ -109,9 +109,11 @@ def default_config():
     c.mesh = ms = ml_collections.ConfigDict()
     ms.data = 1
     ms.fsdp = -1  # -1: all remaining devices
+    ms.context = 1  # context parallelism: the sequence of the activations split over this many devices
     ms.tensor = 1
     ms.dcn_data = 1  # multi-slice: sizes of the mesh axes across slices (data-centre network)
     ms.dcn_fsdp = 1
+    ms.dcn_context = 1
     ms.dcn_tensor = 1
 
     # Logical axis -> mesh axes (MaxText vocabulary). Parameters and activations name logical axes only.
@@ -119,14 +121,14 @@ def default_config():
     sh.rules = [
         ("batch", ("data", "fsdp")),
         ("vocab", "tensor"),
-        ("embed", "fsdp"),
+        ("embed", ("fsdp", "context")),
         ("heads", "tensor"),
         ("kv_heads", "tensor"),
         ("mlp", "tensor"),
         ("head_dim", None),
         ("layers", None),
         ("norm", None),
-        ("act_seq", None),
+        ("act_seq", "context"),
         ("act_embed", None),
     ]
     # The rule set of inference (inference.load_run: `llada sample / chat / eval`, sweeps): params laid out as in

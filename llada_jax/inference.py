@@ -188,7 +188,7 @@ def load_run(workdir, overrides=(), step=None, tokenizer=None, devices=None):
     except config_lib.ConfigError as e:
         raise InferenceError(str(e)) from None
     devices = list(devices or jax.devices())
-    sizes = [cfg.mesh[k] for k in ("data", "fsdp", "tensor", "dcn_data", "dcn_fsdp", "dcn_tensor")]
+    sizes = [cfg.mesh[k] for a in sharding.AXES for k in (a, f"dcn_{a}")]
     if min(sizes) > 0:  # fixed sizes: inference may use fewer devices than the host has (e.g. mesh.fsdp=1)
         devices = devices[:int(np.prod(sizes))]
     mesh = sharding.make_mesh(cfg.mesh, devices)

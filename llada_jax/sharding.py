@@ -1,4 +1,8 @@
-"""Device mesh (data, fsdp, tensor; ICI x DCN for multi-slice) and logical-axis rules -> shardings.
+"""Device mesh (data, fsdp, context, tensor; ICI x DCN for multi-slice) and logical-axis rules -> shardings.
+
+`context` splits the sequence of the activations (context parallelism, docs/architecture.md#context-parallelism):
+the rule ("act_seq", "context") shards every per-token activation over it, and attention gathers the keys and
+values (attention.py). Parameters are sharded over `fsdp` and `context` together, FSDP-style.
 
 Axis types: every mesh axis is `AxisType.Auto`. We state shardings at the boundaries (jit in/out shardings for
 params, optimizer state and batch) and as constraints on activations, and let GSPMD propagate the rest, the MaxText
@@ -15,7 +19,8 @@ from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
 from llada_jax.errors import LladaError
 
-AXES = ("data", "fsdp", "tensor")
+AXES = ("data", "fsdp", "context", "tensor")
+SIZES = " x ".join(f"mesh.{a}" for a in AXES)
 
 
 class MeshError(LladaError):
@@ -31,30 +36,29 @@ def _fill(sizes, total, what):
     if -1 in sizes:
         if total % known:
             raise MeshError(f"{what} mesh {dict(zip(AXES, sizes))}: {total} devices are not divisible by {known}; "
-                            f"choose mesh.data x mesh.fsdp x mesh.tensor sizes whose product divides {total}.")
+                            f"choose {SIZES} sizes whose product divides {total}.")
         sizes[sizes.index(-1)] = total // known
     if math.prod(sizes) != total:
         raise MeshError(f"{what} mesh {dict(zip(AXES, sizes))} has {math.prod(sizes)} devices but {total} are "
-                        f"available; make the product of mesh.data x mesh.fsdp x mesh.tensor equal {total}, "
-                        f"or set one of them to -1.")
+                        f"available; make the product of {SIZES} equal {total}, or set one of them to -1.")
     return sizes
 
 
 def mesh_shape(mc, n_devices):
     """(ici sizes, dcn sizes) for the `mesh` config on n_devices devices."""
-    dcn = [mc.dcn_data, mc.dcn_fsdp, mc.dcn_tensor]
+    dcn = [mc[f"dcn_{a}"] for a in AXES]
     if any(s < 1 for s in dcn):
         raise MeshError(f"mesh.dcn_* must be >= 1, got {dict(zip(AXES, dcn))}.")
     n_slices = math.prod(dcn)
     if n_devices % n_slices:
         raise MeshError(f"{n_devices} devices cannot form {n_slices} slices (mesh.dcn_* = {dcn}).")
-    ici = _fill([mc.data, mc.fsdp, mc.tensor], n_devices // n_slices, "per-slice")
+    ici = _fill([mc[a] for a in AXES], n_devices // n_slices, "per-slice")
     return ici, dcn
 
 
 def make_mesh(mc, devices=None):
-    """The (data, fsdp, tensor) mesh. With mesh.dcn_* > 1 a hybrid mesh: each axis is dcn x ici, slices on the outer
-    part (devices carry `slice_index` on multi-slice TPU; elsewhere slices are consecutive device groups)."""
+    """The (data, fsdp, context, tensor) mesh. With mesh.dcn_* > 1 a hybrid mesh: each axis is dcn x ici, slices on
+    the outer part (devices carry `slice_index` on multi-slice TPU; elsewhere slices are consecutive device groups)."""
     devices = list(devices if devices is not None else jax.devices())
     ici, dcn = mesh_shape(mc, len(devices))
     if math.prod(dcn) == 1:
@@ -64,8 +68,9 @@ def make_mesh(mc, devices=None):
             arr = np.array(devices).reshape(ici)
     elif hasattr(devices[0], "slice_index"):
         arr = mesh_utils.create_hybrid_device_mesh(ici, dcn, devices)
-    else:  # simulated slices: [dcn..., ici...] -> interleave to [dcn0*ici0, dcn1*ici1, dcn2*ici2]
-        arr = np.array(devices).reshape(dcn + ici).transpose(0, 3, 1, 4, 2, 5)
+    else:  # simulated slices: [dcn..., ici...] -> interleave to [dcn0*ici0, dcn1*ici1, ...]
+        n = len(AXES)
+        arr = np.array(devices).reshape(dcn + ici).transpose([j for i in range(n) for j in (i, n + i)])
         arr = arr.reshape([d * i for d, i in zip(dcn, ici)])
     return Mesh(arr, AXES, axis_types=(AxisType.Auto,) * len(AXES))
 

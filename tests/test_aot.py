@@ -50,7 +50,7 @@ def _report(**overrides):
 def test_tiny_compiles_and_memory_moves_the_right_way():
     base = _report(**{"model.dtype": "bfloat16", "train.global_batch": 64, "train.seq_len": 256})
     assert base["devices"] == 4 and base["device_kind"] == "TPU v5 lite" and base["fits"]
-    assert base["mesh"] == {"data": 1, "fsdp": 4, "tensor": 1}
+    assert base["mesh"] == {"data": 1, "fsdp": 4, "context": 1, "tensor": 1}
     assert base["collectives"]["all-gather"] > 0  # FSDP gathers weights
     # params + Adam moments (float32) sharded 4 ways: 3 x 4 bytes x params / 4, plus the batch, plus TPU tile
     # padding of the small per-device blocks (last two dims padded to 8 x 128)

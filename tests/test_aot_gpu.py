@@ -30,7 +30,8 @@ def _compile(topology, **overrides):
 def test_tiny_compiles_for_8_h100_with_cudnn_attention():
     r = _compile("h100:8", **{"model.dtype": "bfloat16", "train.global_batch": 16, "train.seq_len": 256})
     assert r["devices"] == 8 and r["device_kind"] == "NVIDIA H100 80GB HBM3" and r["fits"]
-    assert r["mesh"] == {"data": 1, "fsdp": 8, "tensor": 1} and r["hbm_bytes"] == aot.GPUS["h100"]["memory"]
+    assert r["mesh"] == {"data": 1, "fsdp": 8, "context": 1, "tensor": 1}
+    assert r["hbm_bytes"] == aot.GPUS["h100"]["memory"]
     assert r["usable_bytes"] < r["hbm_bytes"]  # JAX's allocator takes XLA_PYTHON_CLIENT_MEM_FRACTION of it
     assert r["cudnn_attention_calls"] > 0  # attention=auto in bfloat16 on GPU: cuDNN flash attention
     assert r["collectives"]["all-gather"] > 0  # FSDP gathers weights

@@ -95,8 +95,18 @@ def test_print_config(capsys):
 @pytest.mark.parametrize("name, sizes, vocab", [
     ("small", (512, 8, 8, 4, 1408), 64), ("sft", (512, 8, 8, 4, 1408), 32000),
     ("pretrain_store", (512, 8, 8, 4, 1408), 32000), ("llada_1b", (2048, 22, 32, 4, 5634), 126464),
-    ("llada_8b", (4096, 32, 32, 32, 12288), 126464),
+    ("llada_8b", (4096, 32, 32, 32, 12288), 126464), ("long_context_sft", (4096, 32, 32, 32, 12288), 126464),
 ])
 def test_config_files_take_their_model_size_by_name(name, sizes, vocab):
     m = config_lib.load_config(f"configs/{name}.py").model
     assert (m.d_model, m.n_layers, m.n_heads, m.n_kv_heads, m.ffn_dim, m.vocab_size) == (*sizes, vocab)
+
+
+def test_long_context_sft_is_the_8b_at_32k_with_context_parallelism():
+    from llada_jax import optim
+    cfg = config_lib.load_config("configs/long_context_sft.py")
+    assert (cfg.train.seq_len, cfg.model.max_seq_len, cfg.mesh.context, cfg.data.source) == (32768, 32768, 8, "sft")
+    lr = optim.schedule(cfg)
+    steps = cfg.train.steps
+    assert float(lr(50)) == pytest.approx(2.5e-5) and float(lr(int(0.85 * steps))) == pytest.approx(2.5e-5)
+    assert float(lr(steps)) == pytest.approx(2.5e-6, rel=1e-3)  # the SFT schedule over train.steps, not 2.3T tokens
