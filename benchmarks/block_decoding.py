@@ -21,8 +21,8 @@ import time
 import jax
 import numpy as np
 
-from llada_jax import block_sampling, cli, diffusion, inference, objectives, rewards, sampling
-from llada_jax.data import tasks
+from llada_jax import block_sampling, cli, diffusion, inference, objectives, sampling
+from llada_jax.data import rewards, tasks
 
 
 def methods(block_run, mdm_run):

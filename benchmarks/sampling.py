@@ -26,8 +26,8 @@ import time
 import jax
 import numpy as np
 
-from llada_jax import cli, config as config_lib, inference, rewards, sampling, train
-from llada_jax.data import tasks
+from llada_jax import cli, config as config_lib, inference, sampling, train
+from llada_jax.data import rewards, tasks
 
 
 def trained_run(cfg, args):

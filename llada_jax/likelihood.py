@@ -82,7 +82,7 @@ def _estimator_inputs(prompt, answer, n_samples, batch_size, model=None):
     prompt, answer = np.asarray(prompt, np.int32), np.asarray(answer, np.int32)
     if answer.size == 0:
         raise EvalError("the answer is empty; log p(empty | prompt) = 0 needs no estimate.")
-    if prompt.size < _first_scored(model):
+    if prompt.size < first_scored(model):
         raise EvalError("the prompt is empty, and under model.shift_logits nothing predicts a sequence's first "
                         "token; start the prompt with the run's BOS or document separator (tokens.bos_id / eos_id).")
     if n_samples % batch_size:
@@ -219,7 +219,7 @@ def _elbo_rows(model, params, tokens, key_mask, maskable, key, mask_id, eps, blo
     return jnp.sum(jnp.where(masked, ce, 0.0), -1)
 
 
-def _first_scored(model):
+def first_scored(model):
     """model.first_predicted of our model (1 under model.shift_logits), 0 for any other (a reference model)."""
     return model_lib.first_predicted(model.m) if isinstance(model, model_lib.Model) else 0
 
@@ -227,7 +227,7 @@ def _first_scored(model):
 def _elbo_batch(model, params, tokens, lengths, key, mask_id, eps, block_size):
     pos = jnp.arange(tokens.shape[1])[None, :]
     valid = pos < lengths[:, None]
-    return _elbo_rows(model, params, tokens, valid, valid & (pos >= _first_scored(model)), key, mask_id, eps,
+    return _elbo_rows(model, params, tokens, valid, valid & (pos >= first_scored(model)), key, mask_id, eps,
                       block_size)
 
 
@@ -257,7 +257,7 @@ def elbo_perplexity(model, params, tokens, key, mask_id, *, lengths=None, n_samp
         return _by_batches(fn, tokens, lengths, 0, batch_size)
 
     sums = np.stack([draw(s) for s in range(n_samples)])
-    counts = lengths - _first_scored(model)
+    counts = lengths - first_scored(model)
     nll, stderr = _ratio_of_means(sums, np.broadcast_to(counts, sums.shape))
     return {"nll": nll, "ppl": math.exp(nll), "stderr": stderr, "tokens": int(counts.sum())}
 

@@ -105,7 +105,7 @@ def test_countdown_documents_are_solved_and_its_evaluation_problems_never_traine
 ])
 def test_countdown_reward_on_hand_written_answers(answer, right):
     """Numbers 3, 5, 7 and target 22: each number exactly once, only +, - and *, value 22."""
-    from llada_jax import rewards
+    from llada_jax.data import rewards
     assert rewards.countdown(answer, [7, 3, 5], 22) is right
 
 

@@ -8,8 +8,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from llada_jax import evaluate, inference, likelihood, objectives, rewards, sampling
-from llada_jax.data import synthetic, tasks
+from llada_jax import evaluate, inference, likelihood, objectives, sampling
+from llada_jax.data import rewards, synthetic, tasks
 
 V, MASK = 12, 2
 

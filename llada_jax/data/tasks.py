@@ -19,7 +19,7 @@ Tasks:
   target) never appears in training and is the evaluation set. Any right expression counts (rewards.countdown),
   so its metric is `success`, not exact match.
 
-Each task scores an answer with `reward(example, prediction)` (1.0 or 0.0, llada_jax/rewards.py) under the name
+Each task scores an answer with `reward(example, prediction)` (1.0 or 0.0, llada_jax/data/rewards.py) under the name
 `metric`; `evaluate.evaluate_tasks` reports "<eval set>/<metric>", and reinforcement learning uses the same reward.
 """
 import dataclasses
@@ -27,7 +27,7 @@ import string
 
 import numpy as np
 
-from llada_jax import rewards
+from llada_jax.data import rewards
 from llada_jax.errors import LladaError
 
 EVAL_SEED = 20250214  # evaluation examples come from their own stream, never the training corpus's
