@@ -241,12 +241,16 @@ class MetricsWriter:
             return
         with open(self.path, "a") as f:
             f.write(json.dumps({"step": step, **metrics}) + "\n")
+        self._series(step, metrics)
+
+    def _series(self, step, series):
+        """Scalars {name: value} of `step` to TensorBoard and W&B."""
         if self.tb:
-            for k, v in metrics.items():
+            for k, v in series.items():
                 self.tb.add_scalar(k, v, step)
             self.tb.flush()
         if self.wandb:
-            self.wandb.log(metrics, step=step)
+            self.wandb.log(series, step=step)
 
     def goodput(self, step, workdir):
         """The run's goodput so far (goodput.summarize of its events.jsonl) as `goodput/*` series: goodput (a
@@ -255,14 +259,8 @@ class MetricsWriter:
             return
         s = goodput.summarize(workdir)
         total = s["total_seconds"] or 1.0
-        series = {"goodput/goodput": s["goodput"],
-                  **{f"goodput/badput_{cause}": seconds / total for cause, seconds in s["badput"].items()}}
-        if self.tb:
-            for k, v in series.items():
-                self.tb.add_scalar(k, v, step)
-            self.tb.flush()
-        if self.wandb:
-            self.wandb.log(series, step=step)
+        self._series(step, {"goodput/goodput": s["goodput"],
+                            **{f"goodput/badput_{cause}": seconds / total for cause, seconds in s["badput"].items()}})
 
     def checkpoint_saved(self, step):
         """Marks step `step` as saved: W&B's `checkpoint_step` metric (its last value in the run summary)."""
