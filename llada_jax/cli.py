@@ -21,6 +21,7 @@ from llada_jax import (
     inference,
     objectives,
     picture,
+    rl_train,
     sampling_args,
     sweep,
     train,
@@ -35,6 +36,7 @@ USAGE = """usage: llada COMMAND [options]
 
 commands:
   train     train a model (default: the tiny config on the built-in synthetic corpus)
+  rl        reinforcement learning of a trained run on a task's reward: diffu-GRPO or VRPO (docs/rl.md)
   compile   compile the train step ahead of time for a TPU or GPU topology; memory, FLOPs, collectives
   data      `data corpus`: collect a real corpus; `data tokenizer`: train a sentencepiece tokenizer;
             `data prepare`: tokenize corpora into a token store; `data choices`: multiple choice from a corpus
@@ -105,6 +107,17 @@ def cmd_train(argv):
     train.train(cfg, workdir)
     if jax.process_index() == 0:
         print(f"done: run directory {workdir}")
+
+
+def cmd_rl(argv):
+    overrides, args = _parse(argv, "llada rl", "Reinforcement learning of a trained run on a built-in task's reward: "
+                             "diffu-GRPO (rl.algorithm=grpo) or VRPO (rl.algorithm=vrpo); docs/rl.md.")
+    cfg = _load(args, overrides)
+    distributed.maybe_initialize()
+    workdir = args.workdir or os.path.join("runs", cfg.name)
+    rl_train.rl_train(cfg, workdir)
+    if jax.process_index() == 0:
+        print(f"done: run directory {workdir} (`llada eval --workdir={workdir}` scores it)")
 
 
 def cmd_data(argv):
@@ -390,8 +403,8 @@ def cmd_goodput(argv):
     print(json.dumps(summary, indent=2) if args.json else goodput.format_summary(summary))
 
 
-COMMANDS = {"train": cmd_train, "compile": cmd_compile, "data": cmd_data, "convert": cmd_convert, "sample": cmd_sample,
-            "chat": cmd_chat, "eval": cmd_eval, "sweep": cmd_sweep, "goodput": cmd_goodput}
+COMMANDS = {"train": cmd_train, "rl": cmd_rl, "compile": cmd_compile, "data": cmd_data, "convert": cmd_convert,
+            "sample": cmd_sample, "chat": cmd_chat, "eval": cmd_eval, "sweep": cmd_sweep, "goodput": cmd_goodput}
 
 
 def _google_pci_device(path):  # how JAX itself finds TPU chips (PCI vendor 0x1ae0)

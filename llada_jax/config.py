@@ -171,6 +171,24 @@ def default_config():
     ev.elbo_samples = 1  # Monte Carlo draws of (t, mask) per held-out sequence for the ELBO bound
     ev.text_len = -1  # `llada eval --text`: tokens per scored row (-1: train.seq_len)
 
+    # `llada rl` (docs/rl.md): reinforcement learning of a trained run (checkpoint.init_from) on a built-in task's
+    # reward; train.steps counts RL steps (one batch of rollouts each), checkpoint.every_steps too.
+    c.rl = rl = ml_collections.ConfigDict()
+    rl.algorithm = "grpo"  # grpo (d1's diffu-GRPO) | vrpo (LLaDA 1.5: DPO on ELBO estimates)
+    rl.task = ""  # the built-in task whose training prompts and reward are used ("": data.synthetic_task)
+    rl.prompts_per_step = 16  # prompts per RL step (a multiple of the batch shards, mesh data x fsdp)
+    rl.group_size = 8  # completions sampled per prompt (G), with the sampling.* settings at rl.temperature
+    rl.temperature = 1.0  # of the rollouts (evaluation keeps sampling.temperature)
+    rl.inner_steps = 1  # optimizer updates per batch of rollouts (mu); each draws new masks
+    rl.beta = 0.04  # grpo: weight of the k3 KL to the reference (0: no reference pass)
+    rl.clip_eps = 0.5  # grpo: PPO clip range (d1: 0.5)
+    rl.p_mask = 0.15  # grpo: probability of masking each prompt token in the mean-field pass (d1)
+    rl.normalize = "sequence"  # grpo: sequence (each completion's token mean, then the mean) | token
+    rl.scale_advantages = True  # grpo: divide the group-centred rewards by the group's std (False: d1's trainer)
+    rl.dpo_beta = 0.1  # vrpo: DPO's beta
+    rl.elbo_samples = 8  # vrpo: timesteps per ELBO estimate, one mask each (n_t = n, n_mask = 1)
+    rl.prompt_width = -1  # prompts are left-padded to this many tokens (-1: train.seq_len - sampling.gen_length)
+
     c.checkpoint = ck = ml_collections.ConfigDict()
     ck.every_steps = 200
     ck.keep = 3  # keep the last K checkpoints ...

@@ -192,30 +192,33 @@ def grpo_loss(logp_new, logp_old, logp_ref, advantages, completion_mask, clip_ep
                   "ratio": token_mean(ratio)}
 
 
-def dpo_loss(pi_chosen, ref_chosen, pi_rejected, ref_rejected, beta=0.1):
+def dpo_loss(pi_chosen, ref_chosen, pi_rejected, ref_rejected, beta=0.1, weights=None):
     """DPO's loss on [N] sequence log-probabilities (VRPO: ELBO estimates): (scalar, metrics).
 
     chosen reward = beta (pi_chosen - ref_chosen), rejected reward = beta (pi_rejected - ref_rejected), margin =
     chosen - rejected; loss = mean over pairs of -log sigmoid(margin). The reference values are constants
-    (stop_gradient). Metrics (means over pairs): reward_margin, accuracy (margin > 0), chosen_reward,
-    rejected_reward."""
+    (stop_gradient). weights [N] (optional, >= 0): a weighted mean instead, e.g. 0 for the slots of a fixed-size
+    batch that hold no pair (0 when every weight is 0). Metrics (the same means over pairs): reward_margin,
+    accuracy (margin > 0), chosen_reward, rejected_reward."""
     chosen = beta * (pi_chosen - jax.lax.stop_gradient(ref_chosen))
     rejected = beta * (pi_rejected - jax.lax.stop_gradient(ref_rejected))
     margin = chosen - rejected
-    return -jnp.mean(jax.nn.log_sigmoid(margin)), {
-        "reward_margin": jnp.mean(margin), "accuracy": jnp.mean((margin > 0).astype(jnp.float32)),
-        "chosen_reward": jnp.mean(chosen), "rejected_reward": jnp.mean(rejected)}
+    w = jnp.ones_like(margin) if weights is None else jnp.asarray(weights, jnp.float32)
+    mean = lambda x: jnp.sum(w * x) / jnp.maximum(jnp.sum(w), 1e-12)
+    return mean(-jax.nn.log_sigmoid(margin)), {
+        "reward_margin": mean(margin), "accuracy": mean((margin > 0).astype(jnp.float32)),
+        "chosen_reward": mean(chosen), "rejected_reward": mean(rejected)}
 
 
 def vrpo_loss(model, params, ref_params, prompt, prompt_mask, chosen, chosen_mask, rejected, rejected_mask, key, *,
-              mask_id, n=8, eps=1e-3, stratified=True, beta=0.1):
+              mask_id, n=8, eps=1e-3, stratified=True, beta=0.1, weights=None):
     """VRPO: dpo_loss of ELBO estimates (elbo_logprob with n stratified timesteps, one mask each). k_w, k_l =
     split(key): the chosen completions' noise is k_w for BOTH the policy (params) and the reference (ref_params), the
     rejected's k_l for both (antithetic sampling). Chosen and rejected share the prompt; their widths may differ.
-    Returns dpo_loss's (loss, metrics)."""
+    weights [N]: dpo_loss's. Returns dpo_loss's (loss, metrics)."""
     k_w, k_l = jax.random.split(key)
     elbo = functools.partial(elbo_logprob, model, mask_id=mask_id, n=n, eps=eps, stratified=stratified)
     scores = [elbo(p, prompt, prompt_mask, y, y_mask, k)
               for y, y_mask, k in ((chosen, chosen_mask, k_w), (rejected, rejected_mask, k_l))
               for p in (params, ref_params)]
-    return dpo_loss(*scores, beta=beta)
+    return dpo_loss(*scores, beta=beta, weights=weights)

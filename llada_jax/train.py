@@ -182,22 +182,27 @@ class Setup:
         size = self.block_size_at(step)
         return self.step_fn(state, batch) if size is None else self.step_fn(state, batch, size)
 
-    def _train_step(self, state, batch, block_size=None):
-        step = state["step"]
-        key = jax.random.fold_in(jax.random.wrap_key_data(state["rng"]), step)
-        loss, aux, grads = self.loss_and_grads(state["params"], batch, key, block_size)
+    def apply_grads(self, state, loss, grads):
+        """One optimizer update of `state` (a train state) with the gradients of its trainable params: (new_state,
+        grad_norm, finite). The NaN guard: a non-finite loss or gradient leaves params and optimizer state untouched
+        and is counted in nan_streak; the step counter advances either way."""
         grad_norm = optax.tree.norm(grads)
         finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
         trainable, frozen = split_trainable(state["params"], self.lora)
         updates, opt_state = self.tx.update(grads, state["opt_state"], trainable)
         updates = jax.tree.map(lambda u: u * state["lr_scale"].astype(u.dtype), updates)  # AdamW is linear in LR
         params = join_trainable(optax.apply_updates(trainable, updates), frozen)
-        # NaN guard: a non-finite step leaves params and optimizer state untouched and is counted.
         keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
-        new_state = {"step": step + 1, "rng": state["rng"], "params": keep(params, state["params"]),
+        new_state = {**state, "step": state["step"] + 1, "params": keep(params, state["params"]),
                      "opt_state": keep(opt_state, state["opt_state"]),
-                     "nan_streak": jnp.where(finite, 0, state["nan_streak"] + 1),
-                     "lr_scale": state["lr_scale"], "rollbacks": state["rollbacks"]}
+                     "nan_streak": jnp.where(finite, 0, state["nan_streak"] + 1)}
+        return new_state, grad_norm, finite
+
+    def _train_step(self, state, batch, block_size=None):
+        step = state["step"]
+        key = jax.random.fold_in(jax.random.wrap_key_data(state["rng"]), step)
+        loss, aux, grads = self.loss_and_grads(state["params"], batch, key, block_size)
+        new_state, grad_norm, finite = self.apply_grads(state, loss, grads)
         metrics = {"loss": loss, "grad_norm": grad_norm, "lr": self.lr(step) * state["lr_scale"],
                    "skipped": 1 - finite.astype(jnp.int32), **aux}
         return new_state, metrics
@@ -340,6 +345,33 @@ def train(cfg, workdir, log=print, data=None, devices=None):
         return _train(setup, cfg, workdir, log, data, started)
 
 
+def start_state(setup, cfg, ckpt, log):
+    """The state a run starts from: (state, data_state, restore_seconds). The newest readable checkpoint of
+    `ckpt` (a checkpoint.Tiers; unreadable newer steps are set aside) with its data state, else a fresh state
+    (data_state None), its params from checkpoint.init_from when set (under LoRA: the base weights; the adapters
+    start fresh)."""
+    t_restore = time.perf_counter()
+    restored = ckpt.restore(setup.abstract_state(), log=log)
+    if restored is not None:
+        state, data_state = restored
+        ckpt.set_aside(log)
+        tier = getattr(ckpt, ckpt.restored_from)
+        log(f"resuming from the checkpoint of step {int(state['step'])} in {tier.directory} ({ckpt.restored_from} "
+            f"tier)")
+        return state, data_state, time.perf_counter() - t_restore
+    state = setup.init_state()
+    if cfg.checkpoint.init_from:
+        abstract = setup.abstract_state()["params"]
+        if setup.lora:
+            abstract = split_trainable(abstract, setup.lora)[1]
+        params, from_step = ckpt_lib.restore_params(cfg.checkpoint.init_from, abstract, log=log)
+        if setup.lora:
+            params = join_trainable(split_trainable(state["params"], setup.lora)[0], params)
+        state = {**state, "params": params}
+        log(f"initialised params from {cfg.checkpoint.init_from} (step {from_step}); fresh optimizer state")
+    return state, None, 0.0
+
+
 def _train(setup, cfg, workdir, log, data, started):
     m, tr = cfg.model, cfg.train
     log(f"model: {model_lib.count_params(m) / 1e6:.2f}M params ({model_lib.count_params(m, False) / 1e6:.2f}M "
@@ -347,31 +379,13 @@ def _train(setup, cfg, workdir, log, data, started):
         f" in {jax.process_count()} process(es)")
     data = make_data(cfg) if data is None else data
     ckpt = ckpt_lib.Tiers(workdir, cfg)
-    t_restore = time.perf_counter()
-    restored = ckpt.restore(setup.abstract_state(), log=log)
-    if restored is not None:
-        state, data_state = restored
+    state, data_state, restore_seconds = start_state(setup, cfg, ckpt, log)
+    if data_state is not None:
         data.set_state(data_state)
-        ckpt.set_aside(log)
-        restore_seconds = time.perf_counter() - t_restore
-        tier = getattr(ckpt, ckpt.restored_from)
-        log(f"resuming from the checkpoint of step {int(state['step'])} in {tier.directory} ({ckpt.restored_from} "
-            f"tier)")
-    else:
-        state = setup.init_state()
-        if cfg.checkpoint.init_from:  # under LoRA: the base weights (the adapters start fresh)
-            abstract = setup.abstract_state()["params"]
-            if setup.lora:
-                abstract = split_trainable(abstract, setup.lora)[1]
-            params, from_step = ckpt_lib.restore_params(cfg.checkpoint.init_from, abstract, log=log)
-            if setup.lora:
-                params = join_trainable(split_trainable(state["params"], setup.lora)[0], params)
-            state = {**state, "params": params}
-            log(f"initialised params from {cfg.checkpoint.init_from} (step {from_step}); fresh optimizer state")
     step = int(state["step"])
     events = goodput.EventLog(workdir, jax.process_index() == 0)
     events.emit("start", at=started, step=step)
-    if restored is not None:
+    if data_state is not None:
         events.emit("checkpoint_restore", seconds=restore_seconds, step=step)
     rundir.truncate_metrics(workdir, step, log)  # rows of steps that run again, torn lines
     if jax.process_index() == 0:  # after the restore: a config that cannot resume leaves the run untouched

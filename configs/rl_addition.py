@@ -1,0 +1,23 @@
+"""Reinforcement learning on two-digit addition (docs/rl.md): the model of `configs/tiny_task.py` (train it first),
+fine-tuned on its own samples of training prompts with exact match as the reward, held-out pairs for evaluation.
+`configs/rl_addition.py:vrpo` picks VRPO instead of diffu-GRPO.
+
+    llada train --config=configs/tiny_task.py --workdir=runs/add
+    llada rl --config=configs/rl_addition.py --workdir=runs/add_grpo --config.checkpoint.init_from=runs/add
+    llada eval --workdir=runs/add_grpo --perplexity=0
+"""
+from llada_jax import config as config_lib
+
+
+def get_config(algorithm="grpo"):
+    c = config_lib.load_config("configs/tiny_task.py")
+    c.name = f"rl_addition_{algorithm}"
+    r = c.rl
+    r.algorithm = algorithm
+    r.prompts_per_step, r.group_size = 16, 8
+    c.train.steps, c.train.log_every = 200, 10  # RL steps: 200 x 128 completions
+    c.checkpoint.every_steps, c.checkpoint.keep = 25, 10
+    o = c.optim
+    o.schedule, o.warmup_steps, o.weight_decay = "constant", 0, 0.0
+    o.peak_lr = 1e-4 if algorithm == "grpo" else 5e-5
+    return c
