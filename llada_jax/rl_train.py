@@ -247,13 +247,15 @@ def _rl(setup, cfg, workdir, log):
     ckpt = ckpt_lib.Tiers(workdir, cfg)
     state, data_state, _ = train.start_state(setup.base, cfg, ckpt, log)
     step = int(data_state["rl_step"]) if data_state else 0
-    ref_params = setup.reference(state, log)
+    unused = r.algorithm == "grpo" and r.beta == 0  # no KL term: no reference pass
+    ref_params = None if unused else setup.reference(state, log)
     rundir.truncate_metrics(workdir, step, log)
     if jax.process_index() == 0:
         rundir.save_config(workdir, cfg)
     log(f"rl: {r.algorithm} on task {setup.task.name} ({setup.task.metric}), {r.prompts_per_step} prompts x "
         f"{r.group_size} completions of {cfg.sampling.gen_length} tokens per step, {r.inner_steps} update(s) each; "
-        f"reference {cfg.checkpoint.init_from}{' (LoRA base)' if setup.base.lora else ''}")
+        f"reference {'none (rl.beta=0)' if unused else cfg.checkpoint.init_from}"
+        f"{' (LoRA base)' if setup.base.lora and not unused else ''}")
     writer, preemption = train.MetricsWriter(workdir, cfg), ckpt_lib.Preemption()
     history, window, t_last = [], [], time.perf_counter()
     try:

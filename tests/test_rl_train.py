@@ -158,7 +158,10 @@ def test_one_rl_step_on_eight_devices_equals_one_device(base_run, tmp_path):
     for k in ("loss", "kl", "clip_fraction", "grad_norm"):
         np.testing.assert_allclose(h8[0][k], h1[0][k], rtol=1e-4, atol=1e-6)
     a, b = params_of(one, cfg, jax.devices()[:1]), params_of(eight, cfg, jax.devices()[:1])
-    jax.tree.map(lambda x, y: np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-5, atol=1e-6), a, b)
+    # Adam moves each weight by up to lr per update whatever its gradient's size, so the reduction-order noise of a
+    # near-zero gradient can show at that scale: 1% of the two updates' 2 lr (a wrong sharding moves them by ~lr).
+    tol = 0.01 * 2 * cfg.optim.peak_lr
+    jax.tree.map(lambda x, y: np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=0, atol=tol), a, b)
 
 
 def test_llada_rl_command_runs_and_logs_rewards(base_run, tmp_path, capsys):
