@@ -1,23 +1,21 @@
-"""Reinforcement learning on two-digit addition: held-out exact match of a supervised model before and after
-diffu-GRPO and VRPO (`llada rl`, docs/rl.md).
+"""Reinforcement learning on a built-in task: held-out exact match (or success) of a supervised model before and
+after diffu-GRPO and VRPO (`llada rl`, docs/rl.md), against more supervised steps.
 
-    python benchmarks/rl.py [--quick] [--out=runs/rl_bench] [--sft_steps=2400] [--rl_steps=200] [--examples=500]
+    python benchmarks/rl.py [--quick] [--task=arithmetic_small|countdown] [--out=DIR] [--sft_steps=2400]
+                            [--rl_steps=200] [--examples=500]
 
 Stages (each skipped when its outputs exist in --out, so a stopped run resumes where it was):
-  1. SFT: `llada train --config=configs/tiny_task.py` (two-digit addition in the SFT format; 10% of the operand
-     pairs held out) for --sft_steps steps.
-  2. RL from that model: `llada rl --config=configs/rl_addition.py:grpo` and `:vrpo` for --rl_steps steps each,
-     rollouts on training prompts only, a checkpoint every quarter of the run.
+  1. SFT: `llada train --config=configs/tiny_task.py:TASK` for --sft_steps steps (its WSD schedule decays over the
+     last 20% of them). Two-digit addition in the SFT format by default, 10% of the operand pairs held out;
+     `countdown`: three numbers and a target, any expression that hits it counts, 10% of the problems held out.
+  2. RL from that model: `llada rl --config=configs/rl_addition.py:grpo,TASK` and `:vrpo,TASK` for --rl_steps steps
+     each, rollouts on training prompts only, a checkpoint every quarter of the run.
   3. The control: the supervised training continued from the same model for as many steps at VRPO's constant
      learning rate (`sft_more`), so a gain of RL can be told from the effect of more steps at a low rate.
-  4. `llada eval` of the SFT model and of every checkpoint: exact match of greedy answers (temperature 0, one
-     token per step, the generation length the model trained for) on --examples held-out operand pairs.
+  4. `llada eval` of the SFT model and of every checkpoint: the task's metric on greedy answers (temperature 0,
+     one token per step, the generation length the model trained for) for --examples held-out prompts.
 Prints the curves (also OUT/rl.md) and last `rl: before=X grpo=Y vrpo=Z sft_more=W` (percent; `rl quick:` with
---quick).
-
---sft_steps defaults to 2400 of the task config's 5000: a model still learning addition (about 48% held-out). At
-5000 steps the model answers nearly every training prompt right at temperature 1, so the rollouts' groups carry no
-reward signal (BENCHMARKS.md, "Reinforcement learning").
+--quick). BENCHMARKS.md, "Reinforcement learning", has the results and the settings tried.
 """
 import argparse
 import json
@@ -25,7 +23,7 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from block_diffusion import exact_match, llada  # noqa: E402
+from block_diffusion import llada  # noqa: E402
 
 from llada_jax import cli, config as config_lib  # noqa: E402
 
@@ -38,46 +36,54 @@ def done(run_dir, steps):
     return os.path.isdir(os.path.join(run_dir, "checkpoints", str(steps)))
 
 
+def score(run_dir, out, examples, step=None):
+    """`llada eval` of the run's task metric (percent), kept in `out`."""
+    if not os.path.exists(out):
+        llada("eval", f"--workdir={run_dir}", *([f"--step={step}"] if step else []), "--perplexity=0",
+              f"--out={out}", f"--config.eval.n_examples={examples}")
+    with open(out) as f:
+        return 100 * next(v for k, v in json.load(f).items() if k.endswith(("/exact_match", "/success")))
+
+
 def curve(run_dir, out, steps, every, examples):
     """[(step, exact match %)] of the run's checkpoints every `every` steps through `steps`."""
     points = []
     for s in range(every, steps + 1, every):
-        path = os.path.join(out, f"{os.path.basename(run_dir)}_eval_{s}.json")
-        if not os.path.exists(path):
-            llada("eval", f"--workdir={run_dir}", f"--step={s}", "--perplexity=0", f"--out={path}",
-                  f"--config.eval.n_examples={examples}")
-        points.append((s, 100 * exact_match(run_dir, path, examples)))
+        points.append((s, score(run_dir, os.path.join(out, f"{os.path.basename(run_dir)}_eval_{s}.json"), examples,
+                                s)))
     return points
 
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", default=None, help="default runs/rl_bench (runs/rl_bench_quick with --quick)")
+    p.add_argument("--task", default="arithmetic_small", help="arithmetic_small (default) or countdown")
+    p.add_argument("--out", default=None, help="default runs/rl_TASK (runs/rl_TASK_quick with --quick)")
     p.add_argument("--quick", action="store_true", help="100 RL steps per method (about 15 CPU minutes in all)")
     p.add_argument("--sft_steps", type=int, default=2400, help="steps of the supervised model")
     p.add_argument("--rl_steps", type=int, default=None, help="RL steps per method (default 200, 100 with --quick)")
     p.add_argument("--examples", type=int, default=500, help="held-out operand pairs for exact match")
     args = p.parse_args()
     cli._quiet_libraries()
-    out = args.out or ("runs/rl_bench_quick" if args.quick else "runs/rl_bench")
+    out = args.out or f"runs/rl_{args.task}{'_quick' if args.quick else ''}"
+    task_config = f"configs/tiny_task.py:{args.task}"
     rl_steps = args.rl_steps or (100 if args.quick else 200)
     every = max(1, rl_steps // 4)
     os.makedirs(out, exist_ok=True)
 
-    print(f"== 1. SFT: configs/tiny_task.py for {args.sft_steps} steps", flush=True)
+    print(f"== 1. SFT: {task_config} for {args.sft_steps} steps", flush=True)
     sft = os.path.join(out, "sft")
     if not done(sft, args.sft_steps):
-        llada("train", "--config=configs/tiny_task.py", f"--workdir={sft}", f"--config.train.steps={args.sft_steps}",
+        llada("train", f"--config={task_config}", f"--workdir={sft}", f"--config.train.steps={args.sft_steps}",
               f"--config.checkpoint.every_steps={args.sft_steps}")
-    before = 100 * exact_match(sft, os.path.join(out, "sft_eval.json"), args.examples)
-    print(f"SFT held-out exact match: {before:.1f}%", flush=True)
+    before = score(sft, os.path.join(out, "sft_eval.json"), args.examples)
+    print(f"SFT held-out score: {before:.1f}%", flush=True)
 
     curves = {}
     for i, alg in enumerate(ALGORITHMS):
         print(f"== {2 + i}. {alg} for {rl_steps} RL steps", flush=True)
         run = os.path.join(out, alg)
         if not done(run, rl_steps):
-            llada("rl", f"--config=configs/rl_addition.py:{alg}", f"--workdir={run}",
+            llada("rl", f"--config=configs/rl_addition.py:{alg},{args.task}", f"--workdir={run}",
                   f"--config.checkpoint.init_from={sft}", f"--config.train.steps={rl_steps}",
                   f"--config.checkpoint.every_steps={every}")
         curves[alg] = [(0, before)] + curve(run, out, rl_steps, every, args.examples)
@@ -86,14 +92,15 @@ def main():
     print(f"== 4. control: the SFT continued for {rl_steps} steps at constant lr {lr:g}", flush=True)
     more = os.path.join(out, "sft_more")
     if not done(more, rl_steps):
-        llada("train", "--config=configs/tiny_task.py", f"--workdir={more}", f"--config.checkpoint.init_from={sft}",
+        llada("train", f"--config={task_config}", f"--workdir={more}", f"--config.checkpoint.init_from={sft}",
               "--config.optim.schedule=constant", "--config.optim.warmup_steps=0", f"--config.optim.peak_lr={lr}",
               f"--config.train.steps={rl_steps}", f"--config.checkpoint.every_steps={every}",
               "--config.checkpoint.keep=10")
     curves["sft_more"] = [(0, before)] + curve(more, out, rl_steps, every, args.examples)
 
-    lines = [f"Held-out exact match (%) on {args.examples} operand pairs, SFT {args.sft_steps} steps, then "
-             f"{rl_steps} steps of each arm (`python benchmarks/rl.py{' --quick' if args.quick else ''}`):", "",
+    flags = f"{' --quick' if args.quick else ''} --task={args.task} --sft_steps={args.sft_steps}"
+    lines = [f"Held-out score (%) of {args.task} on {args.examples} prompts, SFT {args.sft_steps} steps, then "
+             f"{rl_steps} steps of each arm (`python benchmarks/rl.py{flags}`):", "",
              "| step | " + " | ".join(ARMS) + " |", "|---|" + "---|" * len(ARMS)]
     for j, (s, _) in enumerate(curves[ARMS[0]]):
         lines.append(f"| {s} | " + " | ".join(f"{curves[a][j][1]:.1f}" for a in ARMS) + " |")

@@ -1,6 +1,7 @@
 """Reinforcement learning on two-digit addition (docs/rl.md): the model of `configs/tiny_task.py` (train it first),
 fine-tuned on its own samples of training prompts with exact match as the reward, held-out pairs for evaluation.
-`configs/rl_addition.py:vrpo` picks VRPO instead of diffu-GRPO.
+`configs/rl_addition.py:vrpo` picks VRPO instead of diffu-GRPO; `:ALGORITHM,TASK` another task of tiny_task.py
+(`:grpo,countdown`: Countdown, success when the expression uses the numbers once each and hits the target).
 
     llada train --config=configs/tiny_task.py --workdir=runs/add
     llada rl --config=configs/rl_addition.py --workdir=runs/add_grpo --config.checkpoint.init_from=runs/add
@@ -9,9 +10,10 @@ fine-tuned on its own samples of training prompts with exact match as the reward
 from llada_jax import config as config_lib
 
 
-def get_config(algorithm="grpo"):
-    c = config_lib.load_config("configs/tiny_task.py")
-    c.name = f"rl_addition_{algorithm}"
+def get_config(arg="grpo"):
+    algorithm, _, task = arg.partition(",")
+    c = config_lib.load_config(f"configs/tiny_task.py{':' + task if task else ''}")
+    c.name = f"rl_{task or 'addition'}_{algorithm}"
     r = c.rl
     r.algorithm = algorithm
     r.prompts_per_step, r.group_size = 16, 8

@@ -99,25 +99,25 @@ def _load(args, overrides):
     return cfg
 
 
-def cmd_train(argv):
-    overrides, args = _parse(argv, "llada train", "Train a LLaDA model (masked diffusion) or the ARM baseline.")
+def _run_training(argv, prog, description, run, done=""):
+    """`llada train` and `llada rl`: the config, the multi-host runtime, then run(cfg, workdir)."""
+    overrides, args = _parse(argv, prog, description)
     cfg = _load(args, overrides)
     distributed.maybe_initialize()
     workdir = args.workdir or os.path.join("runs", cfg.name)
-    train.train(cfg, workdir)
+    run(cfg, workdir)
     if jax.process_index() == 0:
-        print(f"done: run directory {workdir}")
+        print(f"done: run directory {workdir}{done.format(workdir=workdir)}")
+
+
+def cmd_train(argv):
+    _run_training(argv, "llada train", "Train a LLaDA model (masked diffusion) or the ARM baseline.", train.train)
 
 
 def cmd_rl(argv):
-    overrides, args = _parse(argv, "llada rl", "Reinforcement learning of a trained run on a built-in task's reward: "
-                             "diffu-GRPO (rl.algorithm=grpo) or VRPO (rl.algorithm=vrpo); docs/rl.md.")
-    cfg = _load(args, overrides)
-    distributed.maybe_initialize()
-    workdir = args.workdir or os.path.join("runs", cfg.name)
-    rl_train.rl_train(cfg, workdir)
-    if jax.process_index() == 0:
-        print(f"done: run directory {workdir} (`llada eval --workdir={workdir}` scores it)")
+    _run_training(argv, "llada rl", "Reinforcement learning of a trained run on a built-in task's reward: diffu-GRPO "
+                  "(rl.algorithm=grpo) or VRPO (rl.algorithm=vrpo); docs/rl.md.", rl_train.rl_train,
+                  done=" (`llada eval --workdir={workdir}` scores it)")
 
 
 def cmd_data(argv):

@@ -72,6 +72,18 @@ def test_prompts_are_training_prompts_fixed_by_seed_and_step():
         assert not task.held[x, y] and e.answer == str(x + y)
 
 
+def test_countdown_rl_config_fits_its_prompts_and_answers_and_rewards_any_solution():
+    cfg = config_lib.load_config("configs/rl_addition.py:vrpo,countdown")
+    assert (cfg.rl.algorithm, cfg.data.synthetic_task, cfg.train.seq_len) == ("vrpo", "countdown", 20)
+    assert rl_train.prompt_width(cfg) == len("9,9,9:99=") and cfg.sampling.gen_length == 11
+    task = tasks.get("countdown")
+    examples = rl_train.examples_at(task, 0, 0, 300)
+    assert max(len(e.prompt) for e in examples) <= 9 and max(len(e.answer) for e in examples) < 11
+    assert not any(task.held(*task.parse(e.prompt)) for e in examples)
+    e = tasks.Example("7,3,5:22=", "5*3+7")  # the document's solution is one of several right ones
+    assert [task.reward(e, a) for a in ("3*5+7", "7+5*3", "7*3+5", "7+3+5", "3*5+7+0")] == [1.0, 1.0, 0.0, 0.0, 0.0]
+
+
 # -- the loop ----------------------------------------------------------------------------------------------------
 
 def test_rewards_advantages_and_the_grpo_loss_match_a_direct_computation(base_run, one_device):
