@@ -104,9 +104,9 @@ def main():
              "| step | " + " | ".join(ARMS) + " |", "|---|" + "---|" * len(ARMS)]
     for j, (s, _) in enumerate(curves[ARMS[0]]):
         lines.append(f"| {s} | " + " | ".join(f"{curves[a][j][1]:.1f}" for a in ARMS) + " |")
-    rewards = {a: _reward_curve(os.path.join(out, a)) for a in ALGORITHMS}
-    lines += ["", "Mean rollout reward (temperature 1, training prompts) by logged step: " + "; ".join(
-        f"{a} " + ", ".join(f"{s}: {r:.2f}" for s, r in rewards[a]) for a in ALGORITHMS)]
+    rewards = {a: _reward_curve(os.path.join(out, a), every) for a in ALGORITHMS}
+    lines += ["", "Mean rollout reward (temperature 1, training prompts) over each quarter of the run: " + "; ".join(
+        f"{a} " + ", ".join(f"{r:.2f}" for r in rewards[a]) for a in ALGORITHMS)]
     text = "\n".join(lines)
     with open(os.path.join(out, "rl.md"), "w") as f:
         f.write(text + "\n")
@@ -115,14 +115,14 @@ def main():
                                                                                for a in ARMS))
 
 
-def _reward_curve(run_dir):
-    rows = []
+def _reward_curve(run_dir, every):
+    """The mean logged rollout reward over each `every` steps."""
     with open(os.path.join(run_dir, "metrics.jsonl")) as f:
-        for line in f:
-            m = json.loads(line)
-            if "reward" in m:
-                rows.append((m["step"], m["reward"]))
-    return rows
+        rows = [json.loads(line) for line in f]
+    quarters = {}
+    for m in rows:
+        quarters.setdefault((m["step"] - 1) // every, []).append(m["reward"])
+    return [sum(v) / len(v) for _, v in sorted(quarters.items())]
 
 
 if __name__ == "__main__":
