@@ -124,9 +124,9 @@ class Setup:
     def reference(self, state, log=print):
         """The reference policy's params: the init_from run's (full fine-tuning), or the state's with the LoRA
         adapters at zero (the base)."""
-        if self.base.lora:
+        if self.base.lora:  # a copy of the base: the updates donate the state's buffers
             trainable, frozen = train.split_trainable(state["params"], self.base.lora)
-            return train.join_trainable(jax.tree.map(jnp.zeros_like, trainable), frozen)
+            return train.join_trainable(jax.tree.map(jnp.zeros_like, trainable), jax.tree.map(jnp.copy, frozen))
         abstract = self.base.abstract_state()["params"]
         return ckpt_lib.restore_params(self.cfg.checkpoint.init_from, abstract, log=log)[0]
 

@@ -14,6 +14,13 @@ from llada_jax.data import tasks
 QUIET = lambda *a, **k: None  # noqa: E731
 
 
+@pytest.fixture
+def partial_reward(monkeypatch):
+    """A non-empty answer scores: a reward that varies within groups for the tests' barely trained model (exact
+    match would be 0 everywhere, and every advantage and gradient with it)."""
+    monkeypatch.setattr(tasks.Arithmetic, "reward", staticmethod(lambda ex, text: float(len(text) > 0)))
+
+
 @pytest.fixture(scope="module")
 def base_run(tmp_path_factory):
     """A short supervised addition run (configs/tiny_task.py, a smaller model): the RL runs' init_from."""
@@ -29,6 +36,7 @@ def rl_config(base_run, algorithm="grpo", **overrides):
     cfg = rundir.load_config(base_run)
     cfg.rl.algorithm, cfg.checkpoint.init_from = algorithm, base_run
     cfg.rl.prompts_per_step, cfg.rl.group_size = 8, 4
+    cfg.rl.temperature = 3.0  # the barely trained model's completions differ (at 1 nearly all are empty)
     cfg.train.steps, cfg.train.log_every, cfg.checkpoint.every_steps = 2, 1, 1
     cfg.optim.schedule, cfg.optim.warmup_steps, cfg.optim.peak_lr = "constant", 0, 1e-3
     for k, v in overrides.items():
@@ -109,8 +117,22 @@ def test_rewards_advantages_and_the_grpo_loss_match_a_direct_computation(base_ru
                                     jnp.asarray(host["prompt_mask"]), jnp.asarray(host["completion"]),
                                     jnp.asarray(mask), k, mask_id=2, completion_key_mask=jnp.ones(mask.shape, bool))
     np.testing.assert_allclose(logp, direct, rtol=1e-5, atol=1e-6)
+    # the gradient (grad_norm) against jax.grad of the direct formula: -mean_i A_i mean_t logp_it at ratio 1
+    fixed = (np.arange(32) % 3 == 0).astype(np.float64).reshape(-1, 4)  # rewards that differ in every group
+    adv = ((fixed - fixed.mean(1, keepdims=True)) / (fixed.std(1, ddof=1, keepdims=True) + 1e-4)).reshape(-1)
+    batch = setup.put(**host, completion_mask=mask, advantages=adv.astype(np.float32))
+
+    def direct_loss(params):
+        lp = rl.mean_field_logprobs(setup.model, params, jnp.asarray(host["prompt"]), jnp.asarray(host["prompt_mask"]),
+                                    jnp.asarray(host["completion"]), jnp.asarray(mask), k, mask_id=2,
+                                    completion_key_mask=jnp.ones(mask.shape, bool))
+        return -jnp.mean(jnp.asarray(adv, jnp.float32) * lp.sum(1) / mask.sum(1))
+    g = jax.grad(direct_loss)(state["params"])
+    norm = float(np.sqrt(sum(np.sum(np.asarray(x, np.float64) ** 2) for x in jax.tree.leaves(g))))
     _, m = setup.grpo_step(state, batch, k)
-    np.testing.assert_allclose(float(m["loss"]), -adv.mean(), atol=1e-5)
+    assert norm > 1e-3
+    np.testing.assert_allclose(float(m["grad_norm"]), norm, rtol=1e-4)
+    np.testing.assert_allclose(float(m["loss"]), -adv.mean(), atol=1e-5)  # 0: each group's advantages sum to 0
     assert float(m["clip_fraction"]) == 0.0 and abs(float(m["ratio"]) - 1.0) < 1e-6
 
 
@@ -144,7 +166,7 @@ def test_vrpo_loss_is_dpo_over_the_real_pairs_only(base_run, one_device):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("algorithm", ["grpo", "vrpo"])
-def test_resume_gives_the_uninterrupted_run_bit_for_bit(base_run, tmp_path, one_device, algorithm):
+def test_resume_gives_the_uninterrupted_run_bit_for_bit(base_run, tmp_path, one_device, algorithm, partial_reward):
     cfg = rl_config(base_run, algorithm, train__steps=3, rl__inner_steps=2)
     straight, resumed = str(tmp_path / "a"), str(tmp_path / "b")
     rl_train.rl_train(cfg, straight, log=QUIET, devices=one_device)
@@ -160,7 +182,7 @@ def test_resume_gives_the_uninterrupted_run_bit_for_bit(base_run, tmp_path, one_
 
 
 @pytest.mark.slow
-def test_one_rl_step_on_eight_devices_equals_one_device(base_run, tmp_path):
+def test_one_rl_step_on_eight_devices_equals_one_device(base_run, tmp_path, partial_reward):
     # optim.adam_eps 1e-4: Adam's eps 1e-8 would turn the reduction-order noise of a near-zero gradient into a move
     # of up to lr (its sign), so the params are compared where the update is proportional to the gradient
     common = dict(train__steps=1, rl__inner_steps=2, optim__adam_eps=1e-4)
@@ -169,7 +191,7 @@ def test_one_rl_step_on_eight_devices_equals_one_device(base_run, tmp_path):
     h1 = rl_train.rl_train(cfg, one, log=QUIET, devices=jax.devices()[:1])[1]
     cfg8 = rl_config(base_run, "grpo", mesh__data=2, mesh__fsdp=4, **common)
     h8 = rl_train.rl_train(cfg8, eight, log=QUIET, devices=jax.devices())[1]
-    assert h1[0]["reward"] == h8[0]["reward"]
+    assert h1[0]["reward"] == h8[0]["reward"] and 0 < h1[0]["reward"] < 1 and h1[0]["grad_norm"] > 1e-3
     for k in ("loss", "kl", "clip_fraction", "grad_norm"):
         np.testing.assert_allclose(h8[0][k], h1[0][k], rtol=1e-4, atol=1e-6)
     a, b = params_of(one, cfg, jax.devices()[:1]), params_of(eight, cfg, jax.devices()[:1])
@@ -178,6 +200,21 @@ def test_one_rl_step_on_eight_devices_equals_one_device(base_run, tmp_path):
                                                                                      jax.tree.leaves(base)))
     assert moved > 1e-4  # the updates happened
     jax.tree.map(lambda x, y: np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-5, atol=1e-6), a, b)
+
+
+@pytest.mark.slow
+def test_lora_rl_trains_only_the_adapters_against_the_base_as_reference(base_run, tmp_path, one_device,
+                                                                       partial_reward):
+    cfg = rl_config(base_run, "grpo", train__steps=2, train__lora_rank=2, rl__beta=0.04)
+    state, hist = rl_train.rl_train(cfg, str(tmp_path / "lora"), log=QUIET, devices=one_device)
+    assert hist[0]["kl"] == 0.0 and hist[1]["kl"] > 0  # the reference is the policy until the adapters move
+    setup = train.Setup(cfg, one_device)
+    trainable, frozen = train.split_trainable(jax.device_get(state["params"]), setup.lora)
+    base = params_of(base_run, rl_config(base_run), one_device)
+    _, base_frozen = train.split_trainable({**base, "blocks": {**base["blocks"], **trainable["blocks"]}}, setup.lora)
+    jax.tree.map(lambda x, y: np.testing.assert_array_equal(np.asarray(x), np.asarray(y)), frozen, base_frozen)
+    assert all(k.endswith(("_lora_a", "_lora_b")) or "_lora_" in k for k in trainable["blocks"])
+    assert max(float(np.abs(np.asarray(v)).max()) for k, v in trainable["blocks"].items() if k.endswith("b")) > 0
 
 
 def test_llada_rl_command_runs_and_logs_rewards(base_run, tmp_path, capsys):
