@@ -36,7 +36,8 @@ def validate(cfg, sharder):
     r, shards = cfg.rl, sharder.batch_size_multiple()
     if r.algorithm not in ALGORITHMS:
         raise rl.RLError(f"rl.algorithm={r.algorithm!r}; expected one of {', '.join(ALGORITHMS)}.")
-    if cfg.objective != "mdm":
+    obj = objectives.get(cfg)
+    if obj.causal or obj.pair or obj.blockwise:  # the estimates read one bidirectional pass over a masked sequence
         raise rl.RLError(f"objective={cfg.objective!r}: `llada rl` trains masked-diffusion runs (objective=mdm); the "
                          f"mean-field and ELBO estimates of docs/rl.md are theirs.")
     if not cfg.checkpoint.init_from:
