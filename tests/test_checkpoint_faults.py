@@ -15,6 +15,7 @@ import jax
 import numpy as np
 import pytest
 from conftest import Crash, crash_at, losses, tiny_config
+from jax.experimental.compilation_cache import compilation_cache
 
 from llada_jax import checkpoint, cli, inference, train
 from llada_jax.convert import hf
@@ -60,6 +61,7 @@ def compile_cache(tmp_path_factory):
     yield
     for k, v in before.items():
         jax.config.update(k, v)
+    compilation_cache.reset_cache()  # else the cache stays initialised and later modules' compiles are written to it
 
 
 def make_cfg():
