@@ -25,15 +25,10 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from block_diffusion import llada  # noqa: E402
 
-from llada_jax import cli, config as config_lib  # noqa: E402
+from llada_jax import cli, config as config_lib, sweep  # noqa: E402
 
 ALGORITHMS = ("grpo", "vrpo")
 ARMS = ALGORITHMS + ("sft_more",)
-
-
-def done(run_dir, steps):
-    """The run's last checkpoint is at `steps` (its training finished)."""
-    return os.path.isdir(os.path.join(run_dir, "checkpoints", str(steps)))
 
 
 def score(run_dir, out, examples, step=None):
@@ -72,7 +67,7 @@ def main():
 
     print(f"== 1. SFT: {task_config} for {args.sft_steps} steps", flush=True)
     sft = os.path.join(out, "sft")
-    if not done(sft, args.sft_steps):
+    if sweep.finished(sft, args.sft_steps) is None:
         llada("train", f"--config={task_config}", f"--workdir={sft}", f"--config.train.steps={args.sft_steps}",
               f"--config.checkpoint.every_steps={args.sft_steps}")
     before = score(sft, os.path.join(out, "sft_eval.json"), args.examples)
@@ -82,7 +77,7 @@ def main():
     for i, alg in enumerate(ALGORITHMS):
         print(f"== {2 + i}. {alg} for {rl_steps} RL steps", flush=True)
         run = os.path.join(out, alg)
-        if not done(run, rl_steps):
+        if sweep.finished(run, rl_steps) is None:
             llada("rl", f"--config=configs/rl_addition.py:{alg},{args.task}", f"--workdir={run}",
                   f"--config.checkpoint.init_from={sft}", f"--config.train.steps={rl_steps}",
                   f"--config.checkpoint.every_steps={every}")
@@ -91,7 +86,7 @@ def main():
     lr = config_lib.load_config("configs/rl_addition.py:vrpo").optim.peak_lr
     print(f"== 4. control: the SFT continued for {rl_steps} steps at constant lr {lr:g}", flush=True)
     more = os.path.join(out, "sft_more")
-    if not done(more, rl_steps):
+    if sweep.finished(more, rl_steps) is None:
         llada("train", f"--config={task_config}", f"--workdir={more}", f"--config.checkpoint.init_from={sft}",
               "--config.optim.schedule=constant", "--config.optim.warmup_steps=0", f"--config.optim.peak_lr={lr}",
               f"--config.train.steps={rl_steps}", f"--config.checkpoint.every_steps={every}",
