@@ -6,6 +6,7 @@ for real keys. segment_ids: [B, T] int; a query attends only to keys of its own 
 block-diffusion pattern (the same for every row of the batch).
 """
 import dataclasses
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -179,12 +180,14 @@ def _per_shard(local, sharder, q, k, v, *rows, q_rows=()):
     """local(q, k, v, *rows, *q_rows) on each shard of a mesh (batch over the `batch` axes, heads over `tensor`;
     rows are [B, S] per-key arrays, q_rows [B, T] per-query ones), or directly on one device. With q_rows given,
     the queries (and q_rows) stay split over the context axes and every shard gets the whole keys and values
-    (all-gather context parallelism); without, a sequence split over them is gathered whole."""
+    (all-gather context parallelism); without, or when the queries do not divide over them (a decoding window),
+    a sequence split over them is gathered whole."""
     if sharder is None or sharder.mesh.size == 1:
         return local(q, k, v, *rows, *q_rows)
     batch = sharder.spec(("batch",))[0]
     heads = sharder.spec(("heads",))[0]
     ctx = context_axes(sharder) if q_rows else None
+    ctx = ctx if ctx is not None and q.shape[1] % _axes_size(sharder, ctx) == 0 else None
     qs, kvs = P(batch, ctx, heads, None), P(batch, None, heads, None)
     return jax.shard_map(local, mesh=sharder.mesh,
                          in_specs=(qs, kvs, kvs) + (P(batch, None),) * len(rows) + (P(batch, ctx),) * len(q_rows),
@@ -196,97 +199,182 @@ def flash_attention(q, k, v, key_mask=None, segment_ids=None, causal=False, shar
     """Exact attention computed one (sequence, KV head, query block) at a time, flash-attention style in plain XLA:
     the forward keeps only the output and the log-sum-exp, the backward recomputes the probabilities of one item
     at a time (a custom VJP). Equal to the reference within float32 rounding; on the CPU its working set stays in
-    cache where the reference streams [B, H, T, S] scores through memory several times (the CPU default)."""
+    cache where the reference streams [B, H, T, S] scores through memory several times (the CPU default). An item
+    none of whose queries may see any key is skipped (its output 0)."""
     b, t = q.shape[:2]
     s = k.shape[1]
-    q_id, k_id = blocks.ids(t, s) if blocks is not None else (jnp.zeros((t,), jnp.int32), jnp.ones((s,), jnp.int32))
-    seg = jnp.zeros((b, t), jnp.int32) if segment_ids is None else segment_ids.astype(jnp.int32)
-    # per row, so that shard_map splits them: keys' rows whole, queries' rows split like the queries
-    k_rows = (jnp.ones((b, s), bool) if key_mask is None else key_mask,
-              seg if segment_ids is not None else jnp.zeros((b, s), jnp.int32), jnp.broadcast_to(k_id, (b, s)))
-    q_rows = (seg, jnp.broadcast_to(q_id, (b, t)), jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t)))
+    k_rows, q_rows = attention_rows(b, t, s, key_mask, segment_ids, blocks)
 
     def local(q, k, v, *rows):
-        return _flash_local(q, k, v, rows, causal, segment_ids is not None, blocks is not None, block_rows)
+        return Tiles.of(q, k, causal, segment_ids is not None, blocks is not None, block_rows).attend(q, k, v, rows)
 
     return _per_shard(local, sharder, q, k, v, *k_rows, q_rows=q_rows)
 
 
-def _flash_local(q, k, v, rows, causal, segmented, blocked, block_rows):
-    """rows: (key mask, key segments, key block ids) [B, S], (query segments, query block ids, query positions)
-    [B, T] of the (local) queries."""
-    b, t, h, d = q.shape
-    s, kv = k.shape[1], k.shape[2]
-    g = h // kv
-    bq = t  # query block: at most block_rows rows (g heads x bq positions) per item when t allows
-    while bq * g > block_rows and bq % 2 == 0:
-        bq //= 2
-    nq = t // bq
-    scale = 1.0 / d ** 0.5
-    # Items: (sequence, KV head, query block), each with the g query heads of its KV head: g * bq rows.
-    qi = q.reshape(b, nq, bq, kv, g, d).transpose(0, 3, 1, 4, 2, 5).reshape(b * kv * nq, g * bq, d)
-    ki, vi = (x.transpose(0, 2, 1, 3).reshape(b * kv, s, d) for x in (k, v))
-    kmask, kseg, k_id, qseg, q_id, q_pos = rows
-    masks = (kmask, kseg, k_id) + tuple(r.reshape(b, nq, bq) for r in (qseg, q_id, q_pos))
-    n_items = qi.shape[0]
+NEG = -1e30  # the log-sum-exp of a query that sees no key (finite: merging two of them stays finite)
 
-    def item_inputs(i, ki, vi, masks):
-        """Keys, values and the [rows, S] allowed-key mask of item i."""
-        kmask, kseg, k_id, qseg, q_id, q_pos = masks
-        bi, blk = i // (kv * nq), i % nq
+
+def attention_rows(b, t, s, key_mask, segment_ids, blocks, q_index=None, k_index=None):
+    """The per-row inputs of the masks, as [B, S] key rows (mask, segment, block id, position) and [B, T] query rows
+    (segment, block id, position): positions are indices in the whole sequence (default 0..T-1 and 0..S-1; block
+    ids derive from them), so that rows split or reordered with the sequence keep their meaning."""
+    q_index = jnp.arange(t, dtype=jnp.int32) if q_index is None else q_index
+    k_index = jnp.arange(s, dtype=jnp.int32) if k_index is None else k_index
+    if blocks is not None:
+        q_index = q_index + blocks.q_start
+        q_id, k_id = blocks.id_of(q_index, s), blocks.id_of(k_index, s)
+    else:
+        q_id, k_id = jnp.zeros((t,), jnp.int32), jnp.ones((s,), jnp.int32)
+    seg = jnp.zeros((b, t), jnp.int32) if segment_ids is None else segment_ids.astype(jnp.int32)
+    rows = lambda x, n: jnp.broadcast_to(x, (b, n))
+    k_rows = (jnp.ones((b, s), bool) if key_mask is None else key_mask,
+              seg if segment_ids is not None else jnp.zeros((b, s), jnp.int32), rows(k_id, s), rows(k_index, s))
+    return k_rows, (seg, rows(q_id, t), rows(q_index, t))
+
+
+class Tiles(NamedTuple):
+    """Flash attention's items over the local queries: (sequence, KV head, query block of bq positions), each with
+    the g query heads of its KV head (g * bq rows), against all S keys given. The forward and backward of one
+    (queries, keys) pair; flash_attention wraps them in a custom VJP, ring attention (context_parallel.py) calls
+    them once per key chunk."""
+    b: int
+    t: int
+    kv: int
+    g: int
+    bq: int
+    d: int
+    causal: bool
+    segmented: bool
+    blocked: bool
+
+    @staticmethod
+    def of(q, k, causal, segmented, blocked, block_rows=512):
+        b, t, h, d = q.shape
+        kv = k.shape[2]
+        g = h // kv
+        bq = t  # query block: at most block_rows rows (g heads x bq positions) per item when t allows
+        while bq * g > block_rows and bq % 2 == 0:
+            bq //= 2
+        return Tiles(b, t, kv, g, bq, d, causal, segmented, blocked)
+
+    @property
+    def nq(self):
+        return self.t // self.bq
+
+    def q_items(self, x):
+        """[B, T, H, ...] -> [B, KV, nq, g * bq, ...]."""
+        b, kv, nq, g, bq = self.b, self.kv, self.nq, self.g, self.bq
+        x = x.reshape((b, nq, bq, kv, g) + x.shape[3:])
+        return jnp.moveaxis(x, (3, 1, 4), (1, 2, 3)).reshape((b, kv, nq, g * bq) + x.shape[5:])
+
+    def from_q_items(self, x):
+        b, kv, nq, g, bq = self.b, self.kv, self.nq, self.g, self.bq
+        x = x.reshape((b, kv, nq, g, bq) + x.shape[4:])
+        return jnp.moveaxis(x, (1, 2, 3), (3, 1, 4)).reshape((b, self.t, kv * g) + x.shape[5:])
+
+    def kv_items(self, x):
+        """[B, S, KV, D] -> [B, KV, S, D]."""
+        return x.transpose(0, 2, 1, 3)
+
+    def _allowed(self, rows, bi, blk):
+        """[g * bq, S] bool: the keys the queries of block blk of sequence bi may see."""
+        kmask, kseg, k_id, k_pos, qseg, q_id, q_pos = rows
+        tile = lambda r: jnp.tile(jax.lax.dynamic_slice_in_dim(r[bi], blk * self.bq, self.bq), self.g)[:, None]
         ok = kmask[bi][None, :]
-        if segmented:
-            ok = ok & (jnp.tile(qseg[bi, blk], g)[:, None] == kseg[bi][None, :])
-        if blocked:
-            ok = ok & Blocks.allowed(jnp.tile(q_id[bi, blk], g)[:, None], k_id[bi][None, :])
-        if causal:
-            ok = ok & (jnp.arange(s)[None, :] <= jnp.tile(q_pos[bi, blk], g)[:, None])
-        return ki[i // nq], vi[i // nq], ok
+        if self.segmented:
+            ok = ok & (tile(qseg) == kseg[bi][None, :])
+        if self.blocked:
+            ok = ok & Blocks.allowed(tile(q_id), k_id[bi][None, :])
+        if self.causal:
+            ok = ok & (k_pos[bi][None, :] <= tile(q_pos))
+        return ok
 
-    def scores(qx, kx, ok):
-        sc = jnp.dot(qx, kx.T, preferred_element_type=jnp.float32) * scale
+    def _scores(self, qx, kx, ok):
+        sc = jnp.dot(qx, kx.T, preferred_element_type=jnp.float32) * (1.0 / self.d ** 0.5)
         return jnp.where(ok, sc, jnp.finfo(jnp.float32).min)
 
-    def fwd_item(i, qx, ki, vi, masks):
-        kx, vx, ok = item_inputs(i, ki, vi, masks)
-        sc = scores(qx, kx, ok)
-        m = jnp.max(sc, -1, keepdims=True)
-        p = jnp.exp(sc - m)
-        l = jnp.sum(p, -1, keepdims=True)
-        o = jnp.dot(p.astype(vx.dtype), vx, preferred_element_type=jnp.float32) / l
-        return o.astype(qx.dtype), (m + jnp.log(l))[:, 0]
-
-    # Everything the rules use is an argument: a custom VJP may not close over tracers (of a scan over layers).
-    @jax.custom_vjp
-    def attend(qi, ki, vi, masks):
-        return jax.lax.map(lambda a: fwd_item(*a, ki, vi, masks)[0], (jnp.arange(n_items), qi))
-
-    def attend_fwd(qi, ki, vi, masks):
-        o, lse = jax.lax.map(lambda a: fwd_item(*a, ki, vi, masks), (jnp.arange(n_items), qi))
-        return o, (qi, ki, vi, masks, o, lse)
-
-    def attend_bwd(res, do):
-        qi, ki, vi, masks, o, lse = res
-
+    def forward(self, qi, ki, vi, rows):
+        """qi [B, KV, nq, rows, D], ki / vi [B, KV, S, D] -> (out like qi, lse [B, KV, nq, rows] float32)."""
         def item(a):
-            i, qx, ox, lx, dox = a
-            kx, vx, ok = item_inputs(i, ki, vi, masks)
-            p = jnp.exp(scores(qx, kx, ok) - lx[:, None])
-            dv = jnp.dot(p.T.astype(dox.dtype), dox, preferred_element_type=jnp.float32)
-            dp = jnp.dot(dox, vx.T, preferred_element_type=jnp.float32)
-            delta = jnp.sum(dox.astype(jnp.float32) * ox.astype(jnp.float32), -1, keepdims=True)
-            ds = (p * (dp - delta) * scale).astype(qx.dtype)
-            dq = jnp.dot(ds, kx, preferred_element_type=jnp.float32)
-            dk = jnp.dot(ds.T, qx, preferred_element_type=jnp.float32)
-            return dq.astype(qx.dtype), dk, dv
+            bi, h, blk, qx = a
+            kx, vx, ok = ki[bi, h], vi[bi, h], self._allowed(rows, bi, blk)
 
-        dq, dk, dv = jax.lax.map(item, (jnp.arange(n_items), qi, o, lse, do))
-        dk, dv = (x.reshape(b * kv, nq, s, d).sum(1).astype(ki.dtype) for x in (dk, dv))
-        return dq, dk, dv, None
+            def attend(_):
+                sc = self._scores(qx, kx, ok)
+                m = jnp.max(sc, -1, keepdims=True)
+                p = jnp.where(ok, jnp.exp(sc - m), 0.0)
+                l = jnp.sum(p, -1, keepdims=True)
+                o = jnp.dot(p.astype(vx.dtype), vx, preferred_element_type=jnp.float32) / jnp.maximum(l, 1e-30)
+                return o.astype(qx.dtype), jnp.where(l > 0, m + jnp.log(jnp.maximum(l, 1e-30)), NEG)[:, 0]
 
-    attend.defvjp(attend_fwd, attend_bwd)
-    out = attend(qi, ki, vi, masks)
-    return out.reshape(b, kv, nq, g, bq, d).transpose(0, 2, 4, 1, 3, 5).reshape(b, t, h, d)
+            return jax.lax.cond(jnp.any(ok), attend,
+                                lambda _: (jnp.zeros_like(qx), jnp.full(qx.shape[:1], NEG, jnp.float32)), None)
+
+        o, lse = jax.lax.map(item, self._each(qi))
+        return o.reshape(qi.shape), lse.reshape(qi.shape[:-1])
+
+    def backward(self, qi, ki, vi, rows, o, lse, do):
+        """The gradients of one (queries, keys) pair given the outputs `o` and log-sum-exps `lse` over all keys
+        (the whole sequence, also under ring attention): (dq like qi, dk, dv [B, KV, S, D]), all float32. Key gradients
+        are summed over the query blocks in a loop carry (memory: one [S, D] per sequence and head)."""
+        def head(a):
+            bi, h, qs, os, ls, dos = a
+            kx, vx = ki[bi, h], vi[bi, h]
+
+            def block(acc, b):
+                blk, qx, ox, lx, dox = b
+                ok = self._allowed(rows, bi, blk)
+
+                def grads(_):
+                    p = jnp.where(ok, jnp.exp(self._scores(qx, kx, ok) - lx[:, None]), 0.0)
+                    dv = jnp.dot(p.T.astype(dox.dtype), dox, preferred_element_type=jnp.float32)
+                    dp = jnp.dot(dox, vx.T, preferred_element_type=jnp.float32)
+                    delta = jnp.sum(dox.astype(jnp.float32) * ox.astype(jnp.float32), -1, keepdims=True)
+                    ds = (p * (dp - delta) * (1.0 / self.d ** 0.5)).astype(qx.dtype)
+                    dq = jnp.dot(ds, kx, preferred_element_type=jnp.float32)
+                    dk = jnp.dot(ds.T, qx, preferred_element_type=jnp.float32)
+                    return dq, dk, dv
+
+                zeros = lambda _: (jnp.zeros(qx.shape, jnp.float32), jnp.zeros(kx.shape, jnp.float32),
+                                   jnp.zeros(vx.shape, jnp.float32))
+                dq, dk, dv = jax.lax.cond(jnp.any(ok), grads, zeros, None)
+                return (acc[0] + dk, acc[1] + dv), dq
+
+            acc = (jnp.zeros(kx.shape, jnp.float32), jnp.zeros(vx.shape, jnp.float32))
+            (dk, dv), dq = jax.lax.scan(block, acc, (jnp.arange(self.nq), qs, os, ls, dos))
+            return dq, dk, dv
+
+        bi, h = (x.reshape(-1) for x in jnp.meshgrid(jnp.arange(self.b), jnp.arange(self.kv), indexing="ij"))
+        flat = lambda x: x.reshape((self.b * self.kv,) + x.shape[2:])
+        dq, dk, dv = jax.lax.map(head, (bi, h, flat(qi), flat(o), flat(lse), flat(do)))
+        unflat = lambda x: x.reshape((self.b, self.kv) + x.shape[1:])
+        return unflat(dq), unflat(dk), unflat(dv)
+
+    def _each(self, qi):
+        """(sequence, head, block, queries) of every item, flat, for lax.map."""
+        bi, h, blk = (x.reshape(-1) for x in jnp.meshgrid(jnp.arange(self.b), jnp.arange(self.kv),
+                                                          jnp.arange(self.nq), indexing="ij"))
+        return bi, h, blk, qi.reshape((-1,) + qi.shape[3:])
+
+    def attend(self, q, k, v, rows):
+        """Attention of q [B, T, H, D] over k, v [B, S, KV, D] under `rows` (attention_rows), a custom VJP."""
+        # Everything the rules use is an argument: a custom VJP may not close over tracers (of a scan over layers).
+        @jax.custom_vjp
+        def run(qi, ki, vi, rows):
+            return self.forward(qi, ki, vi, rows)[0]
+
+        def run_fwd(qi, ki, vi, rows):
+            o, lse = self.forward(qi, ki, vi, rows)
+            return o, (qi, ki, vi, rows, o, lse)
+
+        def run_bwd(res, do):
+            qi, ki, vi, rows, o, lse = res
+            dq, dk, dv = self.backward(qi, ki, vi, rows, o, lse, do)
+            return dq.astype(qi.dtype), dk.astype(ki.dtype), dv.astype(vi.dtype), None
+
+        run.defvjp(run_fwd, run_bwd)
+        out = run(self.q_items(q), self.kv_items(k), self.kv_items(v), rows)
+        return self.from_q_items(out)
 
 
 def cudnn_attention(q, k, v, key_mask=None, segment_ids=None, causal=False, sharder=None, blocks=None):

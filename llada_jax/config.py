@@ -47,6 +47,9 @@ def default_config():
     m.remat = "none"  # none | full | save_dots | save_dots_no_batch
     # auto (splash on TPU, cuDNN on GPU in bf16, flash on CPU, else xla) | xla | flash | cudnn | splash
     m.attention = "auto"
+    # with mesh.context > 1: allgather (each device's queries over the gathered keys and values) | ring (key/value
+    # chunks passed around the context devices; causal and block masks in zig-zag order). docs/architecture.md
+    m.context_parallel = "allgather"
     m.loss_chunk = 512  # > 0: output head + loss this many tokens at a time, skipping positions without loss; 0: off
     m.init_std = -1.0  # -1: the release's "mitchell" init (std 1/sqrt(fan_in)); > 0: a plain truncated normal
     m.tie_embeddings = False  # True: no lm_head; the output head is wte transposed (GGUF / Llama tied heads)
@@ -132,9 +135,9 @@ def default_config():
         ("act_embed", None),
     ]
     # The rule set of inference (inference.load_run: `llada sample / chat / eval`, sweeps): params laid out as in
-    # training, activations replicated, so that prompt batches of any size fit the mesh.
-    sh.inference_rules = [(name, None if name in ("batch", "act_seq", "act_embed") else axes)
-                          for name, axes in sh.rules]
+    # training, the batch replicated, so that prompt batches of any size fit the mesh.
+    # The sequence splits over mesh.context as in training (sampling and the likelihood of long sequences).
+    sh.inference_rules = [(name, None if name in ("batch", "act_embed") else axes) for name, axes in sh.rules]
 
     c.data = da = ml_collections.ConfigDict()
     # synthetic (the built-in corpus) | store (token stores, data/pipeline.py) | sft (chat JSONL)

@@ -127,7 +127,8 @@ def make_codec(cfg, path=None, run_dir=None):
 # -- the run ------------------------------------------------------------------------------------------------------
 
 # Keys a user may change when loading a trained run: how to sample and evaluate, and how to lay the model out.
-LOAD_OVERRIDABLE = ("sampling.", "eval.", "mesh.", "sharding.inference_rules", "model.attention", "model.dtype",
+LOAD_OVERRIDABLE = ("sampling.", "eval.", "mesh.", "sharding.inference_rules", "model.attention",
+                    "model.context_parallel", "model.dtype",
                     "model.remat", "seed")
 
 

@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from llada_jax import attention as attention_lib
+from llada_jax import attention as attention_lib, context_parallel
 from llada_jax.errors import LladaError
 
 REMAT_POLICIES = {
@@ -231,6 +231,13 @@ class Model:
         self.param_dtype = jnp.dtype(m.param_dtype)
         self.sharder = sharder
         self.attention = attention_lib.get_attention(m.attention, self.dtype, attention_lib.platform_of(sharder))
+        if m.context_parallel not in context_parallel.STRATEGIES:
+            raise LladaError(f"unknown model.context_parallel={m.context_parallel!r}; expected one of "
+                             f"{', '.join(context_parallel.STRATEGIES)}.")
+        # ring attention over a sequence split into C > 1 parts (with one part there is nothing to pass around)
+        self.ring = context_parallel.context_size(sharder) if m.context_parallel == "ring" else 1
+        if self.ring > 1:
+            self.attention = context_parallel.ring_attention
         self.constrain = sharder.constrain if sharder else (lambda x, axes: x)
         if m.remat not in REMAT_POLICIES:
             raise LladaError(f"unknown model.remat={m.remat!r}; expected one of {', '.join(REMAT_POLICIES)}.")
@@ -269,14 +276,15 @@ class Model:
         return {k: {kk: make(vv) for kk, vv in v.items()} if isinstance(v, dict) else make(v) for k, v in table.items()}
 
     # -- forward -----------------------------------------------------------------------------------------------
-    def block(self, p, x, key_mask, segment_ids, causal, positions=None, cache=None, blocks=None):
+    def block(self, p, x, key_mask, segment_ids, causal, positions=None, cache=None, blocks=None, index=None):
         """One Transformer block; p holds this layer's weights (already in the compute dtype). Returns (x, (k, v)),
         the keys and values of x's rows (unused, and so removed by XLA, unless a caller builds a KV cache).
 
         positions: absolute positions of x's rows (default 0..T-1). cache = (k_cache, v_cache, start, fresh_from)
         [B, T_all, kv_heads, head_dim]: x is the window at positions start..start+W-1 of a longer sequence; keys and
         values of positions < fresh_from come from the cache, the window's are computed now, the rest of the cache
-        is used as is (the approximate caches of docs/sampling.md#kv-caches)."""
+        is used as is (the approximate caches of docs/sampling.md#kv-caches). index [T]: the rows' indices in the
+        whole sequence when the model reordered it for ring attention (zig-zag)."""
         m, c = self.m, self.constrain
 
         def proj(x, name):  # x W (+ scale x A B under LoRA: two thin matmuls, no W-sized product)
@@ -297,7 +305,7 @@ class Model:
             cached = (jnp.arange(kc.shape[1]) < fresh_from)[None, :, None, None]
             keys = jnp.where(cached, kc, jax.lax.dynamic_update_slice_in_dim(kc, k.astype(kc.dtype), start, 1))
             values = jnp.where(cached, vc, jax.lax.dynamic_update_slice_in_dim(vc, v.astype(vc.dtype), start, 1))
-        kw = {} if blocks is None else {"blocks": blocks}
+        kw = ({} if blocks is None else {"blocks": blocks}) | ({} if index is None else {"index": index})
         a = self.attention(q, keys, values, key_mask=key_mask, segment_ids=segment_ids, causal=causal,
                            sharder=self.sharder, **kw)
         x = x + c(proj(a, "attn_out"), ("batch", "act_seq", "act_embed"))
@@ -335,10 +343,17 @@ class Model:
             positions = jnp.arange(tokens.shape[1]) % length
         if blocks is not None and kv is not None:
             blocks = dataclasses.replace(blocks, q_start=start)
+        layout = index = None
+        if self.ring > 1 and kv is None:  # ring attention: padded to whole chunks, masked work balanced (zig-zag)
+            layout = context_parallel.Layout.of(tokens.shape[1], self.ring, causal or blocks is not None, pair)
+            x, key_mask, segment_ids = layout.arrange(x, key_mask, segment_ids)
+            x = self.constrain(x, ("batch", "act_seq", "act_embed"))
+            positions = layout.index % length if pair else layout.index
+            index = layout.index if layout.zigzag else None
 
         def layer(x, xs):
             cache = None if kv is None else (xs[1], xs[2], start, fresh_from)
-            x, new_kv = self.block(xs[0], x, key_mask, segment_ids, causal, positions, cache, blocks)
+            x, new_kv = self.block(xs[0], x, key_mask, segment_ids, causal, positions, cache, blocks, index)
             return x, (new_kv if return_kv else None)
 
         if m.remat != "none":
@@ -352,6 +367,9 @@ class Model:
                 x, out = layer(x, jax.tree.map(lambda w: w[i], xs))
                 outs.append(out)
             new_kv = jax.tree.map(lambda *ws: jnp.stack(ws), *outs) if return_kv else None
+        if layout is not None:
+            x = self.constrain(layout.restore(x), ("batch", "act_seq", "act_embed"))
+            new_kv = None if new_kv is None else layout.restore(new_kv, axis=2)
         x = rms_norm(x, p["ln_f"], m.norm_eps)
         if m.shift_logits and kv is None:
             x = shift(x, blocks)

@@ -79,14 +79,20 @@ def test_gradient_accumulation_is_exact_without_random_length(tiny_cfg):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("objective, attention", [("mdm", "flash"), ("arm", "flash"), ("block", "flash"),
-                                                  ("mdm", "xla"), ("block", "xla")])
+                                                  ("mdm", "xla"), ("block", "xla"),
+                                                  ("mdm", "ring"), ("arm", "ring"), ("block", "ring")])
 def test_context_parallel_equals_single_device(objective, attention, one_device):
     """mesh.context=4 x data=2: every activation split over the sequence (the pair [x_t ; x_0] for block
-    diffusion), attention gathering keys and values; random lengths pad rows. Losses and gradients equal the
-    single-device run to 1e-5."""
+    diffusion), attention gathering keys and values (flash, xla) or passing them around the ring (ring; causal and
+    block masks in zig-zag order); random lengths pad rows. Losses and gradients equal the single-device run to
+    1e-5."""
     def config():
         cfg = tiny_config()
-        cfg.objective, cfg.model.attention, cfg.diffusion.block_size = objective, attention, 4
+        cfg.objective, cfg.diffusion.block_size = objective, 4
+        if attention == "ring":
+            cfg.model.attention, cfg.model.context_parallel = "flash", "ring"
+        else:
+            cfg.model.attention = attention
         return cfg
 
     _, loss1, grads1, _, losses1 = _run(_cfg(config()), one_device)
@@ -101,11 +107,13 @@ def test_context_parallel_equals_single_device(objective, attention, one_device)
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("objective", ["mdm", "block"])
-def test_llada_train_with_context_parallelism_equals_one_device(objective, tmp_path):
+@pytest.mark.parametrize("objective, strategy", [("mdm", "allgather"), ("block", "allgather"), ("mdm", "ring"),
+                                                 ("block", "ring")])
+def test_llada_train_with_context_parallelism_equals_one_device(objective, strategy, tmp_path):
     """`llada train --config.mesh.context=4 --config.mesh.data=2` on 8 simulated devices: the losses of 10 steps
-    equal those of the same command on 1 device (1e-4 relative)."""
+    equal those of the same command on 1 device (1e-4 relative), for both strategies."""
     args = [sys.executable, "-m", "llada_jax.cli", "train", f"--config.objective={objective}",
+            f"--config.model.context_parallel={strategy}",
             "--config.diffusion.block_size=4", "--config.train.steps=10", "--config.train.log_every=1",
             "--config.data.random_length_prob=0.5", "--config.checkpoint.every_steps=10"]
     runs = {"one": ("", []), "context": ("--xla_force_host_platform_device_count=8",
