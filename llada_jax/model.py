@@ -388,7 +388,8 @@ def flops_per_token(m, seq_len, causal=False, pair=False, lora=None):
     of the 2L keys (as many attention FLOPs as one token under full attention over L; kernels that skip masked
     tiles, splash, do about that much); the output head counts once (the clean half carries no loss, and the
     chunked loss skips it). lora (LoRA): frozen weights get no weight gradient, so 4 N instead of 6 N (and 4 for
-    the head), plus 6 per adapter parameter."""
+    the head), plus 6 per adapter parameter. Context parallelism changes none of this: the devices share the same
+    FLOPs (ring attention skips the tiles a causal or block mask rules out, as splash does)."""
     attn = 12 * m.n_layers * seq_len * m.n_heads * head_dim(m)
     if causal:
         attn //= 2
