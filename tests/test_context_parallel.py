@@ -131,3 +131,31 @@ def test_sampling_and_likelihood_on_a_split_sequence_equal_one_device(run_dir, s
                                          log=lambda *a: None)["elbo/nll"] for name, run in (("one", one),
                                                                                            ("split", split))}
     assert bound["split"] == pytest.approx(bound["one"], rel=1e-5)
+
+
+@pytest.mark.parametrize("mask", ["causal", "block_one_copy", "block"])
+def test_ring_model_pads_and_reorders_whole_sequences(mask):
+    """The model under ring attention (context 4): a 14-token sequence is padded to 16 (2 x 4 zig-zag chunks of 2)
+    and put back; the block pair is 2 x 16. Logits equal one device to 1e-5, and a pair that does not divide is
+    refused with what to change."""
+    from conftest import tiny_config
+
+    from llada_jax import model as model_lib
+    cfg = tiny_config()
+    cfg.model.context_parallel = "ring"
+    one = model_lib.Model(cfg.model)
+    ring = model_lib.Model(cfg.model, sharder=_sharder())
+    assert ring.ring == 4
+    params = one.init(jax.random.key(0))
+    t = 32 if mask == "block" else 14
+    tokens = jnp.asarray(np.random.default_rng(1).integers(0, 48, (2, t)), jnp.int32)
+    key_mask = jnp.arange(t)[None] < jnp.array([[t], [t - 5]])
+    kw = {"causal": {"causal": True}, "block_one_copy": {"blocks": attention.Blocks(4)},
+          "block": {"blocks": attention.Blocks(4, pair=True)}}[mask]
+    want = one.apply(params, tokens, key_mask, **kw)
+    got = jax.jit(lambda p: ring.apply(p, tokens, key_mask, **kw))(params)
+    real = key_mask[:, :, None]
+    np.testing.assert_allclose(np.asarray(got * real), np.asarray(want * real), atol=1e-5)
+    if mask == "block":
+        with pytest.raises(ValueError, match="divides into them"):
+            ring.apply(params, tokens[:, :28], key_mask[:, :28], **kw)
