@@ -108,6 +108,7 @@ def ring_attention(q, k, v, key_mask=None, segment_ids=None, causal=False, shard
 
     def local(q, k, v, *rows):
         tiles = attention.Tiles.of(q, k, *flags, block_rows)
+        q, rows = attention.tied(q, rows)
         return tiles.from_q_items(_ring(tiles, axes, c)(tiles.q_items(q), tiles.kv_items(k), tiles.kv_items(v),
                                                         rows[:4], rows[4:]))
 
@@ -151,6 +152,7 @@ def _ring(tiles, axes, c):
 
     def run_bwd(res, do):
         qi, ki, vi, k_rows, q_rows, o, lse = res
+        do, (k_rows, q_rows) = attention.tied(do, (k_rows, q_rows))
         dq = jnp.zeros(qi.shape, jnp.float32)
         dk, dv = jnp.zeros(ki.shape, jnp.float32), jnp.zeros(vi.shape, jnp.float32)
         for step in range(c):
