@@ -10,6 +10,9 @@ Every reader goes through `read_newest`: it takes the newest step that reads bac
 skipped and why, and errors clearly when none is readable. A writer (`llada train`) then sets the skipped steps
 aside (`Checkpointer.set_aside`: renamed `STEP.unreadable.TIME`, never deleted) so that it can save those steps
 again. docs/checkpoints.md lists the faults tested and what each one does.
+
+`Tiers` adds a local tier on fast storage of each host (`checkpoint.local_dir`), saved more often; on several
+processes each keeps the shards it holds in a directory of its own (`HostCheckpointer`).
 """
 import json
 import os
@@ -27,7 +30,8 @@ from llada_jax.errors import LladaError
 
 ITEMS = ("params", "train", "data", "config")
 RESUME_ITEMS = ("params", "train", "data")  # what resuming a run reads (`config` is a copy of config.json)
-JSON_ITEMS = ("data", "config")
+JSON_ITEMS = ("data", "config", "layout")
+HOST_ITEMS = (*RESUME_ITEMS, "layout")  # what resuming reads from a process's own local directory (HostCheckpointer)
 CHUNK_BYTES = 64 << 20  # the storage chunk of params that are not stacked per layer
 
 
@@ -38,6 +42,10 @@ def _handlers():
 
 class CheckpointError(LladaError):
     pass
+
+
+class LayoutError(CheckpointError):
+    """A local step of several processes whose arrays the processes now hold differently (HostCheckpointer)."""
 
 
 def _split(state):
@@ -74,10 +82,6 @@ def params_save_args(params, m, lora=None):
         stacked = p.axes[0] == "layers"
         return ocp.SaveArgs(shard_axes=(0,)) if stacked else ocp.SaveArgs(chunk_byte_size=CHUNK_BYTES)
     return jax.tree.map(args, model_lib.params_like(params, m, lora), is_leaf=model_lib.is_param)
-
-
-def _save_params(params, cfg):
-    return ocp.args.StandardSave(params, save_args=params_save_args(params, cfg.model, model_lib.lora_of(cfg)))
 
 
 def checkpoints_dir(run_dir):
@@ -242,16 +246,37 @@ class Checkpointer:
     The writer of a run (it holds rundir.RunLock), so it also removes the temporary directories of saves a crash
     interrupted (never a committed step)."""
 
+    shared = True  # one directory every process sees, which orbax writes collectively (HostCheckpointer: not)
+
     def __init__(self, directory, cfg, local=False):
         ck = cfg.checkpoint
         self.every = ck.local_every_steps if local else ck.every_steps
         keep, period = (ck.local_keep, 0) if local else (ck.keep, ck.keep_period)
         options = ocp.CheckpointManagerOptions(
             max_to_keep=keep if keep > 0 else None, keep_period=period if period > 0 else None,
-            enable_async_checkpointing=ck.async_save, create=True, cleanup_tmp_directories=True)
+            enable_async_checkpointing=ck.async_save, cleanup_tmp_directories=True, **self._manager_options())
         self.directory = os.path.abspath(directory)
-        self.manager = ocp.CheckpointManager(self.directory, options=options, item_handlers=_handlers())
+        self.manager = ocp.CheckpointManager(self.directory, options=options, item_handlers=self._item_handlers())
         self.unreadable = []  # [(step, reason)] skipped by the last restore
+
+    # -- what HostCheckpointer changes: orbax's handlers and options, the array items' args, an extra item --------
+    def _item_handlers(self):
+        return _handlers()
+
+    def _manager_options(self):
+        return {"create": True}
+
+    def _save_tree(self, tree, save_args=None):
+        return ocp.args.StandardSave(tree, save_args=save_args)
+
+    def _restore_tree(self, abstract_tree):
+        return ocp.args.StandardRestore(abstract_tree)
+
+    def _extra_items(self, state):
+        return {}
+
+    def _save_params(self, params, cfg):
+        return self._save_tree(params, save_args=params_save_args(params, cfg.model, model_lib.lora_of(cfg)))
 
     def all_steps(self):
         return sorted(self.manager.all_steps())
@@ -262,13 +287,13 @@ class Checkpointer:
     def save(self, step, state, data_state, cfg, force=False):
         params, rest = _split(state)
         return self.manager.save(step, args=ocp.args.Composite(
-            params=_save_params(params, cfg), train=ocp.args.StandardSave(rest),
-            data=ocp.args.JsonSave(data_state), config=ocp.args.JsonSave(cfg.to_dict())), force=force)
+            params=self._save_params(params, cfg), train=self._save_tree(rest), data=ocp.args.JsonSave(data_state),
+            config=ocp.args.JsonSave(cfg.to_dict()), **self._extra_items(state)), force=force)
 
     def save_params(self, step, params, cfg):
         """A step of params and config only (an imported model: fine-tuning, sampling and export read it)."""
         return self.manager.save(step, args=ocp.args.Composite(
-            params=_save_params(params, cfg), config=ocp.args.JsonSave(cfg.to_dict())), force=True)
+            params=self._save_params(params, cfg), config=ocp.args.JsonSave(cfg.to_dict())), force=True)
 
     def _restore_step(self, step, abstract_state):
         params, rest = _split(abstract_state)
@@ -286,8 +311,7 @@ class Checkpointer:
                                   f"{lines}\nRestore with the config the run was trained with "
                                   f"(its config.json), or start a new run directory.")
         out = self.manager.restore(step, args=ocp.args.Composite(
-            params=ocp.args.StandardRestore(params), train=ocp.args.StandardRestore(rest),
-            data=ocp.args.JsonRestore()))
+            params=self._restore_tree(params), train=self._restore_tree(rest), data=ocp.args.JsonRestore()))
         return {"params": out["params"], **out["train"]}, out["data"]
 
     def restore(self, abstract_state, step=None, log=print, above=None):
@@ -309,12 +333,12 @@ class Checkpointer:
         for step, reason in self.unreadable:
             source = os.path.join(self.directory, str(step))
             target = f"{source}.unreadable.{stamp}"
-            if jax.process_index() == 0:
+            if not self.shared or jax.process_index() == 0:
                 os.rename(source, target)
             log(f"set aside the unreadable checkpoint step {step} as {target} ({reason}); it is not deleted: "
                 f"remove it when you no longer need it.")
         if self.unreadable:
-            if jax.process_count() > 1:
+            if self.shared and jax.process_count() > 1:
                 multihost_utils.sync_global_devices("llada_set_aside")
             self.manager.reload()
         self.unreadable = []
@@ -326,24 +350,150 @@ class Checkpointer:
         self.manager.close()
 
 
+def layout(tree):
+    """The part of each array of `tree` (arrays, or abstract arrays with shardings) that this process holds:
+    {"processes": N, "process": i, "arrays": {path: sorted "[[start, stop] per dimension]" of its shards}}."""
+    arrays = {}
+    for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+        if hasattr(leaf, "sharding"):
+            indices = leaf.sharding.addressable_devices_indices_map(leaf.shape).values()
+            arrays[_path_name(path)] = sorted({json.dumps([s.indices(n)[:2] for s, n in zip(index, leaf.shape)])
+                                               for index in indices})
+    return {"processes": jax.process_count(), "process": jax.process_index(), "arrays": arrays}
+
+
+def _gathered(values):
+    """[values of process 0, values of process 1, ...]: each process's list of ints >= 0, gathered on every one."""
+    longest = int(np.max(multihost_utils.process_allgather(np.int32(len(values)))))
+    row = np.full(longest + 1, -1, np.int32)
+    row[:len(values)] = values
+    return [[int(v) for v in r if v >= 0] for r in multihost_utils.process_allgather(row)]
+
+
+def _processes_where(flag):
+    """The processes on which `flag` (each process's own) is true."""
+    return np.flatnonzero(multihost_utils.process_allgather(np.int32(flag))).tolist()
+
+
+class HostCheckpointer(Checkpointer):
+    """The local tier on several processes (hosts). Every process saves the shards of the state that it holds, and
+    its own data-iterator state, to a directory of its own (`checkpoint.local_dir/process_N`, on its own disk), with
+    the handlers orbax's emergency checkpoint manager uses for its local saves: no primary host, each process writes
+    its own shards, and no barrier with the other processes, so a local save never waits for another host. A step is
+    complete on a process when orbax has committed it there; its `layout` item records which part of each array
+    that process holds.
+
+    A restore takes the newest step, newer than `above`, that is complete and reads back on every process (they
+    agree over jax.distributed); a step that any process lacks is passed over by all of them, with a line saying
+    which processes lack it. A local step restores only onto the layout it was saved with (the same processes,
+    mesh and sharding rules): it never reshards, and another layout is a LayoutError."""
+
+    shared = False
+
+    def _item_handlers(self):
+        options = self._manager_options()["multiprocessing_options"]
+        arrays = ocp.type_handlers.create_type_handler_registry((jax.Array, ocp.type_handlers.ArrayHandler(
+            primary_host=None, replica_id=None, use_replica_parallel=False)))
+
+        def tree():
+            return ocp.PyTreeCheckpointHandler(multiprocessing_options=options, type_handler_registry=arrays)
+
+        def json_():
+            return ocp.JsonCheckpointHandler(multiprocessing_options=options)
+        return {"params": tree(), "train": tree(), "data": json_(), "config": json_(), "layout": json_()}
+
+    def _manager_options(self):  # the directory exists (Tiers claims it): orbax creates none with active_processes
+        i = jax.process_index()
+        return {"multiprocessing_options": ocp.options.MultiprocessingOptions(
+                    primary_host=None, active_processes={i}, barrier_sync_key_prefix=f"llada_local_{i}"),
+                "enable_per_process_directory_creation": True, "create": False}
+
+    def _save_tree(self, tree, save_args=None):
+        return ocp.args.PyTreeSave(tree, save_args=save_args)
+
+    def _restore_tree(self, abstract_tree):
+        return ocp.args.PyTreeRestore(abstract_tree, restore_args=ocp.checkpoint_utils.construct_restore_args(
+            abstract_tree))
+
+    def _extra_items(self, state):
+        return {"layout": ocp.args.JsonSave(layout(state))}
+
+    def _check_layout(self, step, abstract_state):
+        """Raises LayoutError on every process when any process now holds other parts of the arrays than it saved."""
+        saved, now = _read_json(os.path.join(self.directory, str(step), "layout", "metadata")), layout(abstract_state)
+        if (saved["processes"], saved["process"]) != (now["processes"], now["process"]):
+            diff = [f"saved as process {saved['process']} of {saved['processes']}, now {now['process']} of "
+                    f"{now['processes']}"]
+        else:
+            diff = [f"{k}: saved {saved['arrays'].get(k, 'missing')}, now {now['arrays'].get(k, 'missing')}"
+                    for k in sorted(set(saved["arrays"]) | set(now["arrays"]))
+                    if saved["arrays"].get(k) != now["arrays"].get(k)]
+        differ = _processes_where(bool(diff))
+        if differ:
+            local_dir = os.path.dirname(self.directory)
+            here = f" (here {len(diff)} differ, e.g. {diff[0]})" if diff else ""
+            raise LayoutError(
+                f"local checkpoint step {step} in {local_dir} was saved with another layout of the state: "
+                f"process(es) {differ} now hold other parts of the arrays{here}. A local step restores only onto "
+                f"the layout it was saved with: rerun with the same processes, mesh.* and sharding rules, or move "
+                f"{local_dir} aside on every host to resume from the persistent tier.")
+
+    def restore(self, abstract_state, log=print, above=None):
+        """(state, data_state) of the newest local step, newer than `above`, that every process has complete and
+        reads back; None when there is none (every process then uses the persistent tier). Each process keeps its
+        own steps newer than the one restored in `self.unreadable`, with why, for set_aside."""
+        mine = [s for s in self.all_steps() if above is None or s > above]
+        problems = {s: step_problem(os.path.join(self.directory, str(s)), HOST_ITEMS) for s in mine}
+        everyone = _gathered([s for s in mine if problems[s] is None])
+        candidates = sorted(set().union(*everyone), reverse=True)
+        passed = {}  # step -> why every process passed it over
+
+        def reason(t):  # why this process sets its own step t aside
+            return problems[t] or passed.get(t, "not complete on every process")
+
+        for i, s in enumerate(candidates):
+            lacking = [p for p, steps in enumerate(everyone) if s not in steps]
+            here = problems.get(s, "missing") if jax.process_index() in lacking else None
+            if not lacking:
+                self._check_layout(s, abstract_state)
+                try:
+                    restored = self._restore_step(s, abstract_state)
+                except CheckpointError:
+                    raise
+                except Exception as e:  # damage inside the arrays' chunks: every process passes this step over
+                    here = short_reason(e)
+                lacking = _processes_where(here is not None)
+                if not lacking:
+                    self.unreadable = [(t, reason(t)) for t in mine if t > s]
+                    return restored
+            passed[s] = f"missing or unreadable on process(es) {lacking}" + (f"; here: {here}" if here else "")
+            then = f"trying step {candidates[i + 1]}" if i + 1 < len(candidates) else "using the persistent tier"
+            log(f"warning: local checkpoint step {s} in {os.path.dirname(self.directory)} is not complete on every "
+                f"process ({passed[s]}); {then}.")
+        self.unreadable = [(t, reason(t)) for t in mine]
+        return None
+
+
 class Tiers:
     """A run's checkpoints: the persistent tier (WORKDIR/checkpoints) and, with `checkpoint.local_dir`, a local tier
-    on fast storage of this host (RAM disk, local SSD), saved more often (docs/checkpoints.md#the-local-tier).
+    on fast storage of each host (RAM disk, local SSD), saved more often (docs/checkpoints.md#the-local-tier): on one
+    process a Checkpointer of `local_dir`, on several a HostCheckpointer of `local_dir/process_N` per process.
     A step that is due in both goes to the persistent tier only. On restart the newest step of either tier that
-    reads back wins: a local step newer than the persistent tier's newest, else the persistent tier's newest."""
+    reads back wins: a local step newer than the persistent tier's newest (on several processes: one that every
+    process has), else the persistent tier's newest."""
 
     def __init__(self, workdir, cfg):
         self.persistent = Checkpointer(os.path.join(workdir, "checkpoints"), cfg)
         self.local = None
         if cfg.checkpoint.local_dir:
-            if jax.process_count() > 1:
-                raise CheckpointError("checkpoint.local_dir is supported on one process (host) only: on several "
-                                      "hosts each would hold a part of the state on its own disk; leave it empty "
-                                      "there (docs/checkpoints.md#the-local-tier).")
             if cfg.checkpoint.local_every_steps <= 0:
                 raise CheckpointError(f"checkpoint.local_every_steps={cfg.checkpoint.local_every_steps}: with "
                                       f"checkpoint.local_dir set it must be a positive number of steps, e.g. 50.")
-            self.local = Checkpointer(_claim_local_dir(cfg.checkpoint.local_dir, workdir), cfg, local=True)
+            if jax.process_count() > 1:  # each process keeps the shards it holds
+                directory = os.path.join(cfg.checkpoint.local_dir, f"process_{jax.process_index()}")
+                self.local = HostCheckpointer(_claim_local_dir(directory, workdir), cfg, local=True)
+            else:
+                self.local = Checkpointer(_claim_local_dir(cfg.checkpoint.local_dir, workdir), cfg, local=True)
         self.directory = self.persistent.directory
         self.restored_from = None  # the tier of the last restore: "persistent" | "local"
 
@@ -363,6 +513,8 @@ class Tiers:
             above = persistent[-1] if persistent else None
             try:
                 found = self.local.restore(abstract_state, log=log, above=above)
+            except LayoutError:
+                raise
             except CheckpointError as e:  # every newer local step is damaged: the persistent tier decides
                 log(f"warning: no local checkpoint step newer than the persistent tier's reads back; using the "
                     f"persistent tier ({e})")
@@ -391,17 +543,18 @@ class Tiers:
 
 
 def _claim_local_dir(local_dir, workdir):
-    """checkpoint.local_dir as the orbax directory of this run's local tier: a RUN file inside names the run
-    directory, so that two runs never share one local directory (an error says so)."""
+    """`local_dir` (checkpoint.local_dir, or a process's directory in it) as an orbax directory of this run's local
+    tier: a RUN file inside names the run directory, so that two runs never share one local directory (an error
+    says so)."""
     os.makedirs(local_dir, exist_ok=True)
     marker, run = os.path.join(local_dir, "RUN"), os.path.abspath(workdir)
     if os.path.exists(marker):
         with open(marker) as f:
             owner = f.read().strip()
         if owner != run:
-            raise CheckpointError(f"checkpoint.local_dir={local_dir} holds the local checkpoints of the run {owner}; "
-                                  f"give each run its own local directory (e.g. /dev/shm/llada/<run name>), or "
-                                  f"remove {local_dir} if that run is over.")
+            raise CheckpointError(f"the local checkpoint directory {local_dir} holds the local checkpoints of the "
+                                  f"run {owner}; give each run its own checkpoint.local_dir (e.g. "
+                                  f"/dev/shm/llada/<run name>), or remove {local_dir} if that run is over.")
     else:
         with open(marker, "w") as f:
             f.write(run + "\n")

@@ -198,7 +198,7 @@ def default_config():
     ck.keep_period = 0  # ... plus every M-th step when > 0
     ck.async_save = True
     ck.init_from = ""  # a run directory: start from its params with a fresh optimizer (fine-tuning, SFT)
-    ck.local_dir = ""  # a local tier on fast storage of this host (e.g. /dev/shm/llada/RUN), saved more often;
+    ck.local_dir = ""  # a local tier on fast storage of each host (e.g. /dev/shm/llada/RUN), saved more often;
     #                    the newest step of either tier resumes (docs/checkpoints.md#the-local-tier)
     ck.local_every_steps = 50
     ck.local_keep = 2

@@ -166,14 +166,23 @@ def _run(workdir, *extra):
     return out
 
 
-def _interrupt(workdir, sig, at_rows, *extra):
+def _launcher(log_dir, devices_per_process):
+    """The command prefix that runs a command as 2 processes on this machine (launch/local_multiprocess.py)."""
+    return [sys.executable, os.path.join(ROOT, "launch", "local_multiprocess.py"), "--num_processes=2",
+            f"--devices_per_process={devices_per_process}", f"--log_dir={log_dir}", "--"]
+
+
+def _interrupt(workdir, sig, at_rows, *extra, launcher=()):
+    """Sends `sig` to `llada train` (under `launcher`: to the launcher and every process it started) once
+    metrics.jsonl has `at_rows` rows. Returns (exit code, stdout, stderr)."""
     cmd, env = _cli(workdir, *extra)
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen([*launcher, *cmd], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
     path = os.path.join(workdir, "metrics.jsonl")
     deadline = time.time() + 600
     while time.time() < deadline and proc.poll() is None:
         if os.path.exists(path) and sum(1 for _ in open(path)) >= at_rows:
-            proc.send_signal(sig)
+            os.killpg(proc.pid, sig)  # its process group: the processes it started too
             break
         time.sleep(0.02)
     out, err = proc.communicate(timeout=600)
@@ -241,8 +250,7 @@ def test_two_processes_equal_one_process_with_8_devices(tmp_path):
     extra = ["--config.train.steps=6", "--config.checkpoint.every_steps=3"]
     cmd, env = _cli(tmp_path / "one", *extra, env_extra={"XLA_FLAGS": "--xla_force_host_platform_device_count=8"})
     assert subprocess.run(cmd, env=env, capture_output=True, timeout=600).returncode == 0
-    launcher = [sys.executable, os.path.join(ROOT, "launch", "local_multiprocess.py"), "--num_processes=2",
-                "--devices_per_process=4", f"--log_dir={tmp_path}", "--"]
+    launcher = _launcher(tmp_path, 4)
     cmd, env = _cli(tmp_path / "two", *extra)
     out = subprocess.run(launcher + cmd, env=env, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
@@ -259,8 +267,7 @@ def test_two_processes_agree_on_the_fallback_step(tmp_path):
     """Process 0 judges the steps and both hosts follow it: a damaged newest step is skipped and set aside by a
     two-process run, which redoes the steps after the fallback with the losses it logged the first time."""
     extra = ["--config.train.steps=6", "--config.checkpoint.every_steps=3"]
-    launcher = [sys.executable, os.path.join(ROOT, "launch", "local_multiprocess.py"), "--num_processes=2",
-                "--devices_per_process=2", f"--log_dir={tmp_path}", "--"]
+    launcher = _launcher(tmp_path, 2)
     cmd, env = _cli(tmp_path / "run", *extra)
     assert subprocess.run(launcher + cmd, env=env, capture_output=True, timeout=600).returncode == 0
     first = losses(tmp_path / "run")

@@ -1,12 +1,15 @@
 """The local checkpoint tier (checkpoint.local_dir): the newest step of either tier resumes, bit for bit; a damaged
-local step falls back to the persistent tier; a local directory belongs to one run (docs/checkpoints.md)."""
+local step falls back to the persistent tier; a local directory belongs to one run; on two processes each keeps its
+own shards and they fall back together (docs/checkpoints.md)."""
 import os
 import shutil
 import signal
+import subprocess
 
+import numpy as np
 import pytest
 from conftest import Crash, crash_at, losses
-from test_checkpoint import _interrupt, _run
+from test_checkpoint import _cli, _interrupt, _launcher, _run
 
 from llada_jax import checkpoint, goodput, train
 
@@ -69,3 +72,78 @@ def test_a_local_directory_belongs_to_one_run(cfg, tmp_path):
     cfg.checkpoint.local_every_steps = 0
     with pytest.raises(checkpoint.CheckpointError, match="local_every_steps=0"):
         checkpoint.Tiers(str(tmp_path / "a"), cfg)
+
+
+# -- two processes (hosts): each keeps its own shards in local_dir/process_N (checkpoint.HostCheckpointer) ------------
+
+def _two(workdir, *extra, ok=True):
+    """`llada train` on 2 processes of 2 CPU devices each (asserts success when `ok`); the completed process."""
+    cmd, env = _cli(workdir, *extra)
+    out = subprocess.run(_launcher(f"{workdir}.logs", 2) + cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert (out.returncode == 0) == ok, out.stdout[-2000:] + out.stderr[-3000:]
+    return out
+
+
+@pytest.fixture(scope="module")
+def two_process_losses(tmp_path_factory):
+    """The losses of an uninterrupted 2-process run without a local tier."""
+    workdir = tmp_path_factory.mktemp("two") / "ref"
+    _two(workdir, *TIERS)
+    return losses(workdir)
+
+
+def _saved(local, process):
+    return checkpoint.saved_steps(str(local / f"process_{process}"))
+
+
+@pytest.mark.slow
+def test_two_processes_sigkilled_between_a_local_and_a_persistent_save_resume_from_the_local_step(
+        two_process_losses, tmp_path):
+    local, workdir = tmp_path / "shm", tmp_path / "run"
+    tiers = (*TIERS, f"--config.checkpoint.local_dir={local}")
+    code, _, _ = _interrupt(str(workdir), signal.SIGKILL, 13, *tiers, launcher=_launcher(tmp_path, 2))
+    assert code == -signal.SIGKILL  # the launcher and both processes, at once
+    assert checkpoint.saved_steps(str(workdir / "checkpoints")) == [8]
+    common = max(set(_saved(local, 0)) & set(_saved(local, 1)))  # a save SIGKILL tore on one process only: older
+    assert common >= 10
+    out = _two(workdir, *tiers)
+    assert f"resuming from the checkpoint of step {common} in {local / 'process_0'} (local tier)" in out.stdout
+    assert losses(workdir) == two_process_losses  # bit for bit
+    seconds = {}
+    for e in goodput.read_events(workdir):
+        seconds.setdefault(e["event"], []).append(e.get("seconds"))
+    local_saves, saves = seconds["checkpoint_save_local"], seconds["checkpoint_save"]
+    assert len(local_saves) >= 5 and np.median(local_saves) <= np.median(saves)  # no barrier with the other host
+
+
+@pytest.mark.slow
+def test_two_processes_fall_back_together_when_one_lacks_the_newest_local_step(two_process_losses, tmp_path):
+    """Process 1's newest local step damaged: both resume from the older step they both have; process 1's local
+    directory lost (a replaced host): both resume from the persistent tier. Losses bit for bit each time. Last,
+    another mesh is refused: a local step restores only onto the layout it was saved with."""
+    local, workdir = tmp_path / "shm", tmp_path / "run"
+    tiers = (*TIERS, f"--config.checkpoint.local_dir={local}")
+    _two(workdir, *tiers)
+    assert _saved(local, 0) == _saved(local, 1) == [12, 14]
+    shutil.rmtree(workdir / "checkpoints" / "16")  # as if the run had died before its final save
+    shutil.rmtree(local / "process_1" / "14" / "params" / "ocdbt.process_1" / "d")
+    out = _two(workdir, *tiers)
+    assert (f"local checkpoint step 14 in {local} is not complete on every process (missing or unreadable on "
+            f"process(es) [1]); trying step 12.") in out.stdout
+    assert f"resuming from the checkpoint of step 12 in {local / 'process_0'} (local tier)" in out.stdout
+    assert losses(workdir) == two_process_losses
+    for process in (0, 1):  # both set their step 14 aside (process 0's is intact, but alone) and saved it again
+        names = os.listdir(local / f"process_{process}")
+        assert "14" in names and any(n.startswith("14.unreadable.") for n in names)
+
+    shutil.rmtree(workdir / "checkpoints" / "16")
+    shutil.rmtree(local / "process_1")
+    out = _two(workdir, *tiers)
+    assert "local checkpoint step 12" in out.stdout and "using the persistent tier" in out.stdout
+    assert f"resuming from the checkpoint of step 8 in {workdir / 'checkpoints'} (persistent tier)" in out.stdout
+    assert losses(workdir) == two_process_losses
+
+    shutil.rmtree(workdir / "checkpoints" / "16")
+    assert _saved(local, 0) == _saved(local, 1) == [12, 14]
+    out = _two(workdir, *tiers, "--config.mesh.data=2", ok=False)  # fsdp 4 -> 2: each process holds other slices
+    assert "local checkpoint step 14 in" in out.stderr and "was saved with another layout of the state" in out.stderr
