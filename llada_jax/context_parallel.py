@@ -138,8 +138,8 @@ def _ring(tiles, axes, c):
                 new = jnp.logaddexp(lse, lj)
                 o = o * jnp.exp(lse - new)[..., None] + oj.astype(jnp.float32) * jnp.exp(lj - new)[..., None]
                 lse = new
-            if nxt is not None:
-                ki, vi, k_rows = nxt
+            if nxt is not None:  # the next hop starts once this chunk is done: one chunk in flight, overlapped
+                (ki, vi, k_rows), o, lse = jax.lax.optimization_barrier((nxt, o, lse))
         return o.astype(qi.dtype), lse
 
     @jax.custom_vjp
@@ -163,7 +163,7 @@ def _ring(tiles, axes, c):
             dv = dv + jnp.concatenate([g[2] for g in grads], 2)
             dk, dv = hop((dk, dv))  # the gradients travel with their chunk; after the last hop they are home
             if nxt is not None:
-                ki, vi, k_rows = nxt
+                (ki, vi, k_rows), dq = jax.lax.optimization_barrier((nxt, dq))
         return dq.astype(qi.dtype), dk.astype(ki.dtype), dv.astype(vi.dtype), None, None
 
     run.defvjp(run_fwd, run_bwd)
