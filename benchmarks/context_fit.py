@@ -39,8 +39,8 @@ def kv_bytes(m, seq, ctx, strategy):
 
 
 def fit_table(args):
-    print("| model | tokens | strategy | mesh (data, fsdp, context) | batch | per device | fits | K/V received per layer "
-          "(forward / step) | collectives (all-gather, all-reduce, collective-permute) | compile |")
+    print("| model | tokens | strategy | mesh (data, fsdp, context) | batch | per device | fits | K/V received per "
+          "layer (forward / step) | collectives (all-gather, all-reduce, collective-permute) | compile |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     for model in args.models.split(","):
         for seq in map(int, args.seq_lens.split(",")):
