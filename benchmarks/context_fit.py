@@ -5,7 +5,7 @@ keys and values; ring: the K/V chunks passed around the context devices (docs/ar
 Remat full, one sequence per batch shard, bfloat16 compute.
 
     python benchmarks/context_fit.py [--models=llada_1b,llada_8b] [--seq_lens=32768,131072] [--contexts=1,8,32]
-        [--strategies=allgather,ring]
+        [--strategies=allgather,ring] [--objectives=mdm,block]
 
 One line per point: per-device memory, whether it fits, the collectives, the compile time, and the bytes of keys
 and values a device receives per layer and sequence (analytic, bfloat16): in the forward pass 2 x (C - 1)/C x
@@ -39,16 +39,18 @@ def kv_bytes(m, seq, ctx, strategy):
 
 
 def fit_table(args):
-    print("| model | tokens | strategy | mesh (data, fsdp, context) | batch | per device | fits | K/V received per "
-          "layer (forward / step) | collectives (all-gather, all-reduce, collective-permute) | compile |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
-    for model in args.models.split(","):
+    print("| model | objective | tokens | strategy | mesh (data, fsdp, context) | batch | per device | fits | "
+          "K/V received per layer (forward / step) | collectives (all-gather, all-reduce, collective-permute) | "
+          "compile |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for model, objective in ((m, o) for m in args.models.split(",") for o in args.objectives.split(",")):
         for seq in map(int, args.seq_lens.split(",")):
             for ctx in map(int, args.contexts.split(",")):
                 for strategy in args.strategies.split(","):
                     if ctx == 1 and strategy == "ring":
                         continue  # nothing to pass around
                     cfg = config_lib.load_config(f"configs/{model}.py")
+                    cfg.objective, cfg.diffusion.block_size = objective, args.block_size
                     m = cfg.model
                     m.max_seq_len, cfg.train.seq_len, cfg.mesh.context = seq, seq, ctx
                     m.remat, m.context_parallel, cfg.train.micro_batches = "full", strategy, 1
@@ -56,7 +58,7 @@ def fit_table(args):
                     cfg.train.global_batch = len(devices) // ctx  # one sequence per batch shard
                     fwd, step = kv_bytes(m, seq, ctx, strategy)
                     kv = f"{fwd / MIB:.0f} / {step / MIB:.0f} MiB"
-                    head = f"| {model} | {seq} | {strategy if ctx > 1 else '-'} |"
+                    head = f"| {model} | {objective} | {seq} | {strategy if ctx > 1 else '-'} |"
                     try:
                         r = aot.compile_step(cfg, args.topology)
                     except aot.DoesNotFit as e:
@@ -112,9 +114,10 @@ def main():
     p.add_argument("--seq_lens", default="32768,131072")
     p.add_argument("--contexts", default="1,8,32")
     p.add_argument("--strategies", default="allgather,ring")
+    p.add_argument("--objectives", default="mdm", help="mdm (the full mask), block (the [x_t ; x_0] pair), arm")
     p.add_argument("--topology", default="v5p-256")
     p.add_argument("--balance", action="store_true", help="the ring's work balance instead of the fit table")
-    p.add_argument("--block_size", type=int, default=32)
+    p.add_argument("--block_size", type=int, default=32, help="block diffusion's block size")
     args = p.parse_args()
     (balance_table if args.balance else fit_table)(args)
 
