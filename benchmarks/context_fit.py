@@ -7,8 +7,7 @@ Remat full, one sequence per batch shard, bfloat16 compute.
     python benchmarks/context_fit.py [--models=llada_1b,llada_8b] [--seq_lens=32768,131072] [--contexts=1,8,32]
         [--strategies=allgather,ring] [--objectives=mdm,block]
 
-One line per point: per-device memory, whether it fits, the collectives, the compile time, XLA's count of the
-per-device FLOPs of the step (a scanned layer loop counts once: compare strategies, not models), and the bytes of keys
+One line per point: per-device memory, whether it fits, the collectives, the compile time, and the bytes of keys
 and values a device receives per layer and sequence (analytic, bfloat16): in the forward pass 2 x (C - 1)/C x
 sequence x kv_heads x head_dim x 2 bytes under both strategies (all at once for allgather, one chunk per hop for
 ring); over a whole step (the forward, its recomputation under remat full, and the backward) allgather gathers 3
@@ -42,8 +41,8 @@ def kv_bytes(m, seq, ctx, strategy):
 def fit_table(args):
     print("| model | objective | tokens | strategy | mesh (data, fsdp, context) | batch | per device | fits | "
           "K/V received per layer (forward / step) | collectives (all-gather, all-reduce, collective-permute) | "
-          "compile | XLA FLOPs per device |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+          "compile |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for model, objective in ((m, o) for m in args.models.split(",") for o in args.objectives.split(",")):
         for seq in map(int, args.seq_lens.split(",")):
             for ctx in map(int, args.contexts.split(",")):
@@ -63,7 +62,7 @@ def fit_table(args):
                     try:
                         r = aot.compile_step(cfg, args.topology)
                     except aot.DoesNotFit as e:
-                        print(f"{head} -, -, {ctx} | {cfg.train.global_batch} | - | no ({e}) | {kv} | - | - | - |",
+                        print(f"{head} -, -, {ctx} | {cfg.train.global_batch} | - | no ({e}) | {kv} | - | - |",
                               flush=True)
                         continue
                     mesh, col = r["mesh"], r["collectives"] or {}
@@ -71,7 +70,7 @@ def fit_table(args):
                                                                      "collective-permute"))
                     print(f"{head} {mesh['data']}, {mesh['fsdp']}, {mesh['context']} | {r['global_batch']} | "
                           f"{r['total_bytes'] / GIB:.2f} GiB | {'yes' if r['fits'] else 'no'} | {kv} | {counts} | "
-                          f"{r['compile_seconds']:.0f} s | {r['compiled_flops_per_device'] or 0:.3g} |", flush=True)
+                          f"{r['compile_seconds']:.0f} s |", flush=True)
 
 
 def tiles_per_device(allowed, index, ctx, rows=512):
