@@ -56,7 +56,7 @@ def fit_table(args):
                     m.remat, m.context_parallel, cfg.train.micro_batches = "full", strategy, 1
                     _, _, _, devices = aot.topology_devices(args.topology)
                     cfg.train.global_batch = len(devices) // ctx  # one sequence per batch shard
-                    fwd, step = kv_bytes(m, seq, ctx, strategy)
+                    fwd, step = kv_bytes(m, 2 * seq if objective == "block" else seq, ctx, strategy)  # the pair
                     kv = f"{fwd / MIB:.0f} / {step / MIB:.0f} MiB"
                     head = f"| {model} | {objective} | {seq} | {strategy if ctx > 1 else '-'} |"
                     try:
