@@ -254,16 +254,17 @@ class Tiles(NamedTuple):
     causal: bool
     segmented: bool
     blocked: bool
+    skip: bool = False  # skip the tiles none of whose queries sees any key (lax.cond; the ring's masked pairs)
 
     @staticmethod
-    def of(q, k, causal, segmented, blocked, block_rows=512):
+    def of(q, k, causal, segmented, blocked, block_rows=512, skip=False):
         b, t, h, d = q.shape
         kv = k.shape[2]
         g = h // kv
         bq = t  # query block: at most block_rows rows (g heads x bq positions) per item when t allows
         while bq * g > block_rows and bq % 2 == 0:
             bq //= 2
-        return Tiles(b, t, kv, g, bq, d, causal, segmented, blocked)
+        return Tiles(b, t, kv, g, bq, d, causal, segmented, blocked, skip)
 
     @property
     def nq(self):
@@ -315,6 +316,8 @@ class Tiles(NamedTuple):
                 o = jnp.dot(p.astype(vx.dtype), vx, preferred_element_type=jnp.float32) / jnp.maximum(l, 1e-30)
                 return o.astype(qx.dtype), jnp.where(l > 0, m + jnp.log(jnp.maximum(l, 1e-30)), NEG)[:, 0]
 
+            if not self.skip:
+                return attend(None)
             return jax.lax.cond(jnp.any(ok), attend,
                                 lambda _: (jnp.zeros_like(qx), jnp.full(qx.shape[:1], NEG, jnp.float32)), None)
 
@@ -345,7 +348,7 @@ class Tiles(NamedTuple):
 
                 zeros = lambda _: (jnp.zeros(qx.shape, jnp.float32), jnp.zeros(kx.shape, jnp.float32),
                                    jnp.zeros(vx.shape, jnp.float32))
-                dq, dk, dv = jax.lax.cond(jnp.any(ok), grads, zeros, None)
+                dq, dk, dv = jax.lax.cond(jnp.any(ok), grads, zeros, None) if self.skip else grads(None)
                 return (acc[0] + dk, acc[1] + dv), dq
 
             acc = (jnp.zeros(kx.shape, jnp.float32), jnp.zeros(vx.shape, jnp.float32))

@@ -107,7 +107,7 @@ def ring_attention(q, k, v, key_mask=None, segment_ids=None, causal=False, shard
     flags = (causal, segment_ids is not None, blocks is not None)
 
     def local(q, k, v, *rows):
-        tiles = attention.Tiles.of(q, k, *flags, block_rows)
+        tiles = attention.Tiles.of(q, k, *flags, block_rows, skip=True)
         q, rows = attention.tied(q, rows)
         return tiles.from_q_items(_ring(tiles, axes, c)(tiles.q_items(q), tiles.kv_items(k), tiles.kv_items(v),
                                                         rows[:4], rows[4:]))

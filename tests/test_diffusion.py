@@ -177,7 +177,9 @@ def test_losses_through_the_model_equal_numpy(tiny_cfg, sft):
 @pytest.mark.parametrize("mesh", [None, dict(fsdp=4, tensor=2)])
 def test_chunked_loss_equals_unchunked_loss_and_gradients(tiny_cfg, one_device, objective, mesh):
     """model.loss_chunk (output head + loss chunk by chunk, weightless chunks skipped, gradients in the forward
-    pass) = the plain [B, T, vocab] loss, to 1e-6, on one device and on an fsdp 4 x tensor 2 mesh."""
+    pass) = the plain [B, T, vocab] loss, to 1e-6 (gradients: 2e-6 of each tensor's largest entry; the two programs
+    round float32 sums in different orders, worst 1.1e-6 measured on the mesh), on one device and on an fsdp 4 x
+    tensor 2 mesh."""
     from llada_jax import train
     from llada_jax.data import synthetic
     cfg = tiny_cfg
@@ -200,7 +202,7 @@ def test_chunked_loss_equals_unchunked_loss_and_gradients(tiny_cfg, one_device, 
     for chunk in (8, 48):
         np.testing.assert_allclose(results[chunk][0], results[0][0], rtol=1e-6)
         for g, r in zip(jax.tree.leaves(results[chunk][1]), jax.tree.leaves(results[0][1])):
-            np.testing.assert_allclose(g, r, atol=1e-6 * np.abs(r).max())
+            np.testing.assert_allclose(g, r, atol=2e-6 * np.abs(r).max())
 
 
 # -- block diffusion (BD3-LM) -----------------------------------------------------------------------------------
