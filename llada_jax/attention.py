@@ -76,8 +76,10 @@ def context_axes(sharder):
     return sharder.spec(("act_seq",))[0] if sharder is not None else None
 
 
-def _axes_size(sharder, axes):
-    names = axes if isinstance(axes, tuple) else (axes,)
+def context_size(sharder):
+    """How many devices split the sequence (1 without a sharder or a context axis)."""
+    axes = context_axes(sharder)
+    names = () if axes is None else axes if isinstance(axes, tuple) else (axes,)
     return int(np.prod([sharder.mesh.shape[n] for n in names]))
 
 
@@ -147,7 +149,7 @@ def splash_attention(q, k, v, key_mask=None, segment_ids=None, causal=False, sha
     # kernel's static mask, so their sequences are gathered whole instead.
     # The kernel tiles the local queries in multiples of 128 too.
     split = context_axes(sharder) is not None and not causal and blocks is None
-    split = split and (t // _axes_size(sharder, context_axes(sharder))) % 128 == 0
+    split = split and (t // context_size(sharder)) % 128 == 0
     if interpret is None:
         interpret = platform_of(sharder) != "tpu"
     if not interpret and (t % 128 or k.shape[1] % 128):  # (interpret mode, for tests, takes any length)
@@ -187,7 +189,7 @@ def _per_shard(local, sharder, q, k, v, *rows, q_rows=()):
     batch = sharder.spec(("batch",))[0]
     heads = sharder.spec(("heads",))[0]
     ctx = context_axes(sharder) if q_rows else None
-    ctx = ctx if ctx is not None and q.shape[1] % _axes_size(sharder, ctx) == 0 else None
+    ctx = ctx if ctx is not None and q.shape[1] % context_size(sharder) == 0 else None
     qs, kvs = P(batch, ctx, heads, None), P(batch, None, heads, None)
     return jax.shard_map(local, mesh=sharder.mesh,
                          in_specs=(qs, kvs, kvs) + (P(batch, None),) * len(rows) + (P(batch, ctx),) * len(q_rows),

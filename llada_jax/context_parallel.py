@@ -27,12 +27,6 @@ from llada_jax.errors import LladaError
 STRATEGIES = ("allgather", "ring")
 
 
-def context_size(sharder):
-    """How many devices split the sequence (1 without a sharder or a context axis)."""
-    axes = attention.context_axes(sharder)
-    return 1 if axes is None else attention._axes_size(sharder, axes)
-
-
 def zigzag(x, c, axis=1):
     """x in sequence order along `axis` (length T, a multiple of 2c) -> zig-zag order: the 2c chunks of T / 2c
     ordered 0, 2c-1, 1, 2c-2, ..., so that a split into c contiguous parts gives part i the chunks i and 2c-1-i."""
@@ -100,7 +94,7 @@ def ring_attention(q, k, v, key_mask=None, segment_ids=None, causal=False, shard
     b, t = q.shape[:2]
     if k.shape[1] != t or (blocks is not None and (not isinstance(blocks.q_start, int) or blocks.q_start)):
         return attention.flash_attention(q, k, v, key_mask, segment_ids, causal, sharder, blocks, block_rows)
-    axes, c = attention.context_axes(sharder), context_size(sharder)
+    axes, c = attention.context_axes(sharder), attention.context_size(sharder)
     k_rows, q_rows = attention.attention_rows(b, t, t, key_mask, segment_ids, blocks, index, index)
     batch, heads = sharder.spec(("batch",))[0], sharder.spec(("heads",))[0]
     seq, rows = P(batch, axes, heads, None), P(batch, axes)

@@ -235,7 +235,7 @@ class Model:
             raise LladaError(f"unknown model.context_parallel={m.context_parallel!r}; expected one of "
                              f"{', '.join(context_parallel.STRATEGIES)}.")
         # ring attention over a sequence split into C > 1 parts (with one part there is nothing to pass around)
-        self.ring = context_parallel.context_size(sharder) if m.context_parallel == "ring" else 1
+        self.ring = attention_lib.context_size(sharder) if m.context_parallel == "ring" else 1
         if self.ring > 1:
             self.attention = context_parallel.ring_attention
         self.constrain = sharder.constrain if sharder else (lambda x, axes: x)

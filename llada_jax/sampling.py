@@ -96,24 +96,72 @@ def noise_bits(key, shape):
     return jax.lax.rng_bit_generator(state, shape, jnp.uint32, algorithm=jax.lax.RandomAlgorithm.RNG_THREE_FRY)[1]
 
 
+def _gumbel_of(hi, lo):
+    """Standard Gumbel noise -log(E), E = -log(u) ~ Exp(1), from 64 random bits per entry (uint32 `hi` and `lo`;
+    lo=None puts the low half at its midpoint). The first bit of hi picks the half of (0, 1) that u lies in, the other
+    63 give w = min(u, 1 - u) in (0, 1/2] (down to 2^-64); E = -log(w) where u = w and -log1p(-w) where u = 1 - w,
+    that one by Kahan's log1p (one logarithm of z = 1 - w rounded, times w / (1 - z), exact because 1 - z is), so each
+    entry costs two logarithms."""
+    low = 2.0 ** 31 if lo is None else lo.astype(jnp.float32) + 0.5
+    w = (hi & 0x7FFFFFFF).astype(jnp.float32) * 2.0 ** -32 + low * 2.0 ** -64
+    up = hi >> 31 == 1
+    z = jnp.where(up, w, 1 - w)
+    log_z = jnp.log(z)
+    e = jnp.where(up, -log_z, jnp.where(z == 1, w, log_z * w / (z - 1)))
+    return -jnp.log(e)
+
+
 def gumbel(key, shape):
-    """Standard Gumbel noise -log(E), E = -log(u) ~ Exp(1), for Gumbel-max sampling, right in both tails.
+    """Standard Gumbel noise of `shape`, right in both tails: the high and low 32 bits of each entry's 64 come from
+    the two halves of split(key) (noise_bits).
 
     The official code draws u in float64 on purpose (arXiv:2409.02908): float32 uniforms cap the noise near 16, so
-    a token more than ~16 logits below the top is never drawn. Here u comes from 64 random bits without float64:
-    the first bit picks the half of (0, 1) that u lies in, the other 63 give w = min(u, 1 - u) in (0, 1/2] (down
-    to 2^-64), and E = -log(w) where u = w, -log1p(-w) where u = 1 - w. Both are accurate to float32 rounding, so
-    every token's probability is right to about 1e-7 relative, down to probabilities of about 2^-64."""
-    hi, lo = noise_bits(key, (2, *shape))
-    w = (hi & 0x7FFFFFFF).astype(jnp.float32) * 2.0 ** -32 + (lo.astype(jnp.float32) + 0.5) * 2.0 ** -64
-    return -jnp.log(jnp.where(hi >> 31 == 1, -jnp.log(w), -jnp.log1p(-w)))
+    a token more than ~16 logits below the top is never drawn. From 64 bits without float64, E and g are accurate to
+    float32 rounding, so every token's probability is right to about 1e-7 relative, down to probabilities of about
+    2^-64 (_gumbel_of)."""
+    k_hi, k_lo = jax.random.split(key)
+    return _gumbel_of(noise_bits(k_hi, shape), noise_bits(k_lo, shape))
+
+
+DOUBT = 2.0 ** -16  # relative margin under which a coarse Gumbel-max winner is redrawn with all 64 bits
+
+
+def gumbel_argmax(scores, keys):
+    """argmax(scores[i] + gumbel(keys[i], scores[i].shape), -1) for scores [N, ..., V] float32 and keys [N], drawing
+    the low 32 bits of the noise only when the high 32 leave a winner in doubt.
+
+    With hi alone, w is known to an interval of 2^-32 and g = -log(E) to a radius of 2^-31 / w around its value at
+    the interval's midpoint (on the interval |dg/dw| <= 3 / w_mid in both halves, and w is within 2^-33 of w_mid;
+    the radius is infinite when the top 31 bits are all 0). A winner is sure when its score minus its radius beats
+    every other score plus its radius by DOUBT (relative, for float32 rounding); then it is the winner under the full
+    64 bits too. Otherwise the low bits of all N draws are drawn and the argmax taken again, so the result is always
+    argmax(scores + gumbel(key)) of the full noise: the tail exactness of `gumbel`, for about half its random bits.
+    """
+    k_hi, k_lo = jax.vmap(jax.random.split, out_axes=1)(keys)
+    shape = scores.shape[1:]
+    bits = lambda ks: jax.lax.map(lambda k: noise_bits(k, shape), ks)  # not vmap: its batching rule draws other bits
+    return refined_argmax(scores, bits(k_hi), lambda: bits(k_lo))
+
+
+def refined_argmax(scores, hi, lo_bits):
+    """gumbel_argmax given the high bits `hi` (uint32, the shape of scores) and a function drawing the low ones."""
+    s = scores + _gumbel_of(hi, None)
+    h = (hi & 0x7FFFFFFF).astype(jnp.float32)
+    radius = jnp.where(h == 0, jnp.inf, 2.0 / (h + 0.5))  # 2^-31 / w_mid
+    top = jnp.argmax(s, -1)
+    is_top = jnp.arange(s.shape[-1]) == top[..., None]
+    best = jnp.max(s, -1)
+    low = best - jnp.max(jnp.where(is_top, radius, 0.0), -1)
+    rival = jnp.max(jnp.where(is_top, -jnp.inf, s + radius), -1)
+    sure = jnp.all(low - rival > DOUBT * (1 + jnp.abs(best)))
+    return jax.lax.cond(sure, lambda: top, lambda: jnp.argmax(scores + _gumbel_of(hi, lo_bits()), -1))
 
 
 def sample_candidates(logits, candidate, temperature, k_gumbel, offset):
     """x0 [B, W] ~ softmax(logits / temperature) by Gumbel-max in the window's columns where some row has a candidate
-    (plain argmax in the others: they are never committed), NOISE_CHUNK columns per draw. Column j gets
-    gumbel(fold_in(k_gumbel, offset + j), [B, V]), so a draw depends neither on the window's layout nor on which other
-    columns are drawn."""
+    (plain argmax in the others: they are never committed), NOISE_CHUNK columns per draw. Column j gets the noise
+    gumbel(fold_in(k_gumbel, offset + j), [B, V]) (gumbel_argmax), so a draw depends neither on the window's layout nor
+    on which other columns are drawn."""
     b, w, vocab = logits.shape
     chunk = min(w, NOISE_CHUNK)
     slots_len = -(-w // chunk) * chunk
@@ -123,10 +171,9 @@ def sample_candidates(logits, candidate, temperature, k_gumbel, offset):
     def draw(i, x0):
         cols = jax.lax.dynamic_slice_in_dim(slots, i * chunk, chunk)
         safe = jnp.minimum(cols, w - 1)
-        g = jnp.moveaxis(jax.lax.map(lambda q: gumbel(jax.random.fold_in(k_gumbel, offset + q), (b, vocab)), safe),
-                         0, 1)  # lax.map, not vmap: RngBitGenerator's batching rule draws other bits
-        picks = jnp.argmax(jnp.take(logits, safe, axis=1) / temperature + g, -1).astype(x0.dtype)
-        return x0.at[:, cols].set(picks, mode="drop")
+        keys = jax.vmap(lambda q: jax.random.fold_in(k_gumbel, offset + q))(safe)
+        picks = gumbel_argmax(jnp.moveaxis(jnp.take(logits, safe, axis=1), 1, 0) / temperature, keys)
+        return x0.at[:, cols].set(picks.T.astype(x0.dtype), mode="drop")
 
     return jax.lax.fori_loop(0, (jnp.sum(used) + chunk - 1) // chunk, draw, jnp.argmax(logits, -1))
 
@@ -358,8 +405,8 @@ def _generate_ar(model, params, prompt, prompt_mask, key, temperature, gen_lengt
                                     for c, n in zip(kv, new))
 
     def draw(i, logits):
-        g = gumbel(jax.random.fold_in(key, i), logits.shape)
-        return jax.lax.cond(temperature > 0, lambda: jnp.argmax(logits / temperature + g, -1),
+        return jax.lax.cond(temperature > 0,
+                            lambda: gumbel_argmax((logits / temperature)[None], jax.random.fold_in(key, i)[None])[0],
                             lambda: jnp.argmax(logits, -1)).astype(prompt.dtype)
 
     def body(carry):

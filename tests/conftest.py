@@ -1,4 +1,5 @@
 """Every test process sees 8 simulated CPU devices (for the sharding tests); tests that want one device say so."""
+import gc
 import json
 import os
 
@@ -13,6 +14,17 @@ from llada_jax import config as config_lib  # noqa: E402
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "slow: end-to-end tests that take tens of seconds (still run in CI)")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _free_compiled_programs():
+    """Frees each module's compiled programs when it ends. Every XLA:CPU executable holds memory mappings, and Linux
+    allows a process vm.max_map_count of them (65530 by default): the whole suite in one process reached 64,000 and
+    segfaulted inside an XLA compile in tests/test_sampling.py. Clearing the caches after each module keeps the count
+    near 1,000 between modules."""
+    yield
+    jax.clear_caches()
+    gc.collect()
 
 
 def tiny_config():

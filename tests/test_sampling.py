@@ -48,9 +48,14 @@ def official_counts(m, s):
 
 
 def gumbel_uniform(key, shape):
-    """The uniform u behind sampling.gumbel, in float64 from the same 64 bits: the first bit says whether u is below
-    1/2, the other 63 are the fixed-point digits of w = min(u, 1 - u) (plus half a unit of the last place)."""
-    hi, lo = (np.asarray(a, np.uint64) for a in sampling.noise_bits(key, (2, *shape)))
+    """The uniform u behind sampling.gumbel, in float64 from the same 64 bits (high and low halves from the two keys of
+    split(key)): the first bit says whether u is below 1/2, the other 63 are the fixed-point digits of
+    w = min(u, 1 - u) (plus half a unit of the last place)."""
+    return uniform_of_bits(*(sampling.noise_bits(k, shape) for k in jax.random.split(key)))
+
+
+def uniform_of_bits(hi, lo):
+    hi, lo = np.asarray(hi, np.uint64), np.asarray(lo, np.uint64)
     w = (((hi & 0x7FFFFFFF) << 32) + lo).astype(np.float64) * 2.0 ** -64 + 2.0 ** -65
     return np.where(hi >> 31 == 1, w, 1.0 - w)
 
@@ -329,6 +334,46 @@ def test_noise_is_drawn_per_candidate_position_whatever_the_window():
     np.testing.assert_array_equal(np.delete(again, 11, 1), np.delete(got, 11, 1))
 
 
+def test_gumbel_argmax_draws_low_bits_exactly_when_the_winner_is_in_doubt():
+    """refined_argmax (the sampler's Gumbel-max) equals argmax(scores + g) with g from all 64 bits in float64, the low
+    32 bits included, though it reads them only when the high bits leave the winner in doubt: random bits, an entry
+    whose top 31 bits are 0 (unbounded noise), and an entry whose interval straddles the winner's score."""
+    n, b, v = 3, 4, 500
+    rng = np.random.default_rng(0)
+    scores = rng.normal(0, 3, (n, b, v)).astype(np.float32)
+    hi = rng.integers(0, 2 ** 32, (n, b, v), dtype=np.uint64).astype(np.uint32)
+    lo = rng.integers(0, 2 ** 32, (n, b, v), dtype=np.uint64).astype(np.uint32)
+    def got(scores, hi, lo):
+        return np.asarray(jax.jit(lambda s, h, l: sampling.refined_argmax(s, h, lambda: l))(scores, hi, lo))
+
+    def want(scores, hi, lo):  # E = -log u from w = min(u, 1 - u) in float64: -log1p(-w) keeps w < 2^-53
+        hi64 = np.asarray(hi, np.uint64)
+        w = (((hi64 & 0x7FFFFFFF) << 32) + lo).astype(np.float64) * 2.0 ** -64 + 2.0 ** -65
+        e = np.where(hi64 >> 31 == 1, -np.log(w), -np.log1p(-w))
+        return np.argmax(scores.astype(np.float64) - np.log(e), -1)
+
+    np.testing.assert_array_equal(got(scores, hi, lo), want(scores, hi, lo))
+    # [0, 1, 7]: top bit 0 (u = 1 - w) and the other 31 zero: w < 2^-32, g between 22.2 and 45 depending on lo
+    hi2, lo2, s2 = hi.copy(), lo.copy(), scores.copy()
+    hi2[0, 1, 7] = 0
+    s2[0, 1, 7] = s2[0, 1].max() - 30.0
+    for low, wins in [(0, True), (2 ** 32 - 1, False)]:  # w = 2^-65 (g = 45.0) or w ~ 2^-32 (g = 22.2)
+        lo2[0, 1, 7] = low
+        out = got(s2, hi2, lo2)
+        np.testing.assert_array_equal(out, want(s2, hi2, lo2))
+        assert (out[0, 1] == 7) == wins
+    # [2, 3, 11]: top bit 0, h = 5: g in (20.39, 20.57]; its score puts the winner's boundary inside that interval
+    hi3, lo3, s3 = hi.copy(), lo.copy(), scores.copy()
+    hi3[2, 3, 11] = 5
+    others = np.delete(s3[2, 3].astype(np.float64) - np.log(-np.log(uniform_of_bits(hi3[2, 3], lo3[2, 3]))), 11)
+    s3[2, 3, 11] = others.max() - 20.48
+    for low, wins in [(0, True), (2 ** 32 - 1, False)]:
+        lo3[2, 3, 11] = low
+        out = got(s3, hi3, lo3)
+        np.testing.assert_array_equal(out, want(s3, hi3, lo3))
+        assert (out[2, 3] == 11) == wins
+
+
 @pytest.mark.slow
 def test_gumbel_noise_keeps_the_tail_of_the_full_vocabulary():
     """Gaps of 12, 16 and 18 logits: over 10,240 Gumbel-max draws the frequency of non-top tokens is within 4
@@ -339,9 +384,10 @@ def test_gumbel_noise_keeps_the_tail_of_the_full_vocabulary():
     logits = jnp.asarray(np.where(np.arange(FULL_VOCAB) == 0, 0.0, -gaps[:, None]), jnp.float32)
 
     @jax.jit
-    def non_top(key):  # the three gaps share the noise
+    def non_top(key):  # the three gaps share the noise; drawn as the sampler draws (gumbel_argmax)
         def body(i, n):
-            x = jnp.argmax(logits[:, None] + sampling.gumbel(jax.random.fold_in(key, i), (rows, FULL_VOCAB)), -1)
+            scores = jnp.broadcast_to(logits[:, None], (len(gaps), rows, FULL_VOCAB))
+            x = sampling.gumbel_argmax(scores, jnp.stack([jax.random.fold_in(key, i)] * len(gaps)))
             return n + jnp.sum(x != 0, -1)
         return jax.lax.fori_loop(0, chunks, body, jnp.zeros(len(gaps), jnp.int32))
 
