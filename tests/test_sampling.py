@@ -54,10 +54,15 @@ def gumbel_uniform(key, shape):
     return uniform_of_bits(*(sampling.noise_bits(k, shape) for k in jax.random.split(key)))
 
 
-def uniform_of_bits(hi, lo):
+def half_and_w(hi, lo):
+    """(u >= 1/2, w = min(u, 1 - u)) in float64 from the 64 bits of each entry."""
     hi, lo = np.asarray(hi, np.uint64), np.asarray(lo, np.uint64)
-    w = (((hi & 0x7FFFFFFF) << 32) + lo).astype(np.float64) * 2.0 ** -64 + 2.0 ** -65
-    return np.where(hi >> 31 == 1, w, 1.0 - w)
+    return hi >> 31 == 1, (((hi & 0x7FFFFFFF) << 32) + lo).astype(np.float64) * 2.0 ** -64 + 2.0 ** -65
+
+
+def uniform_of_bits(hi, lo):
+    up, w = half_and_w(hi, lo)
+    return np.where(up, w, 1.0 - w)
 
 
 def reference_generate(params, prompt, prompt_mask, args, key):
@@ -343,13 +348,13 @@ def test_gumbel_argmax_draws_low_bits_exactly_when_the_winner_is_in_doubt():
     scores = rng.normal(0, 3, (n, b, v)).astype(np.float32)
     hi = rng.integers(0, 2 ** 32, (n, b, v), dtype=np.uint64).astype(np.uint32)
     lo = rng.integers(0, 2 ** 32, (n, b, v), dtype=np.uint64).astype(np.uint32)
+
     def got(scores, hi, lo):
         return np.asarray(jax.jit(lambda s, h, l: sampling.refined_argmax(s, h, lambda: l))(scores, hi, lo))
 
     def want(scores, hi, lo):  # E = -log u from w = min(u, 1 - u) in float64: -log1p(-w) keeps w < 2^-53
-        hi64 = np.asarray(hi, np.uint64)
-        w = (((hi64 & 0x7FFFFFFF) << 32) + lo).astype(np.float64) * 2.0 ** -64 + 2.0 ** -65
-        e = np.where(hi64 >> 31 == 1, -np.log(w), -np.log1p(-w))
+        up, w = half_and_w(hi, lo)
+        e = np.where(up, -np.log(w), -np.log1p(-w))
         return np.argmax(scores.astype(np.float64) - np.log(e), -1)
 
     np.testing.assert_array_equal(got(scores, hi, lo), want(scores, hi, lo))
