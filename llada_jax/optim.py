@@ -14,6 +14,9 @@ def tokens_per_step(cfg):
     return cfg.train.global_batch * cfg.train.seq_len
 
 
+SCHEDULES = ("wsd", "cosine", "constant")  # optim.schedule
+
+
 def schedule(cfg):
     """step -> learning rate. WSD milestones are given in tokens and converted to steps here:
     linear warmup 0 -> peak over `warmup_steps`; constant; after `drop_tokens` the LR drops to `drop_lr`;
@@ -36,7 +39,7 @@ def schedule(cfg):
             return jnp.where(step < warmup, warm(step), lo + 0.5 * (o.peak_lr - lo) * (1 + jnp.cos(math.pi * frac)))
         return cosine
     if o.schedule != "wsd":
-        raise LladaError(f"unknown optim.schedule={o.schedule!r}; expected wsd, cosine or constant.")
+        raise LladaError(f"unknown optim.schedule={o.schedule!r}; expected one of {', '.join(SCHEDULES)}.")
     drop = o.drop_tokens / per_step if o.drop_tokens > 0 else math.inf
     decay_len = o.decay_tokens / per_step if o.decay_tokens > 0 else o.decay_fraction * total
     decay_start = total - decay_len

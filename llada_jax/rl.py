@@ -19,7 +19,9 @@ and never scored. The model's logits are aligned by the model itself (model.shif
 from i - 1's output, model.shift); the completion starts at position P, which under the shift must be >= 1, and
 every row's prompt then needs a real token (nothing else predicts the completion's first token).
 """
+import dataclasses
 import functools
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
@@ -27,6 +29,25 @@ import jax.numpy as jnp
 from llada_jax import diffusion, model as model_lib
 from llada_jax.errors import LladaError
 from llada_jax.likelihood import first_scored
+
+
+@dataclasses.dataclass(frozen=True)
+class Algorithm:
+    """An RL algorithm (`rl.algorithm`): its updates on a batch of rollouts (rl_train.RLStep), whether it reads the
+    reference policy, and the extra metrics its progress line shows. The table below is the only place that names
+    one."""
+    description: str
+    updates: Callable  # RLStep method: (self, state, ref_params, host, rewards, keys) -> (state, [metrics], extra)
+    uses_reference: Callable  # cfg.rl -> bool
+    log_keys: tuple
+
+
+ALGORITHMS = {
+    "grpo": Algorithm("d1's diffu-GRPO", lambda s, *a: s.grpo_updates(*a), lambda r: r.beta > 0,
+                      ("kl", "clip_fraction")),
+    "vrpo": Algorithm("LLaDA 1.5's VRPO: DPO on ELBO estimates", lambda s, *a: s.vrpo_updates(*a), lambda r: True,
+                      ("pairs", "reward_margin", "accuracy")),
+}
 
 
 class RLError(LladaError):

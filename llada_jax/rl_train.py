@@ -17,7 +17,6 @@ zero). The train state, its optimizer, sharding, NaN guard and checkpoints are t
 the RL step, so a rerun resumes exactly (the prompts and keys are functions of the step).
 """
 import dataclasses
-import os
 import time
 
 import jax
@@ -25,17 +24,14 @@ import jax.numpy as jnp
 import numpy as np
 from jax.experimental import multihost_utils
 
-from llada_jax import checkpoint as ckpt_lib, inference, objectives, rl, rundir, sampling, train
+from llada_jax import checkpoint as ckpt_lib, inference, loop, objectives, rl, sampling, train
 from llada_jax.data import tasks as tasks_lib
 
-ALGORITHMS = ("grpo", "vrpo")
 PROMPT_STREAM = 0x524C  # the prompts' numpy stream and the RL keys' fold: apart from the training data's
 
 
 def validate(cfg, sharder):
     r, shards = cfg.rl, sharder.batch_size_multiple()
-    if r.algorithm not in ALGORITHMS:
-        raise rl.RLError(f"rl.algorithm={r.algorithm!r}; expected one of {', '.join(ALGORITHMS)}.")
     obj = objectives.get(cfg)
     if obj.causal or obj.pair or obj.blockwise:  # the estimates read one bidirectional pass over a masked sequence
         raise rl.RLError(f"objective={cfg.objective!r}: `llada rl` trains masked-diffusion runs (objective=mdm); the "
@@ -43,16 +39,9 @@ def validate(cfg, sharder):
     if not cfg.checkpoint.init_from:
         raise rl.RLError("checkpoint.init_from is empty: RL starts from a trained run (it is also the reference "
                          "policy); pass --config.checkpoint.init_from=RUN_DIR.")
-    if r.group_size < 2:
-        raise rl.RLError(f"rl.group_size={r.group_size}: advantages and preference pairs compare completions of one "
-                         f"prompt; use at least 2.")
     if r.prompts_per_step % shards:
         raise rl.RLError(f"rl.prompts_per_step={r.prompts_per_step} must be a multiple of the batch shards (mesh data "
                          f"x fsdp = {shards}).")
-    if r.inner_steps < 1:
-        raise rl.RLError(f"rl.inner_steps={r.inner_steps}; expected at least 1 update per batch of rollouts.")
-    if r.normalize not in rl.NORMALIZE:
-        raise rl.RLError(f"rl.normalize={r.normalize!r}; expected one of {', '.join(rl.NORMALIZE)}.")
 
 
 def prompt_width(cfg):
@@ -90,14 +79,16 @@ def _host(x):
     return np.asarray(multihost_utils.process_allgather(x, tiled=True))
 
 
-class Setup:
-    """The RL run's static parts: train.Setup (mesh, model, optimizer, state shardings) plus the task, the codec,
-    the rollout arguments and the compiled updates."""
+class RLStep:
+    """`llada rl`'s step function for loop.Loop: train.Setup (mesh, model, optimizer, state shardings) plus the task,
+    the codec, the rollout arguments and the compiled updates. Checkpoints carry the RL step."""
+    name = "RL step"
 
-    def __init__(self, cfg, devices=None):
-        self.cfg, self.base = cfg, train.Setup(cfg, devices)
-        validate(cfg, self.base.sharder)
-        self.model, r = self.base.model, cfg.rl
+    def __init__(self, setup, log=print):
+        self.setup, cfg = setup, setup.cfg
+        self.cfg, self.log, r = cfg, log, cfg.rl
+        validate(cfg, setup.sharder)
+        self.model = setup.model
         self.task = tasks_lib.get(r.task or cfg.data.synthetic_task)
         self.codec = inference.make_codec(cfg)
         self.ids = sampling.TokenIds.from_config(cfg)
@@ -105,12 +96,14 @@ class Setup:
         self.objective = objectives.get(cfg)
         self.args = self.objective.check_sampling(self.args, self.model, self.objective.block_size(cfg))
         self.width = prompt_width(cfg)
-        rep, state_sh = self.base.sharder.replicated, self.base.state_sharding
+        self.algorithm = rl.ALGORITHMS[r.algorithm]
+        rep, state_sh = setup.sharder.replicated, setup.state_sharding
         self.logps = jax.jit(self._logps)
         self.grpo_step = jax.jit(self._grpo_step, in_shardings=(state_sh, None, rep), out_shardings=(state_sh, rep),
                                  donate_argnums=(0,))
         self.vrpo_step = jax.jit(self._vrpo_step, in_shardings=(state_sh, None, None, rep),
                                  out_shardings=(state_sh, rep), donate_argnums=(0,))
+        self.ref_params = None
 
     # -- placing host arrays ---------------------------------------------------------------------------------------
     def put(self, **arrays):
@@ -118,17 +111,17 @@ class Setup:
         out = {}
         for k, v in arrays.items():
             v = np.asarray(v)
-            sh = self.base.sharder.named(("batch",) + (None,) * (v.ndim - 1))
+            sh = self.setup.sharder.named(("batch",) + (None,) * (v.ndim - 1))
             out[k] = jax.make_array_from_callback(v.shape, sh, lambda idx, v=v: v[idx])
         return out
 
     def reference(self, state, log=print):
         """The reference policy's params: the init_from run's (full fine-tuning), or the state's with the LoRA
         adapters at zero (the base)."""
-        if self.base.lora:  # a copy of the base: the updates donate the state's buffers
-            trainable, frozen = train.split_trainable(state["params"], self.base.lora)
+        if self.setup.lora:  # a copy of the base: the updates donate the state's buffers
+            trainable, frozen = train.split_trainable(state["params"], self.setup.lora)
             return train.join_trainable(jax.tree.map(jnp.zeros_like, trainable), jax.tree.map(jnp.copy, frozen))
-        abstract = self.base.abstract_state()["params"]
+        abstract = self.setup.abstract_state()["params"]
         return ckpt_lib.restore_params(self.cfg.checkpoint.init_from, abstract, log=log)[0]
 
     # -- rollouts ----------------------------------------------------------------------------------------------
@@ -163,12 +156,12 @@ class Setup:
 
     def _update(self, state, loss_fn):
         """One optimizer update of the trainable params on loss_fn(params) -> (loss, metrics)."""
-        trainable, frozen = train.split_trainable(state["params"], self.base.lora)
+        trainable, frozen = train.split_trainable(state["params"], self.setup.lora)
         (loss, aux), grads = jax.value_and_grad(
             lambda p: loss_fn(train.join_trainable(p, frozen)), has_aux=True)(trainable)
-        new_state, grad_norm, finite = self.base.apply_grads(state, loss, grads)
+        new_state, grad_norm, finite = self.setup.apply_grads(state, loss, grads)
         return new_state, {"loss": loss, "grad_norm": grad_norm, "skipped": 1 - finite.astype(jnp.int32),
-                           "lr": self.base.lr(state["step"]) * state["lr_scale"], **aux}
+                           "lr": self.setup.lr(state["step"]) * state["lr_scale"], **aux}
 
     def _grpo_step(self, state, batch, key):
         """batch: prompt, prompt_mask, completion, completion_mask, advantages, and logp_old / logp_ref [B, L]
@@ -193,102 +186,94 @@ class Setup:
         return self._update(state, loss_fn)
 
     def step(self, state, ref_params, step):
-        """RL step `step` (rollouts, then rl.inner_steps updates): (state, metrics as floats)."""
+        """RL step `step` (rollouts, then rl.inner_steps updates of the algorithm): (state, metrics as floats)."""
         r = self.cfg.rl
         key = jax.random.fold_in(jax.random.fold_in(jax.random.wrap_key_data(state["rng"]), PROMPT_STREAM), step)
         k_roll, k_inner = jax.random.split(key)
         _, host, rewards, _ = self.rollouts(state["params"], step, k_roll)
         keys = [jax.random.fold_in(k_inner, i) for i in range(r.inner_steps)]
-        metrics = []
-        if r.algorithm == "grpo":
-            adv = np.asarray(rl.grpo_advantages(rewards, r.group_size, scale=r.scale_advantages))
-            batch = self.put(**host, completion_mask=through_first_eos(host["completion"], self.ids.eos_id),
-                             advantages=adv)
-            extra = []  # the old and the reference policy's log-probabilities, before the first update
-            for k in keys:
-                e = {"logp_old": self.logps(state["params"], batch, k)} if r.inner_steps > 1 else {}
-                if r.beta > 0:
-                    e["logp_ref"] = self.logps(ref_params, batch, k)
-                extra.append(e)
-            for k, e in zip(keys, extra):
-                state, m = self.grpo_step(state, {**batch, **e}, k)
-                metrics.append(m)
-        else:
-            chosen, rejected, weights = preference_pairs(rewards, r.group_size)
-            first = np.arange(r.prompts_per_step) * r.group_size
-            batch = self.put(prompt=host["prompt"][first], prompt_mask=host["prompt_mask"][first],
-                             chosen=host["completion"][chosen], rejected=host["completion"][rejected],
-                             weights=weights)
-            for k in keys:
-                state, m = self.vrpo_step(state, ref_params, batch, k)
-                metrics.append(m)
+        state, metrics, extra = self.algorithm.updates(self, state, ref_params, host, rewards, keys)
         out = {k: float(np.mean([float(m[k]) for m in metrics])) for k in metrics[0]}
         out["skipped"] = int(round(out["skipped"] * len(metrics)))
         out["reward"] = float(np.mean(rewards))
-        if r.algorithm == "vrpo":
-            out["pairs"] = float(np.mean(weights))
-        return state, out
+        return state, {**out, **extra}
+
+    def grpo_updates(self, state, ref_params, host, rewards, keys):
+        """diffu-GRPO: group advantages; the old and the reference log-probabilities before the first update."""
+        r = self.cfg.rl
+        adv = np.asarray(rl.grpo_advantages(rewards, r.group_size, scale=r.scale_advantages))
+        batch = self.put(**host, completion_mask=through_first_eos(host["completion"], self.ids.eos_id),
+                         advantages=adv)
+        extra = []
+        for k in keys:
+            e = {"logp_old": self.logps(state["params"], batch, k)} if r.inner_steps > 1 else {}
+            if r.beta > 0:
+                e["logp_ref"] = self.logps(ref_params, batch, k)
+            extra.append(e)
+        metrics = []
+        for k, e in zip(keys, extra):
+            state, m = self.grpo_step(state, {**batch, **e}, k)
+            metrics.append(m)
+        return state, metrics, {}
+
+    def vrpo_updates(self, state, ref_params, host, rewards, keys):
+        """VRPO: DPO on ELBO estimates of a right over a wrong completion of each prompt (weight 0 without a pair)."""
+        r = self.cfg.rl
+        chosen, rejected, weights = preference_pairs(rewards, r.group_size)
+        first = np.arange(r.prompts_per_step) * r.group_size
+        batch = self.put(prompt=host["prompt"][first], prompt_mask=host["prompt_mask"][first],
+                         chosen=host["completion"][chosen], rejected=host["completion"][rejected], weights=weights)
+        metrics = []
+        for k in keys:
+            state, m = self.vrpo_step(state, ref_params, batch, k)
+            metrics.append(m)
+        return state, metrics, {"pairs": float(np.mean(weights))}
+
+    # -- the loop's step function (loop.Loop) ---------------------------------------------------------------
+    def resume(self, state, data_state):
+        return int(data_state["rl_step"]) if data_state else 0
+
+    def begin(self, state):
+        """The reference policy (none when grpo has rl.beta = 0: no KL term, no reference pass) and the run's line."""
+        cfg, r = self.cfg, self.cfg.rl
+        unused = not self.algorithm.uses_reference(r)
+        self.ref_params = None if unused else self.reference(state, self.log)
+        self.log(f"rl: {r.algorithm} on task {self.task.name} ({self.task.metric}), {r.prompts_per_step} prompts x "
+                 f"{r.group_size} completions of {cfg.sampling.gen_length} tokens per step, {r.inner_steps} update(s) "
+                 f"each; reference {'none (rl.beta=0)' if unused else cfg.checkpoint.init_from}"
+                 f"{' (LoRA base)' if self.setup.lora and not unused else ''}")
+
+    def fetch(self, clock):
+        return None
+
+    def compile_key(self, step):
+        return {}
+
+    def run(self, state, inputs, step):
+        return self.step(state, self.ref_params, step)
+
+    def data_state(self, step):
+        return {"rl_step": step}
+
+    def report(self, fetched, step, steps_done, elapsed, state):
+        row = {k: float(np.mean([m[k] for m in fetched])) for k in fetched[0]}
+        row["skipped"] = int(sum(m["skipped"] for m in fetched))
+        row["seconds_per_step"] = elapsed / len(fetched)
+        steps = self.cfg.train.steps
+        extra = " ".join(f"{k} {row[k]:.4f}" for k in self.algorithm.log_keys)
+        line = (f"rl step {step}/{steps} reward {row['reward']:.3f} loss {row['loss']:.4f} {extra} lr {row['lr']:.2e} "
+                f"| {row['seconds_per_step']:.2f} s/step{loop.eta(steps - step, elapsed, steps_done)}"
+                f"{' | skipped ' + str(row['skipped']) + ' non-finite' if row['skipped'] else ''}")
+        return row, line
 
 
-LOG_KEYS = {"grpo": ("kl", "clip_fraction"), "vrpo": ("pairs", "reward_margin", "accuracy")}
-
-
-def rl_train(cfg, workdir, log=print, devices=None):
-    """Runs `llada rl` for `cfg` into `workdir`, resuming from its newest readable checkpoint. Returns (state,
-    history: one row per logged step)."""
+def rl_train(cfg, workdir, log=print, devices=None, hooks=()):
+    """Runs `llada rl` for `cfg` into `workdir` (loop.Loop with RLStep), resuming from its newest readable
+    checkpoint. Returns (state, history: one row per logged step). `hooks`: (fn, every) pairs for Loop.add_hook."""
+    started = time.time()
     log = log if jax.process_index() == 0 else (lambda *a, **k: None)
-    setup = Setup(cfg, devices)
-    os.makedirs(workdir, exist_ok=True)
-    with rundir.HostsLock(workdir, log):
-        return _rl(setup, cfg, workdir, log)
-
-
-def _rl(setup, cfg, workdir, log):
-    tr, r = cfg.train, cfg.rl
-    ckpt = ckpt_lib.Tiers(workdir, cfg)
-    state, data_state, _ = train.start_state(setup.base, cfg, ckpt, log)
-    step = int(data_state["rl_step"]) if data_state else 0
-    unused = r.algorithm == "grpo" and r.beta == 0  # no KL term: no reference pass
-    ref_params = None if unused else setup.reference(state, log)
-    rundir.truncate_metrics(workdir, step, log)
-    if jax.process_index() == 0:
-        rundir.save_config(workdir, cfg)
-    log(f"rl: {r.algorithm} on task {setup.task.name} ({setup.task.metric}), {r.prompts_per_step} prompts x "
-        f"{r.group_size} completions of {cfg.sampling.gen_length} tokens per step, {r.inner_steps} update(s) each; "
-        f"reference {'none (rl.beta=0)' if unused else cfg.checkpoint.init_from}"
-        f"{' (LoRA base)' if setup.base.lora and not unused else ''}")
-    writer, preemption = train.MetricsWriter(workdir, cfg), ckpt_lib.Preemption()
-    history, window, t_last = [], [], time.perf_counter()
-    try:
-        while step < tr.steps:
-            state, metrics = setup.step(state, ref_params, step)
-            step += 1
-            window.append(metrics)
-            if step % tr.log_every == 0 or step == tr.steps:
-                now = time.perf_counter()
-                row = {k: float(np.mean([m[k] for m in window])) for k in window[0]}
-                row["skipped"] = int(sum(m["skipped"] for m in window))
-                row["seconds_per_step"] = (now - t_last) / len(window)
-                writer.write(step, row)
-                history.append({"step": step, **row})
-                extra = " ".join(f"{k} {row[k]:.4f}" for k in LOG_KEYS[r.algorithm])
-                log(f"rl step {step}/{tr.steps} reward {row['reward']:.3f} loss {row['loss']:.4f} {extra} lr "
-                    f"{row['lr']:.2e} | {row['seconds_per_step']:.2f} s/step | eta "
-                    f"{train._fmt_time((tr.steps - step) * row['seconds_per_step'])}"
-                    f"{' | skipped ' + str(row['skipped']) + ' non-finite' if row['skipped'] else ''}")
-                window, t_last = [], now
-            preempted = preemption.reached(step)
-            save_to = ckpt.due(step, step == tr.steps) or ((ckpt.persistent,) if preempted else ())
-            for tier in save_to:
-                tier.save(step, state, {"rl_step": step}, cfg, force=True)
-                writer.checkpoint_saved(step)
-            if preempted:
-                ckpt.wait()
-                raise train.Preempted(f"preempted (SIGTERM): saved the checkpoint of RL step {step} in "
-                                      f"{ckpt.directory}; rerun the same command to resume.")
-        ckpt.wait()
-    finally:
-        preemption.close()
-        writer.close()
-        ckpt.close()
-    return state, history
+    setup = train.Setup(cfg, devices)
+    runner = loop.Loop(setup, RLStep(setup, log), workdir, log, started)
+    for fn, every in hooks:
+        runner.add_hook(fn, every)
+    return runner.run()

@@ -57,7 +57,7 @@ from llada_jax import (
     rundir,
     train,
 )
-from llada_jax.data import tasks
+from llada_jax.data import sources, tasks
 from llada_jax.errors import LladaError
 
 EVAL_ONLY_PREFIXES = ("sampling.", "eval.")  # keys that change evaluation, not training
@@ -183,7 +183,7 @@ def build(base, common, point):
     try:
         cfg = config_lib.build_config(base, list(common) + [(k, value_text(v)) for k, v in point.items()])
         tasks.task_names(cfg.eval.tasks)
-        if cfg.data.source == "synthetic":
+        if sources.get(cfg).builtin:
             tasks.get(cfg.data.synthetic_task)
     except (config_lib.ConfigError, tasks.TaskError) as e:
         raise SweepError(f"sweep point {point_name(point)}: {e}") from None

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from llada_jax import cli, config as config_lib, rl, rl_train, rundir, train
+from llada_jax import cli, config as config_lib, goodput, loop, rl, rl_train, rundir, settings, train
 from llada_jax.data import tasks
 
 QUIET = lambda *a, **k: None  # noqa: E731
@@ -96,8 +96,8 @@ def test_countdown_rl_config_fits_its_prompts_and_answers_and_rewards_any_soluti
 
 def test_rewards_advantages_and_the_grpo_loss_match_a_direct_computation(base_run, one_device):
     cfg = rl_config(base_run, rl__beta="0.0")
-    setup = rl_train.Setup(cfg, one_device)
-    state = train.start_state(setup.base, cfg, _NoCheckpoints(), QUIET)[0]
+    setup = rl_train.RLStep(train.Setup(cfg, one_device))
+    state = loop.start_state(setup.setup, cfg, _NoCheckpoints(), QUIET)[0]
     key = jax.random.key(3)
     examples, host, rewards, texts = setup.rollouts(state["params"], 0, key)
     for i, text in enumerate(texts):  # the reward: exact match of the text through the first EOS
@@ -143,8 +143,8 @@ class _NoCheckpoints:
 
 def test_vrpo_loss_is_dpo_over_the_real_pairs_only(base_run, one_device):
     cfg = rl_config(base_run, "vrpo")
-    setup = rl_train.Setup(cfg, one_device)
-    state = train.start_state(setup.base, cfg, _NoCheckpoints(), QUIET)[0]
+    setup = rl_train.RLStep(train.Setup(cfg, one_device))
+    state = loop.start_state(setup.setup, cfg, _NoCheckpoints(), QUIET)[0]
     _, host, rewards, _ = setup.rollouts(state["params"], 0, jax.random.key(5))
     rewards = np.array([1, 0, 0, 0] * 4 + [1, 1, 1, 1] * 4, np.float32)  # pairs in the first 4 prompts only
     chosen, rejected, weights = rl_train.preference_pairs(rewards, 4)
@@ -228,15 +228,53 @@ def test_llada_rl_command_runs_and_logs_rewards(base_run, tmp_path, capsys):
     assert [r["step"] for r in rows(workdir)] == [1, 2]
 
 
-@pytest.mark.parametrize("key, value, message", [
-    ("objective", "arm", "objective=mdm"),
-    ("checkpoint.init_from", "", "init_from is empty"),
-    ("rl.prompts_per_step", "3", "multiple of the batch shards"),
-    ("rl.algorithm", "ppo", "expected one of grpo, vrpo"),
-    ("rl.group_size", "1", "at least 2"),
+@pytest.mark.parametrize("key, value, error, message", [
+    ("objective", "arm", rl.RLError, "objective=mdm"),
+    ("checkpoint.init_from", "", rl.RLError, "init_from is empty"),
+    ("rl.prompts_per_step", "3", rl.RLError, "multiple of the batch shards"),
+    ("rl.algorithm", "ppo", settings.SettingsError, r"rl.algorithm='ppo'; expected one of grpo, vrpo\."),
+    ("rl.group_size", "1", settings.SettingsError, "rl.group_size=1; expected at least 2"),
 ])
-def test_bad_rl_settings_fail_with_what_to_do(base_run, key, value, message):
+def test_bad_rl_settings_fail_with_what_to_do(base_run, key, value, error, message):
     cfg = rl_config(base_run)
     config_lib.override(cfg, key, value)
-    with pytest.raises(rl.RLError, match=message):
-        rl_train.Setup(cfg, jax.devices()[:2] if key == "rl.prompts_per_step" else jax.devices()[:1])
+    with pytest.raises(error, match=message):
+        rl_train.RLStep(train.Setup(cfg, jax.devices()[:2] if key == "rl.prompts_per_step" else jax.devices()[:1]))
+
+
+def test_rl_rolls_back_after_non_finite_steps_and_records_goodput(base_run, tmp_path, one_device, monkeypatch,
+                                                                  capsys):
+    """The shared loop: NaN rewards at RL steps 3 and 4 (1-based) make non-finite updates; with nan_patience 2 the
+    run restores step 2's checkpoint at a lower LR and runs steps 3.. again; events.jsonl makes `llada goodput` work;
+    a hook every 2 steps sees the steps the loop reaches, the re-run ones included."""
+    poisoned = {2, 3}  # 0-based RL steps, until the first rollback
+    real = rl_train.RLStep.rollouts
+
+    def rollouts(self, params, step, key):
+        examples, host, rewards, texts = real(self, params, step, key)
+        return examples, host, rewards * (np.nan if step in poisoned else 1.0), texts
+
+    def resume(self, state, data_state, real_resume=rl_train.RLStep.resume):
+        if data_state is not None:
+            poisoned.clear()
+        return real_resume(self, state, data_state)
+
+    monkeypatch.setattr(rl_train.RLStep, "rollouts", rollouts)
+    monkeypatch.setattr(rl_train.RLStep, "resume", resume)
+    cfg = rl_config(base_run, train__steps=6, checkpoint__every_steps=2, train__nan_patience=2,
+                    train__nan_lr_factor=0.5)
+    workdir, lines, seen = str(tmp_path / "nan"), [], []
+    state, history = rl_train.rl_train(cfg, workdir, log=lines.append, devices=one_device,
+                                       hooks=[(lambda s, step: seen.append(step), 2)])
+    assert [(h["step"], h["skipped"]) for h in history][:3] == [(1, 0), (2, 0), (3, 1)]
+    assert "NaN guard: 2 consecutive non-finite steps up to RL step 4; restored the checkpoint of RL step 2 and set " \
+           "the LR multiplier to 0.5" in lines
+    assert [h["step"] for h in history][3:] == [3, 4, 5, 6] and not any(h["skipped"] for h in history[3:])
+    assert seen == [2, 4, 4, 6]
+    assert int(state["rollbacks"]) == 1 and float(state["lr_scale"]) == 0.5
+    assert [r["step"] for r in rows(workdir)] == [1, 2, 3, 4, 5, 6]
+    assert rows(workdir)[-1]["lr"] == pytest.approx(0.5 * cfg.optim.peak_lr)
+    g = goodput.summarize(workdir)
+    assert (g["rollbacks"], g["recomputed_steps"], g["productive_steps"]) == (1, 2, 6)
+    cli.main(["goodput", f"--workdir={workdir}"])
+    assert "6 steps kept, 2 recomputed; 1 process(es), 1 rollback(s)" in capsys.readouterr().out

@@ -9,7 +9,7 @@ import sys
 import pytest
 from conftest import losses, tiny_config
 
-from llada_jax import train
+from llada_jax import loop, settings, train
 
 wandb_internal_pb2 = pytest.importorskip("wandb.proto.wandb_internal_pb2", reason="the `test` extra installs wandb")
 
@@ -91,12 +91,12 @@ def test_without_wandb_the_error_says_how_to_install_it(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "wandb", None)  # import wandb raises ImportError
     cfg = tiny_config()
     cfg.logging.wandb = "online"
-    with pytest.raises(train.TrainError, match=r"logging.wandb='online' needs the wandb package: pip install wandb"):
-        train.MetricsWriter(str(tmp_path), cfg)
+    with pytest.raises(loop.LoopError, match=r"logging.wandb='online' needs the wandb package: pip install wandb"):
+        loop.MetricsWriter(str(tmp_path), cfg)
 
 
 def test_an_unknown_wandb_mode_is_refused(one_device):
     cfg = tiny_config()
     cfg.logging.wandb = "on"
-    with pytest.raises(train.TrainError, match=r"logging.wandb='on'; expected one of off, online, offline"):
+    with pytest.raises(settings.SettingsError, match=r"logging.wandb='on'; expected one of off, online, offline"):
         train.Setup(cfg, one_device)
