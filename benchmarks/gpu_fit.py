@@ -10,12 +10,12 @@ the GPUs (memory grows with the per-GPU micro-batch); every compiled candidate i
 "Fits" means within JAX's GPU allocator, XLA_PYTHON_CLIENT_MEM_FRACTION of the memory (0.75 unless set; the rest is
 cuDNN / cuBLAS workspace, NCCL buffers and the CUDA context): raising it to ~0.9 at run time admits bigger batches.
 """
-import argparse
-import json
 import time
 from importlib import metadata
 
-from llada_jax import aot, config as config_lib
+from aot_fit import candidate_config, fit_arguments, model_topologies, print_header, write_rows  # the TPU table's
+
+from llada_jax import aot
 
 GIB = 1 << 30
 
@@ -26,57 +26,43 @@ def micro_batch_counts(global_batch, devices):
 
 
 def main():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--models", default="llada_1b,llada_8b")
-    p.add_argument("--topologies", default="h100:8,h200:8")
-    p.add_argument("--remats", default="save_dots_no_batch,full", help="remat policies, each searched on its own")
-    p.add_argument("--global_batch", type=int, default=1280)
-    p.add_argument("--seq_len", type=int, default=4096)
-    p.add_argument("--out", default="", help="also write the rows as JSON lines to this file")
-    args = p.parse_args()
-    print(f"<!-- jax {metadata.version('jax')}, jax-cuda12-plugin {metadata.version('jax-cuda12-plugin')}, "
-          f"cuDNN {metadata.version('nvidia-cudnn-cu12')}; global batch {args.global_batch} x {args.seq_len} -->")
-    print("| model | GPUs | remat | micro-batches | sequences per GPU per micro-batch | arguments | temporaries | "
-          "total per GPU | of HBM | fits |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    args = fit_arguments(__doc__, "h100:8,h200:8", "remat policies, each searched on its own").parse_args()
+    print_header(f"jax-cuda12-plugin {metadata.version('jax-cuda12-plugin')}, cuDNN "
+                 f"{metadata.version('nvidia-cudnn-cu12')}; global batch {args.global_batch} x {args.seq_len}",
+                 ["model", "GPUs", "remat", "micro-batches", "sequences per GPU per micro-batch", "arguments",
+                  "temporaries", "total per GPU", "of HBM", "fits"])
     rows = []
-    for model in args.models.split(","):
-        for topo in args.topologies.split(","):
-            gpus = aot.parse_topology(topo)[2]
-            for remat in args.remats.split(","):
-                counts = micro_batch_counts(args.global_batch, gpus)
-                lo, hi, best = 0, len(counts) - 1, None  # bisection: the fewest micro-batches that fit
-                while lo <= hi:
-                    mid = (lo + hi) // 2
-                    micro = counts[mid]
-                    cfg = config_lib.load_config(f"configs/{model}.py")
-                    cfg.model.remat, cfg.train.micro_batches = remat, micro
-                    cfg.train.global_batch, cfg.train.seq_len = args.global_batch, args.seq_len
-                    per_gpu = args.global_batch // gpus // micro
-                    t0 = time.perf_counter()
-                    try:
-                        r = aot.compile_step(cfg, topo)
-                    except Exception as e:  # noqa: BLE001  (a candidate that cannot compile counts as not fitting)
-                        print(f"<!-- {model} {topo} {remat} x{micro}: {type(e).__name__}: {str(e)[:300]} -->",
-                              flush=True)
-                        lo = mid + 1
-                        continue
-                    rows.append({"model": model, **r, "seconds": time.perf_counter() - t0})
-                    print(f"| {model} | {r['devices']} x {r['device_kind']} | {remat} | {micro} | {per_gpu} | "
-                          f"{r['argument_bytes'] / GIB:.2f} GiB | {r['temp_bytes'] / GIB:.2f} GiB | "
-                          f"{r['total_bytes'] / GIB:.2f} GiB | {r['total_bytes'] / r['hbm_bytes']:.0%} of "
-                          f"{r['hbm_bytes'] / GIB:.0f} GiB | {'yes' if r['fits'] else 'no'} |", flush=True)
-                    if r["fits"]:
-                        best, hi = micro, mid - 1
-                    else:
-                        lo = mid + 1
-                    if args.out:  # after every row: a long run that is stopped keeps what it measured
-                        with open(args.out, "w") as f:
-                            f.writelines(json.dumps(x) + "\n" for x in rows)
-                print(f"<!-- {model} on {topo}, remat {remat}: "
-                      + (f"fewest micro-batches that fit: {best} ({args.global_batch // gpus // best} sequences per "
-                         f"GPU per micro-batch) -->" if best else "does not fit at any micro-batch count -->"),
-                      flush=True)
+    for model, topo, gpus in model_topologies(args):
+        for remat in args.remats.split(","):
+            counts = micro_batch_counts(args.global_batch, gpus)
+            lo, hi, best = 0, len(counts) - 1, None  # bisection: the fewest micro-batches that fit
+            while lo <= hi:
+                mid = (lo + hi) // 2
+                micro = counts[mid]
+                cfg = candidate_config(model, remat, micro, args)
+                per_gpu = args.global_batch // gpus // micro
+                t0 = time.perf_counter()
+                try:
+                    r = aot.compile_step(cfg, topo)
+                except Exception as e:  # noqa: BLE001  (a candidate that cannot compile counts as not fitting)
+                    print(f"<!-- {model} {topo} {remat} x{micro}: {type(e).__name__}: {str(e)[:300]} -->",
+                          flush=True)
+                    lo = mid + 1
+                    continue
+                rows.append({"model": model, **r, "seconds": time.perf_counter() - t0})
+                print(f"| {model} | {r['devices']} x {r['device_kind']} | {remat} | {micro} | {per_gpu} | "
+                      f"{r['argument_bytes'] / GIB:.2f} GiB | {r['temp_bytes'] / GIB:.2f} GiB | "
+                      f"{r['total_bytes'] / GIB:.2f} GiB | {r['total_bytes'] / r['hbm_bytes']:.0%} of "
+                      f"{r['hbm_bytes'] / GIB:.0f} GiB | {'yes' if r['fits'] else 'no'} |", flush=True)
+                if r["fits"]:
+                    best, hi = micro, mid - 1
+                else:
+                    lo = mid + 1
+                write_rows(args.out, rows)
+            print(f"<!-- {model} on {topo}, remat {remat}: "
+                  + (f"fewest micro-batches that fit: {best} ({args.global_batch // gpus // best} sequences per "
+                     f"GPU per micro-batch) -->" if best else "does not fit at any micro-batch count -->"),
+                  flush=True)
 
 
 if __name__ == "__main__":

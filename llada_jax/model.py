@@ -168,7 +168,7 @@ def head_weight(params, m):
 
 
 def shift(x, blocks=None):
-    """model.shift_logits (the token shift of Dream and Fast-dLLM v2; docs/architecture.md#token-shift): position
+    """model.shift_logits (the token shift of Dream and Fast-dLLM v2; docs/adaptation.md#the-token-shift): position
     i's output is position i - 1's, so a masked token at i is predicted where an autoregressive head predicts it.
     Position 0 keeps its own (nothing predicts it: diffusion never masks it). x [B, T, ...]; under block
     diffusion's pair [x_t ; x_0] (blocks.pair), the first position of each block of x_t takes the clean copy's

@@ -1,4 +1,5 @@
-"""Every command the README shows runs as written: its ```bash blocks, in order, in a scratch directory.
+"""Every command the README and docs/cli.md show runs as written: the README's ```bash blocks, then docs/cli.md's, in
+order, in one scratch directory (docs/cli.md's examples use what the README's made, e.g. the trained run runs/tiny).
 
 The default `llada train` runs in full, and the first run's answer must be the one the README prints. Later
 `llada train` commands run a few steps (SHORTEN), and a few inputs are cut to keep CI short; nothing else changes.
@@ -17,6 +18,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text()
+CLI = (ROOT / "docs" / "cli.md").read_text()  # the per-command reference; its examples run after the README's
 
 # What a command runs with in this test, on top of what it says: few steps, small inputs.
 SHORTEN = [
@@ -27,15 +29,15 @@ REPLACE = [(r"--max_files=\d+", "--max_files=60"), (r"--n=\d+", "--n=4"), (r"--v
            (r"--config.train.steps=\d+", "--config.train.steps=3"), (r"--perplexity=\d+", "--perplexity=4")]
 
 
-def blocks(kind):
-    return re.findall(rf"```{kind}\n(.*?)```", README, re.S)
+def blocks(kind, text=README):
+    return re.findall(rf"```{kind}\n(.*?)```", text, re.S)
 
 
-def commands(which=None):
-    """The README's shell commands in order (of the bash blocks `which`, default all): continuation lines joined,
-    comments dropped, `a && b` split."""
+def commands(which=None, text=README):
+    """A page's shell commands in order (of the bash blocks `which`, default all; the README unless `text`):
+    continuation lines joined, comments dropped, `a && b` split."""
     out = []
-    for block in blocks("bash")[which] if which is not None else blocks("bash"):
+    for block in blocks("bash", text)[which] if which is not None else blocks("bash", text):
         for line in block.replace("\\\n", " ").splitlines():
             words = shlex.split(line, comments=True)
             while words:
@@ -43,6 +45,27 @@ def commands(which=None):
                 out.append(shlex.join(words[:cut]))
                 words = words[cut + 1:]
     return out
+
+
+def shown_commands():
+    """What test_every_readme_command_runs runs, before SHORTEN / REPLACE: the README's commands, then docs/cli.md's."""
+    return commands() + commands(text=CLI)
+
+
+def process_argv(words):
+    """How this test runs a shown command (split into words), or None for one it does not know."""
+    if words[0] == "llada":
+        return [sys.executable, "-m", "llada_jax.cli", *words[1:]]
+    if words[:2] == ["python", "launch/local_multiprocess.py"]:
+        return [sys.executable, str(ROOT / words[1]), *words[2:]]
+    return None
+
+
+def test_every_shown_command_is_one_this_test_runs():
+    """Fast: docs/cli.md has its examples, and each shown command is set-up or one the slow test knows how to run."""
+    assert len(commands(text=CLI)) >= 15
+    for command in shown_commands():
+        assert command.startswith(("pip ", "python -m pytest")) or process_argv(shlex.split(command)), command
 
 
 def test_the_readme_test_command_is_what_ci_runs():
@@ -58,7 +81,7 @@ def test_every_readme_command_runs(tmp_path):
     env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": ""}
     answers = [line for block in blocks("text") for line in block.splitlines() if re.fullmatch(r"\d+\+\d+=\d+", line)]
     first_train, ran = True, 0
-    for command in commands():
+    for command in shown_commands():
         if command.startswith(("pip ", "python -m pytest")):
             continue
         if re.search(r"--topology=h[12]00", command) and importlib.util.find_spec("jax_cuda12_plugin") is None:
@@ -73,12 +96,8 @@ def test_every_readme_command_runs(tmp_path):
                 if re.match(pattern, command):
                     command = " ".join([command] + [e for e in extra if e.split("=")[0] + "=" not in command])
         words = shlex.split(command)
-        if words[0] == "llada":
-            argv = [sys.executable, "-m", "llada_jax.cli", *words[1:]]
-        elif words[:2] == ["python", "launch/local_multiprocess.py"]:
-            argv = [sys.executable, str(ROOT / words[1]), *words[2:]]
-        else:
-            pytest.fail(f"the README shows a command this test does not know how to run: {command}")
+        if (argv := process_argv(words)) is None:
+            pytest.fail(f"the README or docs/cli.md shows a command this test does not know how to run: {command}")
         out = subprocess.run(argv, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=1200)
         assert out.returncode == 0, f"{command}\n{out.stderr[-3000:]}"
         if words == ["llada", "sample", "--prompt=12+34="]:  # the first run: the answer the README shows
