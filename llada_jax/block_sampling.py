@@ -14,6 +14,7 @@ import jax.numpy as jnp
 
 from llada_jax import attention, model as model_lib, sampling
 from llada_jax.sampling import SamplingError
+from llada_jax.sampling_args import num_blocks
 
 
 class _Context(NamedTuple):
@@ -28,6 +29,7 @@ class _Context(NamedTuple):
     key_mask: jax.Array  # [B, T]
     blocks: attention.Blocks  # the block-causal mask
     steps_per_block: jax.Array
+    noise_width: int  # the sequence length of gen_length rounded up to whole blocks: the random remasking draw's width
 
 
 class _Blocks(NamedTuple):
@@ -96,7 +98,7 @@ def _step(ctx, start, masked0, kv, prev, carry):
     commit, x0 = sampling.decide(_block_logits(ctx, x, start, kv, prev), _in_block(ctx, x, start),
                                  jnp.ones((bl,), bool),
                                  sampling.commit_count(masked0, ctx.steps_per_block, i), ctx.dyn["temperature"],
-                                 ctx.dyn["threshold"], (k_gumbel, k_random, start, ctx.pos.shape[0]), ctx.st)
+                                 ctx.dyn["threshold"], (k_gumbel, k_random, start, ctx.noise_width), ctx.st)
     x, order = sampling.apply_commit(x, order, commit, x0, start, start, n_step, ids.mask_id)
     return i + 1, x, order, n_step + 1, passes + 1
 
@@ -142,13 +144,15 @@ def _generate_blocks(model, params, prompt, prompt_mask, key, dyn, st):
     ids, gen_length, bl = st["ids"], st["gen_length"], st["block_length"]
     b, p_len = prompt.shape
     lens = jnp.sum(prompt_mask, -1).astype(jnp.int32)  # real prompt tokens per row
-    t_len = -(-(p_len + gen_length) // bl) * bl  # whole blocks
+    blocks = num_blocks(gen_length, bl)
+    t_len = num_blocks(p_len + gen_length, bl) * bl  # whole blocks
+    noise_width = num_blocks(p_len + blocks * bl, bl) * bl  # what t_len is when gen_length is a multiple of bl
     pos = jnp.arange(t_len)
     prompt_region = pos[None, :] < lens[:, None]
     x = jnp.pad(jax.vmap(lambda r, n: jnp.roll(r, n - p_len))(prompt, lens), ((0, 0), (0, t_len - p_len)))
     x = jnp.where(prompt_region, x, ids.mask_id)
     ctx = _Context(model, params, key, dyn, st, pos, prompt_region, jnp.ones((b, t_len), bool), attention.Blocks(bl),
-                   dyn["steps"] // (gen_length // bl))
+                   dyn["steps"] // blocks, noise_width)
     kv, prev = None, jnp.zeros((b, model.m.vocab_size), jnp.float32)  # position 0 (a prompt token) takes prev
     if st["cached"]:
         m = model.m
@@ -168,16 +172,19 @@ _generate_blocks_jit = jax.jit(_generate_blocks, static_argnames=("model", "st")
 
 def validate(args, model, block_size):
     """sampling.validate() for block diffusion decoding; returns the args it runs with (block_length = block_size,
-    no Fast-dLLM cache: this decoder's own cache is exact)."""
+    no Fast-dLLM cache: this decoder's own cache is exact). gen_length need not be a multiple of the block size: the
+    number of blocks is gen_length / block_size rounded up (sampling_args.num_blocks), and steps must be a positive
+    multiple of it."""
     if not isinstance(model, model_lib.Model):
         raise SamplingError("block diffusion decoding needs a model_lib.Model (it runs block-causal attention and "
                             "keeps keys and values).")
-    if args.gen_length % block_size:
-        raise SamplingError(f"gen_length={args.gen_length} must be a multiple of the model's block size "
-                            f"diffusion.block_size={block_size}; e.g. gen_length="
-                            f"{-(-args.gen_length // block_size) * block_size}.")
+    if args.gen_length <= 0:
+        raise SamplingError(f"gen_length={args.gen_length} must be positive.")
+    blocks = num_blocks(args.gen_length, block_size)
+    sampling.check_steps(args, blocks, f"gen_length / the model's diffusion.block_size = {args.gen_length} / "
+                                       f"{block_size}, rounded up")
     args = dataclasses.replace(args, block_length=block_size, cache="none")
-    sampling.validate(args, model)
+    sampling.validate(dataclasses.replace(args, gen_length=blocks * block_size), model)  # the other fields' checks
     return args
 
 
@@ -185,10 +192,12 @@ def generate(model, params, prompt, prompt_mask, key, args, ids, block_size, *, 
     """Samples up to `args.gen_length` tokens after each (left-padded) prompt with a block-diffusion model
     (objective=block) whose blocks are `block_size` long: each prompt decoded from position 0 with blocks from
     there, as in training (so batching prompts of different lengths changes nothing); steps per block = args.steps
-    / (gen_length / block_size); args.block_length, args.cache and args.attend_padding do not apply (the cache is
+    / ceil(gen_length / block_size); args.block_length, args.cache and args.attend_padding do not apply (the cache is
     always exact; there is no padding inside a row). Generation stops after the block in which every row has an
-    EOS; undecoded positions stay [MASK]. Returns sampling.generate()'s dict (tokens: the left-padded prompt ++ the
-    answer) plus blocks (blocks run); full_passes / window_passes count whole-sequence / cached evaluations (each
+    EOS; undecoded positions stay [MASK]. A gen_length that is not a multiple of block_size gives the first
+    gen_length tokens of the answer of gen_length rounded up to one, with the same steps (blocks are block-causal:
+    only the blocks that hold the answer run). Returns sampling.generate()'s dict (tokens: the left-padded prompt ++
+    the answer) plus blocks (blocks run); full_passes / window_passes count whole-sequence / cached evaluations (each
     block's steps and each finished block's keys and values)."""
     args = validate(args, model, block_size)
     prompt = jnp.asarray(prompt, jnp.int32)

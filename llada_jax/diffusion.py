@@ -45,16 +45,10 @@ def block_pair(x_t, x_0, *rows):
 SCHEDULE_UNITS = ("steps", "tokens")
 
 
-def schedule_unit(cfg):
-    """What a diffusion.block_size_schedule entry's `until` counts: "steps" (the default; configs saved before the
-    option have none) or "tokens"."""
-    return cfg.diffusion.get("block_size_schedule_unit", "steps")
-
-
 def until_step(cfg, until):
     """The first training step a diffusion.block_size_schedule entry (until, size) no longer covers: `until` itself
     (unit "steps"), or the first step that starts at `until` training tokens or later (unit "tokens")."""
-    if schedule_unit(cfg) == "steps":
+    if cfg.diffusion.block_size_schedule_unit == "steps":
         return int(until)
     return -(-int(until) // optim.tokens_per_step(cfg))
 

@@ -10,8 +10,17 @@ import os
 import jax
 import numpy as np
 
-from llada_jax import checkpoint, config as config_lib, model as model_lib, objectives, rundir, sampling, sharding
-from llada_jax.data import chat, synthetic, tokenizer
+from llada_jax import (
+    checkpoint,
+    config as config_lib,
+    model as model_lib,
+    objectives,
+    rundir,
+    sampling,
+    sampling_args,
+    sharding,
+)
+from llada_jax.data import chat, sources, synthetic, tokenizer
 from llada_jax.errors import LladaError
 
 
@@ -118,7 +127,7 @@ def make_codec(cfg, path=None, run_dir=None):
         if os.path.isdir(path):
             return HFCodec(path)
         return TokenizerJsonCodec(path) if path.endswith(".json") else SentencePieceCodec(path)
-    if cfg.data.source == "synthetic":
+    if sources.get(cfg).builtin:
         return CharCodec()
     raise InferenceError(f"the run (data.source={cfg.data.source!r}) names no tokenizer; pass --tokenizer=PATH "
                          f"(a sentencepiece .model or a Hugging Face tokenizer directory).")
@@ -177,17 +186,31 @@ def apply_overrides(cfg, overrides):
     return cfg
 
 
+def follow_sampling(cfg, own, overrides):
+    """Sets cfg.sampling (the run's block `own` with `overrides` applied) to what the run samples with: the fields
+    the overrides do not name follow those they do (sampling_args.follow: steps keep the run's tokens per step)."""
+    given = {k[len("sampling."):] for k, _ in overrides if k.startswith("sampling.")}
+    obj = objectives.by_name(cfg.objective)
+    args = sampling_args.follow(own, sampling.SamplingArgs.from_config(cfg.sampling), given, obj.block_size(cfg))
+    cfg.sampling.update(dataclasses.asdict(args))
+    return cfg
+
+
 def load_run(workdir, overrides=(), step=None, tokenizer=None, devices=None):
     """Loads a run directory (a `llada train` run or a `llada convert from-hf` import) for inference: params are
     sharded over the mesh of mesh.* (default: fsdp over all devices) and activations stay replicated over the
     batch (prompt batches of any size); with no -1 among mesh.*, only the first devices that fill it are used.
-    Raises InferenceError / checkpoint.CheckpointError with what to do."""
+    sampling.* fields the overrides do not set follow those they do (follow_sampling). Raises InferenceError /
+    checkpoint.CheckpointError with what to do."""
     if not os.path.isdir(workdir):
         raise InferenceError(f"run directory {workdir} does not exist; pass --workdir=DIR of a trained run.")
     try:
-        cfg = apply_overrides(rundir.load_config(workdir), overrides)
+        cfg = rundir.load_config(workdir)
+        own = sampling.SamplingArgs.from_config(cfg.sampling)
+        cfg = apply_overrides(cfg, overrides)
     except config_lib.ConfigError as e:
         raise InferenceError(str(e)) from None
+    follow_sampling(cfg, own, overrides)
     devices = list(devices or jax.devices())
     sizes = [cfg.mesh[k] for a in sharding.AXES for k in (a, f"dcn_{a}")]
     if min(sizes) > 0:  # fixed sizes: inference may use fewer devices than the host has (e.g. mesh.fsdp=1)

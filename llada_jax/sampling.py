@@ -30,13 +30,13 @@ def validate(args, model):
     """Checks done before tracing; errors say what was wrong and how to fix it."""
     if args.gen_length <= 0 or args.block_length <= 0:
         raise SamplingError(f"gen_length={args.gen_length} and block_length={args.block_length} must be positive.")
-    if args.gen_length % args.block_length:
-        raise SamplingError(f"gen_length={args.gen_length} must be a multiple of block_length={args.block_length}; "
-                            f"e.g. block_length={args.gen_length} (pure diffusion) or a divisor of gen_length.")
-    num_blocks = args.gen_length // args.block_length
-    if not args.use_threshold and (args.steps <= 0 or args.steps % num_blocks):
-        raise SamplingError(f"steps={args.steps} must be a positive multiple of the number of blocks "
-                            f"(gen_length / block_length = {num_blocks}); e.g. steps={args.gen_length}.")
+    g, bl = args.gen_length, args.block_length
+    if g % bl:
+        divisor = max(d for d in range(1, min(g, bl) + 1) if g % d == 0)
+        such = f" or a divisor of {g} such as {divisor}" if divisor < g else ""
+        raise SamplingError(f"gen_length={g} must be a multiple of block_length={bl}: set block_length={g} (pure "
+                            f"diffusion){such}, or gen_length={-(-g // bl) * bl}.")
+    check_steps(args, g // bl, f"gen_length / block_length = {g} / {bl}")
     if args.remasking not in REMASKING:
         raise SamplingError(f"remasking={args.remasking!r}; expected one of {', '.join(REMASKING)}.")
     if args.cache not in CACHES:
@@ -46,6 +46,18 @@ def validate(args, model):
                             f"values; got {type(model).__name__}. Pass the Model, or cache='none' with an apply_fn.")
     if args.temperature < 0 or args.cfg_scale < 0:
         raise SamplingError(f"temperature={args.temperature} and cfg_scale={args.cfg_scale} must be >= 0.")
+
+
+def check_steps(args, blocks, how):
+    """SamplingError unless args.steps is a positive multiple of `blocks` (the number of blocks, `how` it is
+    counted) or threshold decoding ignores it; the message names the nearest valid steps."""
+    if args.use_threshold or (args.steps > 0 and args.steps % blocks == 0):
+        return
+    up = blocks * max(1, -(-args.steps // blocks))
+    near = f"steps={up}" if up == blocks else f"steps={up - blocks} or {up}"
+    raise SamplingError(f"steps={args.steps} must be a positive multiple of the number of blocks ({how} = {blocks}): "
+                        f"set {near}, or leave steps out of a `llada sample / chat / eval` command to have them "
+                        f"follow gen_length at the run's tokens per step.")
 
 
 # -- pieces shared by the decoders and the likelihood -----------------------------------------------------------

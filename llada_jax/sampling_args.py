@@ -4,6 +4,9 @@ eval`, the decoders, the task evaluations and lm-eval.
 `SamplingArgs` holds the defaults and the "off" values (threshold <= 0, cache "none"); the default config's
 `sampling` block is `SamplingArgs().to_config()`, and a run's block becomes arguments with
 `SamplingArgs.from_config(cfg.sampling)`. The rules behind each field: docs/sampling.md.
+
+A trained run's command (`llada sample / chat / eval`) that sets some fields gets the others from the run, and
+`follow` makes the dependent ones follow: steps keep the run's tokens per step, pure diffusion stays pure diffusion.
 """
 import dataclasses
 
@@ -46,6 +49,42 @@ class SamplingArgs:
 
 
 FIELDS = tuple(f.name for f in dataclasses.fields(SamplingArgs))
+
+
+def num_blocks(gen_length, block):
+    """The blocks of `block` tokens that gen_length tokens take, a part-filled last one counted (gen_length / block
+    rounded up; block diffusion decodes whole blocks)."""
+    return -(-gen_length // block)
+
+
+def following_steps(gen_length, run_gen_length, run_steps, blocks):
+    """The steps that keep a run's tokens per step at `gen_length`: gen_length * run_steps / run_gen_length, rounded
+    up to a positive multiple of `blocks` (the number of blocks; integer arithmetic, so exact)."""
+    return blocks * max(1, -(-gen_length * run_steps // (run_gen_length * blocks)))
+
+
+def follow(run, args, given, block_size=None):
+    """The arguments a trained run samples with when a command sets the fields named in `given` (CLI flags or
+    --config.sampling.* overrides, alike): `run` is the run's own SamplingArgs, `args` the same with the given
+    values. The fields not given that depend on others follow them:
+
+    - block_length: a run that decodes by pure diffusion (its block_length = its gen_length) keeps doing so at a new
+      gen_length; otherwise the run's block_length stays.
+    - steps: the run's tokens per step are kept, steps = gen_length * run.steps / run.gen_length rounded up to a
+      positive multiple of the number of blocks: gen_length / block_length, or for a block-diffusion model
+      (`block_size` given) gen_length / block_size rounded up. At the run's own gen_length this is the run's steps
+      whenever they are valid.
+
+    Values that cannot follow (non-positive lengths, a block_length that does not divide gen_length) are left as
+    they are for the decoder's checks to report."""
+    if "block_length" not in given and run.block_length == run.gen_length:
+        args = dataclasses.replace(args, block_length=args.gen_length)
+    unit = block_size or args.block_length
+    if ("steps" in given or min(run.gen_length, run.steps, args.gen_length, unit) <= 0
+            or (block_size is None and args.gen_length % unit)):
+        return args
+    blocks = num_blocks(args.gen_length, unit)
+    return dataclasses.replace(args, steps=following_steps(args.gen_length, run.gen_length, run.steps, blocks))
 
 
 @dataclasses.dataclass(frozen=True)

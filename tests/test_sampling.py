@@ -623,8 +623,33 @@ def test_the_block_objective_decodes_with_generate_blocks():
         alone = block_sampling.generate(model, params, prompt[row:row + 1, 5 - width:], None, jax.random.key(1), args,
                                          ids, 4)
         np.testing.assert_array_equal(np.asarray(alone["tokens"])[0, width:], np.asarray(got["tokens"])[row, 5:])
-    with pytest.raises(sampling.SamplingError, match="multiple of the model's block size"):
-        objectives.by_name("block").check_sampling(sampling.SamplingArgs(gen_length=6), model, 4)
+    block = objectives.by_name("block")  # gen_length 6 in blocks of 4: 2 blocks (rounded up), steps a multiple of 2
+    args = sampling.SamplingArgs(gen_length=6, steps=8, cache="prefix")
+    assert block.check_sampling(args, model, 4) == sampling.SamplingArgs(gen_length=6, block_length=4, steps=8)
+    with pytest.raises(sampling.SamplingError, match=r"steps=7 must be a positive multiple of the number of blocks "
+                       r"\(gen_length / the model's diffusion.block_size = 6 / 4, rounded up = 2\): set steps=6 or 8"):
+        block.check_sampling(sampling.SamplingArgs(gen_length=6, steps=7), model, 4)
+
+
+@pytest.mark.parametrize("kw", [dict(), dict(remasking="random", temperature=1.0)], ids=["argmax", "random"])
+def test_block_gen_length_rounds_up_to_whole_blocks(kw):
+    """The rule for a gen_length that is not a multiple of the block size (docs/sampling.md): gen_length 10 in blocks
+    of 4 decodes the first 10 tokens of gen_length 12 (10 rounded up to whole blocks) with the same steps, token for
+    token and step for step, at any remasking and temperature (the random draws are laid out as for 12). Prompts of
+    5 and 3 tokens from position 0: blocks 0..3 hold the answers of 10, blocks 0..4 those of 12; 9 steps over
+    ceil(10 / 4) = 3 blocks is 3 per block."""
+    model, params = _block_model(3)
+    prompt, mask = _block_prompt()
+    ids = sampling.TokenIds(mask_id=2, eos_id=-1, eot_id=3)  # no EOS stop
+    run = lambda g: jax.device_get(block_sampling.generate(
+        model, params, prompt, mask, jax.random.key(5), sampling.SamplingArgs(gen_length=g, steps=9, **kw), ids, 4))
+    short, whole = run(10), run(12)
+    assert short["tokens"].shape == (2, 5 + 10) and short["order"].shape == (2, 10)
+    np.testing.assert_array_equal(short["tokens"], whole["tokens"][:, :5 + 10])
+    np.testing.assert_array_equal(short["order"], whole["order"][:, :10])
+    assert (int(short["blocks"]), int(whole["blocks"])) == (4, 5)
+    assert int(short["steps"]) == 1 + 3 * 3 and int(whole["steps"]) == 1 + 4 * 3  # block 0: one [MASK], one step
+    assert np.all(short["tokens"][:, 5:] != 2) and len(np.unique(short["tokens"][:, 5:])) > 3  # decoded, varied
 
 
 def test_left_to_right_decoding_checks_only_what_it_uses(tiny_cfg):
