@@ -1,11 +1,13 @@
 """Same results as an earlier commit: the tiny pre-training config (packed documents, default_config()) trained for
 --steps steps with each objective by the code of --before (a git worktree) and by this checkout, then the logged
-losses and the final parameters compared bit for bit.
+losses and the final parameters compared bit for bit; then --rl_steps steps of `llada rl` (grpo and vrpo, from one
+short supervised addition run) by both, compared the same way.
 
-    python benchmarks/bit_identity.py --before=d9aef9c [--steps=40] [--out=runs/bit_identity]
+    python benchmarks/bit_identity.py --before=d9aef9c [--steps=40] [--rl_steps=20] [--out=runs/bit_identity]
 
 At --before, `llada train` with no --config trained default_config(); here that config is configs/tiny_pretrain.py
-(named "tiny" for the comparison). Prints one line per objective and last `bit_identity: mdm=.. arm=.. block=..`.
+(named "tiny" for the comparison; commits from 3883cf9 on take it as --config, which works at both). Prints one line
+per run and last `bit_identity: mdm=.. arm=.. block=.. grpo=.. vrpo=..`.
 """
 import argparse
 import json
@@ -23,12 +25,34 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OBJECTIVES = {"mdm": [], "arm": [], "block": ["--config.diffusion.block_size=16"]}
 
 
-def train(code, config, workdir, objective, steps):
-    args = [f"--workdir={workdir}", f"--config.objective={objective}", f"--config.train.steps={steps}",
-            "--config.train.log_every=1", f"--config.checkpoint.every_steps={steps}", *OBJECTIVES[objective]]
+RL = {"grpo": ["--config.rl.inner_steps=2"], "vrpo": []}
+
+
+def llada(code, command, *args):
     env = {**os.environ, "PYTHONPATH": code, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": ""}
-    subprocess.run([sys.executable, "-m", "llada_jax.cli", "train", *config, *args], cwd=code, env=env, check=True,
+    subprocess.run([sys.executable, "-m", "llada_jax.cli", command, *args], cwd=code, env=env, check=True,
                    capture_output=True)
+
+
+def train(code, config, workdir, objective, steps):
+    llada(code, "train", *config, f"--workdir={workdir}", f"--config.objective={objective}",
+          f"--config.train.steps={steps}", "--config.train.log_every=1", f"--config.checkpoint.every_steps={steps}",
+          *OBJECTIVES[objective])
+
+
+def rl(code, workdir, algorithm, base, steps):
+    llada(code, "rl", f"--config=configs/rl_addition.py:{algorithm}", f"--workdir={workdir}",
+          f"--config.checkpoint.init_from={base}", f"--config.train.steps={steps}", "--config.train.log_every=1",
+          f"--config.checkpoint.every_steps={steps}", "--config.rl.prompts_per_step=8", "--config.rl.group_size=4",
+          *RL[algorithm])
+
+
+def compare(name, dirs):
+    (l0, p0), (l1, p1) = result(dirs["before"]), result(dirs["now"])
+    same = l0 == l1 and len(p0) == len(p1) and all(np.array_equal(a, b) for a, b in zip(p0, p1))
+    print(f"{name}: {len(l0)} losses (last {l0[-1][1]!r} before, {l1[-1][1]!r} now), losses "
+          f"{'equal' if l0 == l1 else 'differ'}, final params {'bit-identical' if same else 'differ'}", flush=True)
+    return "identical" if same else "DIFFERENT"
 
 
 def result(workdir):
@@ -43,6 +67,7 @@ def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--before", required=True, help="the earlier commit")
     p.add_argument("--steps", type=int, default=40)
+    p.add_argument("--rl_steps", type=int, default=20)
     p.add_argument("--out", default="runs/bit_identity")
     args = p.parse_args()
     cli._quiet_libraries()  # what `llada` does: no absl / libtpu start-up noise
@@ -60,12 +85,18 @@ def main():
             train(old, [], dirs["before"], objective, args.steps)
             train(ROOT, ["--config=configs/tiny_pretrain.py", "--config.name=tiny"], dirs["now"], objective,
                   args.steps)
-            (l0, p0), (l1, p1) = result(dirs["before"]), result(dirs["now"])
-            same = l0 == l1 and len(p0) == len(p1) and all(np.array_equal(a, b) for a, b in zip(p0, p1))
-            verdict[objective] = "identical" if same else "DIFFERENT"
-            print(f"{objective}: {len(l0)} losses (last {l0[-1][1]!r} before, {l1[-1][1]!r} now), losses "
-                  f"{'equal' if l0 == l1 else 'differ'}, final params {'bit-identical' if same else 'differ'}",
-                  flush=True)
+            verdict[objective] = compare(objective, dirs)
+        base = os.path.abspath(os.path.join(args.out, "rl_base"))
+        shutil.rmtree(base, ignore_errors=True)
+        llada(ROOT, "train", "--config=configs/tiny_task.py", f"--workdir={base}", "--config.train.steps=60",
+              "--config.checkpoint.every_steps=60")
+        for algorithm in RL:
+            dirs = {side: os.path.abspath(os.path.join(args.out, f"{side}_{algorithm}")) for side in ("before", "now")}
+            for d in dirs.values():
+                shutil.rmtree(d, ignore_errors=True)
+            rl(old, dirs["before"], algorithm, base, args.rl_steps)
+            rl(ROOT, dirs["now"], algorithm, base, args.rl_steps)
+            verdict[algorithm] = compare(algorithm, dirs)
     finally:
         subprocess.run(["git", "worktree", "remove", "--force", old], cwd=ROOT)
     print("bit_identity: " + " ".join(f"{k}={v}" for k, v in verdict.items()))

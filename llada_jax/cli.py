@@ -23,6 +23,7 @@ from llada_jax import (
     picture,
     rl_train,
     sampling_args,
+    settings,
     sweep,
     train,
 )
@@ -92,10 +93,13 @@ def _parse(argv, prog, description, *arguments):
 
 
 def _load(args, overrides):
+    """The config of a command that starts from a config file: built, printed (--print_config) or checked
+    (settings.check: every value, before anything compiles or a directory is written)."""
     cfg = config_lib.build_config(args.config, overrides)
     if args.print_config:
         print(config_lib.to_json(cfg))
         raise SystemExit(0)
+    settings.check(cfg)
     return cfg
 
 
@@ -287,9 +291,17 @@ def _run_parser(prog, description):
     return p
 
 
+FOLLOWS = {"steps": "the run's tokens per step at this gen_length, rounded up to a multiple of the blocks",
+           "block_length": "the run's, or gen_length if the run decodes by pure diffusion"}
+RUNS = "the run's"
+
+
 def _sampling_flags(p):
+    """The sampling fields as flags (= --config.sampling.NAME): what is not given is the run's, and steps and
+    block_length follow a given gen_length (sampling_args.follow, in inference.load_run)."""
     for name in sampling_args.FIELDS:
-        p.add_argument(f"--{name}", default=None, help=f"sampling.{name} (default: the run's; docs/sampling.md)")
+        p.add_argument(f"--{name}", default=None,
+                       help=f"sampling.{name} (default: {FOLLOWS.get(name, RUNS)}; docs/sampling.md)")
 
 
 def _open_run(args, overrides):
@@ -369,21 +381,25 @@ def cmd_eval(argv):
     p = _run_parser("llada eval", "Evaluate a trained run; writes the metrics to --out (default WORKDIR/eval.json).")
     p.add_argument("--perplexity", type=int, default=None,
                    help="held-out sequences for the perplexity (the ELBO bound, or exact for arm; 0: skip; default "
-                        "64, or 0 with --text or for a run trained on prompt/answer rows)")
+                        "64, or 0 with --text, for a run trained on prompt/answer rows or for an imported run "
+                        "without eval.heldout)")
     p.add_argument("--text", default=None, help="a raw text file: its perplexity (exact for arm, else the bound) in "
                                                 "rows of eval.text_len tokens of the run's tokenizer (default "
-                                                "train.seq_len)")
+                                                "train.seq_len; for an imported run its context, model.max_seq_len "
+                                                "up to 2048)")
     p.add_argument("--choices", default=None, help="a JSONL of {context, choices, answer}: accuracy by likelihood")
     p.add_argument("--tasks", default=None, help="built-in tasks scored by their reward, exact match or success "
-                                                 "(default: eval.tasks; 'none' to skip)")
+                                                 "(default: those of eval.tasks the run trained on, none for an "
+                                                 "imported run; 'none' to skip)")
     p.add_argument("--out", default=None, help="where to write the metrics (JSON)")
     _sampling_flags(p)
     args = p.parse_args(rest)
     if args.tasks is not None:
         overrides = list(overrides) + [("eval.tasks", "" if args.tasks == "none" else args.tasks)]
+    named = any(k == "eval.tasks" for k, _ in overrides)  # named here: scored even if the run never trained on them
     run = _open_run(args, overrides)
     metrics = evaluate.evaluate_run(run, jax.random.key(args.seed), choices=args.choices, perplexity=args.perplexity,
-                                    text=args.text)
+                                    text=args.text, tasks=True if named else None)
     out = args.out or os.path.join(args.workdir, "eval.json")
     with open(out, "w") as f:
         json.dump(metrics, f, indent=2, sort_keys=True)

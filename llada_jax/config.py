@@ -164,7 +164,10 @@ def default_config():
 
     # `llada eval` (and sweeps): likelihood settings and the built-in synthetic tasks.
     c.eval = ev = ml_collections.ConfigDict()
-    ev.tasks = "arithmetic"  # comma-separated built-in tasks scored by exact match ("" = none)
+    # comma-separated built-in tasks scored by their reward ("" = none); `llada eval` scores those the run trained
+    # on (evaluate.trained_tasks: data.synthetic_task of the synthetic corpus, rl.task; none for an imported run,
+    # whose checkpoint is step 0), every one when named on its command line (--tasks / --config.eval.tasks)
+    ev.tasks = "arithmetic"
     ev.n_examples = 128  # examples per task
     ev.batch = 32  # prompts sampled at once
     ev.mc_samples = 128  # Monte Carlo samples of the likelihood estimator (Algorithm 3)
@@ -172,7 +175,9 @@ def default_config():
     ev.heldout = ""  # held-out text for the perplexity: "" = the val split of data.path's first store; else a
     #                  prepared dir or store, PATH[:SPLIT] (split default train: a `prepare --val_fraction=0` output)
     ev.elbo_samples = 1  # Monte Carlo draws of (t, mask) per held-out sequence for the ELBO bound
-    ev.text_len = -1  # `llada eval --text`: tokens per scored row (-1: train.seq_len)
+    # `llada eval --text`: tokens per scored row; -1: train.seq_len for a run trained here, the model's context
+    # (model.max_seq_len, at most 2048) for an imported run (`llada convert`: checkpoint step 0; evaluate.context_len)
+    ev.text_len = -1
 
     # `llada rl` (docs/rl.md): reinforcement learning of a trained run (checkpoint.init_from) on a built-in task's
     # reward; train.steps counts RL steps (one batch of rollouts each), checkpoint.every_steps too.

@@ -262,15 +262,28 @@ def elbo_perplexity(model, params, tokens, key, mask_id, *, lengths=None, n_samp
     return {"nll": nll, "ppl": math.exp(nll), "stderr": stderr, "tokens": int(counts.sum())}
 
 
+def padded_rows(n, batch_size):
+    """The rows a batch of n real rows (1 <= n <= batch_size) is padded to: the next power of two, at most
+    batch_size. A batch is not padded far past the rows present (2 rows of a long text run as 2, not batch_size),
+    and its shapes stay few: 1, 2, 4, ... or batch_size rows, log2(batch_size) + 1 of them for a power of two
+    (floor(log2(batch_size)) + 2 otherwise), so as many compilations at most."""
+    return min(batch_size, 1 << (n - 1).bit_length())
+
+
 def _by_batches(fn, tokens, lengths, pad_length, batch_size):
-    """fn(first row, tokens [batch_size, L], lengths [batch_size]) -> [batch_size] per-row values, over the rows
-    in batches of batch_size (the last one filled with zero rows of length pad_length); [N] float64."""
+    """fn(first row, tokens [B, L], lengths [B]) -> [B] per-row values, over the rows in batches of batch_size; a
+    partial batch (the last, or the only one) is filled up to padded_rows with zero rows of length pad_length. [N]
+    float64."""
     n, l = tokens.shape
-    pad = _pad_to(n, batch_size) - n
-    tokens = np.concatenate([tokens, np.zeros((pad, l), np.int32)])
-    lengths = np.concatenate([lengths, np.full(pad, pad_length, np.int32)])
-    return np.concatenate([np.asarray(fn(b0, tokens[b0:b0 + batch_size], lengths[b0:b0 + batch_size]), np.float64)
-                           for b0 in range(0, n + pad, batch_size)])[:n]
+    out = []
+    for b0 in range(0, n, batch_size):
+        rows, row_lengths = tokens[b0:b0 + batch_size], lengths[b0:b0 + batch_size]
+        m = rows.shape[0]
+        pad = padded_rows(m, batch_size) - m
+        rows = np.concatenate([rows, np.zeros((pad, l), np.int32)])
+        row_lengths = np.concatenate([row_lengths, np.full(pad, pad_length, np.int32)])
+        out.append(np.asarray(fn(b0, rows, row_lengths), np.float64)[:m])
+    return np.concatenate(out)
 
 
 def _ratio_of_means(sums, counts):

@@ -175,7 +175,7 @@ def check(cfg):
     if m.d_model % m.n_heads and m.head_dim <= 0:
         _fail("model.head_dim", m.head_dim, f"> 0: model.d_model={m.d_model} is not divisible by model.n_heads="
                                             f"{m.n_heads}")
-    unit = diffusion.schedule_unit(cfg)
+    unit = cfg.diffusion.block_size_schedule_unit
     if unit not in diffusion.SCHEDULE_UNITS:
         _fail("diffusion.block_size_schedule_unit", unit, "one of " + ", ".join(diffusion.SCHEDULE_UNITS))
     tasks.task_names(cfg.eval.tasks)  # each a built-in task

@@ -55,9 +55,9 @@ from llada_jax import (
     model as model_lib,
     optim,
     rundir,
+    settings,
     train,
 )
-from llada_jax.data import sources, tasks
 from llada_jax.errors import LladaError
 
 EVAL_ONLY_PREFIXES = ("sampling.", "eval.")  # keys that change evaluation, not training
@@ -182,10 +182,8 @@ def build(base, common, point):
     wins over a common override of the same key)."""
     try:
         cfg = config_lib.build_config(base, list(common) + [(k, value_text(v)) for k, v in point.items()])
-        tasks.task_names(cfg.eval.tasks)
-        if sources.get(cfg).builtin:
-            tasks.get(cfg.data.synthetic_task)
-    except (config_lib.ConfigError, tasks.TaskError) as e:
+        settings.check(cfg)
+    except LladaError as e:  # a config error, a value settings.check refuses, an unknown task
         raise SweepError(f"sweep point {point_name(point)}: {e}") from None
     return cfg
 

@@ -33,7 +33,7 @@ def validate(cfg, sharder):
     if tr.global_batch % jax.process_count():
         raise TrainError(f"train.global_batch={tr.global_batch} must be divisible by the {jax.process_count()} hosts.")
     schedule = cfg.diffusion.block_size_schedule
-    unit = diffusion.schedule_unit(cfg)
+    unit = cfg.diffusion.block_size_schedule_unit
     if schedule and (not obj.blockwise or any(len(e) != 2 for e in schedule)
                      or [e[0] for e in schedule] != sorted({e[0] for e in schedule})):
         raise TrainError(f"diffusion.block_size_schedule={schedule!r}: expected [(until, block_size), ...] with "

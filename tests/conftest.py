@@ -1,7 +1,10 @@
-"""Every test process sees 8 simulated CPU devices (for the sharding tests); tests that want one device say so."""
+"""Every test process sees 8 simulated CPU devices (for the sharding tests); tests that want one device say so.
+The `llada` processes the tests start share one persistent compilation cache for the run (SUBPROCESS_CACHE)."""
 import gc
 import json
 import os
+import shutil
+from pathlib import Path
 
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
@@ -11,9 +14,18 @@ import pytest  # noqa: E402
 
 from llada_jax import config as config_lib  # noqa: E402
 
+# Subprocesses (`llada train ...` and friends) compile the same few programs again and again: they share JAX's
+# persistent compilation cache, emptied when a test run starts (by pytest-xdist's controller, or the only process).
+# The test processes themselves do not use it (they are already imported; jax read its config then).
+SUBPROCESS_CACHE = Path(__file__).resolve().parent.parent / ".jax-cache-tests"
+
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "slow: end-to-end tests that take tens of seconds (still run in CI)")
+    if "PYTEST_XDIST_WORKER" not in os.environ:
+        shutil.rmtree(SUBPROCESS_CACHE, ignore_errors=True)
+    os.environ.update(JAX_COMPILATION_CACHE_DIR=str(SUBPROCESS_CACHE), JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+                      JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -62,3 +74,22 @@ def crash_at(step):
         if msg.startswith(f"step {step}/"):
             raise Crash(msg)
     return log
+
+
+# The 15 slowest modules of the run (summed set-up, call and tear-down time of their tests), after pytest's own
+# summary: where CI's minutes go. Under pytest-xdist the controller sums its workers' reports.
+_MODULE_SECONDS = {}
+
+
+def pytest_runtest_logreport(report):
+    module = report.nodeid.split("::")[0]
+    _MODULE_SECONDS[module] = _MODULE_SECONDS.get(module, 0.0) + report.duration
+
+
+def pytest_terminal_summary(terminalreporter):
+    if not _MODULE_SECONDS:
+        return
+    total = sum(_MODULE_SECONDS.values())
+    terminalreporter.write_sep("=", f"slowest modules (test time, {total:.0f} s in all)")
+    for module, seconds in sorted(_MODULE_SECONDS.items(), key=lambda kv: -kv[1])[:15]:
+        terminalreporter.write_line(f"{seconds:8.1f} s  {module}")

@@ -103,6 +103,141 @@ def test_elbo_bound_of_a_context_free_model():
     assert out["ppl"] == pytest.approx(np.exp(out["nll"]))
 
 
+class CausalStub:
+    """A tiny causal "model" for ar_perplexity: the logits at position i are base[i] plus a mix of tokens 0..i (so
+    each row's values depend on its own context only). Records the shape of every trace (= every compilation)."""
+
+    def __init__(self):
+        self.traced = []
+
+    def apply(self, params, tokens, causal=True):
+        self.traced.append(tuple(tokens.shape))
+        seen = jnp.cumsum(jax.nn.one_hot(tokens, V) @ params["mix"], axis=1)
+        return params["base"][None, :tokens.shape[1]] + seen
+
+
+def _ar_reference(params, rows, lengths):
+    """[N] float64: each row's summed -log p(x_i | x_<i) over positions 1..length-1, in numpy."""
+    base, mix = (np.asarray(params[k], np.float64) for k in ("base", "mix"))
+    out = []
+    for row, n in zip(rows, lengths):
+        logits = base[:n] + np.cumsum(np.eye(V)[row[:n]] @ mix, axis=0)
+        out.append(-sum(_log_softmax(logits[i - 1])[row[i]] for i in range(1, n)))
+    return np.array(out)
+
+
+def test_partial_batches_are_padded_to_the_next_power_of_two_not_to_batch_size():
+    """3 rows with batch_size 16 run as 4 (not 16) and score exactly as each row alone and as numpy does; any number
+    of rows compiles at most log2(16) + 1 = 5 shapes (1, 2, 4, 8, 16); the ELBO bound's partial batch is its
+    unpadded computation (same key, same draws)."""
+    assert [likelihood.padded_rows(n, 16) for n in (1, 2, 3, 4, 5, 9, 16)] == [1, 2, 4, 4, 8, 16, 16]
+    assert [likelihood.padded_rows(n, 12) for n in (3, 8, 9, 12)] == [4, 8, 12, 12]
+    rng = np.random.default_rng(0)
+    params = {"base": jnp.asarray(rng.normal(size=(40, V)), jnp.float32),
+              "mix": jnp.asarray(rng.normal(size=(V, V)) * 0.5, jnp.float32)}
+    tokens, lengths = rng.integers(0, V, (3, 20)), np.array([20, 13, 7])
+    model = CausalStub()
+    together = likelihood.ar_perplexity(model, params, tokens, lengths=lengths, batch_size=16)
+    assert model.traced == [(4, 20)]
+    alone = [likelihood.ar_perplexity(model, params, tokens[i:i + 1], lengths=lengths[i:i + 1], batch_size=16)
+             for i in range(3)]
+    assert model.traced == [(4, 20), (1, 20)]  # the three single rows share one compilation
+    sums = np.array([r["nll"] * r["tokens"] for r in alone])
+    np.testing.assert_allclose(sums, _ar_reference(params, tokens, lengths), rtol=1e-5)
+    assert together["tokens"] == sum(r["tokens"] for r in alone) == 19 + 12 + 6
+    np.testing.assert_allclose(together["nll"], sums.sum() / together["tokens"], rtol=1e-6)
+    # any number of rows: at most 5 shapes, each batch the rows present rounded up to a power of two
+    model = CausalStub()
+    for n in range(1, 41):
+        likelihood.ar_perplexity(model, params, rng.integers(0, V, (n, 8)), batch_size=16)
+    assert sorted(set(model.traced)) == [(1, 8), (2, 8), (4, 8), (8, 8), (16, 8)] and len(model.traced) == 5
+
+    traced = []
+
+    def counting(params, tokens, key_mask):
+        traced.append(tuple(tokens.shape))
+        return context_free(params, tokens, key_mask)
+
+    key = jax.random.key(4)
+    got = likelihood.elbo_perplexity(counting, params, tokens, key, MASK, lengths=lengths, batch_size=16)
+    assert traced == [(4, 20)]
+    unpadded = likelihood._elbo_jit(counting, params, jnp.asarray(tokens, jnp.int32), jnp.asarray(lengths, jnp.int32),
+                                    jax.random.fold_in(jax.random.fold_in(key, 0), 0), MASK, 1e-3, None)
+    assert traced == [(4, 20), (3, 20)]
+    np.testing.assert_allclose(got["nll"] * got["tokens"], float(np.sum(unpadded)), rtol=1e-6)
+
+
+def _task_run(monkeypatch, step, **config):
+    """An inference.Run of the default config (the synthetic arithmetic corpus) at checkpoint `step` whose sampler
+    (the arm objective's) answers every prompt right: {task: exact match} is 1.0 for every task scored."""
+    from conftest import tiny_config
+    tok = synthetic.CharTokenizer()
+
+    def right(model, params, prompt, prompt_mask, key, args, ids):
+        rows = []
+        for p, m in zip(np.asarray(prompt), np.asarray(prompt_mask)):
+            a, b = map(int, tok.decode(p[m])[:-1].split("+"))
+            rows.append(np.concatenate([p, (tok.encode(str(a + b)) + [ids.eos_id] * 8)[:args.gen_length]]))
+        return {"tokens": np.stack(rows)}
+
+    monkeypatch.setattr(sampling, "generate_ar", right)
+    cfg = tiny_config()
+    cfg.objective, cfg.eval.n_examples, cfg.eval.batch = "arm", 4, 4
+    cfg.sampling.gen_length, cfg.sampling.block_length, cfg.sampling.steps = 8, 8, 8
+    for k, v in config.items():
+        group, name = k.split("__")
+        cfg[group][name] = v
+    return inference.Run(cfg, None, None, inference.CharCodec(), step=step)
+
+
+def test_the_tasks_of_llada_eval_are_those_the_run_trained_on(monkeypatch):
+    """Without tasks named on the command line, `llada eval` scores the eval.tasks a run trained on: arithmetic for a
+    run trained on the synthetic arithmetic corpus, nothing for an imported run (checkpoint step 0, whose data.* are
+    the import's defaults) or a run trained on token stores; named (tasks=True), eval.tasks are scored regardless."""
+    lines = []
+    trained = _task_run(monkeypatch, 5)
+    assert evaluate.trained_tasks(trained.cfg, 5) == ["arithmetic"]
+    assert evaluate.evaluate_run(trained, jax.random.key(0), perplexity=0, log=lines.append) == {
+        "step": 5, "arithmetic/exact_match": 1.0}
+    imported = _task_run(monkeypatch, 0)
+    assert evaluate.imported(imported) and evaluate.trained_tasks(imported.cfg, 0) == []
+    assert evaluate.evaluate_run(imported, jax.random.key(0), perplexity=0, log=lines.append) == {"step": 0}
+    assert lines[-1] == ("tasks: arithmetic skipped (an imported run was trained on none of them; --tasks=NAMES "
+                         "scores them anyway)")
+    assert evaluate.evaluate_run(imported, jax.random.key(0), perplexity=0, tasks=True, log=lines.append) == {
+        "step": 0, "arithmetic/exact_match": 1.0}
+    assert evaluate.evaluate_run(trained, jax.random.key(0), perplexity=0, tasks=False, log=lines.append) == {
+        "step": 5}
+    text = _task_run(monkeypatch, 5, data__source="store")
+    assert evaluate.trained_tasks(text.cfg, 5) == []
+    assert evaluate.evaluate_run(text, jax.random.key(0), perplexity=0, log=lines.append) == {"step": 5}
+    assert lines[-1].startswith("tasks: arithmetic skipped (the run was trained on none of them;")
+    # the synthetic task of the run, and an RL run's task; eval.tasks lists what may be scored
+    both = _task_run(monkeypatch, 5, data__synthetic_task="arithmetic_small", rl__task="arithmetic",
+                     eval__tasks="arithmetic,reversal,arithmetic_small")
+    assert evaluate.trained_tasks(both.cfg, 5) == ["arithmetic_small", "arithmetic"]
+    assert evaluate.chosen_tasks(both, explicit=False) == ["arithmetic", "arithmetic_small"]
+    assert evaluate.chosen_tasks(both, explicit=True) == ["arithmetic", "reversal", "arithmetic_small"]
+
+
+def test_scored_rows_fit_the_model(monkeypatch):
+    """eval.text_len=-1 is train.seq_len for a run trained here (64 tokens, although model.max_seq_len is 4096) and
+    the model's context, capped at 2048, for an imported run; a text shorter than a row is one row of its length;
+    long rows are scored fewer at a time (at most evaluate.SCORE_TOKENS positions per batch)."""
+    trained, imported = _task_run(monkeypatch, 5), _task_run(monkeypatch, 0)
+    trained.cfg.train.seq_len = 64
+    assert trained.cfg.model.max_seq_len == 4096 and evaluate.context_len(trained) == 64
+    assert evaluate.context_len(imported) == 2048
+    imported.cfg.model.max_seq_len = 256
+    assert evaluate.context_len(imported) == 256
+    tokens, lengths = evaluate.text_rows(np.arange(10), 2048)
+    assert tokens.shape == (1, 10) and lengths.tolist() == [10]
+    tokens, lengths = evaluate.text_rows(np.arange(11), 4)
+    assert tokens.shape == (3, 4) and lengths.tolist() == [4, 4, 3]
+    assert [evaluate.rows_per_batch(16, w) for w in (64, 512, 1024, 1118, 2048, 4096, 20000)] == [16, 16, 8, 4, 4,
+                                                                                                 2, 1]
+
+
 def test_multiple_choice_accuracy(tmp_path):
     base = np.zeros((40, V), np.float32)
     base[:, 7] = 3.0  # the model likes token 7 everywhere
@@ -189,6 +324,11 @@ def test_evaluate_batches_and_scores_against_answers_computed_here(tiny_cfg, mon
     assert out == {"arithmetic_small/exact_match": pytest.approx(want)}
     assert len(calls) == 3 and len({c[0] for c in calls}) == 1  # 16 + 16 + 13 (padded to 16): one shape
     assert calls[0][1] == 8
+    cfg.eval.n_examples, calls[:] = 5, []  # 5 prompts: one batch of 8 (the next power of two), not of 16
+    out = evaluate.evaluate_tasks(run, jax.random.key(0))
+    examples = tasks.get("arithmetic_small").eval_sets(5)["arithmetic_small"]
+    assert out == {"arithmetic_small/exact_match": pytest.approx(np.mean([int(e.answer) % 2 == 0 for e in examples]))}
+    assert [c[0][0] for c in calls] == [8]
 
 
 # -- block diffusion --------------------------------------------------------------------------------------------

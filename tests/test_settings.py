@@ -20,7 +20,8 @@ def test_each_view_names_every_key_of_its_group(group):
 
 
 def test_the_default_and_built_in_configs_pass():
-    for name in ("tiny", "tiny_pretrain", "small", "llada_1b", "llada_8b", "sft", "rl_addition", "long_context_sft", "tiny_task"):
+    for name in ("tiny", "tiny_pretrain", "tiny_task", "small", "llada_1b", "llada_8b", "sft", "rl_addition",
+                 "long_context_sft"):
         views = settings.check(config_lib.load_config(f"configs/{name}.py"))
         assert views["train"].steps == config_lib.load_config(f"configs/{name}.py").train.steps
 
