@@ -30,7 +30,8 @@ setup(
     extras_require={
         # Tests also exercise conversion (torch, transformers) and TPU AOT compilation (libtpu, CPU-only use);
         # jax[tpu] brings the libtpu this jax pins (a newer libtpu compiles, but jaxlib cannot read its HLO back).
-        "test": ["pytest>=8", "safetensors>=0.4", "transformers>=4.46", "jax[tpu]; platform_system == 'Linux'",
+        "test": ["pytest>=8", "pytest-xdist>=3.5", "safetensors>=0.4", "transformers>=4.46",
+                 "jax[tpu]; platform_system == 'Linux'",
                  "lm_eval>=0.4", "gguf>=0.10", "tokenizers>=0.19", "jinja2>=3.1", "accelerate>=0.26", "wandb>=0.19"],
         "torch": ["torch>=2.3", "safetensors>=0.4"],
         "hf": ["torch>=2.3", "safetensors>=0.4", "transformers>=4.46"],

@@ -5,8 +5,8 @@ short supervised addition run) by both, compared the same way.
 
     python benchmarks/bit_identity.py --before=d9aef9c [--steps=40] [--rl_steps=20] [--out=runs/bit_identity]
 
-At --before, `llada train` with no --config trained default_config(); here that config is configs/tiny_pretrain.py
-(named "tiny" for the comparison; commits from 3883cf9 on take it as --config, which works at both). Prints one line
+Both sides train configs/tiny_pretrain.py (named "tiny"); a --before without that file (d9aef9c and older) trained
+default_config(), the same config, with no --config. Prints one line
 per run and last `bit_identity: mdm=.. arm=.. block=.. grpo=.. vrpo=..`.
 """
 import argparse
@@ -76,15 +76,15 @@ def main():
         subprocess.run(["git", "worktree", "remove", "--force", old], cwd=ROOT)
         shutil.rmtree(old, ignore_errors=True)
     subprocess.run(["git", "worktree", "add", "-q", "--detach", old, args.before], cwd=ROOT, check=True)
-    verdict = {}
+    verdict, config = {}, ["--config=configs/tiny_pretrain.py", "--config.name=tiny"]
     try:
         for objective in OBJECTIVES:
             dirs = {side: os.path.abspath(os.path.join(args.out, f"{side}_{objective}")) for side in ("before", "now")}
             for d in dirs.values():
                 shutil.rmtree(d, ignore_errors=True)
-            train(old, [], dirs["before"], objective, args.steps)
-            train(ROOT, ["--config=configs/tiny_pretrain.py", "--config.name=tiny"], dirs["now"], objective,
-                  args.steps)
+            train(old, config if os.path.exists(os.path.join(old, "configs", "tiny_pretrain.py")) else [],
+                  dirs["before"], objective, args.steps)
+            train(ROOT, config, dirs["now"], objective, args.steps)
             verdict[objective] = compare(objective, dirs)
         base = os.path.abspath(os.path.join(args.out, "rl_base"))
         shutil.rmtree(base, ignore_errors=True)

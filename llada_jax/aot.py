@@ -100,10 +100,13 @@ def gpu_target_config(gpu):
     compiler takes the cuDNN fusions (flash attention) the machines will have; XLA's repository keeps such specs
     for many GPUs (xla/backends/gpu/target_config/specs/), but with fields newer than a given jaxlib reads."""
     g = GPUS[gpu]
-    try:
-        dnn = [int(x) for x in metadata.version("nvidia-cudnn-cu12").split(".")[:3]]
-    except (metadata.PackageNotFoundError, ValueError):
-        dnn = [9, 8, 0]
+    dnn = [9, 8, 0]
+    for pkg in ("nvidia-cudnn-cu12", "nvidia-cudnn-cu13"):  # jax[cuda12] or jax[cuda13]
+        try:
+            dnn = [int(x) for x in metadata.version(pkg).split(".")[:3]]
+            break
+        except (metadata.PackageNotFoundError, ValueError):
+            pass
     info = {"threads_per_block_limit": 1024, "threads_per_warp": 32, "shared_memory_per_block": 48 << 10,
             "shared_memory_per_core": 228 << 10, "shared_memory_per_block_optin": 227 << 10,
             "threads_per_core_limit": 2048, "core_count": 132, "fpus_per_core": 128,

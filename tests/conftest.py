@@ -93,3 +93,14 @@ def pytest_terminal_summary(terminalreporter):
     terminalreporter.write_sep("=", f"slowest modules (test time, {total:.0f} s in all)")
     for module, seconds in sorted(_MODULE_SECONDS.items(), key=lambda kv: -kv[1])[:15]:
         terminalreporter.write_line(f"{seconds:8.1f} s  {module}")
+
+
+# Modules that take the longest, first (measured: the summary above; BENCHMARKS.md, "Tests and reproducibility"):
+# pytest-xdist hands each process a whole module at a time, in collection order, so the longest ones start while
+# there is still other work to balance them against.
+LONGEST_FIRST = ()
+
+
+def pytest_collection_modifyitems(items):
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.nodeid.split("::")[0].rpartition("/")[2], len(rank)))

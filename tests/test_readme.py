@@ -71,7 +71,7 @@ def test_every_shown_command_is_one_this_test_runs():
 def test_the_readme_test_command_is_what_ci_runs():
     ci = (ROOT / ".ci" / "run").read_text()
     setup = commands(slice(1, 2))  # the second block of "Set up": install the test dependencies, run the tests
-    assert setup[-1] == "python -m pytest tests -q" and len(setup) == 3
+    assert setup[-1] == "python -m pytest tests -q -n auto --maxprocesses=4 --dist loadfile" and len(setup) == 3
     assert " && ".join(setup).replace("'", '"') in ci
 
 
