@@ -11,7 +11,6 @@ the GPUs (memory grows with the per-GPU micro-batch); every compiled candidate i
 cuDNN / cuBLAS workspace, NCCL buffers and the CUDA context): raising it to ~0.9 at run time admits bigger batches.
 """
 import time
-from importlib import metadata
 
 from aot_fit import candidate_config, fit_arguments, model_topologies, print_header, write_rows  # the TPU table's
 
@@ -27,8 +26,8 @@ def micro_batch_counts(global_batch, devices):
 
 def main():
     args = fit_arguments(__doc__, "h100:8,h200:8", "remat policies, each searched on its own").parse_args()
-    print_header(f"jax-cuda12-plugin {metadata.version('jax-cuda12-plugin')}, cuDNN "
-                 f"{metadata.version('nvidia-cudnn-cu12')}; global batch {args.global_batch} x {args.seq_len}",
+    print_header(f"{aot.cuda_plugin()} {aot.installed_version('jax-cuda12-plugin', 'jax-cuda13-plugin')}, cuDNN "
+                 f"{aot.installed_version(*aot.CUDNN_PACKAGES)}; global batch {args.global_batch} x {args.seq_len}",
                  ["model", "GPUs", "remat", "micro-batches", "sequences per GPU per micro-batch", "arguments",
                   "temporaries", "total per GPU", "of HBM", "fits"])
     rows = []

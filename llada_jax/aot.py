@@ -10,6 +10,7 @@ v5p-128 is 64 chips. An explicit shape such as `v5e:4x4` or `v5p:4x4x4` is also 
 GPU topology names: `h100:8` / `h200:8` (one host of 8 GPUs), `h100:2x8` (2 hosts of 8 GPUs).
 """
 import glob
+import importlib.util
 import math
 import os
 import re
@@ -94,19 +95,33 @@ def _quiet_libtpu():
             os.environ.setdefault(k, v)
 
 
+CUDA_PLUGINS = ("jax_cuda12_plugin", "jax_cuda13_plugin")  # jax[cuda12] (the gpu extra), jax[cuda13] (GPU images)
+CUDNN_PACKAGES = ("nvidia-cudnn-cu12", "nvidia-cudnn-cu13")
+
+
+def cuda_plugin():
+    """The module name of the installed JAX CUDA plugin, or None."""
+    return next((m for m in CUDA_PLUGINS if importlib.util.find_spec(m)), None)
+
+
+def installed_version(*packages):
+    """The version of the first of `packages` that is installed ("9.8.0"), or None."""
+    for pkg in packages:
+        try:
+            return metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            pass
+    return None
+
+
 def gpu_target_config(gpu):
     """The text-format GpuTargetConfigProto of a `GPUS` entry: what XLA's GPU compiler would otherwise read from an
     attached GPU (its limits, cost-model rates, cuDNN version). The cuDNN version is the installed one, so that the
     compiler takes the cuDNN fusions (flash attention) the machines will have; XLA's repository keeps such specs
     for many GPUs (xla/backends/gpu/target_config/specs/), but with fields newer than a given jaxlib reads."""
     g = GPUS[gpu]
-    dnn = [9, 8, 0]
-    for pkg in ("nvidia-cudnn-cu12", "nvidia-cudnn-cu13"):  # jax[cuda12] or jax[cuda13]
-        try:
-            dnn = [int(x) for x in metadata.version(pkg).split(".")[:3]]
-            break
-        except (metadata.PackageNotFoundError, ValueError):
-            pass
+    found = installed_version(*CUDNN_PACKAGES)
+    dnn = [int(x) for x in found.split(".")[:3]] if found else [9, 8, 0]
     info = {"threads_per_block_limit": 1024, "threads_per_warp": 32, "shared_memory_per_block": 48 << 10,
             "shared_memory_per_core": 228 << 10, "shared_memory_per_block_optin": 227 << 10,
             "threads_per_core_limit": 2048, "core_count": 132, "fpus_per_core": 128,

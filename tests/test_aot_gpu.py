@@ -21,7 +21,8 @@ def test_gpu_target_config_is_the_gpu():
 
 
 def _compile(topology, **overrides):
-    pytest.importorskip("jax_cuda12_plugin", reason="JAX's CUDA plugin (the `gpu` extra) is not installed")
+    if aot.cuda_plugin() is None:
+        pytest.skip("JAX's CUDA plugin (the `gpu` extra) is not installed")
     cfg = config_lib.build_config("configs/tiny.py", [(k, str(v)) for k, v in overrides.items()])
     return aot.compile_step(cfg, topology)
 
@@ -49,7 +50,8 @@ def test_the_cuda_devices_pick_cudnn_attention(tiny_cfg):
     """attention=auto follows the mesh's devices (platform "gpu" for those of a topology description): cuDNN for
     16-bit compute, the XLA reference for float32. (The lowered program hides cuDNN behind JAX's custom
     partitioning; the compiled one names it: test_tiny_compiles_for_8_h100_with_cudnn_attention.)"""
-    pytest.importorskip("jax_cuda12_plugin", reason="JAX's CUDA plugin (the `gpu` extra) is not installed")
+    if aot.cuda_plugin() is None:
+        pytest.skip("JAX's CUDA plugin (the `gpu` extra) is not installed")
     _, _, _, devices = aot.topology_devices("h100:8")
     assert devices[0].platform == "gpu"
     tiny_cfg.model.dtype = "bfloat16"

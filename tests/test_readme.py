@@ -6,7 +6,6 @@ The default `llada train` runs in full, and the first run's answer must be the o
 The set-up commands (`pip install ...`, the test command) are the ones CI runs (.ci/run), not run again here.
 `llada compile` for a GPU target runs only where JAX's CUDA plugin (the `gpu` extra) is installed; CI has none.
 """
-import importlib.util
 import os
 import re
 import shlex
@@ -15,6 +14,8 @@ import sys
 from pathlib import Path
 
 import pytest
+
+from llada_jax import aot
 
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text()
@@ -84,7 +85,7 @@ def test_every_readme_command_runs(tmp_path):
     for command in shown_commands():
         if command.startswith(("pip ", "python -m pytest")):
             continue
-        if re.search(r"--topology=h[12]00", command) and importlib.util.find_spec("jax_cuda12_plugin") is None:
+        if re.search(r"--topology=h[12]00", command) and aot.cuda_plugin() is None:
             continue  # a GPU target needs the `gpu` extra (JAX's CUDA plugin), which CI does not install;
             # tests/test_aot_gpu.py compiles it where the plugin is installed
         if first_train and command == "llada train":
