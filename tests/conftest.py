@@ -98,7 +98,8 @@ def pytest_terminal_summary(terminalreporter):
 # Modules that take the longest, first (measured: the summary above; BENCHMARKS.md, "Tests and reproducibility"):
 # pytest-xdist hands each process a whole module at a time, in collection order, so the longest ones start while
 # there is still other work to balance them against.
-LONGEST_FIRST = ()
+LONGEST_FIRST = ("test_readme.py", "test_checkpoint.py", "test_sampling.py", "test_rl_train.py", "test_gguf.py",
+                 "test_convert.py", "test_sweep.py", "test_checkpoint_faults.py")
 
 
 def pytest_collection_modifyitems(items):
