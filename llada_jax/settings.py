@@ -79,7 +79,7 @@ class Data:
     weights: str
     seed: int
     document_mask: bool
-    threads: int = at_least(1)
+    threads: int = at_least(0)
     workers: int = at_least(0)
     prefetch: int = at_least(1)
     tokenizer: str
